@@ -1,0 +1,1 @@
+"""nas_mtl: neural architecture search for multi-task learning."""

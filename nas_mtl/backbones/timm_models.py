@@ -1,0 +1,1 @@
+"""timm models split into blocks (filled in by the timm adapter work)."""
