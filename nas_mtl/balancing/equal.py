@@ -1,0 +1,21 @@
+"""Equal weighting: the gradient of the plain sum of task losses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .base import Balancer, register_balancer
+
+
+@register_balancer("equal")
+class EqualWeights(Balancer):
+    """Σ_t L_t, one backward pass."""
+
+    name = "equal"
+
+    def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
+        torch.stack(list(losses.values())).sum().backward()
+        return dict.fromkeys(losses, 1.0)
