@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,9 @@ class Backbone:
         gets the backbone's own initialisation scheme.
         """
         if len(copies_per_layer) != len(self.blocks):
-            raise ValueError(f"copies_per_layer has {len(copies_per_layer)} entries, backbone has {len(self)}")
+            raise ValueError(
+                f"copies_per_layer has {len(copies_per_layer)} entries, backbone has {len(self)}"
+            )
         result: list[list[nn.Module]] = [[] for _ in self.blocks]
         for k in range(max(copies_per_layer, default=0)):
             trunk = self.build()
@@ -114,7 +117,9 @@ class Backbone:
         with torch.no_grad():
             fmap = self.neck(x)
         if fmap.dim() != 4:
-            raise ValueError(f"backbone {self.name!r}: neck must give (B, C, H, W), got shape {tuple(fmap.shape)}")
+            raise ValueError(
+                f"backbone {self.name!r}: neck must give (B, C, H, W), got shape {tuple(fmap.shape)}"
+            )
         self._feature_shape = tuple(int(s) for s in fmap.shape[1:])  # type: ignore[assignment]
         self._costs = LayerCosts(tuple(params), tuple(macs))
 
@@ -137,33 +142,7 @@ class Backbone:
         return f"Backbone({self.name!r}, blocks={len(self)}, skippable={len(self.skippable)}, input={self.input_shape})"
 
 
-BackboneFactory = Callable[..., Backbone]
-_REGISTRY: dict[str, BackboneFactory] = {}
-
-
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator: make ``factory(**kwargs) -> Backbone`` available as ``create_backbone(name, ...)``."""
-
-    def deco(factory: BackboneFactory) -> BackboneFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def list_backbones() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def create_backbone(name: str, **kwargs) -> Backbone:
-    """Build a registered backbone by name (like ``timm.create_model``)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
-    factory = _REGISTRY[name]
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as err:
-        raise TypeError(f"backbone {name!r}: {err}") from None
-    return factory(**kwargs)
+BACKBONES: Registry[Backbone] = Registry("backbone")
+register_backbone = BACKBONES.register
+list_backbones = BACKBONES.names
+create_backbone = BACKBONES.create

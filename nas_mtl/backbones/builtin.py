@@ -37,7 +37,9 @@ class BasicBlock(nn.Module):
 
 
 def _stem(in_chans: int, width: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+    )
 
 
 def _init(module: nn.Module) -> None:
@@ -63,7 +65,9 @@ def resnet_small(
     """
     widths, depths = tuple(int(w) for w in widths), tuple(int(d) for d in depths)
     if len(widths) != len(depths) or not widths:
-        raise ValueError(f"resnet_small: widths {widths} and depths {depths} must be non-empty and of equal length")
+        raise ValueError(
+            f"resnet_small: widths {widths} and depths {depths} must be non-empty and of equal length"
+        )
     if any(w <= 0 for w in widths) or any(d <= 0 for d in depths):
         raise ValueError(f"resnet_small: widths {widths} and depths {depths} must be positive")
     infos = [BlockInfo("stem", False)]

@@ -1,0 +1,105 @@
+"""Baselines every search is compared against: single-task networks, hard sharing, independent nets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .balancing import Balancer
+from .data import MultiTaskData
+from .graph import SharingGraph
+from .metrics import delta_m
+from .network import MultiTaskNetwork
+from .space import SearchSpace
+from .train import Metrics, TrainConfig, TrainResult, seed_everything, train
+
+ARMS = ("single", "hard", "independent")
+
+
+def train_graph(
+    graph: SharingGraph,
+    data: MultiTaskData,
+    space: SearchSpace,
+    config: TrainConfig,
+    balancer: Balancer | None = None,
+    run_dir: str | Path | None = None,
+    inherit: MultiTaskNetwork | None = None,
+) -> tuple[MultiTaskNetwork, TrainResult]:
+    """Build ``graph`` on the space's backbone (seeded) and train it.
+
+    A ``run_dir`` whose checkpoint is at the last epoch is not retrained, only re-evaluated.
+    """
+    space.check_graph(graph)
+    seed_everything(config.seed)
+    network = MultiTaskNetwork.from_tasks(graph, space.backbone, data.tasks, inherit=inherit)
+    result = train(network, data, config, balancer, run_dir, desc=graph.meta.get("name", "train"))
+    return network, result
+
+
+def _directions(data: MultiTaskData, tasks: Sequence[str]) -> dict[str, dict[str, bool]]:
+    """The primary metric of each task and its direction (what Δm averages over)."""
+    by_name = {t.name: t for t in data.tasks}
+    return {
+        t: {by_name[t].primary_metric: by_name[t].metric_directions[by_name[t].primary_metric]} for t in tasks
+    }
+
+
+def run_baselines(
+    data: MultiTaskData,
+    space: SearchSpace,
+    config: TrainConfig,
+    run_dir: str | Path,
+    arms: Sequence[str] = ("single", "hard"),
+    balancer: Balancer | None = None,
+) -> pd.DataFrame:
+    """Train the baseline arms and tabulate test metrics, Δm vs single-task, params and MACs.
+
+    Each arm (and each single-task net) lives in its own folder under ``run_dir`` with a checkpoint,
+    so a killed run resumes where it stopped and finished arms are not retrained.
+    """
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ValueError(f"arms: unknown {unknown}; allowed: {list(ARMS)}")
+    run_dir = Path(run_dir)
+    tasks = data.task_names
+    rows = []
+    # single-task networks are always trained: they are the reference of Δm
+    single: Metrics = {}
+    params, macs, seconds = 0, 0, 0.0
+    for t in tasks:
+        graph = SharingGraph.hard_sharing([t], space.layers, space.skippable).with_meta(name=f"single:{t}")
+        net, res = train_graph(graph, data, space, config, balancer, run_dir / "single" / t)
+        single[t] = res.test[t]
+        cost = net.cost()
+        params, macs, seconds = params + cost.params, macs + cost.macs, seconds + res.train_seconds
+    if "single" in arms:
+        rows.append(_row("single-task", single, single, data, params, macs, seconds))
+    for arm in arms:
+        if arm == "single":
+            continue
+        graph = (space.hard_sharing(tasks) if arm == "hard" else space.independent(tasks)).with_meta(name=arm)
+        net, res = train_graph(graph, data, space, config, balancer, run_dir / arm)
+        cost = net.cost()
+        rows.append(_row(arm, res.test, single, data, cost.params, cost.macs, res.train_seconds))
+    table = pd.DataFrame(rows).set_index("arm")
+    table.to_csv(run_dir / "baselines.csv")
+    (run_dir / "baselines.json").write_text(
+        json.dumps(table.reset_index().to_dict(orient="records"), indent=1)
+    )
+    return table
+
+
+def _row(
+    arm: str, test: Metrics, single: Metrics, data: MultiTaskData, params: int, macs: int, seconds: float
+) -> dict:
+    directions = _directions(data, data.task_names)
+    row: dict = {"arm": arm}
+    for t, d in directions.items():
+        metric = next(iter(d))
+        row[f"{t}.{metric}"] = test[t][metric]
+    row["delta_m_%"] = delta_m(test, single, directions)
+    row["params"], row["MMACs"], row["train_s"] = params, macs / 1e6, seconds
+    return row

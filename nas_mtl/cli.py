@@ -1,0 +1,211 @@
+"""The ``nas-mtl`` command line. User mistakes exit with code 2 and a one-line message
+(set NAS_MTL_DEBUG=1 for the traceback); a non-finite loss exits with 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .backbones import list_backbones
+from .balancing import create_balancer, list_balancers
+from .data import create_dataset, list_datasets
+from .graph import SharingGraph
+from .space import SearchSpace, list_search_spaces, load_search_space
+from .train import TrainConfig
+
+EXIT_USER_ERROR = 2
+EXIT_RUNTIME_ERROR = 1
+
+
+class UserError(Exception):
+    """A mistake in the command line or input files: reported in one line, no traceback."""
+
+
+def _parse_kv(items: Sequence[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag}: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--optimizer", choices=TrainConfig.OPTIMIZERS, default="adam")
+    g.add_argument("--scheduler", choices=TrainConfig.SCHEDULERS, default="cosine")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", choices=TrainConfig.DEVICES, default="auto")
+    g.add_argument("--on-nonfinite", choices=TrainConfig.NONFINITE, default="raise",
+                   help="what a NaN/inf task loss does: stop with an error, or skip that step")  # fmt: skip
+    g.add_argument("--balancer", default="equal", help=f"loss balancer ({', '.join(list_balancers())})")
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_data_args(p: argparse.ArgumentParser, data: str | None = None, space: str | None = None) -> None:
+    g = p.add_argument_group("data and search space")
+    g.add_argument(
+        "--data", required=data is None, default=data, help=f"dataset ({', '.join(list_datasets())})"
+    )
+    g.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. n_train=2000 or root=/data/nyuv2 (repeatable)")  # fmt: skip
+    g.add_argument("--space", required=space is None, default=space,
+                   help=f"search space name or .toml path ({', '.join(list_search_spaces())})")  # fmt: skip
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, scheduler=args.scheduler, seed=args.seed, device=args.device,
+        on_nonfinite=args.on_nonfinite, progress=not args.no_progress,
+    )  # fmt: skip
+
+
+def _data_and_space(args: argparse.Namespace):
+    data = create_dataset(args.data, **_parse_kv(args.data_arg, "--data-arg"))
+    space = load_search_space(args.space, input_shape=data.input_shape)
+    return data, space
+
+
+def _graph_arg(value: str, space: SearchSpace, tasks: Sequence[str]) -> SharingGraph:
+    if value == "hard":
+        return space.hard_sharing(tasks)
+    if value == "independent":
+        return space.independent(tasks)
+    return SharingGraph.load(value)
+
+
+def _print_metrics(title: str, metrics: dict[str, dict[str, float]]) -> None:
+    print(title)
+    for task, values in metrics.items():
+        print(f"  {task:>14}: " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .baselines import train_graph
+
+    data, space = _data_and_space(args)
+    graph = _graph_arg(args.graph, space, data.task_names)
+    balancer = create_balancer(args.balancer)
+    out = Path(args.out)
+    net, result = train_graph(graph, data, space, _config(args), balancer, out)
+    cost = net.cost()
+    print(f"graph: {graph}")
+    print(f"params: {cost.params:,}  MACs/sample: {cost.macs:,}  train time: {result.train_seconds:.1f}s")
+    _print_metrics("test metrics:", result.test)
+    print(f"run folder: {out}")
+
+
+def cmd_baselines(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .baselines import run_baselines
+
+    data, space = _data_and_space(args)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    table = run_baselines(data, space, _config(args), args.out, arms, create_balancer(args.balancer))
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", 50, "display.float_format", "{:.4f}".format
+    ):
+        print(table.to_string())
+    print(f"tables: {Path(args.out) / 'baselines.csv'}")
+
+
+def cmd_graph(args: argparse.Namespace) -> None:
+    graph = SharingGraph.load(args.file)
+    print(graph)
+    print(f"tree: {graph.is_tree()}  copies per layer: {[graph.copies(i) for i in range(graph.num_layers)]}")
+    if args.space:
+        space = load_search_space(args.space)
+        space.check_graph(graph)
+        c = space.backbone.layer_costs()
+        cost = graph.cost(c.params, c.macs)
+        print(f"backbone params: {cost.params:,}  backbone MACs/sample: {cost.macs:,} (heads excluded)")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    for name, items in (
+        ("datasets", list_datasets()),
+        ("backbones", list_backbones()),
+        ("search spaces", list_search_spaces()),
+        ("balancers", list_balancers()),
+    ):
+        print(f"{name}: {', '.join(items)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nas-mtl", description="Neural architecture search for multi-task learning."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "quickstart", help="single-task vs hard-sharing baselines on multidigits (CPU, minutes)"
+    )
+    p.add_argument("--out", default="runs/quickstart", help="run folder (resumed if it exists)")
+    _add_data_args(p, data="multidigits", space="resnet_small")
+    _add_train_args(p, epochs=3)
+    p.add_argument("--arms", default="single,hard", help="comma-separated: single,hard,independent")
+    p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("baselines", help="train single-task / hard-sharing / independent baselines")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument(
+        "--arms", default="single,hard,independent", help="comma-separated: single,hard,independent"
+    )
+    p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("train", help="train one sharing graph")
+    _add_data_args(p)
+    _add_train_args(p)
+    p.add_argument("--graph", default="hard", help="hard | independent | path to a graph JSON")
+    p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("graph", help="validate and describe a sharing-graph JSON file")
+    p.add_argument("file")
+    p.add_argument("--space", help="search space to check the graph against and cost it on")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("list", help="list datasets, backbones, search spaces and balancers")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (UserError, ValueError, TypeError, FileNotFoundError) as err:
+        if os.environ.get("NAS_MTL_DEBUG"):
+            raise
+        print(f"nas-mtl: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except FloatingPointError as err:
+        print(f"nas-mtl: training stopped: {err}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+    except KeyboardInterrupt:
+        print(
+            "nas-mtl: interrupted; finished epochs are kept in the run folder's checkpoint", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

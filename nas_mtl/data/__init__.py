@@ -1,0 +1,23 @@
+"""Multi-task datasets behind one interface: ``create_dataset(name, **kwargs) -> MultiTaskData``."""
+
+from . import multidigits, real, shapes  # noqa: F401  (registration)
+from .base import (
+    MultiTaskData,
+    TensorMultiTaskDataset,
+    create_dataset,
+    iterate_batches,
+    list_datasets,
+    register_dataset,
+)
+from .real import CelebADataset, NpyFolderDataset
+
+__all__ = [
+    "CelebADataset",
+    "MultiTaskData",
+    "NpyFolderDataset",
+    "TensorMultiTaskDataset",
+    "create_dataset",
+    "iterate_batches",
+    "list_datasets",
+    "register_dataset",
+]

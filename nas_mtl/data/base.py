@@ -1,0 +1,144 @@
+"""The dataset interface: a MultiTaskData bundle, an in-memory dataset, batching and the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..registry import Registry
+from ..tasks import TaskSpec
+
+Batch = tuple[Tensor, dict[str, Tensor]]
+"""``(images (B, C, H, W), {task: targets (B, ...)})``."""
+
+
+@dataclass(frozen=True)
+class MultiTaskData:
+    """A multi-task dataset: task specs, input shape and train / val / test splits.
+
+    Every split yields ``(image, {task: target})`` items; ``info`` carries dataset facts such as
+    planted task groups, class names or target scaling.
+    """
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    input_shape: tuple[int, int, int]
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tasks]
+        if not names:
+            raise ValueError(f"dataset {self.name!r}: no tasks")
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset {self.name!r}: duplicate task names in {names}")
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tasks)
+
+
+class TensorMultiTaskDataset(Dataset):
+    """All samples in memory: ``images`` (N, C, H, W) float32 and one target tensor per task (first dim N)."""
+
+    def __init__(self, images: Tensor, targets: Mapping[str, Tensor]) -> None:
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.dtype != torch.float32:
+            got = (
+                f"{tuple(images.shape)} {images.dtype}"
+                if isinstance(images, Tensor)
+                else type(images).__name__
+            )
+            raise ValueError(f"images: expected a float32 tensor (N, C, H, W), got {got}")
+        for task, target in targets.items():
+            if not isinstance(target, Tensor) or target.dim() == 0 or target.shape[0] != images.shape[0]:
+                got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+                raise ValueError(
+                    f"targets[{task!r}]: expected a tensor with first dim {images.shape[0]}, got {got}"
+                )
+        self.images = images
+        self.targets = dict(targets)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.images[i], {task: target[i] for task, target in self.targets.items()}
+
+    def batch(self, index: Tensor) -> Batch:
+        """The samples at ``index`` (a 1-D long tensor) by fancy indexing: no per-item collation."""
+        return self.images[index], {task: target[index] for task, target in self.targets.items()}
+
+
+def iterate_batches(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """Yield ``(x, {task: y})`` batches covering ``dataset`` once.
+
+    In-memory datasets are sliced directly (fast on CPU); any other dataset goes through a
+    single-process DataLoader with default collation. The order depends only on ``generator``'s state.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(dataset, TensorMultiTaskDataset):
+        loader = DataLoader(dataset, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+        yield from loader
+        return
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        yield dataset.batch(order[start : start + batch_size])
+
+
+def check_ints(dataset: str, **fields: tuple[Any, int]) -> None:
+    """Raise ValueError naming the first ``field=(value, minimum)`` that is not an integer >= minimum."""
+    for key, (value, low) in fields.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"dataset {dataset!r}: {key} must be an integer >= {low}, got {value!r}")
+
+
+def select_names(dataset: str, field: str, wanted: str | Sequence[str], known: Sequence[str]) -> list[str]:
+    """Validate a user's choice of names (a list or a comma-separated string) against ``known``."""
+    names = [w.strip() for w in wanted.split(",")] if isinstance(wanted, str) else list(wanted)
+    unknown = [w for w in names if w not in known]
+    if unknown or not names or len(set(names)) != len(names):
+        problem = f"unknown {unknown}" if unknown else f"need distinct names, got {names}"
+        raise ValueError(f"dataset {dataset!r}: {field}: {problem}; known: {list(known)}")
+    return names
+
+
+def select_tasks(
+    dataset: str, tasks: Sequence[TaskSpec], wanted: str | Sequence[str] | None
+) -> tuple[TaskSpec, ...]:
+    """The specs named in ``wanted`` (a list or a comma-separated string), in that order; None = all."""
+    if wanted is None:
+        return tuple(tasks)
+    by_name = {t.name: t for t in tasks}
+    return tuple(by_name[w] for w in select_names(dataset, "tasks", wanted, list(by_name)))
+
+
+DATASETS: Registry[MultiTaskData] = Registry("dataset")
+register_dataset = DATASETS.register
+list_datasets = DATASETS.names
+create_dataset = DATASETS.create
+
+
+def standardize(train: Tensor, *others: Tensor, dims: tuple[int, ...]) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Subtract the train mean and divide by the train std (over ``dims``) in every split.
+
+    Returns the scaled splits (train first) and the mean / std (``keepdim`` shapes) to undo it.
+    """
+    mean = train.mean(dim=dims, keepdim=True)
+    std = train.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    return [(x - mean) / std for x in (train, *others)], mean, std

@@ -1,0 +1,323 @@
+"""Training and evaluation of a MultiTaskNetwork: seeds, checkpoints + resume, progress, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .balancing import Balancer, EqualWeights
+from .data import MultiTaskData, iterate_batches
+from .network import MultiTaskNetwork
+
+Metrics = dict[str, dict[str, float]]
+"""``{task: {metric: value}}``."""
+
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings; every field is validated with an error naming it."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 512
+    on_nonfinite: str = "raise"
+    progress: bool = True
+
+    OPTIMIZERS = ("adam", "adamw", "sgd")
+    SCHEDULERS = ("cosine", "none")
+    DEVICES = ("auto", "cpu", "cuda")
+    NONFINITE = ("raise", "skip")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < (0 if name == "epochs" else 1)
+            ):
+                raise ValueError(f"train config: {name} must be a positive integer, got {value!r}")
+        for name in ("lr", "weight_decay", "momentum"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"train config: {name} must be a finite number >= 0, got {value!r}")
+        for name, allowed in (
+            ("optimizer", self.OPTIMIZERS),
+            ("scheduler", self.SCHEDULERS),
+            ("device", self.DEVICES),
+            ("on_nonfinite", self.NONFINITE),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"train config: {name} must be one of {list(allowed)}, got {getattr(self, name)!r}"
+                )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"train config: seed must be an integer, got {self.seed!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "train config") -> TrainConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced: per-epoch history and final validation / test metrics."""
+
+    val: Metrics
+    test: Metrics
+    history: tuple[dict[str, Any], ...]
+    train_seconds: float
+    skipped_steps: int = 0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "val": self.val,
+            "test": self.test,
+            "history": list(self.history),
+            "train_seconds": self.train_seconds,
+            "skipped_steps": self.skipped_steps,
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainResult:
+        return cls(
+            data["val"],
+            data["test"],
+            tuple(data["history"]),
+            data["train_seconds"],
+            data.get("skipped_steps", 0),
+            data.get("extra", {}),
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def evaluate(
+    network: MultiTaskNetwork,
+    dataset: Dataset,
+    tasks: Sequence,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+) -> Metrics:
+    """Per-task metrics over the whole ``dataset`` (exact accumulation, eval mode)."""
+    specs = [t for t in tasks if t.name in network.tasks]
+    was_training = network.training
+    network.eval()
+    meters = {t.name: t.new_meter() for t in specs}
+    for x, y in iterate_batches(dataset, batch_size, shuffle=False):
+        out = network(x.to(device))
+        for t in specs:
+            target = y[t.name].to(device)
+            t.validate_target(target, x.shape[0])
+            meters[t.name].update(out[t.name], target)
+    network.train(was_training)
+    return {name: meter.compute() for name, meter in meters.items()}
+
+
+def _make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in network.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(data: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def train(
+    network: MultiTaskNetwork,
+    data: MultiTaskData,
+    config: TrainConfig = TrainConfig(),
+    balancer: Balancer | None = None,
+    run_dir: str | Path | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``network`` on ``data.train``, evaluate on val/test; checkpoint each epoch in ``run_dir``.
+
+    With ``run_dir``, an existing checkpoint there is resumed (same graph and config required, except
+    ``epochs`` may grow) and the result is written to ``run_dir/result.json``. A non-finite task loss
+    raises ``FloatingPointError`` naming the task (config ``on_nonfinite="raise"``) before any weight is
+    touched, or skips that step with a warning (``"skip"``); finished epochs stay in the checkpoint.
+    """
+    balancer = balancer or EqualWeights()
+    device = resolve_device(config.device)
+    network.to(device)
+    specs = [t for t in data.tasks if t.name in network.tasks]
+    missing = sorted(set(network.tasks) - {t.name for t in specs})
+    if missing:
+        raise ValueError(f"dataset {data.name!r} has no task(s) {missing}; it has {list(data.task_names)}")
+    if tuple(data.input_shape) != tuple(network.input_shape):
+        raise ValueError(
+            f"dataset {data.name!r} inputs are {tuple(data.input_shape)} but the network expects "
+            f"{tuple(network.input_shape)} (search space input_size / in_chans)"
+        )
+    optimizer = _make_optimizer(network, config)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
+        if config.scheduler == "cosine"
+        else None
+    )
+    history: list[dict[str, Any]] = []
+    start_epoch, elapsed, skipped = 0, 0.0, 0
+    ckpt_path = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_path = run_dir / CHECKPOINT
+        if ckpt_path.exists():
+            state = torch.load(ckpt_path, map_location=device, weights_only=False)
+            _check_resumable(state, network, config, ckpt_path)
+            network.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state.get("scheduler"):
+                scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            start_epoch, history = state["epoch"], list(state["history"])
+            elapsed, skipped = state["elapsed"], state.get("skipped", 0)
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        network.train()
+        order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        sums: dict[str, float] = dict.fromkeys(network.tasks, 0.0)
+        seen = 0
+        batches = iterate_batches(
+            data.train, config.batch_size, shuffle=True, generator=order, drop_last=True
+        )
+        bar = tqdm(
+            batches, desc=f"{desc} {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False
+        )
+        for step, (x, y) in enumerate(bar):
+            x = x.to(device)
+            out = network(x)
+            losses = {}
+            for t in specs:
+                target = y[t.name].to(device)
+                if step == 0:
+                    t.validate_target(target, x.shape[0])
+                losses[t.name] = t.loss(out[t.name], target)
+            bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
+            if bad:
+                where = f"epoch {epoch + 1} step {step + 1}"
+                if config.on_nonfinite == "raise":
+                    kept = f"; last checkpoint kept at {ckpt_path}" if ckpt_path else ""
+                    raise FloatingPointError(f"non-finite loss for task(s) {bad} at {where}{kept}")
+                warnings.warn(f"skipping step: non-finite loss for task(s) {bad} at {where}", stacklevel=2)
+                skipped += 1
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            balancer.backward(losses, network)
+            optimizer.step()
+            for k, v in losses.items():
+                sums[k] += float(v.detach()) * x.shape[0]
+            seen += x.shape[0]
+            if config.progress:
+                bar.set_postfix(loss=f"{sum(float(v.detach()) for v in losses.values()):.3f}")
+        if scheduler is not None:
+            scheduler.step()
+        val = evaluate(network, data.val, specs, config.eval_batch_size, device)
+        elapsed += time.perf_counter() - t0
+        train_loss = {k: v / max(seen, 1) for k, v in sums.items()}
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": elapsed})
+        if ckpt_path is not None:
+            _save_atomic(
+                {
+                    "epoch": epoch + 1,
+                    "model": network.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": torch.get_rng_state(),
+                    "history": history,
+                    "elapsed": elapsed,
+                    "skipped": skipped,
+                    "graph": network.graph.to_dict(),
+                    "config": config.to_dict(),
+                },
+                ckpt_path,
+            )
+    val = (
+        history[-1]["val"] if history else evaluate(network, data.val, specs, config.eval_batch_size, device)
+    )
+    test = evaluate(network, data.test, specs, config.eval_batch_size, device)
+    result = TrainResult(val, test, tuple(history), elapsed, skipped)
+    if run_dir is not None:
+        network.graph.save(run_dir / "graph.json")
+        write_json_atomic(result.to_dict(), run_dir / RESULT)
+    return result
+
+
+def _check_resumable(
+    state: Mapping[str, Any], network: MultiTaskNetwork, config: TrainConfig, path: Path
+) -> None:
+    if state.get("graph") != network.graph.to_dict():
+        raise ValueError(
+            f"{path}: checkpoint was written for a different sharing graph; use a new run folder"
+        )
+    saved = {k: v for k, v in state.get("config", {}).items() if k not in ("progress", "device")}
+    now = {k: v for k, v in config.to_dict().items() if k not in ("progress", "device")}
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(
+            f"{path}: checkpoint config differs in {diff}; use a new run folder or the same settings"
+        )

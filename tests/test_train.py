@@ -1,0 +1,151 @@
+import pytest
+import torch
+
+from nas_mtl.backbones import create_backbone
+from nas_mtl.data.base import MultiTaskData, TensorMultiTaskDataset
+from nas_mtl.graph import SharingGraph
+from nas_mtl.network import MultiTaskNetwork
+from nas_mtl.tasks import ClassificationTask, RegressionTask
+from nas_mtl.train import TrainConfig, seed_everything, train
+
+TASKS = (ClassificationTask("sign", 2), RegressionTask("level", 1))
+
+
+def _split(n: int, seed: int, poison: bool = False) -> TensorMultiTaskDataset:
+    g = torch.Generator().manual_seed(seed)
+    level = torch.rand(n, generator=g) * 2 - 1
+    quadrant = torch.randint(0, 2, (n,), generator=g)
+    x = 0.3 * torch.randn(n, 1, 8, 8, generator=g) + level.view(n, 1, 1, 1)
+    x[quadrant == 1, :, :4, :4] += 2.0  # "sign" = a bright top-left quadrant
+    targets = {"sign": quadrant, "level": level.view(n, 1).clone()}
+    if poison:
+        targets["level"][5] = float("nan")
+    return TensorMultiTaskDataset(x, targets)
+
+
+def _data(poison: bool = False) -> MultiTaskData:
+    return MultiTaskData("toy", TASKS, (1, 8, 8), _split(256, 0, poison), _split(128, 1), _split(128, 2))
+
+
+def _net(seed: int = 0) -> MultiTaskNetwork:
+    seed_everything(seed)
+    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(8,), depths=(1,))
+    return MultiTaskNetwork.from_tasks(
+        SharingGraph.hard_sharing(["sign", "level"], bb.layer_names), bb, TASKS
+    )
+
+
+CFG = TrainConfig(epochs=3, batch_size=16, lr=1e-2, progress=False, device="cpu")
+
+
+def test_training_learns_both_tasks():
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = train(net, _data(), CFG)
+    assert result.test["sign"]["accuracy"] > 0.9  # chance is 0.5
+    assert result.test["level"]["mae"] < 0.3  # predicting the mean gives 0.5
+    assert result.history[-1]["train_loss"]["level"] < result.history[0]["train_loss"]["level"]
+    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_same_seed_same_result():
+    a, b = train(_net(), _data(), CFG), train(_net(), _data(), CFG)
+    assert a.test == b.test
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    reference = _net()
+    train(reference, _data(), CFG)
+
+    import nas_mtl.train as train_mod
+
+    real_evaluate, calls = train_mod.evaluate, {"n": 0}
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(_net(), _data(), CFG, run_dir=tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+
+    resumed = _net(seed=123)  # different init: everything must come from the checkpoint
+    result = train(resumed, _data(), CFG, run_dir=tmp_path)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    for (k, v), (k2, v2) in zip(resumed.state_dict().items(), reference.state_dict().items()):
+        assert k == k2
+        torch.testing.assert_close(v, v2, rtol=0, atol=0)
+    assert (tmp_path / "result.json").is_file() and (tmp_path / "graph.json").is_file()
+
+
+def test_resume_refuses_a_different_config_or_graph(tmp_path):
+    train(
+        _net(), _data(), TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu"), run_dir=tmp_path
+    )
+    with pytest.raises(ValueError, match=r"config differs in \['lr'\]"):
+        train(
+            _net(),
+            _data(),
+            TrainConfig(epochs=1, batch_size=32, lr=0.1, progress=False, device="cpu"),
+            run_dir=tmp_path,
+        )
+    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(8,), depths=(1,))
+    other = MultiTaskNetwork.from_tasks(
+        SharingGraph.independent(["sign", "level"], bb.layer_names), bb, TASKS
+    )
+    with pytest.raises(ValueError, match="different sharing graph"):
+        train(
+            other,
+            _data(),
+            TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu"),
+            run_dir=tmp_path,
+        )
+
+
+def test_nan_loss_raises_before_touching_weights(tmp_path):
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+    cfg = TrainConfig(epochs=1, batch_size=256, progress=False, device="cpu")  # one step: the poisoned batch
+    with pytest.raises(FloatingPointError, match="task.*'level'.*epoch 1 step 1"):
+        train(net, _data(poison=True), cfg, run_dir=tmp_path)
+    for k, v in before.items():
+        if "running" not in k and "num_batches" not in k:  # BN statistics move in the forward pass
+            torch.testing.assert_close(net.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_nan_loss_skip_mode_warns_and_keeps_weights_finite():
+    net = _net()
+    cfg = TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu", on_nonfinite="skip")
+    with pytest.warns(UserWarning, match="skipping step"):
+        result = train(net, _data(poison=True), cfg)
+    assert result.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"epochs": -1}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": float("nan")}, "lr"),
+        ({"optimizer": "lion"}, r"optimizer must be one of \['adam', 'adamw', 'sgd'\]"),
+        ({"device": "tpu"}, "device"),
+        ({"on_nonfinite": "ignore"}, "on_nonfinite"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+    with pytest.raises(ValueError, match="unknown key"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_dataset_network_mismatch_errors():
+    bb = create_backbone("resnet_small", in_chans=3, input_size=(8, 8), widths=(8,), depths=(1,))
+    net = MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(["sign", "level"], bb.layer_names), bb, TASKS)
+    with pytest.raises(ValueError, match=r"inputs are \(1, 8, 8\) but the network expects \(3, 8, 8\)"):
+        train(net, _data(), CFG)
