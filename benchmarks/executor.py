@@ -63,7 +63,9 @@ def _step(model: nn.Module, x: torch.Tensor) -> None:
     sum(o.square().mean() for o in model(x).values()).backward()
 
 
-def _time_pair(a: nn.Module, b: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 3) -> tuple[float, float]:
+def _time_pair(
+    a: nn.Module, b: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 3
+) -> tuple[float, float]:
     for _ in range(warmup):
         _step(a, x)
         _step(b, x)
@@ -86,7 +88,9 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    backbone = create_backbone("resnet_small", in_chans=3, input_size=(32, 32), widths=(16, 32, 64), depths=(2, 2, 2))
+    backbone = create_backbone(
+        "resnet_small", in_chans=3, input_size=(32, 32), widths=(16, 32, 64), depths=(2, 2, 2)
+    )
     tasks = [f"t{i}" for i in range(args.tasks)]
     layers = backbone.layer_names
     c = backbone.feature_shape[0]
@@ -116,11 +120,14 @@ def main(argv=None) -> dict:
                      "target": "< 1"})  # fmt: skip
 
     header = f"{'case':<46} {'ours ms':>9} {'baseline':<24} {'base ms':>9} {'ratio':>7}  target"
-    print(f"executor fwd+bwd, batch {args.batch}, {args.tasks} tasks, {args.threads} threads, torch {torch.__version__}")
+    print(
+        f"executor fwd+bwd, batch {args.batch}, {args.tasks} tasks, {args.threads} threads, torch {torch.__version__}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['case']:<46} {r['ours_ms']:>9.2f} {r['baseline']:<24} {r['baseline_ms']:>9.2f} {r['ratio']:>7.3f}  {r['target']}")
+        times = f"{r['ours_ms']:>9.2f} {r['baseline']:<24} {r['baseline_ms']:>9.2f} {r['ratio']:>7.3f}"
+        print(f"{r['case']:<46} {times}  {r['target']}")
     report = {
         "benchmark": "executor",
         "batch": args.batch,

@@ -109,12 +109,16 @@ class MultiTaskNetwork(nn.Module):
         keep = [i for i, n in enumerate(nodes) if tasks.intersection(n.tasks)]
         last_reader = {nodes[i].parent: i for i in keep}
         steps = tuple(
-            _Step(i, nodes[i].parent, nodes[i].layer, nodes[i].copy, last_reader[nodes[i].parent] == i and nodes[i].parent >= 0)
+            _Step(
+                i,
+                nodes[i].parent,
+                nodes[i].layer,
+                nodes[i].copy,
+                last_reader[nodes[i].parent] == i and nodes[i].parent >= 0,
+            )
             for i in keep
         )
-        leaf_of = {
-            t: i for i in keep if nodes[i].layer == self.graph.num_layers - 1 for t in nodes[i].tasks
-        }
+        leaf_of = {t: i for i in keep if nodes[i].layer == self.graph.num_layers - 1 for t in nodes[i].tasks}
         heads = tuple((leaf_of[t], j) for j, t in enumerate(self.graph.tasks) if t in tasks)
         self._plans[tasks] = (steps, heads)
         return steps, heads
@@ -122,7 +126,9 @@ class MultiTaskNetwork(nn.Module):
     def forward(self, x: torch.Tensor, tasks: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """Run the graph on a batch; returns ``{task: head output}`` for ``tasks`` (default: all)."""
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"input: expected shape (B, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"input: expected shape (B, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
+            )
         wanted = frozenset(self.graph.tasks if tasks is None else tasks)
         unknown = wanted - set(self.graph.tasks)
         if unknown:
@@ -157,7 +163,9 @@ class MultiTaskNetwork(nn.Module):
         """Params and per-sample MACs from the graph's cost model (exact for this network)."""
         costs = self.backbone.layer_costs()
         fmap = torch.zeros(1, *self.backbone.feature_shape)
-        head_params = {t: sum(p.numel() for p in h.parameters()) for t, h in zip(self.graph.tasks, self.heads)}
+        head_params = {
+            t: sum(p.numel() for p in h.parameters()) for t, h in zip(self.graph.tasks, self.heads)
+        }
         was_training = self.training
         self.eval()
         head_macs = {t: count_macs(h, fmap) for t, h in zip(self.graph.tasks, self.heads)}
@@ -170,7 +178,9 @@ def _source_block(
 ) -> nn.Module:
     if not isinstance(source, MultiTaskNetwork):
         if len(source) != graph.num_layers:
-            raise GraphError(f"inherit: expected {graph.num_layers} blocks (one per layer), got {len(source)}")
+            raise GraphError(
+                f"inherit: expected {graph.num_layers} blocks (one per layer), got {len(source)}"
+            )
         return source[layer]
     if source.graph.layers != graph.layers:
         raise GraphError("inherit: source network has different layers")

@@ -48,7 +48,9 @@ class SearchSpace:
     def check_graph(self, graph: SharingGraph) -> None:
         """Raise ValueError if ``graph`` does not fit this space (layers, skips)."""
         if graph.layers != self.layers:
-            raise ValueError(f"graph layers {list(graph.layers)} do not match space {self.name!r} {list(self.layers)}")
+            raise ValueError(
+                f"graph layers {list(graph.layers)} do not match space {self.name!r} {list(self.layers)}"
+            )
         bad = sorted(graph.skippable - set(self.skippable))
         if bad:
             raise ValueError(f"graph skips layer(s) {bad}, not skippable in space {self.name!r}")
@@ -132,7 +134,9 @@ def parse_search_space(
     return SearchSpace(name, backbone, branchable, skippable, source, str(data.get("description", "")))
 
 
-def _layer_list(value: Any, names: tuple[str, ...], allowed: tuple[str, ...], key: str, fail) -> tuple[str, ...]:
+def _layer_list(
+    value: Any, names: tuple[str, ...], allowed: tuple[str, ...], key: str, fail
+) -> tuple[str, ...]:
     if value in ("all", "auto"):
         return tuple(allowed)
     if value == "none":

@@ -22,7 +22,10 @@ def test_layer_costs_match_modules():
     bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4,), depths=(1,))
     costs = bb.layer_costs()
     stem, block = bb.build()
-    assert costs.params == (sum(p.numel() for p in stem.parameters()), sum(p.numel() for p in block.parameters()))
+    assert costs.params == (
+        sum(p.numel() for p in stem.parameters()),
+        sum(p.numel() for p in block.parameters()),
+    )
     # closed form: stem conv 3x3 1->4 on 8x8; block: two 3x3 4->4 convs on 8x8 (BN/ReLU/add are not MACs)
     assert costs.macs == (9 * 1 * 4 * 64, 2 * 9 * 4 * 4 * 64)
 

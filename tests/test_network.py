@@ -125,9 +125,17 @@ def test_task_subset_runs_only_needed_prefixes(backbone):
 
 def test_parameter_groups_partition_parameters(backbone):
     parts = [[TASKS], [TASKS], [TASKS], [["x", "y"], ["z"]], [["x"], ["y"], ["z"]]]
-    net = MultiTaskNetwork(SharingGraph.branched(TASKS, backbone.layer_names, parts), backbone, _heads(backbone))
+    net = MultiTaskNetwork(
+        SharingGraph.branched(TASKS, backbone.layer_names, parts), backbone, _heads(backbone)
+    )
     groups = net.parameter_groups()
-    assert set(groups) == {frozenset(TASKS), frozenset({"x", "y"}), frozenset({"x"}), frozenset({"y"}), frozenset({"z"})}
+    assert set(groups) == {
+        frozenset(TASKS),
+        frozenset({"x", "y"}),
+        frozenset({"x"}),
+        frozenset({"y"}),
+        frozenset({"z"}),
+    }
     ids = [id(p) for ps in groups.values() for p in ps]
     assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in net.parameters()}
     shared = {id(p) for p in groups[frozenset(TASKS)]}
@@ -150,7 +158,9 @@ def test_cost_is_exact(backbone):
 
 
 def test_fresh_copies_differ_and_inherited_copies_reproduce_source(backbone):
-    hard = MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, backbone.layer_names), backbone, _heads(backbone)).eval()
+    hard = MultiTaskNetwork(
+        SharingGraph.hard_sharing(TASKS, backbone.layer_names), backbone, _heads(backbone)
+    ).eval()
     ind_graph = SharingGraph.independent(TASKS, backbone.layer_names)
     fresh = MultiTaskNetwork(ind_graph, backbone, _heads(backbone))
     w = [fresh.blocks[1][c].conv1.weight for c in range(3)]
@@ -169,7 +179,9 @@ def test_construction_errors(backbone):
     with pytest.raises(GraphError, match="do not match backbone"):
         MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, layers[:-1]), backbone, _heads(backbone))
     with pytest.raises(GraphError, match="cannot skip"):
-        MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, layers, skippable=["stem"]), backbone, _heads(backbone))
+        MultiTaskNetwork(
+            SharingGraph.hard_sharing(TASKS, layers, skippable=["stem"]), backbone, _heads(backbone)
+        )
     with pytest.raises(GraphError, match="heads"):
         MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, layers), backbone, _heads(backbone, ("x", "y")))
     net = MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, layers), backbone, _heads(backbone))

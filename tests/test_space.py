@@ -43,10 +43,16 @@ def test_shipped_spaces_load():
     ("text", "match"),
     [
         (GOOD.replace("nas_mtl.search_space/1", "v0"), "format"),
-        (GOOD.replace('name = "resnet_small"', 'name = "resnet_huge"'), "backbone: unknown backbone 'resnet_huge'"),
+        (
+            GOOD.replace('name = "resnet_small"', 'name = "resnet_huge"'),
+            "backbone: unknown backbone 'resnet_huge'",
+        ),
         (GOOD.replace("widths = [4, 8]", "widths = [4, 8]\nwidht = 3"), "backbone:.*widht"),
         (GOOD.replace('"s1.b0"]', '"s9.b9"]'), r"layers.branchable: unknown block 's9.b9'"),
-        (GOOD.replace('skippable = "auto"', 'skippable = ["s1.b0"]'), "layers.skippable: block 's1.b0' is not allowed"),
+        (
+            GOOD.replace('skippable = "auto"', 'skippable = ["s1.b0"]'),
+            "layers.skippable: block 's1.b0' is not allowed",
+        ),
         (GOOD.replace('skippable = "auto"', "skippable = 3"), "layers.skippable: expected"),
         (GOOD.replace("[layers]", "[layers]\nbranch = 1"), "layers.branch: unknown key"),
         (GOOD + "\nextra = 1\n", "extra: unknown key"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
+
+from ..registry import Registry
 
 
 class Balancer(ABC):
@@ -25,31 +26,7 @@ class Balancer(ABC):
         """Populate gradients from ``losses`` (``{task: scalar}``); return the task weights used."""
 
 
-_REGISTRY: dict[str, Callable[..., Balancer]] = {}
-
-
-def register_balancer(name: str) -> Callable[[Callable[..., Balancer]], Callable[..., Balancer]]:
-    """Decorator: make a balancer factory available as ``create_balancer(name, ...)``."""
-
-    def deco(factory: Callable[..., Balancer]) -> Callable[..., Balancer]:
-        if name in _REGISTRY:
-            raise ValueError(f"balancer {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def list_balancers() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def create_balancer(name: str, **kwargs) -> Balancer:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown balancer {name!r}; known: {', '.join(list_balancers())}")
-    factory = _REGISTRY[name]
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as err:
-        raise TypeError(f"balancer {name!r}: {err}") from None
-    return factory(**kwargs)
+BALANCERS: Registry[Balancer] = Registry("balancer")
+register_balancer = BALANCERS.register
+list_balancers = BALANCERS.names
+create_balancer = BALANCERS.create
