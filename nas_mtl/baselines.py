@@ -39,12 +39,31 @@ def train_graph(
     return network, result
 
 
-def _directions(data: MultiTaskData, tasks: Sequence[str]) -> dict[str, dict[str, bool]]:
-    """The primary metric of each task and its direction (what Δm averages over)."""
+def primary_directions(data: MultiTaskData, tasks: Sequence[str] | None = None) -> dict[str, dict[str, bool]]:
+    """``{task: {primary metric: higher is better}}``: what Δm averages over."""
+    tasks = data.task_names if tasks is None else tasks
     by_name = {t.name: t for t in data.tasks}
     return {
         t: {by_name[t].primary_metric: by_name[t].metric_directions[by_name[t].primary_metric]} for t in tasks
     }
+
+
+def train_single_tasks(
+    data: MultiTaskData,
+    space: SearchSpace,
+    config: TrainConfig,
+    run_dir: str | Path,
+    balancer: Balancer | None = None,
+) -> dict[str, tuple[MultiTaskNetwork, TrainResult]]:
+    """One network per task (``run_dir/TASK``), the reference of Δm; finished runs are reused.
+
+    ``result.val[task]`` / ``result.test[task]`` give the single-task metrics searches compare against.
+    """
+    out = {}
+    for t in data.task_names:
+        graph = SharingGraph.hard_sharing([t], space.layers, space.skippable).with_meta(name=f"single:{t}")
+        out[t] = train_graph(graph, data, space, config, balancer, Path(run_dir) / t)
+    return out
 
 
 def run_baselines(
@@ -67,15 +86,12 @@ def run_baselines(
     tasks = data.task_names
     rows = []
     # single-task networks are always trained: they are the reference of Δm
-    single: Metrics = {}
-    params, macs, seconds = 0, 0, 0.0
-    for t in tasks:
-        graph = SharingGraph.hard_sharing([t], space.layers, space.skippable).with_meta(name=f"single:{t}")
-        net, res = train_graph(graph, data, space, config, balancer, run_dir / "single" / t)
-        single[t] = res.test[t]
-        cost = net.cost()
-        params, macs, seconds = params + cost.params, macs + cost.macs, seconds + res.train_seconds
+    singles = train_single_tasks(data, space, config, run_dir / "single", balancer)
+    single: Metrics = {t: res.test[t] for t, (_, res) in singles.items()}
     if "single" in arms:
+        costs = [net.cost() for net, _ in singles.values()]
+        seconds = sum(res.train_seconds for _, res in singles.values())
+        params, macs = sum(c.params for c in costs), sum(c.macs for c in costs)
         rows.append(_row("single-task", single, single, data, params, macs, seconds))
     for arm in arms:
         if arm == "single":
@@ -95,7 +111,7 @@ def run_baselines(
 def _row(
     arm: str, test: Metrics, single: Metrics, data: MultiTaskData, params: int, macs: int, seconds: float
 ) -> dict:
-    directions = _directions(data, data.task_names)
+    directions = primary_directions(data)
     row: dict = {"arm": arm}
     for t, d in directions.items():
         metric = next(iter(d))

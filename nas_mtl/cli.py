@@ -124,6 +124,19 @@ def cmd_baselines(args: argparse.Namespace) -> None:
     print(f"tables: {Path(args.out) / 'baselines.csv'}")
 
 
+def cmd_search(args: argparse.Namespace) -> None:
+    from .search import SEARCH_METHODS
+
+    data, space = _data_and_space(args)
+    out = Path(args.out)
+    result = SEARCH_METHODS.create(args.method).run(args, data, space, out)
+    path = result.save(out)
+    print(f"found ({result.method}, {result.seconds:.1f}s): {result.graph}")
+    if result.candidates:
+        print(f"{len(result.candidates)} candidate graph(s) in {out / 'candidates'}")
+    print(f"graph: {path}   retrain with: nas-mtl train --graph {path} --data {args.data} --space {args.space} ...")
+
+
 def cmd_graph(args: argparse.Namespace) -> None:
     graph = SharingGraph.load(args.file)
     print(graph)
@@ -176,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graph", default="hard", help="hard | independent | path to a graph JSON")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     p.set_defaults(func=cmd_train)
+
+    from .search import SEARCH_METHODS, load_search_methods
+
+    p = sub.add_parser("search", help="search for a sharing graph")
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for name in load_search_methods():
+        method = SEARCH_METHODS.create(name)
+        mp = methods.add_parser(name, help=method.help, description=method.help)
+        _add_data_args(mp)
+        mp.add_argument("--out", required=True, help="run folder (resumed if it exists)")
+        method.add_arguments(mp)
+        mp.set_defaults(func=cmd_search)
 
     p = sub.add_parser("graph", help="validate and describe a sharing-graph JSON file")
     p.add_argument("file")
