@@ -8,7 +8,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,25 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step hook sees: called after the forward pass and the loss check, before the backward.
+
+    Hooks may run extra autograd work on ``losses`` (``retain_graph=True``) but must not call
+    ``backward`` on them nor modify the parameters (the balancer and the optimiser do that next).
+    """
+
+    network: MultiTaskNetwork
+    x: torch.Tensor
+    targets: Mapping[str, torch.Tensor]
+    losses: Mapping[str, torch.Tensor]
+    epoch: int
+    step: int
+
+
+StepHook = Callable[[StepContext], None]
 
 
 @dataclass(frozen=True)
@@ -193,6 +212,7 @@ def train(
     balancer: Balancer | None = None,
     run_dir: str | Path | None = None,
     desc: str = "train",
+    step_hooks: Sequence[StepHook] = (),
 ) -> TrainResult:
     """Train ``network`` on ``data.train``, evaluate on val/test; checkpoint each epoch in ``run_dir``.
 
@@ -200,6 +220,7 @@ def train(
     ``epochs`` may grow) and the result is written to ``run_dir/result.json``. A non-finite task loss
     raises ``FloatingPointError`` naming the task (config ``on_nonfinite="raise"``) before any weight is
     touched, or skips that step with a warning (``"skip"``); finished epochs stay in the checkpoint.
+    ``step_hooks`` observe every step (see :class:`StepContext`), e.g. to measure task affinity.
     """
     balancer = balancer or EqualWeights()
     device = resolve_device(config.device)
@@ -266,6 +287,8 @@ def train(
                 warnings.warn(f"skipping step: non-finite loss for task(s) {bad} at {where}", stacklevel=2)
                 skipped += 1
                 continue
+            for hook in step_hooks:
+                hook(StepContext(network, x, y, losses, epoch, step))
             optimizer.zero_grad(set_to_none=True)
             balancer.backward(losses, network)
             optimizer.step()
