@@ -57,9 +57,7 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
 
 def _add_data_args(p: argparse.ArgumentParser, data: str | None = None, space: str | None = None) -> None:
     g = p.add_argument_group("data and search space")
-    g.add_argument(
-        "--data", required=data is None, default=data, help=f"dataset ({', '.join(list_datasets())})"
-    )
+    g.add_argument("--data", required=data is None, default=data, help=f"dataset ({', '.join(list_datasets())})")
     g.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. n_train=2000 or root=/data/nyuv2 (repeatable)")  # fmt: skip
     g.add_argument("--space", required=space is None, default=space,
@@ -117,9 +115,7 @@ def cmd_baselines(args: argparse.Namespace) -> None:
     data, space = _data_and_space(args)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     table = run_baselines(data, space, _config(args), args.out, arms, create_balancer(args.balancer))
-    with pd.option_context(
-        "display.width", 200, "display.max_columns", 50, "display.float_format", "{:.4f}".format
-    ):
+    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.4f}".format):
         print(table.to_string())
     print(f"tables: {Path(args.out) / 'baselines.csv'}")
 
@@ -135,6 +131,15 @@ def cmd_search(args: argparse.Namespace) -> None:
     if result.candidates:
         print(f"{len(result.candidates)} candidate graph(s) in {out / 'candidates'}")
     print(f"graph: {path}   retrain with: nas-mtl train --graph {path} --data {args.data} --space {args.space} ...")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from .export import export_run
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    report = export_run(args.run_dir, args.out, formats)
+    for fmt, name in report["files"].items():
+        print(f"{fmt:>13}: {Path(args.out) / name}   max |Δ| vs PyTorch: {report['max_abs_diff'][fmt]:.3g}")
 
 
 def cmd_graph(args: argparse.Namespace) -> None:
@@ -160,14 +165,10 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nas-mtl", description="Neural architecture search for multi-task learning."
-    )
+    parser = argparse.ArgumentParser(prog="nas-mtl", description="Neural architecture search for multi-task learning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser(
-        "quickstart", help="single-task vs hard-sharing baselines on multidigits (CPU, minutes)"
-    )
+    p = sub.add_parser("quickstart", help="single-task vs hard-sharing baselines on multidigits (CPU, minutes)")
     p.add_argument("--out", default="runs/quickstart", help="run folder (resumed if it exists)")
     _add_data_args(p, data="multidigits", space="resnet_small")
     _add_train_args(p, epochs=3)
@@ -177,9 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baselines", help="train single-task / hard-sharing / independent baselines")
     _add_data_args(p)
     _add_train_args(p)
-    p.add_argument(
-        "--arms", default="single,hard,independent", help="comma-separated: single,hard,independent"
-    )
+    p.add_argument("--arms", default="single,hard,independent", help="comma-separated: single,hard,independent")
     p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     p.set_defaults(func=cmd_baselines)
 
@@ -201,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--out", required=True, help="run folder (resumed if it exists)")
         method.add_arguments(mp)
         mp.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("export", help="export a trained run: safetensors + manifest, torch.export, ONNX")
+    p.add_argument("run_dir", help="a finished `nas-mtl train` run folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--formats", default="safetensors,torch-export,onnx", help="comma-separated subset")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("graph", help="validate and describe a sharing-graph JSON file")
     p.add_argument("file")
@@ -225,9 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nas-mtl: training stopped: {err}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
     except KeyboardInterrupt:
-        print(
-            "nas-mtl: interrupted; finished epochs are kept in the run folder's checkpoint", file=sys.stderr
-        )
+        print("nas-mtl: interrupted; finished epochs are kept in the run folder's checkpoint", file=sys.stderr)
         return 130
     return 0
 

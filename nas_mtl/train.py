@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .balancing import Balancer, EqualWeights
 from .data import MultiTaskData, iterate_batches
+from .export import MODEL_MANIFEST, network_manifest
 from .network import MultiTaskNetwork
 
 Metrics = dict[str, dict[str, float]]
@@ -54,20 +55,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < (0 if name == "epochs" else 1)
-            ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
                 raise ValueError(f"train config: {name} must be a positive integer, got {value!r}")
         for name in ("lr", "weight_decay", "momentum"):
             value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"train config: {name} must be a finite number >= 0, got {value!r}")
         for name, allowed in (
             ("optimizer", self.OPTIMIZERS),
@@ -76,9 +68,7 @@ class TrainConfig:
             ("on_nonfinite", self.NONFINITE),
         ):
             if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"train config: {name} must be one of {list(allowed)}, got {getattr(self, name)!r}"
-                )
+                raise ValueError(f"train config: {name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"train config: seed must be an integer, got {self.seed!r}")
 
@@ -248,7 +238,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = run_dir / CHECKPOINT
         if ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location=device, weights_only=False)
+            state = torch.load(ckpt_path, map_location=device, weights_only=True)
             _check_resumable(state, network, config, ckpt_path)
             network.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -263,12 +253,8 @@ def train(
         order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         sums: dict[str, float] = dict.fromkeys(network.tasks, 0.0)
         seen = 0
-        batches = iterate_batches(
-            data.train, config.batch_size, shuffle=True, generator=order, drop_last=True
-        )
-        bar = tqdm(
-            batches, desc=f"{desc} {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False
-        )
+        batches = iterate_batches(data.train, config.batch_size, shuffle=True, generator=order, drop_last=True)
+        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
         for step, (x, y) in enumerate(bar):
             x = x.to(device)
             out = network(x)
@@ -319,28 +305,21 @@ def train(
                 },
                 ckpt_path,
             )
-    val = (
-        history[-1]["val"] if history else evaluate(network, data.val, specs, config.eval_batch_size, device)
-    )
+    val = history[-1]["val"] if history else evaluate(network, data.val, specs, config.eval_batch_size, device)
     test = evaluate(network, data.test, specs, config.eval_batch_size, device)
     result = TrainResult(val, test, tuple(history), elapsed, skipped)
     if run_dir is not None:
         network.graph.save(run_dir / "graph.json")
+        write_json_atomic(network_manifest(network, specs), run_dir / MODEL_MANIFEST)
         write_json_atomic(result.to_dict(), run_dir / RESULT)
     return result
 
 
-def _check_resumable(
-    state: Mapping[str, Any], network: MultiTaskNetwork, config: TrainConfig, path: Path
-) -> None:
+def _check_resumable(state: Mapping[str, Any], network: MultiTaskNetwork, config: TrainConfig, path: Path) -> None:
     if state.get("graph") != network.graph.to_dict():
-        raise ValueError(
-            f"{path}: checkpoint was written for a different sharing graph; use a new run folder"
-        )
+        raise ValueError(f"{path}: checkpoint was written for a different sharing graph; use a new run folder")
     saved = {k: v for k, v in state.get("config", {}).items() if k not in ("progress", "device")}
     now = {k: v for k, v in config.to_dict().items() if k not in ("progress", "device")}
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
-        raise ValueError(
-            f"{path}: checkpoint config differs in {diff}; use a new run folder or the same settings"
-        )
+        raise ValueError(f"{path}: checkpoint config differs in {diff}; use a new run folder or the same settings")

@@ -1,0 +1,189 @@
+"""Export a discovered network: safetensors weights + graph JSON + manifest, torch.export, ONNX.
+
+The manifest names everything needed to rebuild the network without pickle: the backbone's
+registry name and arguments, the task specs, the input shape and the sharing graph.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .backbones import create_backbone
+from .graph import SharingGraph
+from .network import MultiTaskNetwork
+from .tasks import TaskSpec
+
+MANIFEST_FORMAT = "nas_mtl.network/1"
+MODEL_MANIFEST = "model.json"
+"""The manifest a training run writes next to its checkpoint."""
+FORMATS = ("safetensors", "torch-export", "onnx")
+
+
+def network_manifest(network: MultiTaskNetwork, tasks: Sequence[TaskSpec]) -> dict[str, Any]:
+    """What it takes to rebuild ``network`` (weights aside), as plain JSON."""
+    by_name = {t.name: t for t in tasks}
+    missing = [t for t in network.tasks if t not in by_name]
+    if missing:
+        raise ValueError(f"manifest: no task spec for {missing}")
+    return {
+        "format": MANIFEST_FORMAT,
+        "backbone": {"name": network.backbone.name, "config": network.backbone.config},
+        "input_shape": list(network.input_shape),
+        "tasks": [by_name[t].to_dict() for t in network.tasks],
+        "graph": network.graph.to_dict(),
+    }
+
+
+def network_from_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> MultiTaskNetwork:
+    """A freshly initialised network laid out as ``manifest`` says (load weights into it next)."""
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{source}: format: expected {MANIFEST_FORMAT!r}, got {manifest.get('format')!r}")
+    for key in ("backbone", "tasks", "graph"):
+        if key not in manifest:
+            raise ValueError(f"{source}: missing key {key!r}")
+    bb = manifest["backbone"]
+    backbone = create_backbone(bb["name"], **bb.get("config", {}))
+    tasks = [TaskSpec.from_dict(t) for t in manifest["tasks"]]
+    graph = SharingGraph.from_dict(manifest["graph"], source=f"{source}: graph")
+    return MultiTaskNetwork.from_tasks(graph, backbone, tasks)
+
+
+class _TupleOutputs(nn.Module):
+    """Outputs as a tuple in task order: what torch.export / ONNX want."""
+
+    def __init__(self, network: MultiTaskNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.network(x)
+        return tuple(out[t] for t in self.network.tasks)
+
+
+def save_weights(network: MultiTaskNetwork, tasks: Sequence[TaskSpec], out_dir: str | Path) -> Path:
+    """``weights.safetensors`` + ``graph.json`` + ``manifest.json`` (no pickle anywhere)."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
+    save_file(state, str(out_dir / "weights.safetensors"), metadata={"format": MANIFEST_FORMAT})
+    network.graph.save(out_dir / "graph.json")
+    manifest = network_manifest(network, tasks)
+    manifest["files"] = {"weights": "weights.safetensors", "graph": "graph.json"}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return out_dir / "manifest.json"
+
+
+def load_exported(out_dir: str | Path) -> MultiTaskNetwork:
+    """Rebuild a network written by :func:`save_weights` (eval mode)."""
+    from safetensors.torch import load_file
+
+    out_dir = Path(out_dir)
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest.json in {out_dir}")
+    manifest = json.loads(path.read_text())
+    network = network_from_manifest(manifest, source=str(path))
+    weights = out_dir / manifest.get("files", {}).get("weights", "weights.safetensors")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found: {weights}")
+    network.load_state_dict(load_file(str(weights)))
+    return network.eval()
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = FORMATS) -> dict[str, Any]:
+    """Export the network trained in ``run_dir`` (its ``model.json`` manifest + ``checkpoint.pt`` weights)."""
+    run_dir = Path(run_dir)
+    manifest_path, ckpt = run_dir / MODEL_MANIFEST, run_dir / "checkpoint.pt"
+    for path in (manifest_path, ckpt):
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir}: not a finished training run ({path.name} missing)")
+    manifest = json.loads(manifest_path.read_text())
+    network = network_from_manifest(manifest, source=str(manifest_path))
+    network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    tasks = [TaskSpec.from_dict(t) for t in manifest["tasks"]]
+    return export_network(network, tasks, out_dir, formats)
+
+
+def export_network(
+    network: MultiTaskNetwork,
+    tasks: Sequence[TaskSpec],
+    out_dir: str | Path,
+    formats: Sequence[str] = FORMATS,
+    check_inputs: int = 4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write the requested formats into ``out_dir`` and check each against eager PyTorch.
+
+    Returns a report: file per format and the max abs difference of every exported artefact's
+    outputs vs the eager network on ``check_inputs`` random inputs (also written to ``export.json``).
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"formats: unknown {unknown}; allowed: {list(FORMATS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    network = network.cpu().eval()
+    wrapper = _TupleOutputs(network).eval()
+    gen = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(check_inputs, *network.input_shape, generator=gen)
+    with torch.no_grad():
+        expected = wrapper(inputs)
+    report: dict[str, Any] = {"torch": torch.__version__, "tasks": list(network.tasks), "files": {}, "max_abs_diff": {}}
+    if "safetensors" in formats:
+        save_weights(network, tasks, out_dir)
+        reloaded = _TupleOutputs(load_exported(out_dir)).eval()
+        with torch.no_grad():
+            report["max_abs_diff"]["safetensors"] = _max_diff(reloaded(inputs), expected)
+        report["files"]["safetensors"] = "weights.safetensors"
+    example = inputs[:2]
+    batch = torch.export.Dim("batch", min=1)
+    if "torch-export" in formats:
+        program = torch.export.export(wrapper, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, out_dir / "program.pt2")
+        loaded = torch.export.load(out_dir / "program.pt2").module()
+        with torch.no_grad():
+            report["max_abs_diff"]["torch-export"] = _max_diff(loaded(inputs), expected)
+        report["files"]["torch-export"] = "program.pt2"
+    if "onnx" in formats:
+        report["max_abs_diff"]["onnx"] = _export_onnx(wrapper, example, inputs, expected, out_dir / "model.onnx")
+        report["files"]["onnx"] = "model.onnx"
+    (out_dir / "export.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _export_onnx(
+    wrapper: _TupleOutputs, example: torch.Tensor, inputs: torch.Tensor, expected: tuple, path: Path
+) -> float:
+    """ONNX with one named output per task and a dynamic batch axis, checked with onnxruntime."""
+    import onnxruntime as ort
+
+    tasks = list(wrapper.network.tasks)
+    torch.onnx.export(
+        wrapper,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=tasks,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    if names != tasks:
+        raise RuntimeError(f"ONNX outputs {names} do not match tasks {tasks}")
+    got = session.run(tasks, {"input": inputs.numpy()})
+    return _max_diff(tuple(torch.from_numpy(g) for g in got), expected)
+
+
+def _max_diff(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
+    return max(float((g - e).abs().max()) for g, e in zip(got, expected, strict=True))
