@@ -133,6 +133,29 @@ def cmd_search(args: argparse.Namespace) -> None:
     print(f"graph: {path}   retrain with: nas-mtl train --graph {path} --data {args.data} --space {args.space} ...")
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    import time
+
+    from .report import format_table, runs_table, summary_table, write_report
+    from .study import load_study, run_study
+
+    spec = load_study(args.file)
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    t0 = time.perf_counter()
+    rows = run_study(spec, out, progress=not args.no_progress)
+    files = write_report(out)
+    print(format_table(summary_table(runs_table(rows))).to_string())
+    print(f"study {spec.name!r}: {time.perf_counter() - t0:.0f}s this session; report: {files['report.md']}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    files = write_report(args.run_dir, args.out)
+    print(Path(files["report.md"]).read_text().split("## Figures")[0])
+    print("written: " + ", ".join(str(p) for p in files.values()))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_run
 
@@ -200,6 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--out", required=True, help="run folder (resumed if it exists)")
         method.add_arguments(mp)
         mp.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("study", help="run (or resume) a study file: searches + baselines x balancers x seeds")
+    p.add_argument("file", help="study TOML, e.g. studies/quickstart.toml")
+    p.add_argument("--out", help="run folder (default runs/NAME; resumed if it exists)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("report", help="tables (Markdown/HTML/CSV) and figures for a study run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="export a trained run: safetensors + manifest, torch.export, ONNX")
     p.add_argument("run_dir", help="a finished `nas-mtl train` run folder")

@@ -1,0 +1,273 @@
+"""Studies: one TOML file -> searches + baselines, each graph retrained per balancer and seed.
+
+Everything lands in a run folder, one sub-folder per search and per arm run, each written when it
+finishes; rerunning the same study resumes: finished searches and arm runs are read back, an
+interrupted training run continues from its last checkpoint.
+
+Layout::
+
+    RUN_DIR/study.toml                       copy of the study file
+    RUN_DIR/search/METHOD/                   graph.json, search.json (SearchResult.save)
+    RUN_DIR/arms/ARM/BALANCER/seedS/         a training run (checkpoint, result.json, model.json)
+    RUN_DIR/arms/ARM/BALANCER/seedS/row.json the arm's result row (metrics, params, MACs, times)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .balancing import create_balancer, list_balancers
+from .baselines import ARMS as BASELINE_ARMS
+from .baselines import primary_directions, train_graph
+from .data import MultiTaskData, create_dataset
+from .graph import SharingGraph
+from .search import SEARCH_METHODS, SearchResult, load_search_methods
+from .space import SearchSpace, load_search_space
+from .train import TrainConfig, write_json_atomic
+
+FORMAT = "nas_mtl.study/1"
+ROW = "row.json"
+_KEYS = ("format", "name", "description", "seeds", "balancers", "data", "space", "train", "arms", "search")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A parsed, validated study file."""
+
+    name: str
+    data: Mapping[str, Any]
+    space: str
+    train: TrainConfig
+    seeds: tuple[int, ...]
+    balancers: tuple[str, ...]
+    baselines: tuple[str, ...]
+    search: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    source: str = "<memory>"
+
+
+def load_study(path: str | Path) -> StudySpec:
+    """Read and validate a study TOML; errors name the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    return parse_study(raw, source=str(path), base_dir=path.parent)
+
+
+def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | None = None) -> StudySpec:
+    def fail(key: str, msg: str) -> ValueError:
+        return ValueError(f"{source}: {key}: {msg}")
+
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise fail(unknown[0], f"unknown key; allowed: {', '.join(_KEYS)}")
+    if raw.get("format") != FORMAT:
+        raise fail("format", f"expected {FORMAT!r}, got {raw.get('format')!r}")
+    for key, kind in (
+        ("data", Mapping),
+        ("space", Mapping),
+        ("train", Mapping),
+        ("arms", Mapping),
+        ("search", Mapping),
+    ):
+        if key in raw and not isinstance(raw[key], kind):
+            raise fail(key, "expected a table")
+    data = dict(raw.get("data", {}))
+    if not isinstance(data.get("name"), str):
+        raise fail("data.name", "required (a dataset name, e.g. 'multidigits')")
+    space = raw.get("space", {}).get("name")
+    if not isinstance(space, str):
+        raise fail("space.name", "required (a search-space name or a .toml path)")
+    if base_dir is not None and space.endswith(".toml") and not Path(space).is_absolute():
+        space = str(base_dir / space)
+    try:
+        train = TrainConfig.from_dict(raw.get("train", {}), source=f"{source}: train")
+    except (TypeError, ValueError) as err:
+        raise fail("train", str(err)) from None
+    seeds = raw.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise fail("seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    balancers = raw.get("balancers", ["equal"])
+    if not isinstance(balancers, list) or not balancers:
+        raise fail("balancers", f"expected a non-empty list, got {balancers!r}")
+    for b in balancers:
+        if b not in list_balancers():
+            raise fail("balancers", f"unknown balancer {b!r}; known: {', '.join(list_balancers())}")
+    arms = raw.get("arms", {})
+    extra = sorted(set(arms) - {"baselines"})
+    if extra:
+        raise fail(f"arms.{extra[0]}", "unknown key; allowed: baselines")
+    baselines = arms.get("baselines", ["single", "hard"])
+    if not isinstance(baselines, list) or any(b not in BASELINE_ARMS for b in baselines):
+        raise fail("arms.baselines", f"expected a list from {list(BASELINE_ARMS)}, got {baselines!r}")
+    if "single" not in baselines:
+        baselines = ["single", *baselines]  # the Δm reference is always trained
+    search = raw.get("search", {})
+    methods = load_search_methods()
+    for name, options in search.items():
+        if name not in methods:
+            raise fail(f"search.{name}", f"unknown search method; known: {', '.join(methods)}")
+        if not isinstance(options, Mapping):
+            raise fail(f"search.{name}", "expected a table of options")
+        _method_args(name, options, f"{source}: search.{name}")  # validate now, not hours later
+    return StudySpec(
+        name=str(raw.get("name", Path(source).stem)),
+        data=data,
+        space=space,
+        train=train,
+        seeds=tuple(seeds),
+        balancers=tuple(balancers),
+        baselines=tuple(baselines),
+        search={k: dict(v) for k, v in search.items()},
+        description=str(raw.get("description", "")),
+        source=source,
+    )
+
+
+def _method_args(method: str, options: Mapping[str, Any], where: str) -> argparse.Namespace:
+    """A study's method table parsed by the method's own CLI parser (same defaults and checks)."""
+    parser = argparse.ArgumentParser(prog=f"search {method}", exit_on_error=False, add_help=False)
+    SEARCH_METHODS.create(method).add_arguments(parser)
+    argv: list[str] = []
+    known = {a.dest: a for a in parser._actions}
+    for key, value in options.items():
+        dest = key.replace("-", "_")
+        if dest not in known:
+            allowed = sorted(k for k in known if k != "help")
+            raise ValueError(f"{where}.{key}: unknown option; allowed: {', '.join(allowed)}")
+        flag = known[dest].option_strings[0]
+        if isinstance(value, bool):
+            if value != known[dest].default:
+                argv.append(flag)
+        elif isinstance(value, list):
+            argv += (
+                [flag, *map(str, value)] if known[dest].nargs not in (None, 1) else [flag, ",".join(map(str, value))]
+            )
+        else:
+            argv += [flag, str(value)]
+    try:
+        args, rest = parser.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise ValueError(f"{where}: {err}") from None
+    if rest:
+        raise ValueError(f"{where}: could not parse {rest}")
+    return args
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One graph to retrain: a baseline or a search's result."""
+
+    name: str
+    graph: SharingGraph
+    search_seconds: float = 0.0
+    single_task: str | None = None  # set for the per-task nets of the single-task arm
+
+
+def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) every search and arm of ``spec``; returns the result rows."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if spec.source != "<memory>" and Path(spec.source).is_file():
+        shutil.copyfile(spec.source, run_dir / "study.toml")
+    data = create_dataset(spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"})
+    space = load_search_space(spec.space, input_shape=data.input_shape)
+    arms = _baseline_arms(spec, data, space)
+    for method, options in spec.search.items():
+        result = _run_search(method, options, data, space, run_dir / "search" / method, spec.source)
+        arms.append(Arm(method, result.graph.with_meta(name=method), result.seconds))
+    rows = []
+    for arm in arms:
+        balancers = ("equal",) if arm.single_task else spec.balancers
+        for balancer in balancers:
+            for seed in spec.seeds:
+                rows.append(_run_arm(arm, balancer, seed, spec, data, space, run_dir, progress))
+    return rows
+
+
+def _baseline_arms(spec: StudySpec, data: MultiTaskData, space: SearchSpace) -> list[Arm]:
+    arms = []
+    for b in spec.baselines:
+        if b == "single":
+            for t in data.task_names:
+                graph = SharingGraph.hard_sharing([t], space.layers, space.skippable).with_meta(name=f"single:{t}")
+                arms.append(Arm("single-task", graph, single_task=t))
+        else:
+            tasks = data.task_names
+            arms.append(
+                Arm(b, (space.hard_sharing(tasks) if b == "hard" else space.independent(tasks)).with_meta(name=b))
+            )
+    return arms
+
+
+def _run_search(
+    method: str, options: Mapping[str, Any], data: MultiTaskData, space: SearchSpace, out: Path, source: str
+) -> SearchResult:
+    done = out / "search.json"
+    if done.is_file():  # finished earlier: read it back
+        summary = json.loads(done.read_text())
+        graph = SharingGraph.from_dict(summary["graph"], source=str(done))
+        return SearchResult(summary["method"], graph, summary["seconds"], info=summary.get("info", {}))
+    args = _method_args(method, options, f"{source}: search.{method}")
+    t0 = time.perf_counter()
+    result = SEARCH_METHODS.create(method).run(args, data, space, out)
+    if result.seconds <= 0:
+        result = SearchResult(result.method, result.graph, time.perf_counter() - t0, result.candidates, result.info)
+    result.save(out)
+    return result
+
+
+def _run_arm(
+    arm: Arm, balancer: str, seed: int, spec: StudySpec, data: MultiTaskData, space: SearchSpace, run_dir: Path,
+    progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    name = f"{arm.name}/{arm.single_task}" if arm.single_task else arm.name
+    out = run_dir / "arms" / name.replace(":", "_") / balancer / f"seed{seed}"
+    if (out / ROW).is_file():
+        return json.loads((out / ROW).read_text())
+    config = TrainConfig(**{**spec.train.to_dict(), "seed": seed, "progress": progress})
+    net, result = train_graph(arm.graph, data, space, config, create_balancer(balancer), out)
+    cost = net.cost()
+    row = {
+        "arm": arm.name,
+        "task": arm.single_task,
+        "balancer": balancer,
+        "seed": seed,
+        "graph": arm.graph.to_dict(),
+        "test": result.test,
+        "val": result.val,
+        "params": cost.params,
+        "macs": cost.macs,
+        "train_seconds": result.train_seconds,
+        "search_seconds": arm.search_seconds,
+        "primary": {t: [m, hib] for t, d in primary_directions(data).items() for m, hib in d.items()},
+    }
+    write_json_atomic(row, out / ROW)
+    return row
+
+
+def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every finished arm run's row under ``run_dir`` (what a report is built from)."""
+    rows = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob(f"arms/**/{ROW}"))]
+    if not rows:
+        raise ValueError(f"{run_dir}: no finished arm runs (arms/**/{ROW}); run `nas-mtl study` first")
+    return rows
+
+
+__all__ = ["Arm", "StudySpec", "load_rows", "load_study", "parse_study", "run_study"]
