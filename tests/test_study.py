@@ -1,0 +1,125 @@
+import json
+
+import pandas as pd
+import pytest
+
+import nas_mtl.study as study_mod
+from nas_mtl.metrics import delta_m
+from nas_mtl.report import write_report
+from nas_mtl.study import load_study, run_study
+
+SPACE = """
+format = "nas_mtl.search_space/1"
+[backbone]
+name = "resnet_small"
+widths = [4, 8]
+depths = [1, 1]
+"""
+
+STUDY = """
+format = "nas_mtl.study/1"
+name = "tiny"
+seeds = [0, 1]
+balancers = ["equal"]
+[data]
+name = "multidigits"
+n_train = 64
+n_val = 32
+n_test = 32
+size = 16
+[space]
+name = "space.toml"
+[train]
+epochs = 1
+batch_size = 32
+[arms]
+baselines = ["single", "hard"]
+"""
+
+
+def _write(tmp_path, study=STUDY):
+    (tmp_path / "space.toml").write_text(SPACE)
+    (tmp_path / "study.toml").write_text(study)
+    return tmp_path / "study.toml"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    d = tmp_path_factory.mktemp("study")
+    spec = load_study(_write(d))
+    rows = run_study(spec, d / "run", progress=False)
+    return d, spec, rows
+
+
+def test_study_rows_and_report_tables_hold_the_same_numbers(finished):
+    d, _, rows = finished
+    assert sorted((r["arm"], r["task"], r["seed"]) for r in rows) == [
+        ("hard", None, 0), ("hard", None, 1),
+        ("single-task", "left", 0), ("single-task", "left", 1),
+        ("single-task", "right", 0), ("single-task", "right", 1),
+    ]  # fmt: skip
+    files = write_report(d / "run")
+    runs = pd.read_csv(files["runs.csv"])
+    summary = pd.read_csv(files["summary.csv"]).set_index(["arm", "balancer"])
+    directions = {"left": {"accuracy": True}, "right": {"accuracy": True}}
+    for seed in (0, 1):
+        hard = next(r for r in rows if r["arm"] == "hard" and r["seed"] == seed)
+        single = {r["task"]: r["test"][r["task"]] for r in rows if r["arm"] == "single-task" and r["seed"] == seed}
+        line = runs[(runs.arm == "hard") & (runs.seed == seed)].iloc[0]
+        assert line["left.accuracy"] == pytest.approx(hard["test"]["left"]["accuracy"])
+        assert line["delta_m"] == pytest.approx(delta_m(hard["test"], single, directions))
+        assert line["params"] == hard["params"]
+    hard_dm = runs[runs.arm == "hard"]["delta_m"]
+    assert summary.loc[("hard", "equal"), "delta_m"] == pytest.approx(hard_dm.mean())
+    assert summary.loc[("hard", "equal"), "delta_m std"] == pytest.approx(hard_dm.std(ddof=1))
+    single_params = sum(r["params"] for r in rows if r["arm"] == "single-task" and r["seed"] == 0)
+    assert summary.loc[("single-task", "equal"), "params"] == single_params
+    md = files["report.md"].read_text()
+    assert f"{summary.loc[('hard', 'equal'), 'delta_m']:.2f} ±" in md
+    assert (d / "run" / "report" / "figures" / "topology_hard.png").is_file()
+    assert "<table" in files["report.html"].read_text()
+
+
+def test_killed_study_resumes_without_retraining_finished_arms(finished, monkeypatch):
+    d, spec, rows = finished
+    victim = d / "run" / "arms" / "hard" / "equal" / "seed1"
+    (victim / "row.json").unlink()  # as if killed before this arm finished
+    calls = []
+    real = study_mod.train_graph
+
+    def counting(graph, *args, **kwargs):
+        calls.append(graph.meta.get("name"))
+        return real(graph, *args, **kwargs)
+
+    monkeypatch.setattr(study_mod, "train_graph", counting)
+    again = run_study(spec, d / "run", progress=False)
+    assert calls == ["hard"]
+    assert json.loads((victim / "row.json").read_text())["test"] == next(
+        r for r in rows if r["arm"] == "hard" and r["seed"] == 1
+    )["test"]  # resumed from its finished checkpoint: same numbers
+    assert len(again) == len(rows)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda s: s.replace("nas_mtl.study/1", "nas_mtl.study/0"), "format"),
+        (lambda s: s + "\nbogus = 1\n", "bogus: unknown key"),
+        (lambda s: s.replace('balancers = ["equal"]', 'balancers = ["magic"]'), "balancers: unknown balancer 'magic'"),
+        (lambda s: s.replace("epochs = 1", "epochs = 1\nepoch = 2"), r"train:.*unknown key\(s\) \['epoch'\]"),
+        (lambda s: s.replace('baselines = ["single", "hard"]', 'baselines = ["soft"]'), "arms.baselines"),
+        (lambda s: s.replace("seeds = [0, 1]", "seeds = []"), "seeds"),
+        (lambda s: s + "\n[search.nope]\n", "search.nope: unknown search method"),
+        (lambda s: s.replace('name = "multidigits"\n', ""), "data.name: required"),
+    ],
+)
+def test_bad_study_files_name_file_and_key(tmp_path, edit, match):
+    path = _write(tmp_path, edit(STUDY))
+    with pytest.raises(ValueError, match=match) as err:
+        load_study(path)
+    assert str(path) in str(err.value)
+
+
+def test_quickstart_study_file_is_valid():
+    spec = load_study("studies/quickstart.toml")
+    assert "single" in spec.baselines
