@@ -133,6 +133,19 @@ def cmd_search(args: argparse.Namespace) -> None:
     print(f"graph: {path}   retrain with: nas-mtl train --graph {path} --data {args.data} --space {args.space} ...")
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    import torch
+
+    from .search.branching import exit_with_parent, run_worker
+
+    if args.exit_with_parent:
+        exit_with_parent()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    n = run_worker(args.storage, args.study, args.out, args.seed)
+    print(f"worker: {n} trial(s) run; study {args.study!r} in {args.storage}")
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     import time
 
@@ -223,6 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("--out", required=True, help="run folder (resumed if it exists)")
         method.add_arguments(mp)
         mp.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("worker", help="join a branch search (Optuna study) by name and run its trials")
+    p.add_argument("--storage", required=True, help="the study's storage URL (sqlite:///..., postgresql://...) "
+                   "or journal:PATH")  # fmt: skip
+    p.add_argument("--study", default="branch", help="study name")
+    p.add_argument("--out", help="run folder holding the warm start (default: the one recorded in the study)")
+    p.add_argument("--seed", type=int, help="sampler seed (default: random)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("study", help="run (or resume) a study file: searches + baselines x balancers x seeds")
     p.add_argument("file", help="study TOML, e.g. studies/quickstart.toml")

@@ -1,0 +1,641 @@
+"""Hard-branch (tree) search with Optuna: single-objective (Δm, TPE) or multi-objective (Δm vs params /
+MACs, NSGA-II), resumable, with several worker processes or machines sharing one Optuna storage.
+
+Trees (Vandenhende et al., "Branched Multi-Task Networks", BMVC 2020; Guo et al., "Learning to Branch for
+Multi-Task Learning", ICML 2020) are sampled through Optuna's define-by-run API. Layers are walked in order;
+at a branchable layer every current task group splits into a set partition of itself, chosen as a
+restricted-growth string: the group's first task gets label 0, the i-th task a label in
+``[0, 1 + max(previous labels)]``. Each choice is a categorical parameter whose name carries its whole
+context (layer, group, task, previous labels), so a name always has the same distribution and the map from
+parameter assignments to trees is a bijection onto :func:`~nas_mtl.graph.enumerate_trees`.
+
+Candidates are scored by the warm-start proxy (:mod:`nas_mtl.search.proxy`); Δm after each fine-tuning
+epoch is reported so a median or successive-halving pruner (Jamieson & Talwalkar 2016; Li et al. 2020)
+stops bad trials (single objective only: Optuna does not prune multi-objective studies).
+
+Deduplication: a trial whose tree an earlier trial already scored returns that trial's values (user attr
+``duplicate_of``) without training; if that trial is still running in another worker, it waits for it
+(up to ``duplicate_wait_s``). Two trials sampling the same new tree within the few milliseconds between
+sampling and recording its key both train it; the proxy is deterministic, so both get the same values.
+
+Budget: ``n_trials`` counts finished trials (complete or pruned, duplicates included) over all workers and
+sessions. A trial is within budget iff fewer than ``n_trials`` earlier-numbered trials are running or
+finished (trial numbers are assigned atomically by the storage), so concurrent workers never overshoot;
+the rare trial that loses that race is marked FAIL with user attr ``over_budget``.
+
+Resume: rerunning :func:`branch_search` on the same storage continues the study (finished trials kept) up to
+the budget; RUNNING trials left by a killed run are marked FAIL first, so restart it only when no worker of
+the study is running (a worker whose trial is failed under it stops with an error). ``nas-mtl worker``
+processes never fail other trials, except through the heartbeat of RDB storages (a worker silent for
+:data:`GRACE_S` seconds is presumed dead and its trial failed); on a journal file, the trial of a worker
+killed while the others go on stays RUNNING (and counted) until the search is restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from ..data import MultiTaskData, create_dataset
+from ..graph import SharingGraph
+from ..space import SearchSpace, find_search_space, load_search_space
+from . import SearchMethod, SearchResult, register_search_method
+from .exhaustive import count_trees
+from .proxy import (
+    OBJECTIVES,
+    Proxy,
+    ProxyConfig,
+    Scorer,
+    add_proxy_arguments,
+    config_from_dict,
+    graph_from_key,
+    graph_key,
+    proxy_config,
+)
+
+SAMPLERS: dict[str, Callable[[int | None, int], optuna.samplers.BaseSampler]] = {
+    # conditional (define-by-run) space: group-decomposed multivariate TPE (Falkner et al. 2018; Optuna)
+    "tpe": lambda seed, n: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
+    # NSGA-II (Deb et al. 2002) recombines the parameters every tree has (the first branchable layer);
+    # deeper, conditional choices are drawn at random
+    "nsga2": lambda seed, n: optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n // 5))),
+    "random": lambda seed, n: optuna.samplers.RandomSampler(seed=seed),
+    "bruteforce": lambda seed, n: optuna.samplers.BruteForceSampler(seed=seed),
+}
+"""Sampler name -> ``factory(seed, n_trials)``; ``"auto"`` = tpe (one objective) or nsga2 (several)."""
+
+PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5),
+    "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+    "none": lambda: optuna.pruners.NopPruner(),
+}
+"""Pruner name -> factory; ``"auto"`` = median (one objective) or none (several)."""
+
+STUDY_ATTR = "nas_mtl"
+"""Study user attr holding everything a worker needs to join (format :data:`STUDY_FORMAT`)."""
+STUDY_FORMAT = "nas_mtl.branch_study/1"
+HEARTBEAT_S = 30
+GRACE_S = 120
+"""RDB storages: workers write a heartbeat every HEARTBEAT_S; a RUNNING trial silent for GRACE_S is failed."""
+POLL_S = 0.5
+CLAIMED = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+# ---------------------------------------------------------------------- parameterisation
+def suggest_tree(trial: Trial, tasks: Sequence[str], layers: Sequence[str], branchable: Sequence[str]) -> SharingGraph:
+    """Sample a branched tree through ``trial`` (see the module doc); every tree is reachable exactly once."""
+    allowed = set(branchable)
+    partition: list[tuple[str, ...]] = [tuple(tasks)]
+    partitions = []
+    for layer in layers:
+        if layer in allowed:
+            partition = [block for group in partition for block in _split(trial, layer, group)]
+        partitions.append(partition)
+    return SharingGraph.branched(tasks, layers, partitions)
+
+
+def _split(trial: Trial, layer: str, group: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """A set partition of ``group`` as a restricted-growth string of categorical choices."""
+    labels = [0]
+    for task in group[1:]:
+        name = f"{layer}:{'+'.join(group)}:{task}@{'.'.join(map(str, labels))}"
+        labels.append(trial.suggest_categorical(name, list(range(max(labels) + 2))))
+    blocks: dict[int, list[str]] = {}
+    for task, label in zip(group, labels):
+        blocks.setdefault(label, []).append(task)
+    return [tuple(b) for b in blocks.values()]
+
+
+# ---------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class BranchSearchConfig:
+    """Settings of a tree search; every field is validated with an error naming it.
+
+    Args:
+        proxy: how candidates are scored.
+        n_trials: finished trials (complete + pruned, duplicates included) over all workers and sessions.
+        objectives: ``("delta_m",)`` or Δm plus costs, e.g. ``("delta_m", "params")`` (a Pareto front).
+        sampler: a name in :data:`SAMPLERS` or ``"auto"``; pruner: a name in :data:`PRUNERS` or ``"auto"``.
+        seed: sampler seed (worker k of a parallel run uses ``seed + k``).
+        storage: an Optuna storage URL (``sqlite:///...``, ``postgresql://...``) or ``journal:PATH`` (a
+            JournalFileStorage, for several processes on one machine); None = ``sqlite:///RUN_DIR/study.db``.
+        study_name: the study in the storage; workers join it by this name.
+        top_k: single objective: how many of the best trees to return as candidates.
+        duplicate_wait_s: how long a trial that drew a tree another worker is scoring waits for that score.
+    """
+
+    proxy: ProxyConfig = ProxyConfig()
+    n_trials: int = 50
+    objectives: tuple[str, ...] = ("delta_m",)
+    sampler: str = "auto"
+    pruner: str = "auto"
+    seed: int = 0
+    storage: str | None = None
+    study_name: str = "branch"
+    top_k: int = 5
+    duplicate_wait_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.proxy, ProxyConfig):
+            raise TypeError(f"branch search config: proxy must be a ProxyConfig, got {type(self.proxy).__name__}")
+        for name, low in (("n_trials", 1), ("top_k", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"branch search config: {name} must be an integer >= {low}, got {value!r}")
+        objectives = tuple(self.objectives)
+        object.__setattr__(self, "objectives", objectives)
+        bad = [o for o in objectives if o not in OBJECTIVES]
+        if bad or "delta_m" not in objectives or len(set(objectives)) != len(objectives):
+            raise ValueError(
+                f"branch search config: objectives must be distinct names from {list(OBJECTIVES)} including "
+                f"'delta_m', got {list(objectives)}"
+            )
+        for name, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            if getattr(self, name) not in ("auto", *allowed):
+                raise ValueError(
+                    f"branch search config: {name} must be one of {['auto', *allowed]}, got {getattr(self, name)!r}"
+                )
+        if self.multi_objective and self.pruner not in ("auto", "none"):
+            raise ValueError(
+                f"branch search config: pruner {self.pruner!r} with objectives {list(objectives)}: Optuna does not "
+                "prune multi-objective studies (Trial.report is single-objective); use 'none' or 'auto'"
+            )
+        if self.storage is not None and (not isinstance(self.storage, str) or not self.storage):
+            raise ValueError(f"branch search config: storage must be a non-empty URL or None, got {self.storage!r}")
+        if not isinstance(self.study_name, str) or not self.study_name:
+            raise ValueError(f"branch search config: study_name must be a non-empty string, got {self.study_name!r}")
+        wait = self.duplicate_wait_s
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < math.inf:
+            raise ValueError(f"branch search config: duplicate_wait_s must be a finite number >= 0, got {wait!r}")
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    def make_sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
+        name = self.sampler if self.sampler != "auto" else ("nsga2" if self.multi_objective else "tpe")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            return SAMPLERS[name](seed, self.n_trials)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        return PRUNERS[self.pruner if self.pruner != "auto" else ("none" if self.multi_objective else "median")]()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "proxy": self.proxy.to_dict(), "objectives": list(self.objectives)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "branch search config") -> BranchSearchConfig:
+        return config_from_dict(cls, data, source, {"proxy": ProxyConfig.from_dict})
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How another process rebuilds the data and search space (recorded in the study for workers).
+
+    Args:
+        dataset: registry name; ``dataset_kwargs``: its options; space: search-space file path or name.
+    """
+
+    dataset: str
+    dataset_kwargs: Mapping[str, Any]
+    space: str
+
+    def build(self) -> tuple[MultiTaskData, SearchSpace]:
+        data = create_dataset(self.dataset, **dict(self.dataset_kwargs))
+        return data, load_search_space(self.space, input_shape=data.input_shape)
+
+
+def open_storage(url: str) -> BaseStorage:
+    """An Optuna storage from a URL: ``journal:PATH`` (JournalFileStorage) or any RDB URL (heartbeat on)."""
+    if url.startswith("journal:"):
+        path = url.removeprefix("journal:")
+        if not path:
+            raise ValueError("storage: 'journal:' needs a file path, e.g. journal:runs/x/study.journal")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
+            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    except Exception as err:  # SQLAlchemy raises many kinds for a bad URL
+        raise ValueError(
+            f"storage: cannot open {url!r} ({err}); expected sqlite:///PATH, postgresql://..., or journal:PATH"
+        ) from None
+
+
+# ---------------------------------------------------------------------- one trial
+class _OverBudget(Exception):
+    """This trial was created after the budget had been claimed by others (it ends as FAIL)."""
+
+
+def _worker_id() -> str:
+    """``host:pid:thread``, recorded on every trial a worker runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+@dataclass(frozen=True, eq=False)
+class TreeObjective:
+    """The Optuna objective: sample a tree, reuse an equal tree's score if the study has one, else score it."""
+
+    study: optuna.Study
+    scorer: Scorer
+    tasks: tuple[str, ...]
+    layers: tuple[str, ...]
+    branchable: tuple[str, ...]
+    config: BranchSearchConfig
+    worker: str = field(default_factory=_worker_id)
+
+    def __call__(self, trial: Trial) -> float | list[float]:
+        trials = self.study.get_trials(deepcopy=False, states=CLAIMED)
+        if sum(t.number < trial.number for t in trials) >= self.config.n_trials:
+            trial.set_user_attr("over_budget", True)
+            self.study.stop()
+            raise _OverBudget(f"trial {trial.number}: the budget of {self.config.n_trials} trials is claimed")
+        graph = suggest_tree(trial, self.tasks, self.layers, self.branchable)
+        key = graph_key(graph)
+        trial.set_user_attr("key", key)
+        trial.set_user_attr("worker", self.worker)
+        owner = self._owner(trial.number, key)
+        if owner is not None:
+            trial.set_user_attr("duplicate_of", owner.number)
+            if owner.state == TrialState.PRUNED:
+                raise optuna.TrialPruned(f"tree {key} was pruned in trial {owner.number}")
+            assert owner.values is not None
+            return owner.values[0] if len(owner.values) == 1 else list(owner.values)
+        report = None if self.config.multi_objective else functools.partial(_report, trial)
+        score = self.scorer.score(graph, report)
+        trial.set_user_attr("score", score.to_dict())
+        values = [score.objective(o) for o in self.config.objectives]
+        return values[0] if len(values) == 1 else values
+
+    def _owner(self, number: int, key: str) -> FrozenTrial | None:
+        """A finished trial with the same tree; waits while an earlier trial is still scoring it."""
+        deadline = time.monotonic() + self.config.duplicate_wait_s
+        while True:
+            same = [
+                t
+                for t in self.study.get_trials(deepcopy=False)
+                if t.number != number and t.user_attrs.get("key") == key
+            ]
+            done = [t for t in same if t.state in FINISHED]
+            if done:
+                return min(done, key=lambda t: t.number)
+            if not any(t.state == TrialState.RUNNING and t.number < number for t in same):
+                return None
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(POLL_S)
+
+
+def _report(trial: Trial, epoch: int, value: float) -> None:
+    trial.report(value, epoch)
+    if trial.should_prune():
+        raise optuna.TrialPruned(f"Δm {value:.3f} after fine-tuning epoch {epoch}")
+
+
+class _StopWhenClaimed:
+    """Callback: stop this worker once ``n_trials`` trials are running or finished in the study; raise after
+    ``max_failures`` consecutive failed trials of this worker (a bug, not a bad tree)."""
+
+    def __init__(self, n_trials: int, max_failures: int = 3) -> None:
+        self.n_trials, self.max_failures, self.failures = n_trials, max_failures, 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        failed = trial.state == TrialState.FAIL and not trial.user_attrs.get("over_budget")
+        self.failures = self.failures + 1 if failed else 0
+        if self.failures >= self.max_failures:
+            raise RuntimeError(f"{self.failures} trials in a row failed (last: {trial.number}); see the warnings above")
+        if len(study.get_trials(deepcopy=False, states=CLAIMED)) >= self.n_trials:
+            study.stop()
+
+
+def _optimize(objective: TreeObjective) -> int:
+    """Run trials until the study's budget is claimed; returns how many trials this process ran."""
+    study, n = objective.study, objective.config.n_trials
+    before = sum(t.user_attrs.get("worker") == objective.worker for t in study.get_trials(deepcopy=False))
+    if len(study.get_trials(deepcopy=False, states=CLAIMED)) < n:
+        study.optimize(
+            objective, callbacks=[_StopWhenClaimed(n)], catch=(_OverBudget, FloatingPointError), gc_after_trial=False
+        )
+    return sum(t.user_attrs.get("worker") == objective.worker for t in study.get_trials(deepcopy=False)) - before
+
+
+# ---------------------------------------------------------------------- search
+def branch_search(
+    data: MultiTaskData,
+    space: SearchSpace,
+    config: BranchSearchConfig,
+    run_dir: str | Path,
+    *,
+    workers: int = 1,
+    setup: Setup | None = None,
+    scorer: Scorer | None = None,
+) -> SearchResult:
+    """Search the trees of ``space`` (branching only at ``space.branchable``) for ``data``'s tasks.
+
+    Creates or resumes the study (:func:`create_branch_study`) and runs trials until ``config.n_trials``
+    are finished. ``workers`` > 1 starts ``workers - 1`` ``nas-mtl worker`` processes beside this one
+    (each with ``cpu_count // workers`` torch threads, logs in ``run_dir/workers``); they rebuild data and
+    space from ``setup``, which is then required.
+
+    Returns:
+        graph: the best tree (highest Δm; with several objectives, the Pareto member with the highest Δm);
+        candidates: the Pareto front (several objectives) or the ``top_k`` trees, best Δm first.
+    """
+    t0 = time.perf_counter()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if workers > 1 and (setup is None or scorer is not None):
+        raise ValueError("workers > 1 needs setup= (how workers rebuild the data and space) and the default proxy")
+    objective, url, stale = _open(data, space, config, Path(run_dir), setup, scorer)
+    with _WorkerProcesses(url, config, workers, Path(run_dir)):
+        _optimize(objective)
+    return _result(objective, url, time.perf_counter() - t0, stale)
+
+
+def create_branch_study(
+    data: MultiTaskData,
+    space: SearchSpace,
+    config: BranchSearchConfig,
+    run_dir: str | Path,
+    *,
+    setup: Setup | None = None,
+    scorer: Scorer | None = None,
+) -> optuna.Study:
+    """Create or resume the study of a branch search without running trials (``nas-mtl worker`` runs them).
+
+    Opens ``config.storage`` (default ``sqlite:///RUN_DIR/study.db``), checks that an existing study was made
+    for the same tasks, layers, objectives and proxy, records what workers need (config, ``setup``, run
+    folder, Δm reference), trains or reloads the warm start in ``run_dir`` (unless ``scorer`` replaces the
+    proxy, e.g. a table of stored scores) and marks trials a killed run left RUNNING as FAIL.
+    """
+    return _open(data, space, config, Path(run_dir), setup, scorer)[0].study
+
+
+def _open(
+    data: MultiTaskData,
+    space: SearchSpace,
+    config: BranchSearchConfig,
+    run_dir: Path,
+    setup: Setup | None,
+    scorer: Scorer | None,
+) -> tuple[TreeObjective, str, list[int]]:
+    """:func:`create_branch_study`; returns the objective (with the study), the storage URL, the stale trials."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    url = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    storage = open_storage(url)
+    study = optuna.create_study(
+        storage=storage, study_name=config.study_name, directions=config.directions, load_if_exists=True
+    )
+    record = _check_record(study, data.task_names, space, config)
+    if scorer is None:
+        scorer = Proxy.prepare(data, space, config.proxy, run_dir, reference=record.get("reference"))
+    study.set_user_attr(
+        STUDY_ATTR,
+        {
+            **record,
+            "config": config.to_dict(),
+            "setup": None if setup is None else dataclasses.asdict(setup),
+            "run_dir": str(run_dir.resolve()),
+            "reference": getattr(scorer, "reference", None),
+        },
+    )
+    stale = _fail_running(study, storage)
+    study = _attach(config.study_name, storage, config, config.seed)
+    return TreeObjective(study, scorer, data.task_names, space.layers, space.branchable, config), url, stale
+
+
+def run_worker(
+    storage: str, study_name: str = "branch", run_dir: str | Path | None = None, seed: int | None = None
+) -> int:
+    """Join the branch-search study ``study_name`` in ``storage`` and run trials until its budget is claimed.
+
+    Everything else (data, space, proxy, budget) comes from the study; the warm start is loaded from (or
+    trained into) ``run_dir``, by default the run folder recorded in the study. Returns the trials run here.
+    """
+    handle = open_storage(storage)
+    study = optuna.load_study(study_name=study_name, storage=handle)
+    record = study.user_attrs.get(STUDY_ATTR)
+    if not isinstance(record, Mapping) or record.get("format") != STUDY_FORMAT:
+        raise ValueError(f"study {study_name!r} in {storage!r} was not created by nas-mtl search branch")
+    if record.get("setup") is None:
+        raise ValueError(
+            f"study {study_name!r} records no dataset setup (started from Python without setup=); workers cannot join"
+        )
+    config = BranchSearchConfig.from_dict(record["config"], f"study {study_name!r}: config")
+    data, space = Setup(**record["setup"]).build()
+    _check_record(study, data.task_names, space, config)
+    study = _attach(study_name, handle, config, seed)
+    proxy = Proxy.prepare(data, space, config.proxy, run_dir or record["run_dir"], reference=record["reference"])
+    return _optimize(TreeObjective(study, proxy, data.task_names, space.layers, space.branchable, config))
+
+
+def _attach(study_name: str, storage: BaseStorage, config: BranchSearchConfig, seed: int | None) -> optuna.Study:
+    """The study with this session's pruner and sampler, seeded by ``seed`` and the number of trials so far
+    (a resumed run must not redraw the proposals of its first session)."""
+    n = len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+    mixed = None if seed is None else int(np.random.SeedSequence([seed, n]).generate_state(1)[0])
+    return optuna.load_study(
+        study_name=study_name, storage=storage, sampler=config.make_sampler(mixed), pruner=config.make_pruner()
+    )
+
+
+def _check_record(
+    study: optuna.Study, tasks: tuple[str, ...], space: SearchSpace, config: BranchSearchConfig
+) -> dict[str, Any]:
+    """The study's record; raise ValueError if it was created for other tasks, layers, objectives or proxy."""
+    want = {
+        "format": STUDY_FORMAT,
+        "tasks": list(tasks),
+        "layers": list(space.layers),
+        "branchable": list(space.branchable),
+        "objectives": list(config.objectives),
+        "proxy": config.proxy.to_dict(),
+    }
+    record = study.user_attrs.get(STUDY_ATTR)
+    if record is None:
+        if study.get_trials(deepcopy=False):
+            raise ValueError(f"study {study.study_name!r} has trials but no {STUDY_ATTR!r} record; use another study")
+        return want
+    diff = sorted(k for k in want if record.get(k) != want[k])
+    if diff:
+        raise ValueError(
+            f"study {study.study_name!r} was created with different {diff}; use a new run folder or --study name"
+        )
+    return dict(record)
+
+
+def _fail_running(study: optuna.Study, storage: BaseStorage) -> list[int]:
+    """Mark RUNNING trials (left by a killed run) FAIL; returns their numbers."""
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "stale", True)
+        try:
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            stale.append(t.number)
+        except optuna.exceptions.UpdateFinishedTrialError:  # finished meanwhile
+            pass
+    return stale
+
+
+class _WorkerProcesses:
+    """Context manager: ``n - 1`` ``nas-mtl worker`` subprocesses (logs in RUN_DIR/workers/), joined on exit;
+    stopped if this process fails. Each process gets ``cpu_count // n`` torch threads."""
+
+    def __init__(self, url: str, config: BranchSearchConfig, n: int, run_dir: Path) -> None:
+        self.url, self.config, self.n, self.run_dir = url, config, n, run_dir
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+        self.threads = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.n == 1:
+            return
+        share = max(1, (os.cpu_count() or 1) // self.n)
+        torch.set_num_threads(share)
+        (self.run_dir / "workers").mkdir(exist_ok=True)
+        for k in range(1, self.n):
+            log = self.run_dir / "workers" / f"worker-{k}.log"
+            cmd = [
+                sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", self.url,
+                "--study", self.config.study_name, "--out", str(self.run_dir), "--seed", str(self.config.seed + k),
+                "--threads", str(share), "--exit-with-parent",
+            ]  # fmt: skip
+            with log.open("w") as fh:
+                self.procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), log))
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        torch.set_num_threads(self.threads)
+        if exc_type is not None:
+            for proc, _log in self.procs:
+                proc.terminate()
+        failed = [(proc.wait(), log) for proc, log in self.procs]
+        failed = [(rc, log) for rc, log in failed if rc != 0]
+        if failed and exc_type is None:
+            raise RuntimeError("worker(s) failed: " + ", ".join(f"exit {rc}, log {log}" for rc, log in failed))
+
+
+def exit_with_parent() -> None:
+    """Start a daemon thread that ends this process when its parent dies (orphaned worker of a killed run)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _result(objective: TreeObjective, url: str, seconds: float, stale: list[int]) -> SearchResult:
+    study, config = objective.study, objective.config
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError(f"study {config.study_name!r}: no trial completed ({len(trials)} trials)")
+    pool = study.best_trials if config.multi_objective else complete
+    ranked: dict[str, FrozenTrial] = {}
+    for t in sorted(pool, key=lambda t: (-t.values[0], t.number)):
+        ranked.setdefault(t.user_attrs["key"], t)
+    chosen = list(ranked.values()) if config.multi_objective else list(ranked.values())[: config.top_k]
+    graphs = tuple(
+        graph_from_key(t.user_attrs["key"], objective.tasks, objective.layers).with_meta(
+            method="branch", trial=t.number, **dict(zip(config.objectives, t.values))
+        )
+        for t in chosen
+    )
+    states = Counter(t.state.name for t in trials)
+    info = {
+        "study": config.study_name,
+        "storage": url,
+        "config": config.to_dict(),
+        "n_trees_in_space": count_trees(len(objective.tasks), len(objective.branchable)),
+        "trials": {
+            **{s.lower(): states.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+            "duplicates": sum("duplicate_of" in t.user_attrs for t in trials),
+            "trees_scored": len({t.user_attrs["key"] for t in trials if "score" in t.user_attrs}),
+            "stale_failed": stale,
+            "workers": len({t.user_attrs.get("worker") for t in trials} - {None}),
+        },
+        "trial_seconds": sum(
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in trials
+            if t.datetime_complete and t.datetime_start
+        ),
+        "best": [
+            {"trial": t.number, "key": t.user_attrs["key"], **dict(zip(config.objectives, t.values))} for t in chosen
+        ],
+    }
+    return SearchResult("branch", graphs[0], seconds, graphs, info)
+
+
+# ---------------------------------------------------------------------- command line
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("tree search (Optuna)")
+    g.add_argument("--n-trials", type=int, default=50, help="finished trials over all workers (resumed runs continue)")
+    g.add_argument("--objectives", default="delta_m",
+                   help=f"comma-separated, from {list(OBJECTIVES)}; two or more = Pareto front")  # fmt: skip
+    g.add_argument("--sampler", choices=["auto", *SAMPLERS], default="auto", help="auto: tpe, or nsga2 if multi")
+    g.add_argument("--pruner", choices=["auto", *PRUNERS], default="auto", help="auto: median, or none if multi")
+    g.add_argument("--storage", help="Optuna storage URL or journal:PATH (default sqlite:///OUT/study.db)")
+    g.add_argument("--study", default="branch", help="study name (workers join by it)")
+    g.add_argument("--workers", type=int, default=1, help="processes on this machine (this one + N-1 workers)")
+    g.add_argument("--top-k", type=int, default=5, help="single objective: best trees kept as candidates")
+    add_proxy_arguments(parser)
+
+
+def _run(args: argparse.Namespace, data: MultiTaskData, space: SearchSpace, run_dir: Path) -> SearchResult:
+    config = BranchSearchConfig(
+        proxy=proxy_config(args),
+        n_trials=args.n_trials,
+        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+        sampler=args.sampler,
+        pruner=args.pruner,
+        seed=args.seed,
+        storage=args.storage,
+        study_name=args.study,
+        top_k=args.top_k,
+    )
+    setup = None
+    if getattr(args, "data", None) is not None:  # `nas-mtl search` (a study's method table has no --data)
+        from ..cli import _parse_kv
+
+        setup = Setup(args.data, _parse_kv(args.data_arg, "--data-arg"), str(find_search_space(args.space).resolve()))
+    return branch_search(data, space, config, run_dir, workers=args.workers, setup=setup)
+
+
+@register_search_method("branch")
+def _method() -> SearchMethod:
+    return SearchMethod(
+        add_arguments=_add_arguments,
+        run=_run,
+        help="Optuna tree search: TPE on Δm, or NSGA-II on Δm vs params/MACs; resumable, multi-process",
+    )

@@ -1,0 +1,228 @@
+"""Exhaustive search on small spaces: score every tree (or every select/skip policy) with the search proxy.
+
+The ground truth a search method's regret is measured against: the same warm-start proxy
+(:mod:`nas_mtl.search.proxy`) as branch search, applied to every candidate. Scores are appended to a JSON
+lines file as they finish, so a killed run resumes where it stopped; the file doubles as a lookup
+table (:class:`ScoreTable`) that replays stored scores in place of the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data import MultiTaskData
+from ..graph import SharingGraph, enumerate_trees
+from ..space import SearchSpace
+from . import SearchMethod, SearchResult, register_search_method
+from .proxy import Proxy, ProxyConfig, Report, Score, add_proxy_arguments, graph_from_key, graph_key, proxy_config
+
+KINDS = ("trees", "policies")
+"""``trees``: every branched tree over the space's branchable layers (:func:`~nas_mtl.graph.enumerate_trees`);
+``policies``: every AdaShare select/skip policy over its skippable layers (Sun et al. 2020), 2^(S*T) of them."""
+TABLE_FORMAT = "nas_mtl.exhaustive/1"
+TABLE = "scores.jsonl"
+
+
+def count_trees(n_tasks: int, n_branchable: int) -> int:
+    """Number of trees :func:`~nas_mtl.graph.enumerate_trees` yields for ``n_tasks`` tasks and
+    ``n_branchable`` branchable layers (chains of refining set partitions), without enumerating them."""
+    return _count_chains((n_tasks,), n_branchable)
+
+
+@functools.cache
+def _count_chains(blocks: tuple[int, ...], steps: int) -> int:
+    if steps == 0:
+        return 1
+    total = 0
+    for combo in itertools.product(*(_block_splits(b) for b in blocks)):
+        sizes = tuple(sorted(s for split, _ in combo for s in split))
+        total += math.prod(n for _, n in combo) * _count_chains(sizes, steps - 1)
+    return total
+
+
+@functools.cache
+def _block_splits(size: int) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """(block sizes, number of set partitions of ``size`` items with those block sizes) for every shape."""
+
+    def shapes(n: int, largest: int) -> Iterator[tuple[int, ...]]:
+        if n == 0:
+            yield ()
+        for first in range(min(n, largest), 0, -1):
+            for rest in shapes(n - first, first):
+                yield (first, *rest)
+
+    out = []
+    for shape in shapes(size, size):
+        ways = math.factorial(size)
+        for s in shape:
+            ways //= math.factorial(s)
+        for m in Counter(shape).values():
+            ways //= math.factorial(m)
+        out.append((shape, ways))
+    return tuple(out)
+
+
+def count_candidates(n_tasks: int, space: SearchSpace, kind: str = "trees") -> int:
+    """How many graphs :func:`candidate_graphs` yields, computed without enumerating them."""
+    if kind not in KINDS:
+        raise ValueError(f"kind: must be one of {list(KINDS)}, got {kind!r}")
+    if kind == "trees":
+        return count_trees(n_tasks, len(space.branchable))
+    return 2 ** (len(space.skippable) * n_tasks)
+
+
+def candidate_graphs(tasks: Sequence[str], space: SearchSpace, kind: str = "trees") -> Iterator[SharingGraph]:
+    """Every tree (branching at ``space.branchable``) or every select/skip policy (over ``space.skippable``)."""
+    count_candidates(len(tasks), space, kind)  # validates kind
+    if kind == "trees":
+        yield from enumerate_trees(tasks, space.layers, space.branchable)
+        return
+    rows = [layer in space.skippable for layer in space.layers]
+    for bits in itertools.product((True, False), repeat=sum(rows) * len(tasks)):
+        free = iter(bits)
+        select = [[next(free) for _ in tasks] if skippable else [True] * len(tasks) for skippable in rows]
+        yield SharingGraph.from_policy(tasks, space.layers, select, space.skippable)
+
+
+class ScoreTable:
+    """Scores by graph key, one JSON line per graph after a header line; a killed run's partial last line
+    is ignored. Also a scorer (:class:`~nas_mtl.search.proxy.Scorer`) replaying the stored scores.
+
+    Args:
+        path: the JSON lines file (created with ``header`` if missing).
+        header: what the scores depend on (tasks, layers, kind, proxy config); must match an existing file.
+    """
+
+    def __init__(self, path: str | Path, header: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.header = {"format": TABLE_FORMAT, **header}
+        self.scores: dict[str, Score] = {}
+        if not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.header) + "\n")
+            return
+        text = self.path.read_text()
+        if not text.endswith("\n"):  # a killed run's partial last line: start the next entry on a new line
+            with self.path.open("a") as fh:
+                fh.write("\n")
+        lines = text.splitlines()
+        stored = json.loads(lines[0]) if lines else {}
+        diff = sorted(k for k in set(stored) | set(self.header) if stored.get(k) != self.header.get(k))
+        if diff:
+            raise ValueError(f"{self.path}: scored with different {diff}; use a new run folder")
+        for line in lines[1:]:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # the line a killed run was writing
+                continue
+            self.scores[entry["key"]] = Score.from_dict(entry["score"])
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.scores
+
+    def add(self, key: str, score: Score) -> None:
+        """Record ``score`` and append it to the file (flushed before returning)."""
+        self.scores[key] = score
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"key": key, "score": score.to_dict()}) + "\n")
+
+    def ranking(self) -> list[tuple[str, Score]]:
+        """(key, score) by Δm, best first (ties: by key)."""
+        return sorted(self.scores.items(), key=lambda kv: (-kv[1].delta_m, kv[0]))
+
+    def score(self, graph: SharingGraph, report: Report | None = None) -> Score:
+        """The stored score of ``graph``, reporting its stored per-epoch curve like the proxy would."""
+        key = graph_key(graph)
+        if key not in self.scores:
+            raise KeyError(f"{self.path}: no score for graph {key}")
+        score = self.scores[key]
+        if report is not None:
+            for epoch, value in enumerate(score.curve[:-1], start=1):
+                report(epoch, value)
+        return score
+
+
+def exhaustive_search(
+    data: MultiTaskData,
+    space: SearchSpace,
+    config: ProxyConfig,
+    run_dir: str | Path,
+    kind: str = "trees",
+    limit: int = 2000,
+    top_k: int = 5,
+) -> SearchResult:
+    """Score every candidate of ``kind`` with the proxy (resuming from ``run_dir/scores.jsonl``).
+
+    Refuses (ValueError) spaces with more than ``limit`` candidates. Returns the best graph, the ``top_k``
+    best as candidates, and in ``info`` the full ranking (``key``, Δm, params, MACs, seconds).
+    """
+    t0 = time.perf_counter()
+    for name, value in (("limit", limit), ("top_k", top_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"exhaustive search: {name} must be an integer >= 1, got {value!r}")
+    tasks = data.task_names
+    n = count_candidates(len(tasks), space, kind)
+    if n > limit:
+        raise ValueError(
+            f"exhaustive search: space {space.name!r} has {n:,} {kind} for {len(tasks)} tasks, above limit={limit:,}"
+        )
+    run_dir = Path(run_dir)
+    table = ScoreTable(run_dir / TABLE, score_header(tasks, space, config, kind))
+    proxy = Proxy.prepare(data, space, config, run_dir)
+    for graph in candidate_graphs(tasks, space, kind):
+        key = graph_key(graph)
+        if key not in table:
+            table.add(key, proxy.score(graph))
+    ranking = table.ranking()
+    skippable = space.skippable if kind == "policies" else ()
+    graphs = tuple(
+        graph_from_key(key, tasks, space.layers, skippable).with_meta(method="exhaustive", rank=i, delta_m=s.delta_m)
+        for i, (key, s) in enumerate(ranking[:top_k])
+    )
+    info = {
+        "kind": kind,
+        "n_candidates": n,
+        "proxy_seconds": sum(s.seconds for _, s in ranking),
+        "reference": proxy.reference,
+        "ranking": [
+            {"key": key, "delta_m": s.delta_m, "params": s.params, "macs": s.macs, "seconds": s.seconds}
+            for key, s in ranking
+        ],
+    }
+    return SearchResult("exhaustive", graphs[0], time.perf_counter() - t0, graphs, info)
+
+
+def score_header(tasks: Sequence[str], space: SearchSpace, config: ProxyConfig, kind: str) -> dict[str, Any]:
+    """What a table of scores depends on (checked when a run folder is resumed)."""
+    return {"kind": kind, "tasks": list(tasks), "layers": list(space.layers), "proxy": config.to_dict()}
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("exhaustive search")
+    g.add_argument("--kind", choices=KINDS, default="trees", help="every tree, or every select/skip policy")
+    g.add_argument("--limit", type=int, default=2000, help="refuse spaces with more candidates than this")
+    g.add_argument("--top-k", type=int, default=5, help="best graphs kept as candidates")
+    add_proxy_arguments(parser)
+
+
+@register_search_method("exhaustive")
+def _method() -> SearchMethod:
+    return SearchMethod(
+        add_arguments=_add_arguments,
+        run=lambda args, data, space, run_dir: exhaustive_search(
+            data, space, proxy_config(args), run_dir, args.kind, args.limit, args.top_k
+        ),
+        help="score every tree (or select/skip policy) of a small space with the search proxy: the ground truth",
+    )

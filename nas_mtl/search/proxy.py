@@ -1,0 +1,279 @@
+"""Candidate scoring shared by branch search and exhaustive search: warm start, brief fine-tune, validation Δm.
+
+The proxy follows the inheritance protocol of weight-sharing evolutionary NAS (Elsken et al.,
+"Efficient Multi-Objective Neural Architecture Search via Lamarckian Evolution", ICLR 2019): a hard-sharing
+network is trained once; every candidate graph starts as a copy of it (each branch copy inherits the
+trunk block its tasks ran in, :class:`~nas_mtl.network.MultiTaskNetwork` ``inherit=``) and is fine-tuned
+for a few epochs; its score is Δm (Maninis et al. 2019, Eq. 5) of the validation metrics against a
+reference. The score is a deterministic function of the graph (same seed, same data order for every
+candidate: common random numbers, so differences between candidates are not shuffling noise), which
+makes deduplication exact and lets a search be compared with the exhaustive ground truth tree by tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..balancing import create_balancer, list_balancers
+from ..baselines import primary_directions, train_graph, train_single_tasks
+from ..data import MultiTaskData, TensorMultiTaskDataset
+from ..graph import SKIP, SharingGraph
+from ..metrics import delta_m
+from ..network import MultiTaskNetwork
+from ..space import SearchSpace
+from ..train import Metrics, StepContext, TrainConfig, evaluate, resolve_device, seed_everything, train
+
+REFERENCES = ("single", "hard")
+OBJECTIVES = {"delta_m": "maximize", "params": "minimize", "macs": "minimize"}
+"""Objective name -> Optuna direction; ``params`` / ``macs`` are the exact cost of the candidate."""
+
+Report = Callable[[int, float], None]
+"""``report(epoch, delta_m)`` after every fine-tuning epoch but the last; may raise to stop (pruning)."""
+
+
+def graph_key(graph: SharingGraph) -> str:
+    """Canonical identity of a sharing pattern within one space: equal graphs, equal keys.
+
+    Rows (layers) are joined by ``/``, copies by ``.``, ``-`` marks a skip: ``"0.0.0/0.0.1"``.
+    """
+    return "/".join(".".join("-" if c == SKIP else str(c) for c in row) for row in graph.assignment)
+
+
+def graph_from_key(
+    key: str, tasks: Sequence[str], layers: Sequence[str], skippable: Sequence[str] = ()
+) -> SharingGraph:
+    """The graph of :func:`graph_key` ``key`` over ``tasks`` and ``layers`` (validated as any graph)."""
+    rows = [[SKIP if c == "-" else int(c) for c in row.split(".")] for row in key.split("/")]
+    return SharingGraph(tuple(tasks), tuple(layers), rows, frozenset(skippable))
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """How candidates are scored.
+
+    Args:
+        warmstart: training of the hard-sharing network every candidate inherits from (and of the
+            single-task references when ``reference="single"``).
+        finetune: the per-candidate fine-tuning (``epochs`` >= 1; its ``seed`` is shared by all candidates).
+        reference: what Δm is measured against: ``"single"`` = single-task networks trained with
+            ``warmstart`` (the definition of Δm used by the baselines, T extra trainings once);
+            ``"hard"`` = the warm-start model's own validation metrics (no extra training; Δm then reads
+            "gain over hard sharing", a per-task re-weighting of the same quantity).
+        subset: fraction of the training set used for fine-tuning (a fixed random subset).
+        balancer: loss balancer name for all proxy training.
+    """
+
+    warmstart: TrainConfig = TrainConfig(epochs=5, progress=False)
+    finetune: TrainConfig = TrainConfig(epochs=2, progress=False)
+    reference: str = "single"
+    subset: float = 1.0
+    balancer: str = "equal"
+
+    def __post_init__(self) -> None:
+        for name in ("warmstart", "finetune"):
+            if not isinstance(getattr(self, name), TrainConfig):
+                raise TypeError(f"proxy config: {name} must be a TrainConfig, got {type(getattr(self, name)).__name__}")
+        if self.finetune.epochs < 1:
+            raise ValueError(f"proxy config: finetune.epochs must be >= 1, got {self.finetune.epochs}")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"proxy config: reference must be one of {list(REFERENCES)}, got {self.reference!r}")
+        if isinstance(self.subset, bool) or not isinstance(self.subset, (int, float)) or not 0 < self.subset <= 1:
+            raise ValueError(f"proxy config: subset must be a fraction in (0, 1], got {self.subset!r}")
+        if self.balancer not in list_balancers():
+            raise ValueError(f"proxy config: balancer must be one of {list_balancers()}, got {self.balancer!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "proxy config") -> ProxyConfig:
+        parse = TrainConfig.from_dict
+        return config_from_dict(cls, data, source, {"warmstart": parse, "finetune": parse})
+
+
+def config_from_dict(
+    cls: type, data: Mapping[str, Any], source: str, nested: Mapping[str, Callable[[Any, str], Any]]
+) -> Any:
+    """``cls(**data)`` for a config dataclass, rejecting unknown keys and parsing ``nested`` sub-configs given
+    as mappings (``nested[name](value, source)``); errors name ``source`` and the key."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    values = dict(data)
+    for name, parse in nested.items():
+        if isinstance(values.get(name), Mapping):
+            values[name] = parse(values[name], f"{source}: {name}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class Score:
+    """A candidate's proxy score.
+
+    Args:
+        delta_m: validation Δm (%) after fine-tuning, vs the proxy's reference.
+        curve: validation Δm after each fine-tuning epoch (the last entry is ``delta_m``).
+        val: validation metrics after fine-tuning; ``test`` likewise (recorded, never optimised).
+        params: exact parameter count; ``macs``: exact per-sample MACs (heads included).
+        seconds: wall time of building, fine-tuning and evaluating the candidate.
+    """
+
+    delta_m: float
+    curve: tuple[float, ...]
+    val: Metrics
+    test: Metrics
+    params: int
+    macs: int
+    seconds: float
+
+    def objective(self, name: str) -> float:
+        """The value of objective ``name`` (one of :data:`OBJECTIVES`)."""
+        if name not in OBJECTIVES:
+            raise ValueError(f"objective: unknown {name!r}; allowed: {list(OBJECTIVES)}")
+        return float(getattr(self, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "curve": list(self.curve)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Score:
+        return cls(**{**data, "curve": tuple(data["curve"])})
+
+
+class Scorer(Protocol):
+    """Anything that scores graphs: the real :class:`Proxy`, or a table of stored scores."""
+
+    def score(self, graph: SharingGraph, report: Report | None = None) -> Score: ...
+
+
+@dataclass(frozen=True, eq=False)
+class Proxy:
+    """The warm-start proxy, ready to score graphs of ``space``; build it with :meth:`prepare`.
+
+    Args:
+        network: the trained hard-sharing network candidates inherit from.
+        reference: ``{task: {primary metric: value}}`` Δm is measured against.
+    """
+
+    data: MultiTaskData
+    space: SearchSpace
+    config: ProxyConfig
+    network: MultiTaskNetwork
+    reference: Metrics
+    _train_data: MultiTaskData = field(repr=False)
+
+    @classmethod
+    def prepare(
+        cls,
+        data: MultiTaskData,
+        space: SearchSpace,
+        config: ProxyConfig,
+        run_dir: str | Path,
+        reference: Metrics | None = None,
+    ) -> Proxy:
+        """Train (or resume / reload) the warm start in ``run_dir/warmstart`` and the references in
+        ``run_dir/single``; a given ``reference`` (e.g. the one a study recorded) is used as is."""
+        run_dir = Path(run_dir)
+        balancer = create_balancer(config.balancer)
+        hard = space.hard_sharing(data.task_names).with_meta(name="warmstart")
+        network, result = train_graph(hard, data, space, config.warmstart, balancer, run_dir / "warmstart")
+        directions = primary_directions(data)
+        if reference is None:
+            if config.reference == "hard":
+                val = result.val
+            else:
+                singles = train_single_tasks(data, space, config.warmstart, run_dir / "single", balancer)
+                val = {t: res.val[t] for t, (_, res) in singles.items()}
+            reference = {t: {m: float(val[t][m]) for m in d} for t, d in directions.items()}
+        missing = sorted(set(directions) - set(reference))
+        if missing:
+            raise ValueError(f"proxy reference: no metrics for task(s) {missing}")
+        return cls(data, space, config, network, dict(reference), _subset(data, config))
+
+    def delta_m(self, metrics: Metrics) -> float:
+        """Δm (%) of ``metrics`` against the reference, over each task's primary metric."""
+        return delta_m(metrics, self.reference, primary_directions(self.data))
+
+    def score(self, graph: SharingGraph, report: Report | None = None) -> Score:
+        """Inherit from the warm start, fine-tune, and score ``graph`` (see the module doc)."""
+        self.space.check_graph(graph)
+        t0 = time.perf_counter()
+        cfg = self.config.finetune
+        seed_everything(cfg.seed)  # the same for every graph: the score is a function of the graph alone
+        network = MultiTaskNetwork.from_tasks(graph, self.space.backbone, self.data.tasks, inherit=self.network)
+        curve: list[float] = []
+
+        def on_step(ctx: StepContext) -> None:  # first step of a new epoch: score the previous one
+            if ctx.epoch > len(curve):
+                curve.append(self._val_delta_m(ctx.network))
+                if report is not None:
+                    report(len(curve), curve[-1])
+
+        result = train(
+            network, self._train_data, cfg, create_balancer(self.config.balancer), desc=graph_key(graph),
+            step_hooks=[on_step],
+        )  # fmt: skip
+        curve.append(self.delta_m(result.val))
+        cost = network.cost()
+        return Score(curve[-1], tuple(curve), result.val, result.test, cost.params, cost.macs, time.perf_counter() - t0)
+
+    def _val_delta_m(self, network: MultiTaskNetwork) -> float:
+        cfg = self.config.finetune
+        metrics = evaluate(network, self.data.val, self.data.tasks, cfg.eval_batch_size, resolve_device(cfg.device))
+        return self.delta_m(metrics)
+
+
+def _subset(data: MultiTaskData, config: ProxyConfig) -> MultiTaskData:
+    """``data`` with a fixed random ``config.subset`` of its training set (at least one batch)."""
+    n = len(data.train)
+    k = round(config.subset * n)
+    if k < config.finetune.batch_size:
+        raise ValueError(
+            f"proxy config: subset {config.subset} keeps {k} of {n} training samples, fewer than "
+            f"finetune.batch_size={config.finetune.batch_size} (training drops incomplete batches)"
+        )
+    if k == n:
+        return data
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(config.finetune.seed))[:k].sort().values
+    if isinstance(data.train, TensorMultiTaskDataset):
+        train_set: Any = TensorMultiTaskDataset(*data.train.batch(index))
+    else:
+        train_set = torch.utils.data.Subset(data.train, index.tolist())
+    return dataclasses.replace(data, train=train_set)
+
+
+# ---------------------------------------------------------------------- command line
+def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The proxy's options, shared by ``nas-mtl search branch`` and ``nas-mtl search exhaustive``."""
+    g = parser.add_argument_group("candidate proxy (warm start + fine-tune)")
+    g.add_argument("--warmstart-epochs", type=int, default=5, help="epochs of the hard-sharing warm start")
+    g.add_argument("--proxy-epochs", type=int, default=2, help="fine-tuning epochs per candidate")
+    g.add_argument("--reference", choices=REFERENCES, default="single",
+                   help="Δm reference: single-task networks, or the warm-start (hard-sharing) model")  # fmt: skip
+    g.add_argument("--subset", type=float, default=1.0, help="fraction of the training set for fine-tuning")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--balancer", default="equal", help=f"loss balancer ({', '.join(list_balancers())})")
+    g.add_argument("--device", choices=TrainConfig.DEVICES, default="auto")
+    g.add_argument("--seed", type=int, default=0, help="training seed (and the search's sampler seed)")
+
+
+def proxy_config(args: argparse.Namespace) -> ProxyConfig:
+    """The :class:`ProxyConfig` described by :func:`add_proxy_arguments` options."""
+    base = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=False)
+    return ProxyConfig(
+        warmstart=dataclasses.replace(base, epochs=args.warmstart_epochs),
+        finetune=dataclasses.replace(base, epochs=args.proxy_epochs),
+        reference=args.reference,
+        subset=args.subset,
+        balancer=args.balancer,
+    )

@@ -1,0 +1,309 @@
+import dataclasses
+import subprocess
+import sys
+import threading
+import warnings
+
+import optuna
+import pytest
+
+from nas_mtl.data import create_dataset
+from nas_mtl.graph import enumerate_trees
+from nas_mtl.search.branching import (
+    SAMPLERS,
+    STUDY_ATTR,
+    BranchSearchConfig,
+    Setup,
+    TreeObjective,
+    branch_search,
+    create_branch_study,
+    open_storage,
+    run_worker,
+    suggest_tree,
+)
+from nas_mtl.search.proxy import Proxy, ProxyConfig, Score, graph_key
+from nas_mtl.space import load_search_space
+from nas_mtl.train import TrainConfig
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TASKS = ("a", "b", "c")
+LAYERS = ("l0", "l1", "l2")
+SPACE = """
+format = "nas_mtl.search_space/1"
+[backbone]
+name = "resnet_small"
+widths = [4]
+depths = [3]
+[layers]
+branchable = ["s0.b0", "s0.b1", "s0.b2"]
+skippable = "none"
+"""
+DATA = {"n_train": 96, "n_val": 48, "n_test": 32, "size": 16, "tasks": "shape,orientation,hue"}
+TINY = TrainConfig(epochs=1, batch_size=32, device="cpu", progress=False)
+PROXY = ProxyConfig(warmstart=TINY, finetune=dataclasses.replace(TINY, epochs=2), reference="hard")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("space") / "tiny.toml"
+    path.write_text(SPACE)
+    data = create_dataset("shapes", **DATA)
+    return data, load_search_space(path, input_shape=data.input_shape), path
+
+
+class StubScorer:
+    """Deterministic fake proxy: Δm rewards splitting the last task off early, params = block copies in use."""
+
+    def __init__(self, epochs: int = 3) -> None:
+        self.calls: list[str] = []
+        self.epochs = epochs
+
+    def score(self, graph, report=None):
+        key = graph_key(graph)
+        self.calls.append(key)
+        copies = sum(graph.copies(layer) for layer in range(graph.num_layers))
+        first, last = graph.path(graph.tasks[0]), graph.path(graph.tasks[-1])
+        alone = sum(a != b for a, b in zip(first, last))
+        final = 2.0 * alone - 0.5 * copies + 0.01 * (sum(map(ord, key)) % 7)
+        curve = tuple(final * (e + 1) / self.epochs for e in range(self.epochs))
+        for epoch, value in enumerate(curve[:-1], start=1):
+            if report is not None:
+                report(epoch, value)
+        return Score(final, curve, {}, {}, copies, 10 * copies, 0.0)
+
+
+class FirstChoiceSampler(optuna.samplers.RandomSampler):
+    """Always picks the first category: every trial draws the same tree (hard sharing)."""
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return param_distribution.choices[0]
+
+
+def _config(tmp_path, **kw) -> BranchSearchConfig:
+    return BranchSearchConfig(**{"proxy": PROXY, "storage": f"journal:{tmp_path / 'study.journal'}", **kw})
+
+
+def _study(config: BranchSearchConfig) -> optuna.Study:
+    return optuna.load_study(study_name=config.study_name, storage=open_storage(config.storage))
+
+
+# ---------------------------------------------------------------------- parameterisation
+@pytest.mark.parametrize("branchable", [LAYERS, ("l1", "l2"), ("l0",), ()])
+def test_every_tree_is_reached_exactly_once(branchable):
+    graphs = []
+
+    def objective(trial):
+        graphs.append(suggest_tree(trial, TASKS, LAYERS, branchable))
+        return 0.0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(sampler=optuna.samplers.BruteForceSampler(seed=0))
+    study.optimize(objective)
+    expected = set(enumerate_trees(TASKS, LAYERS, branchable))
+    assert len(graphs) == len(set(graphs)) == len(expected)  # injective: no two assignments, one tree
+    assert set(graphs) == expected  # surjective: every tree reachable
+    assert all(g.is_tree() for g in graphs)
+
+
+def test_each_parameter_name_keeps_one_distribution():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    study.optimize(lambda t: suggest_tree(t, ("a", "b", "c", "d"), LAYERS, LAYERS) and 0.0, n_trials=60)
+    seen = {}
+    for trial in study.trials:
+        for name, dist in trial.distributions.items():
+            assert seen.setdefault(name, dist) == dist, name
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"n_trials": 0}, "n_trials"),
+        ({"objectives": ("params",)}, "objectives"),
+        ({"objectives": ("delta_m", "flops")}, "objectives"),
+        ({"sampler": "cmaes"}, "sampler"),
+        ({"pruner": "hyperband"}, "pruner"),
+        ({"objectives": ("delta_m", "params"), "pruner": "median"}, "pruner"),
+        ({"duplicate_wait_s": -1}, "duplicate_wait_s"),
+        ({"proxy": {"reference": "hard"}}, "proxy"),
+    ],
+)
+def test_config_errors_name_the_field(kw, field):
+    with pytest.raises((ValueError, TypeError), match=field):
+        BranchSearchConfig(**kw)
+
+
+def test_config_round_trips_through_the_study_record():
+    config = BranchSearchConfig(proxy=PROXY, objectives=("delta_m", "macs"), n_trials=7, storage="journal:x")
+    assert BranchSearchConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown key"):
+        BranchSearchConfig.from_dict({**config.to_dict(), "budget": 3})
+
+
+# ---------------------------------------------------------------------- dedup, pruning, objectives
+def test_a_tree_already_scored_is_not_trained_again(shapes, tmp_path, monkeypatch):
+    monkeypatch.setitem(SAMPLERS, "first", lambda seed, n: FirstChoiceSampler())
+    stub = StubScorer()
+    config = _config(tmp_path, n_trials=4, sampler="first")
+    result = branch_search(*shapes[:2], config, tmp_path, scorer=stub)
+    study = _study(config)
+    assert len(stub.calls) == 1
+    assert [t.user_attrs.get("duplicate_of") for t in study.trials] == [None, 0, 0, 0]
+    assert len({t.value for t in study.trials}) == 1
+    assert result.info["trials"]["trees_scored"] == 1 and result.info["trials"]["duplicates"] == 3
+
+
+@pytest.mark.parametrize("wait", [5.0, 0.0])
+def test_a_tree_being_scored_elsewhere_is_waited_for(shapes, wait):
+    data, space = shapes[:2]
+    study = optuna.create_study(direction="maximize", sampler=FirstChoiceSampler())
+    first = study.ask()
+    first.set_user_attr("key", graph_key(suggest_tree(first, data.task_names, space.layers, space.branchable)))
+    stub = StubScorer()
+    config = BranchSearchConfig(proxy=PROXY, n_trials=5, duplicate_wait_s=wait)
+    objective = TreeObjective(study, stub, data.task_names, space.layers, space.branchable, config)
+    threading.Timer(0.3, lambda: study.tell(first, 1.25)).start()  # the other worker finishes
+    second = study.ask()
+    value = objective(second)
+    if wait:
+        assert value == 1.25 and not stub.calls and second.user_attrs["duplicate_of"] == 0
+    else:  # no patience: trains it itself
+        assert len(stub.calls) == 1 and "duplicate_of" not in second.user_attrs
+
+
+def test_pruner_sees_every_epoch_and_stops_bad_trials(shapes, tmp_path):
+    stub = StubScorer(epochs=3)
+    config = _config(tmp_path, n_trials=16, sampler="random", pruner="median")
+    branch_search(*shapes[:2], config, tmp_path, scorer=stub)
+    study = _study(config)
+    trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    assert all(set(t.intermediate_values) in ({1}, {1, 2}) for t in trained if t.state.name == "PRUNED")
+    assert all(set(t.intermediate_values) == {1, 2} for t in trained if t.state.name == "COMPLETE")
+    assert any(t.state.name == "PRUNED" for t in trained)
+
+
+def _dominates(u, v, signs):
+    return all(s * a >= s * b for a, b, s in zip(u, v, signs)) and u != v
+
+
+def test_multi_objective_returns_the_pareto_front(shapes, tmp_path):
+    config = _config(tmp_path, n_trials=20, objectives=("delta_m", "params"), sampler="random")
+    result = branch_search(*shapes[:2], config, tmp_path, scorer=StubScorer())
+    signs = (1, -1)  # maximise Δm, minimise params
+    front = [(g.meta["delta_m"], g.meta["params"]) for g in result.candidates]
+    assert result.graph == result.candidates[0] and front[0][0] == max(f[0] for f in front)
+    assert not any(_dominates(u, v, signs) for u in front for v in front)
+    study = _study(config)
+    points = {tuple(t.values) for t in study.trials if t.state.name == "COMPLETE"}
+    assert set(front) == {p for p in points if not any(_dominates(q, p, signs) for q in points)}
+    assert len({graph_key(g) for g in result.candidates}) == len(result.candidates)
+
+
+def test_killed_run_resumes_failing_its_running_trial(shapes, tmp_path):
+    data, space = shapes[:2]
+    config = _config(tmp_path, n_trials=3, sampler="random", storage=None)  # default: RUN_DIR/study.db
+    first = branch_search(data, space, config, tmp_path, scorer=StubScorer())
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.load_study(study_name="branch", storage=storage)
+    before = [(t.number, t.values, t.params) for t in study.trials]
+    killed = study.ask()  # a trial that was running when the process died
+    suggest_tree(killed, data.task_names, space.layers, space.branchable)
+    stub = StubScorer()
+    again = branch_search(data, space, dataclasses.replace(config, n_trials=6), tmp_path, scorer=stub)
+    trials = optuna.load_study(study_name="branch", storage=storage).trials
+    assert [(t.number, t.values, t.params) for t in trials[:3]] == before  # finished trials kept
+    assert trials[3].state.name == "FAIL" and trials[3].user_attrs["stale"]
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 6
+    assert again.info["trials"]["stale_failed"] == [3] and first.info["trials"]["complete"] == 3
+    assert len(stub.calls) <= 3  # only the new trials were scored
+
+
+def test_resuming_with_another_proxy_is_refused(shapes, tmp_path):
+    data, space = shapes[:2]
+    branch_search(data, space, _config(tmp_path, n_trials=1), tmp_path, scorer=StubScorer())
+    other = ProxyConfig(warmstart=TINY, finetune=TINY, reference="hard")
+    with pytest.raises(ValueError, match="proxy"):
+        branch_search(data, space, _config(tmp_path, n_trials=2, proxy=other), tmp_path, scorer=StubScorer())
+
+
+# ---------------------------------------------------------------------- real proxy, processes
+def test_real_proxy_search_is_deterministic_per_tree(shapes, tmp_path):
+    data, space, _ = shapes
+    config = _config(tmp_path, n_trials=3, sampler="random")
+    result = branch_search(data, space, config, tmp_path)
+    assert result.graph in set(enumerate_trees(data.task_names, space.layers, space.branchable))
+    assert result.info["n_trees_in_space"] == 22
+    study = _study(config)
+    proxy = Proxy.prepare(data, space, PROXY, tmp_path)  # reloads the warm start
+    best = max((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert proxy.score(result.graph).delta_m == best.value == result.graph.meta["delta_m"]
+    assert all(1 in t.intermediate_values for t in study.trials if "score" in t.user_attrs)
+
+
+def _finished_correctly(study, n):
+    trials = study.get_trials()
+    states = [t.state.name for t in trials]
+    assert [t.number for t in trials] == list(range(len(trials)))  # no duplicate or missing numbers
+    assert states.count("COMPLETE") + states.count("PRUNED") == n
+    assert "RUNNING" not in states and "WAITING" not in states
+    assert all(t.user_attrs.get("over_budget") for t in trials if t.state.name == "FAIL")
+    keys = {t.number: t.user_attrs["key"] for t in trials if "key" in t.user_attrs}
+    for t in trials:  # every duplicate points at a trial of the same tree
+        if "duplicate_of" in t.user_attrs:
+            assert keys[t.user_attrs["duplicate_of"]] == keys[t.number]
+    return trials
+
+
+def test_two_workers_claim_exactly_the_budget(shapes, tmp_path):
+    """Two workers (threads here, each with its own storage handle, as processes would) on one journal."""
+    data, space, path = shapes
+    config = _config(tmp_path, n_trials=12, sampler="random")
+    create_branch_study(data, space, config, tmp_path, setup=Setup("shapes", DATA, str(path)))
+    ran, errors = [], []
+
+    def work(seed):
+        try:
+            ran.append(run_worker(config.storage, seed=seed))
+        except Exception as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    trials = _finished_correctly(_study(config), 12)
+    assert sum(ran) == len([t for t in trials if "worker" in t.user_attrs]) and min(ran) > 0
+
+
+@pytest.mark.slow
+def test_two_worker_processes_complete_one_journal_study(shapes, tmp_path):
+    data, space, path = shapes
+    url = f"journal:{tmp_path / 'study.journal'}"
+    config = BranchSearchConfig(proxy=PROXY, n_trials=14, sampler="random", storage=url)
+    study = create_branch_study(data, space, config, tmp_path, setup=Setup("shapes", DATA, str(path)))
+    assert study.user_attrs[STUDY_ATTR]["setup"]["dataset"] == "shapes" and not study.trials
+    cmd = [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", url, "--threads", "1", "--seed"]
+    procs = [subprocess.Popen([*cmd, str(k)], stderr=subprocess.PIPE, text=True) for k in (1, 2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    trials = _finished_correctly(_study(config), 14)
+    assert len({t.user_attrs["worker"] for t in trials if "worker" in t.user_attrs}) == 2  # both took part
+
+
+@pytest.mark.slow
+def test_cli_search_with_workers_resumes_to_a_larger_budget(shapes, tmp_path):
+    from nas_mtl.cli import main
+
+    _, _, path = shapes
+    argv = ["search", "branch", "--data", "shapes", "--space", str(path), "--out", str(tmp_path), "--workers", "2",
+            "--sampler", "random", "--warmstart-epochs", "1", "--proxy-epochs", "2", "--batch-size", "32",
+            "--reference", "hard", "--device", "cpu", "--storage", f"journal:{tmp_path / 'study.journal'}",
+            *[f"--data-arg={k}={v}" for k, v in DATA.items()]]  # fmt: skip
+    assert main([*argv, "--n-trials", "6"]) == 0
+    assert (tmp_path / "graph.json").is_file() and (tmp_path / "workers" / "worker-1.log").is_file()
+    assert main([*argv, "--n-trials", "9"]) == 0
+    storage = open_storage(f"journal:{tmp_path / 'study.journal'}")
+    _finished_correctly(optuna.load_study(study_name="branch", storage=storage), 9)
