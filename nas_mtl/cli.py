@@ -150,9 +150,11 @@ def cmd_study(args: argparse.Namespace) -> None:
     import time
 
     from .report import format_table, runs_table, summary_table, write_report
-    from .study import load_study, run_study
+    from .study import load_study, run_study, with_device
 
     spec = load_study(args.file)
+    if args.device is not None:
+        spec = with_device(spec, args.device)
     out = Path(args.out) if args.out else Path("runs") / spec.name
     t0 = time.perf_counter()
     rows = run_study(spec, out, progress=not args.no_progress)
@@ -250,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="run (or resume) a study file: searches + baselines x balancers x seeds")
     p.add_argument("file", help="study TOML, e.g. studies/quickstart.toml")
     p.add_argument("--out", help="run folder (default runs/NAME; resumed if it exists)")
+    p.add_argument("--device", choices=TrainConfig.DEVICES, help="override the device of every run and search")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_study)
 

@@ -132,3 +132,33 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return [
         p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and (q[0] < p[0] or q[1] > p[1]) for q in points)
     ]
+
+
+def history_plot(
+    complete: Sequence[tuple[int, float]],
+    pruned: Sequence[tuple[int, float]] = (),
+    ylabel: str = "Δm (%)",
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """Search history: objective per finished trial, last reported value of pruned ones, best so far.
+
+    Args:
+        complete: ``(trial number, value)`` of finished trials (higher is better).
+        pruned: ``(trial number, last intermediate value)`` of pruned trials.
+    """
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if pruned:
+        px, py = zip(*sorted(pruned))
+        ax.scatter(px, py, marker="x", s=20, color="0.6", label="pruned (last report)")
+    if complete:
+        cx, cy = zip(*sorted(complete))
+        ax.scatter(cx, cy, s=20, label="finished")
+        ax.step(cx, np.maximum.accumulate(cy), where="post", color="C3", lw=1.2, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if complete or pruned:
+        ax.legend(fontsize=7)
+    return _finish(fig, path)

@@ -15,6 +15,7 @@ Layout::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import time
@@ -140,10 +141,26 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
     )
 
 
-def _method_args(method: str, options: Mapping[str, Any], where: str) -> argparse.Namespace:
-    """A study's method table parsed by the method's own CLI parser (same defaults and checks)."""
+def with_device(spec: StudySpec, device: str) -> StudySpec:
+    """``spec`` with every training run and search on ``device`` (``auto``, ``cpu`` or ``cuda``)."""
+    if device not in TrainConfig.DEVICES:
+        raise ValueError(f"device: expected one of {list(TrainConfig.DEVICES)}, got {device!r}")
+    search = {}
+    for method, options in spec.search.items():
+        has_device = "device" in {a.dest for a in _method_parser(method)._actions}
+        search[method] = {**options, "device": device} if has_device else dict(options)
+    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, device=device), search=search)
+
+
+def _method_parser(method: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"search {method}", exit_on_error=False, add_help=False)
     SEARCH_METHODS.create(method).add_arguments(parser)
+    return parser
+
+
+def _method_args(method: str, options: Mapping[str, Any], where: str) -> argparse.Namespace:
+    """A study's method table parsed by the method's own CLI parser (same defaults and checks)."""
+    parser = _method_parser(method)
     argv: list[str] = []
     known = {a.dest: a for a in parser._actions}
     for key, value in options.items():
@@ -270,4 +287,4 @@ def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["Arm", "StudySpec", "load_rows", "load_study", "parse_study", "run_study"]
+__all__ = ["Arm", "StudySpec", "load_rows", "load_study", "parse_study", "run_study", "with_device"]

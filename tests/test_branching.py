@@ -181,6 +181,7 @@ def test_pruner_sees_every_epoch_and_stops_bad_trials(shapes, tmp_path):
     assert all(set(t.intermediate_values) in ({1}, {1, 2}) for t in trained if t.state.name == "PRUNED")
     assert all(set(t.intermediate_values) == {1, 2} for t in trained if t.state.name == "COMPLETE")
     assert any(t.state.name == "PRUNED" for t in trained)
+    assert (tmp_path / "history.png").stat().st_size > 1000  # Optuna history figure for the report
 
 
 def _dominates(u, v, signs):
@@ -188,7 +189,8 @@ def _dominates(u, v, signs):
 
 
 def test_multi_objective_returns_the_pareto_front(shapes, tmp_path):
-    config = _config(tmp_path, n_trials=20, objectives=("delta_m", "params"), sampler="random")
+    config = _config(tmp_path, n_trials=20, objectives=("params", "delta_m"), sampler="random")
+    assert config.objectives == ("delta_m", "params")  # Δm first whatever the order given
     result = branch_search(*shapes[:2], config, tmp_path, scorer=StubScorer())
     signs = (1, -1)  # maximise Δm, minimise params
     front = [(g.meta["delta_m"], g.meta["params"]) for g in result.candidates]

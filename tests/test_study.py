@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -6,7 +7,7 @@ import pytest
 import nas_mtl.study as study_mod
 from nas_mtl.metrics import delta_m
 from nas_mtl.report import write_report
-from nas_mtl.study import load_study, run_study
+from nas_mtl.study import load_study, run_study, with_device
 
 SPACE = """
 format = "nas_mtl.search_space/1"
@@ -94,9 +95,10 @@ def test_killed_study_resumes_without_retraining_finished_arms(finished, monkeyp
     monkeypatch.setattr(study_mod, "train_graph", counting)
     again = run_study(spec, d / "run", progress=False)
     assert calls == ["hard"]
-    assert json.loads((victim / "row.json").read_text())["test"] == next(
-        r for r in rows if r["arm"] == "hard" and r["seed"] == 1
-    )["test"]  # resumed from its finished checkpoint: same numbers
+    assert (
+        json.loads((victim / "row.json").read_text())["test"]
+        == next(r for r in rows if r["arm"] == "hard" and r["seed"] == 1)["test"]
+    )  # resumed from its finished checkpoint: same numbers
     assert len(again) == len(rows)
 
 
@@ -120,6 +122,58 @@ def test_bad_study_files_name_file_and_key(tmp_path, edit, match):
     assert str(path) in str(err.value)
 
 
-def test_quickstart_study_file_is_valid():
-    spec = load_study("studies/quickstart.toml")
+@pytest.mark.parametrize("path", sorted(Path("studies").glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_study_files_are_valid(path):
+    spec = load_study(path)
     assert "single" in spec.baselines
+    assert set(spec.search) == {"adashare", "branch", "affinity"}
+    assert set(spec.balancers) >= {"equal", "mgda", "pcgrad"}
+
+
+def test_device_override_reaches_training_and_every_search():
+    spec = with_device(load_study("studies/quickstart.toml"), "cpu")
+    assert spec.train.device == "cpu"
+    assert all(study_mod._method_args(m, o, m).device == "cpu" for m, o in spec.search.items())
+    with pytest.raises(ValueError, match="device"):
+        with_device(spec, "tpu")
+
+
+def test_study_with_every_search_method_and_balancer(tmp_path):
+    study = STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace(
+        'balancers = ["equal"]', 'balancers = ["equal", "pcgrad"]'
+    )
+    study += """
+[search.adashare]
+epochs = 2
+warmup_epochs = 1
+batch_size = 32
+num_samples = 2
+[search.branch]
+n_trials = 3
+warmstart_epochs = 1
+proxy_epochs = 1
+batch_size = 32
+reference = "hard"
+[search.affinity]
+measure = "gradcos"
+epochs = 1
+batch_size = 32
+"""
+    spec = load_study(_write(tmp_path, study))
+    rows = run_study(spec, tmp_path / "run", progress=False)
+    arms = {(r["arm"], r["balancer"]) for r in rows if r["arm"] != "single-task"}
+    assert arms == {(a, b) for a in ("hard", "adashare", "branch", "affinity") for b in ("equal", "pcgrad")}
+    for method in ("adashare", "branch", "affinity"):
+        found = json.loads((tmp_path / "run" / "search" / method / "search.json").read_text())
+        row = next(r for r in rows if r["arm"] == method)
+        assert row["graph"]["assignment"] == found["graph"]["assignment"]  # the found graph is what was retrained
+        assert row["search_seconds"] == pytest.approx(found["seconds"]) and row["search_seconds"] > 0
+    files = write_report(tmp_path / "run")
+    summary = pd.read_csv(files["summary.csv"]).set_index(["arm", "balancer"])
+    assert summary.loc[("branch", "pcgrad"), "search_seconds"] == pytest.approx(
+        next(r for r in rows if r["arm"] == "branch")["search_seconds"]
+    )
+    figures = {p.name for p in (tmp_path / "run" / "report" / "figures").iterdir()}
+    assert "search_branch_history.png" in figures  # Optuna history
+    assert any(f.startswith("search_adashare_policy") for f in figures)  # AdaShare policy heatmap
+    assert any(f.startswith("search_affinity_") for f in figures)  # affinity heatmaps

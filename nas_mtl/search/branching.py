@@ -166,13 +166,15 @@ class BranchSearchConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"branch search config: {name} must be an integer >= {low}, got {value!r}")
         objectives = tuple(self.objectives)
-        object.__setattr__(self, "objectives", objectives)
         bad = [o for o in objectives if o not in OBJECTIVES]
         if bad or "delta_m" not in objectives or len(set(objectives)) != len(objectives):
             raise ValueError(
                 f"branch search config: objectives must be distinct names from {list(OBJECTIVES)} including "
                 f"'delta_m', got {list(objectives)}"
             )
+        # Δm first: trial.values[0] is Δm everywhere (ranking, history, reports)
+        objectives = ("delta_m", *(o for o in objectives if o != "delta_m"))
+        object.__setattr__(self, "objectives", objectives)
         for name, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
             if getattr(self, name) not in ("auto", *allowed):
                 raise ValueError(
@@ -379,7 +381,23 @@ def branch_search(
     objective, url, stale = _open(data, space, config, Path(run_dir), setup, scorer)
     with _WorkerProcesses(url, config, workers, Path(run_dir)):
         _optimize(objective)
-    return _result(objective, url, time.perf_counter() - t0, stale)
+    result = _result(objective, url, time.perf_counter() - t0, stale)
+    plot_history(objective.study, Path(run_dir) / "history.png")
+    return result
+
+
+def plot_history(study: optuna.Study, path: str | Path) -> None:
+    """Δm per trial (finished; pruned at their last report) and best so far, to ``path`` (PNG)."""
+    from ..plots import history_plot
+
+    trials = study.get_trials(deepcopy=False)
+    complete = [(t.number, t.values[0]) for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [
+        (t.number, t.intermediate_values[max(t.intermediate_values)])
+        for t in trials
+        if t.state == TrialState.PRUNED and t.intermediate_values
+    ]
+    history_plot(complete, pruned, "Δm (%)", f"Optuna study {study.study_name!r}", path)
 
 
 def create_branch_study(
