@@ -202,29 +202,33 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{name}: {', '.join(items)}")
 
 
+def _training_parser(
+    sub, name: str, help: str, out: str | None = None, data: str | None = None, space: str | None = None,
+    epochs: int = 10,
+) -> argparse.ArgumentParser:  # fmt: skip
+    """A sub-command that trains: data/space options, training options, ``--out`` (required without a default)."""
+    p = sub.add_parser(name, help=help, description=help)
+    _add_data_args(p, data=data, space=space)
+    _add_train_args(p, epochs=epochs)
+    p.add_argument("--out", required=out is None, default=out, help="run folder (resumed if it exists)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas-mtl", description="Neural architecture search for multi-task learning.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("quickstart", help="single-task vs hard-sharing baselines on multidigits (CPU, minutes)")
-    p.add_argument("--out", default="runs/quickstart", help="run folder (resumed if it exists)")
-    _add_data_args(p, data="multidigits", space="resnet_small")
-    _add_train_args(p, epochs=3)
+    p = _training_parser(sub, "quickstart", "single-task vs hard-sharing baselines on multidigits (about a minute)",
+                         out="runs/quickstart", data="multidigits", space="resnet_small", epochs=3)  # fmt: skip
     p.add_argument("--arms", default="single,hard", help="comma-separated: single,hard,independent")
     p.set_defaults(func=cmd_baselines)
 
-    p = sub.add_parser("baselines", help="train single-task / hard-sharing / independent baselines")
-    _add_data_args(p)
-    _add_train_args(p)
+    p = _training_parser(sub, "baselines", "train single-task / hard-sharing / independent baselines")
     p.add_argument("--arms", default="single,hard,independent", help="comma-separated: single,hard,independent")
-    p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     p.set_defaults(func=cmd_baselines)
 
-    p = sub.add_parser("train", help="train one sharing graph")
-    _add_data_args(p)
-    _add_train_args(p)
+    p = _training_parser(sub, "train", "train one sharing graph (retrain a search's graph.json)")
     p.add_argument("--graph", default="hard", help="hard | independent | path to a graph JSON")
-    p.add_argument("--out", required=True, help="run folder (resumed if it exists)")
     p.set_defaults(func=cmd_train)
 
     from .search import SEARCH_METHODS, load_search_methods

@@ -1,0 +1,92 @@
+"""CLI conventions: --help everywhere, exit codes, one-line errors naming the bad field or file."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nas_mtl.cli import EXIT_USER_ERROR, build_parser, main
+from nas_mtl.graph import SharingGraph
+
+
+def _commands():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    out = []
+    for name, p in sub.choices.items():
+        nested = [a for a in p._actions if a.dest == "method"]
+        out += [[name, m] for m in nested[0].choices] if nested else [[name]]
+    return out
+
+
+@pytest.mark.parametrize("argv", _commands(), ids=" ".join)
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: nas-mtl {' '.join(argv)}")
+
+
+@pytest.mark.parametrize("argv", [c for c in _commands() if c[0] in ("search", "train", "baselines", "quickstart")],
+                         ids=" ".join)  # fmt: skip
+def test_training_and_search_commands_take_device_and_seed(argv, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    text = capsys.readouterr().out
+    assert "--device" in text and "--seed" in text
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nas-mtl: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_bad_graph_json_names_file_and_field(tmp_path, capsys):
+    good = SharingGraph.hard_sharing(["left", "right"], ["a", "b"]).to_dict()
+    bad = {**good, "assignment": [[0, 0], [0]]}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(bad))
+    err = _error(["graph", str(path)], capsys)
+    assert str(path) in err and "assignment" in err
+
+
+def test_graph_for_another_space_is_refused(tmp_path, capsys):
+    path = tmp_path / "g.json"
+    SharingGraph.hard_sharing(["left", "right"], ["a", "b"]).save(path)
+    err = _error(["graph", str(path), "--space", "resnet_small"], capsys)
+    assert "layers" in err
+
+
+def test_unknown_names_and_missing_files(tmp_path, capsys):
+    base = ["train", "--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert "nodata" in _error([*base, "--data", "nodata", "--space", "resnet_small"], capsys)
+    assert "nospace" in _error([*base, "--data", "multidigits", "--space", "nospace"], capsys)
+    assert "missing.json" in _error(
+        [*base, "--data", "multidigits", "--space", "resnet_small", "--graph", str(tmp_path / "missing.json")], capsys
+    )
+    assert "magic" in _error([*base, "--data", "multidigits", "--space", "resnet_small", "--balancer", "magic"], capsys)
+    assert "nope.toml" in _error(["study", str(tmp_path / "nope.toml")], capsys)
+    study = tmp_path / "s.toml"
+    study.write_text('format = "nas_mtl.study/1"\n[data]\nname = "multidigits"\n[space]\nname = "resnet_small"\n'
+                     "[search.branch]\nn_trials = 'many'\n")  # fmt: skip
+    err = _error(["study", str(study)], capsys)
+    assert str(study) in err and "search.branch" in err and "n-trials" in err
+
+
+def test_unknown_backbone_in_a_space_file(tmp_path, capsys):
+    space = tmp_path / "space.toml"
+    space.write_text('format = "nas_mtl.search_space/1"\n[backbone]\nname = "resnet_huge"\n')
+    err = _error(["train", "--data", "multidigits", "--space", str(space), "--out", str(tmp_path / "r")], capsys)
+    assert "resnet_huge" in err and "backbone" in err
+
+
+def test_debug_env_shows_the_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "nas_mtl.cli", "study", str(tmp_path / "nope.toml")],
+        capture_output=True, text=True, env={**os.environ, "NAS_MTL_DEBUG": "1"},
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
