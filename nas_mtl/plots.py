@@ -35,11 +35,14 @@ def heatmap(
     vmin: float | None = None,
     vmax: float | None = None,
     ax=None,
+    cell_text: Sequence[Sequence[str]] | None = None,
 ) -> Figure:
-    """A labelled matrix with its values written in the cells."""
+    """A labelled matrix with its values written in the cells (``cell_text``: what to write instead)."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"heatmap: matrix shape {matrix.shape} vs {len(row_labels)} x {len(col_labels)} labels")
+    if cell_text is not None and [len(row) for row in cell_text] != [matrix.shape[1]] * matrix.shape[0]:
+        raise ValueError(f"heatmap: cell_text must be {matrix.shape[0]} rows of {matrix.shape[1]} strings")
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(col_labels), 0.8 + 0.45 * len(row_labels)))
     else:
@@ -51,7 +54,8 @@ def heatmap(
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             light = (matrix[i, j] - lo) < 0.5 * (hi - lo) if hi > lo else True
-            ax.text(j, i, fmt.format(matrix[i, j]), ha="center", va="center", fontsize=7,
+            text = fmt.format(matrix[i, j]) if cell_text is None else cell_text[i][j]
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
                     color="white" if light else "black")  # fmt: skip
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
