@@ -1,0 +1,732 @@
+"""AdaShare (Sun et al., "AdaShare: Learning What To Share For Efficient Deep Multi-Task Learning", NeurIPS 2020).
+
+Every skippable block l and task t get policy logits over {select, skip}; a task runs the one shared copy
+of block l when it selects it and the identity shortcut when it skips it. Logits and weights are learned
+jointly through Gumbel-softmax samples of the decisions, then a policy is drawn from the learned
+distribution and retrained from scratch as a :class:`~nas_mtl.graph.SharingGraph` (``from_policy``).
+
+Schedule (paper Sec. 3; reference code github.com/sunxm2357/AdaShare @27e6fb5, ``train.py``):
+
+1. warm-up: ``warmup_epochs`` of hard sharing (every task selects every block);
+2. ``epochs`` search rounds, each one pass of weight updates on ``data.train`` with the policy fixed, then
+   one pass of policy updates on ``data.val`` with the weights fixed (the reference alternates one pass
+   over each of two halves of its training set; we use the validation split, as the issue asks);
+3. curriculum: in round r only the last ``min(S, r // curriculum_speed + 1)`` of the S skippable blocks have
+   a decision; the earlier ones are fixed to "select" and their logits get no gradient at all (the paper's
+   statement; the reference also lets its sharing term and Adam's weight decay move the fixed ones);
+4. the Gumbel temperature starts at ``tau`` and is multiplied by ``tau_decay`` after every round.
+
+Policy loss (paper Sec. 3): ``Σ_t w_t L_t + λ_sparsity L_sparsity + λ_sharing L_sharing`` over the active
+blocks A:
+
+* ``L_sparsity = Σ_t mean_{l∈A} −log p_skip[l, t]`` (reference ``get_sparsity_loss2``: cross-entropy of the
+  logits towards "skip"; the paper writes ``Σ log α`` with α the select probability, same direction);
+* ``L_sharing = Σ_{t<t'} Σ_{l∈A} (S − l)/S · |z[l, t] − z[l, t']|`` with ``z`` the select log-odds and
+  l = 0..S−1 from the input side: the paper's (L − l)/L weights, decreasing with depth so that early blocks
+  are shared (counting l from 0 keeps a pull of 1/S on the last block; counted from 1 it would get none).
+  The reference's ``get_hamming_loss`` uses (l + 1)/L (increasing with depth) on the raw select
+  logit; on two-column logits only the log-odds difference is zero exactly when two tasks' select
+  probabilities agree, so we use that.
+
+Defaults, all from the reference's NYUv2 2-task config (``yamls/adashare/nyu_v2_2task.yml``) and
+``envs/blockdrop_env.py``: ``tau`` 5 (init_temp), ``tau_decay`` 0.965 (decay_temp), policy Adam lr 0.01 and
+weight decay 5e-4, weights lr 1e-3 (lr = backbone_lr) with weight decay 1e-4 — Adam(betas=(0.5, 0.999))
+during the warm-up, SGD(momentum 0.9) afterwards —, λ_sparsity 0.05 (reg_w), λ_sharing 0.05 (reg_w_hamming;
+other configs: NYUv2 3-task 0.001 / 0.05, CityScapes 0.01 / 0.1, Taskonomy 0.001 / 0.005), curriculum_speed 3
+(Taskonomy 1), logits initialised equal (p_select = 0.5, init_method "equal"), soft Gumbel samples
+(hard_sampling False), 8 policies sampled at the end (README, "Retrain Phase"). The reference retrains the 8
+samples and reports the best; we rank them by the supernet's validation loss instead and return the others
+as candidates. Not reproduced: the reference's step decay of the warm-up learning rate (x0.5 every 4000
+iterations) and its choice of the "best" policy checkpoint by test-set metrics. Budgets (epochs, warm-up, batch
+size 64 vs 16) are scaled down for CPU; for budgets of a few hundred policy steps, raise ``policy_lr`` and
+lower ``tau_decay`` (the reference takes ~8000 policy steps and ~300 temperature decays).
+
+Execution (why it is faster than the reference, which runs the whole backbone once per task per step):
+all streams of activations live in one tensor, interleaved along the batch (row ``b * G + s`` is sample b of
+stream s), and every block runs once per step on all of them. Blocks without a decision yet (the curriculum's
+early blocks, the non-skippable ones before the first decision) run once for all tasks. At a decided block
+with soft gates, or hard gates whose gradient is needed, every task continues on its own stream (the gradient
+of task t's gate needs ``block(h_t) − h_t``, so sharing a stream would merge gate gradients); hard gates
+without gradient (weight phase with ``hard_sampling``, final scoring) keep tasks with equal select/skip
+prefixes in one stream and skip skipped blocks, exactly what :class:`~nas_mtl.network.MultiTaskNetwork` runs.
+BatchNorm: the reference runs each task through the shared backbone in a separate call, so its BN layers
+share affine parameters and running statistics but normalise each task's activations with that task's
+batch statistics. :class:`_PerStreamBatchNorm` does the same in one call per layer, which keeps batching
+exact. ``benchmarks/adashare.py`` measures both executions side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from ..backbones import Backbone
+from ..data import MultiTaskData, iterate_batches
+from ..graph import SharingGraph
+from ..space import SearchSpace
+from ..tasks import TaskSpec
+from ..train import resolve_device, seed_everything, write_json_atomic
+from . import SearchMethod, SearchResult, register_search_method
+
+SELECT, SKIP = 0, 1
+"""Columns of the policy logits (the reference's order: column 0 multiplies the block's output)."""
+
+CHECKPOINT = "adashare_checkpoint.pt"
+HISTORY = "policy_history.json"
+FINALS = ("sample", "argmax")
+
+
+@dataclass(frozen=True)
+class AdaShareConfig:
+    """AdaShare search settings; defaults follow the reference code (see the module docstring).
+
+    Args:
+        epochs: search rounds after the warm-up (one weight pass on train + one policy pass on val each).
+        warmup_epochs: hard-sharing epochs before the policy is learned.
+        batch_size: samples per step in both phases (reference 16 at 321x321 crops).
+        lr, weight_decay: network weights (Adam(betas=(0.5, 0.999)) in the warm-up, SGD(momentum 0.9) after).
+        policy_lr, policy_weight_decay: Adam on the policy logits (the decay as an L2 term on active blocks).
+        tau, tau_decay: Gumbel-softmax temperature at round 0 and its factor per round.
+        sparsity, sharing: λ_sparsity and λ_sharing.
+        curriculum, curriculum_speed: learn one more block (from the last) every ``curriculum_speed`` rounds.
+        hard_sampling: straight-through hard Gumbel samples instead of soft ones (reference: soft).
+        weight_steps, policy_steps: steps per phase of a round (None: one pass over the split).
+        final: "sample" (draw ``num_samples`` policies, keep the lowest validation loss) or "argmax".
+        task_weights: loss weight per task (the reference's ``lambdas``); missing tasks weigh 1.
+        seed, device, progress: as in :class:`~nas_mtl.train.TrainConfig`.
+    """
+
+    epochs: int = 30
+    warmup_epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    policy_lr: float = 0.01
+    policy_weight_decay: float = 5e-4
+    tau: float = 5.0
+    tau_decay: float = 0.965
+    sparsity: float = 0.05
+    sharing: float = 0.05
+    curriculum: bool = True
+    curriculum_speed: int = 3
+    hard_sampling: bool = False
+    weight_steps: int | None = None
+    policy_steps: int | None = None
+    final: str = "sample"
+    num_samples: int = 8
+    task_weights: Mapping[str, float] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def fail(name: str, want: str) -> ValueError:
+            return ValueError(f"adashare config: {name} must be {want}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name, low in (("epochs", 1), ("warmup_epochs", 0), ("batch_size", 1), ("curriculum_speed", 1),
+                          ("num_samples", 1)):  # fmt: skip
+            if not is_int(getattr(self, name)) or getattr(self, name) < low:
+                raise fail(name, f"an integer >= {low}")
+        for name in ("weight_steps", "policy_steps"):
+            if getattr(self, name) is not None and (not is_int(getattr(self, name)) or getattr(self, name) < 1):
+                raise fail(name, "None (one pass) or an integer >= 1")
+        for name in ("lr", "policy_lr", "tau"):
+            if not is_num(getattr(self, name)) or getattr(self, name) <= 0:
+                raise fail(name, "a finite number > 0")
+        for name in ("weight_decay", "policy_weight_decay", "sparsity", "sharing"):
+            if not is_num(getattr(self, name)) or getattr(self, name) < 0:
+                raise fail(name, "a finite number >= 0")
+        if not is_num(self.tau_decay) or not 0 < self.tau_decay <= 1:
+            raise fail("tau_decay", "a number in (0, 1]")
+        for name in ("curriculum", "hard_sampling", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise fail(name, "true or false")
+        if self.final not in FINALS:
+            raise fail("final", f"one of {list(FINALS)}")
+        if not is_int(self.seed):
+            raise fail("seed", "an integer")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise fail("device", "one of ['auto', 'cpu', 'cuda']")
+        if not isinstance(self.task_weights, Mapping) or not all(
+            isinstance(k, str) and is_num(v) and v >= 0 for k, v in self.task_weights.items()
+        ):
+            raise fail("task_weights", "a mapping task -> finite number >= 0")
+        object.__setattr__(self, "task_weights", {k: float(v) for k, v in self.task_weights.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def tau_at(self, round_: int) -> float:
+        """Gumbel temperature of search round ``round_`` (0-based)."""
+        return self.tau * self.tau_decay**round_
+
+    def active_at(self, round_: int, num_blocks: int) -> int:
+        """How many of the last policy blocks have a learned decision in search round ``round_``."""
+        return num_blocks if not self.curriculum else min(num_blocks, round_ // self.curriculum_speed + 1)
+
+
+# ---------------------------------------------------------------------- regularisers
+def depth_weights(num_blocks: int) -> Tensor:
+    """Sharing weights (S − l)/S, l = 0..S−1 from the input side (the paper's (L − l)/L): early blocks weigh most."""
+    return (num_blocks - torch.arange(num_blocks, dtype=torch.float32)) / num_blocks
+
+
+def sparsity_loss(logits: Tensor) -> Tensor:
+    """``Σ_t mean_l −log p_skip[l, t]`` for logits (blocks, tasks, 2) (reference ``get_sparsity_loss2``)."""
+    return -F.log_softmax(logits, dim=-1)[..., SKIP].mean(dim=0).sum()
+
+
+def sharing_loss(logits: Tensor, weights: Tensor) -> Tensor:
+    """``Σ_{t<t'} Σ_l weights[l] |z[l, t] − z[l, t']|`` with z the select log-odds (AdaShare's sharing loss)."""
+    z = logits[..., SELECT] - logits[..., SKIP]
+    pairs = (z[:, :, None] - z[:, None, :]).abs().sum(dim=(1, 2)) / 2
+    return (weights.to(z) * pairs).sum()
+
+
+def policy_regularizer(logits: Tensor, active: int, config: AdaShareConfig) -> Tensor:
+    """λ_sparsity L_sparsity + λ_sharing L_sharing + L2 decay, over the last ``active`` blocks only."""
+    num_blocks = logits.shape[0]
+    z = logits[num_blocks - active :]
+    loss = config.sparsity * sparsity_loss(z)
+    loss = loss + config.sharing * sharing_loss(z, depth_weights(num_blocks)[num_blocks - active :])
+    return loss + 0.5 * config.policy_weight_decay * z.square().sum()
+
+
+# ---------------------------------------------------------------------- supernet
+class _PerStreamBatchNorm:
+    """Mixin for a BatchNorm class: the batch holds ``streams`` interleaved streams (row ``b * streams + s`` is
+    sample b of stream s). In training each stream is normalised with its own batch statistics and the
+    running statistics get one update per stream, in stream order: exactly as if each stream ran alone.
+
+    One ``F.batch_norm`` call on the (B, streams * C, ...) view does it without copies: the layout makes
+    every (stream, channel) pair a channel of its own.
+    """
+
+    streams: int = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.streams
+        running = self.training and self.track_running_stats
+        if s == 1 or not (running or not self.track_running_stats):  # eval: running stats, per sample
+            return super().forward(x)
+        rest = x.shape[2:]
+        if self.momentum is None:  # cumulative average: run the streams one by one
+            view = x.reshape(-1, s, x.shape[1], *rest)
+            alone = super().forward
+            return torch.stack([alone(view[:, i]) for i in range(s)], dim=1).reshape(x.shape)
+        mean = var = None
+        if running:
+            self.num_batches_tracked.add_(s)
+            mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        weight = None if self.weight is None else self.weight.repeat(s)
+        bias = None if self.bias is None else self.bias.repeat(s)
+        y = F.batch_norm(x.reshape(-1, s * x.shape[1], *rest), mean, var, weight, bias, True, self.momentum, self.eps)
+        if running:
+            with torch.no_grad():
+                _fold_updates(self.running_mean, mean, s, self.momentum)
+                _fold_updates(self.running_var, var, s, self.momentum)
+        # not a view of y for autograd: blocks apply in-place ops (ReLU, +=) to their norms' outputs, which on
+        # a view would cost a CopySlices copy and non-contiguous gradients in the backward
+        return torch.ops.aten._unsafe_view(y, x.shape)
+
+
+def _fold_updates(running: Tensor, updated: Tensor, streams: int, momentum: float) -> None:
+    """Replace ``running`` by ``streams`` sequential momentum updates, given each one applied alone
+    (``updated[s] = (1 - m) running + m stat_s``)."""
+    keep = 1.0 - momentum
+    steps = updated.view(streams, -1) - keep * running
+    decay = keep ** torch.arange(streams - 1, -1, -1, dtype=running.dtype, device=running.device)
+    running.mul_(keep**streams).add_((decay[:, None] * steps).sum(dim=0))
+
+
+@functools.cache
+def _per_stream_class(cls: type) -> type:
+    return type(f"PerStream{cls.__name__}", (_PerStreamBatchNorm, cls), {})
+
+
+def _per_stream_norms(block: nn.Module) -> list[nn.Module]:
+    """Turn ``block``'s BatchNorm layers into per-stream ones in place (same parameters and state keys)."""
+    norms = []
+    for m in block.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.__class__ = _per_stream_class(type(m))
+            norms.append(m)
+    return norms
+
+
+Gates = Sequence[Tensor | None]
+"""One entry per backbone layer: None (every task runs the block) or the (T,) select gates of the tasks."""
+
+
+class AdaShareSupernet(nn.Module):
+    """One copy of every backbone block, task heads and the policy logits (S skippable blocks, T tasks, 2).
+
+    A task's activation after block l is ``h + u[l, t] (block_l(h) − h)``: the block when u = 1, the skip
+    when u = 0 (the reference's ``fx * p_select + residual * p_skip``).
+    """
+
+    def __init__(self, backbone: Backbone, tasks: Sequence[TaskSpec], policy_layers: Sequence[int]) -> None:
+        super().__init__()
+        self.tasks = tuple(t.name for t in tasks)
+        self.policy_layers = tuple(policy_layers)
+        self.blocks = nn.ModuleList(backbone.build())
+        self._norms = [_per_stream_norms(b) for b in self.blocks]
+        self.neck = backbone.neck
+        self.heads = nn.ModuleList(t.build_head(backbone.feature_shape, backbone.input_shape[1:]) for t in tasks)
+        # init_method "equal": both logits 0.5, p_select = 0.5
+        self.logits = nn.Parameter(torch.full((len(self.policy_layers), len(self.tasks), 2), 0.5))
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if name != "logits"]
+
+    def select_prob(self) -> Tensor:
+        """(S, T) probability that task t selects policy block s."""
+        return self.logits.detach().softmax(dim=-1)[..., SELECT].cpu()
+
+    def sample_gates(self, tau: float, active: int, hard: bool, generator: torch.Generator, grad: bool) -> Gates:
+        """Gumbel-softmax select gates of the last ``active`` policy blocks; earlier layers always select.
+
+        ``hard``: straight-through one-hot samples (value 0/1, gradient of the soft sample). ``grad``:
+        keep the graph to the logits (policy phase).
+        """
+        start = len(self.policy_layers) - active
+        logits = self.logits[start:] if grad else self.logits[start:].detach()
+        noise = -torch.empty(logits.shape).exponential_(generator=generator).log().to(logits.device)
+        soft = ((logits + noise) / tau).softmax(dim=-1)[..., SELECT]
+        gates = soft
+        if hard:  # exact 0/1 without gradient, so that the forward can share prefixes and skip blocks
+            one_hot = (soft > 0.5).to(soft.dtype)
+            gates = one_hot - soft.detach() + soft if grad else one_hot
+        out: list[Tensor | None] = [None] * len(self.blocks)
+        for row, layer in enumerate(self.policy_layers[start:]):
+            out[layer] = gates[row]
+        return out
+
+    def fixed_gates(self, select: Sequence[Sequence[bool]]) -> Gates:
+        """Hard 0/1 gates of a policy ``select[s][t]`` over the policy blocks."""
+        out: list[Tensor | None] = [None] * len(self.blocks)
+        for row, layer in zip(select, self.policy_layers):
+            out[layer] = torch.tensor([float(bool(s)) for s in row], device=self.logits.device)
+        return out
+
+    def _run(self, layer: int, h: Tensor, streams: int) -> Tensor:
+        """Block ``layer`` on ``streams`` interleaved streams in one call (BatchNorm statistics per stream)."""
+        for norm in self._norms[layer]:
+            norm.streams = streams
+        return self.blocks[layer](h)
+
+    def forward(self, x: Tensor, gates: Gates) -> dict[str, Tensor]:
+        """Head outputs ``{task: prediction}`` under ``gates`` (see :data:`Gates`).
+
+        The activations of all streams live in one tensor, interleaved (row ``b * G + s``: sample b of stream
+        s), with ``members[s]`` the tasks of stream s; a block runs once on all of them.
+        """
+        if len(gates) != len(self.blocks):
+            raise ValueError(f"gates: expected {len(self.blocks)} entries (one per layer), got {len(gates)}")
+        per_task = [(t,) for t in range(len(self.tasks))]
+        h, members = x, [tuple(range(len(self.tasks)))]
+        for layer, gate in enumerate(gates):
+            if gate is None:
+                h = self._run(layer, h, len(members))
+            elif not gate.requires_grad and bool(((gate == 0) | (gate == 1)).all()):
+                h, members = self._hard_step(layer, h, members, gate.tolist())
+            else:  # soft gates, or hard ones whose gradient is needed: one stream per task from here on
+                y = self._run(layer, h, len(members))
+                if members != per_task:
+                    owner = [next(s for s, ts in enumerate(members) if t in ts) for t in range(len(self.tasks))]
+                    h, y = _select_streams(h, len(members), owner), _select_streams(y, len(members), owner)
+                    members = per_task
+                hv, yv = _unstack(h, len(members)), _unstack(y, len(members))
+                g = gate.view(1, -1, *([1] * (h.dim() - 1)))
+                h = (hv + g * (yv - hv)).reshape(h.shape)
+        features = _unstack(self.neck(h), len(members)).unbind(dim=1)  # backward: one stack, not G slice copies
+        out: dict[str, Tensor] = {}
+        for ts, f in zip(members, features):
+            f = f.contiguous()
+            for t in ts:
+                out[self.tasks[t]] = self.heads[t](f)
+        return {t: out[t] for t in self.tasks}
+
+    def _hard_step(
+        self, layer: int, h: Tensor, members: list[tuple[int, ...]], chosen: list[float]
+    ) -> tuple[Tensor, list[tuple[int, ...]]]:
+        """Exact 0/1 gates: split each stream into its skipping and its selecting tasks; the block runs once
+        on the streams with a selecting task, the skipping ones keep their activation."""
+        runs = [s for s, ts in enumerate(members) if any(chosen[t] for t in ts)]
+        y = None
+        if runs:
+            y = self._run(layer, h if len(runs) == len(members) else _select_streams(h, len(members), runs), len(runs))
+        new_members, sources = [], []
+        for s, ts in enumerate(members):
+            skip, run = tuple(t for t in ts if not chosen[t]), tuple(t for t in ts if chosen[t])
+            if skip:
+                new_members.append(skip)
+                sources.append((False, s))
+            if run:
+                new_members.append(run)
+                sources.append((True, runs.index(s)))
+        if all(from_y for from_y, _ in sources) and len(runs) == len(members):
+            return y, new_members
+        if not runs:
+            return h, new_members
+        hv, yv = _unstack(h, len(members)), _unstack(y, len(runs))
+        parts = [yv[:, i] if from_y else hv[:, i] for from_y, i in sources]
+        return torch.stack(parts, dim=1).reshape(-1, *h.shape[1:]), new_members
+
+
+def _unstack(h: Tensor, streams: int) -> Tensor:
+    """(B * streams, ...) interleaved -> (B, streams, ...) view."""
+    return h.reshape(-1, streams, *h.shape[1:])
+
+
+def _select_streams(h: Tensor, streams: int, index: Sequence[int]) -> Tensor:
+    """The interleaved streams ``index`` (in that order, repeats allowed) of ``h``."""
+    return _unstack(h, streams)[:, list(index)].reshape(-1, *h.shape[1:])
+
+
+def task_losses(
+    out: Mapping[str, Tensor], targets: Mapping[str, Tensor], specs: Sequence[TaskSpec]
+) -> dict[str, Tensor]:
+    """``{task: loss}`` of one batch (each spec's own loss)."""
+    return {t.name: t.loss(out[t.name], targets[t.name]) for t in specs}
+
+
+# ---------------------------------------------------------------------- the search
+def _steps(dataset: Dataset, batch_size: int, steps: int | None, seed: int) -> Iterator:
+    """``steps`` shuffled batches (None: one pass), passes reshuffled by a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    done = 0
+    while steps is None or done < steps:
+        for batch in iterate_batches(dataset, batch_size, shuffle=True, generator=generator, drop_last=True):
+            yield batch
+            done += 1
+            if done == steps:
+                return
+        if steps is None:
+            return
+
+
+def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+class _Search:
+    """The state of one search: supernet, optimisers, RNGs, history; one method per epoch kind."""
+
+    def __init__(self, data: MultiTaskData, space: SearchSpace, config: AdaShareConfig) -> None:
+        unknown = sorted(set(config.task_weights) - set(data.task_names))
+        if unknown:
+            raise ValueError(f"adashare config: task_weights names unknown task(s) {unknown}; tasks: "
+                             f"{list(data.task_names)}")  # fmt: skip
+        if not space.skippable:
+            raise ValueError(f"search space {space.name!r} has no skippable blocks: AdaShare has nothing to learn")
+        if tuple(data.input_shape) != tuple(space.backbone.input_shape):
+            raise ValueError(f"dataset {data.name!r} inputs are {tuple(data.input_shape)} but space "
+                             f"{space.name!r} expects {space.backbone.input_shape}")  # fmt: skip
+        for split in ("train", "val"):
+            if len(getattr(data, split)) < config.batch_size:
+                raise ValueError(f"adashare config: batch_size {config.batch_size} exceeds the {split} split "
+                                 f"({len(getattr(data, split))} samples)")  # fmt: skip
+        self.data, self.space, self.config = data, space, config
+        self.device = resolve_device(config.device)
+        seed_everything(config.seed)
+        policy_layers = [i for i, name in enumerate(space.layers) if name in space.skippable]
+        self.net = AdaShareSupernet(space.backbone, data.tasks, policy_layers).to(self.device)
+        self.weights = [config.task_weights.get(t, 1.0) for t in data.task_names]
+        self.blocks = tuple(space.layers[i] for i in policy_layers)
+        self.gumbel = torch.Generator().manual_seed(config.seed)
+        self.policy_opt = torch.optim.Adam([self.net.logits], lr=config.policy_lr)
+        self.weight_opt = self._weight_optimizer(search=False)  # replaced by SGD at search round 0
+        self.epoch, self.elapsed, self.history = 0, 0.0, []
+
+    def _weight_optimizer(self, search: bool) -> torch.optim.Optimizer:
+        params, c = self.net.weight_parameters(), self.config
+        if search:
+            return torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=c.lr, betas=(0.5, 0.999), weight_decay=c.weight_decay)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.warmup_epochs + self.config.epochs
+
+    def _loss(self, x: Tensor, y: Mapping[str, Tensor], gates: Gates, where: str) -> tuple[Tensor, dict]:
+        losses = task_losses(self.net(x.to(self.device), gates), {k: v.to(self.device) for k, v in y.items()},
+                             self.data.tasks)  # fmt: skip
+        bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v)}
+        if bad:
+            raise FloatingPointError(f"adashare: non-finite loss for task(s) {bad} at {where}")
+        total = sum(w * losses[t] for w, t in zip(self.weights, self.data.task_names))
+        return total, {k: float(v.detach()) for k, v in losses.items()}
+
+    def _phase(self, split: Dataset, steps: int | None, seed: int, desc: str, step_fn) -> dict[str, float]:
+        """Run ``step_fn(x, y, where) -> per-task losses`` over batches; mean per-task loss."""
+        sums: dict[str, float] = dict.fromkeys(self.data.task_names, 0.0)
+        n = 0
+        batches = _steps(split, self.config.batch_size, steps, seed)
+        total = steps if steps is not None else len(split) // self.config.batch_size
+        for i, (x, y) in enumerate(tqdm(batches, desc=desc, total=total, disable=not self.config.progress,
+                                        leave=False)):  # fmt: skip
+            for k, v in step_fn(x, y, f"epoch {self.epoch + 1} {desc} step {i + 1}").items():
+                sums[k] += v
+            n += 1
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def _weight_step(self, gates_fn):
+        def step(x, y, where):
+            total, losses = self._loss(x, y, gates_fn(), where)
+            self.weight_opt.zero_grad(set_to_none=True)
+            total.backward()
+            self.weight_opt.step()
+            return losses
+
+        return step
+
+    def run_epoch(self) -> dict[str, Any]:
+        """One warm-up epoch or one search round (weights on train, then policy on val)."""
+        c, e = self.config, self.epoch
+        t0 = time.perf_counter()
+        self.net.train()
+        seed = c.seed * 1_000_003 + 2 * e
+        label = f"adashare {e + 1}/{self.total_epochs}"
+        if e < c.warmup_epochs:
+            hard_sharing = [None] * len(self.net.blocks)
+            train_loss = self._phase(self.data.train, None, seed, f"{label} warm-up",
+                                     self._weight_step(lambda: hard_sharing))  # fmt: skip
+            record = {"phase": "warmup", "train_loss": train_loss}
+        else:
+            r = e - c.warmup_epochs
+            if r == 0:
+                self.weight_opt = self._weight_optimizer(search=True)
+            tau, active = c.tau_at(r), c.active_at(r, len(self.blocks))
+
+            def gates(grad: bool) -> Gates:
+                return self.net.sample_gates(tau, active, c.hard_sampling, self.gumbel, grad)
+
+            train_loss = self._phase(self.data.train, c.weight_steps, seed, f"{label} weights",
+                                     self._weight_step(lambda: gates(False)))  # fmt: skip
+
+            def policy_step(x, y, where):
+                total, losses = self._loss(x, y, gates(True), where)
+                total = total + policy_regularizer(self.net.logits, active, c)
+                self.policy_opt.zero_grad(set_to_none=True)
+                total.backward()
+                self.policy_opt.step()
+                return losses
+
+            weights = self.net.weight_parameters()
+            for p in weights:
+                p.requires_grad_(False)
+            try:
+                val_loss = self._phase(self.data.val, c.policy_steps, seed + 1, f"{label} policy", policy_step)
+            finally:
+                for p in weights:
+                    p.requires_grad_(True)
+            record = {"phase": "search", "round": r + 1, "tau": tau, "active_blocks": active,
+                      "train_loss": train_loss, "val_loss": val_loss}  # fmt: skip
+        self.elapsed += time.perf_counter() - t0
+        self.epoch += 1
+        record = {"epoch": self.epoch, **record, "select_prob": self.net.select_prob().tolist(),
+                  "seconds": time.perf_counter() - t0, "elapsed": self.elapsed}  # fmt: skip
+        self.history.append(record)
+        return record
+
+    # ------------------------------------------------------------------ checkpoint
+    def _identity(self) -> dict[str, Any]:
+        free = ("epochs", "final", "num_samples", "progress", "device")  # may change between resumes
+        c = {k: v for k, v in self.config.to_dict().items() if k not in free}
+        return {"tasks": list(self.data.task_names), "layers": list(self.space.layers),
+                "blocks": list(self.blocks), "config": c}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"identity": self._identity(), "epoch": self.epoch, "elapsed": self.elapsed,
+                "history": self.history, "net": self.net.state_dict(), "weight_opt": self.weight_opt.state_dict(),
+                "policy_opt": self.policy_opt.state_dict(), "gumbel": self.gumbel.get_state(),
+                "rng": torch.get_rng_state()}  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any], source: Path) -> None:
+        saved, now = state["identity"], self._identity()
+        diff = sorted(k for k in now if k != "config" and saved.get(k) != now[k])
+        diff += sorted(f"config.{k}" for k in now["config"] if saved["config"].get(k) != now["config"][k])
+        if diff:
+            raise ValueError(f"{source}: checkpoint differs in {diff}; use a new run folder or the same settings")
+        self.net.load_state_dict(state["net"])
+        self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], list(state["history"])
+        self.weight_opt = self._weight_optimizer(search=self.epoch > self.config.warmup_epochs)
+        self.weight_opt.load_state_dict(state["weight_opt"])
+        self.policy_opt.load_state_dict(state["policy_opt"])
+        self.gumbel.set_state(state["gumbel"])
+        torch.set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ final policy
+    @torch.no_grad()
+    def val_loss(self, select: Sequence[Sequence[bool]]) -> float:
+        """Weighted validation loss of a hard policy under the supernet's weights (eval mode)."""
+        self.net.eval()
+        gates = self.net.fixed_gates(select)
+        total, n = 0.0, 0
+        for x, y in iterate_batches(self.data.val, max(self.config.batch_size, 256), shuffle=False):
+            loss, _ = self._loss(x, y, gates, "final scoring")
+            total += float(loss) * x.shape[0]
+            n += x.shape[0]
+        return total / n
+
+    def final_policies(self) -> list[dict[str, Any]]:
+        """Candidate policies, best first: the argmax, or ``num_samples`` draws ranked by validation loss.
+
+        Blocks the curriculum has not reached yet were always selected during the search, so they stay
+        selected (their logits are still at the initial p = 0.5); a tie selects (the reference's argmax).
+        """
+        prob = self.net.select_prob()
+        learned = self.config.active_at(self.config.epochs - 1, len(self.blocks))
+        prob[: len(self.blocks) - learned] = 1.0
+        if self.config.final == "argmax":
+            policies = [(prob >= 0.5).tolist()]
+        else:
+            generator = torch.Generator().manual_seed(self.config.seed)
+            draws = [(torch.rand(prob.shape, generator=generator) < prob).tolist()
+                     for _ in range(self.config.num_samples)]  # fmt: skip
+            policies = [p for i, p in enumerate(draws) if p not in draws[:i]]
+        scored = [{"select": p, "val_loss": self.val_loss(p)} for p in policies]
+        return sorted(scored, key=lambda s: s["val_loss"])
+
+    def graph(self, select: Sequence[Sequence[bool]], **meta: Any) -> SharingGraph:
+        by_layer = dict(zip(self.net.policy_layers, select))
+        rows = [by_layer.get(i, [True] * len(self.data.task_names)) for i in range(len(self.space.layers))]
+        return SharingGraph.from_policy(self.data.task_names, self.space.layers, rows, self.space.skippable
+                                        ).with_meta(method="adashare", **meta)  # fmt: skip
+
+
+def adashare_search(
+    data: MultiTaskData,
+    space: SearchSpace,
+    config: AdaShareConfig = AdaShareConfig(),
+    run_dir: str | Path | None = None,
+) -> SearchResult:
+    """Learn an AdaShare select/skip policy and return it as a SharingGraph to retrain from scratch.
+
+    With ``run_dir``, the search is checkpointed after every epoch (``adashare_checkpoint.pt``) and a
+    checkpoint found there is resumed (same data, space and settings; ``epochs`` may grow); the per-epoch
+    select probabilities go to ``policy_history.json`` and the heatmaps to ``policy.png`` /
+    ``policy_epochs.png``. Save the result with ``result.save(run_dir)``.
+    """
+    from .adashare_plots import plot_policy, plot_policy_history
+
+    search = _Search(data, space, config)
+    ckpt = None
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = run_dir / CHECKPOINT
+        if ckpt.exists():
+            search.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), ckpt)
+    while search.epoch < search.total_epochs:
+        search.run_epoch()
+        if run_dir is not None:
+            _save_checkpoint(search.state_dict(), ckpt)
+            write_json_atomic({"tasks": list(data.task_names), "blocks": list(search.blocks),
+                               "history": search.history}, run_dir / HISTORY)  # fmt: skip
+    t0 = time.perf_counter()
+    ranked = search.final_policies()
+    prob = search.net.select_prob()
+    seconds = search.elapsed + time.perf_counter() - t0
+    graphs = [search.graph(p["select"], name=f"adashare#{i}", val_loss=p["val_loss"]) for i, p in enumerate(ranked)]
+    warmup_s = sum(h["seconds"] for h in search.history if h["phase"] == "warmup")
+    info = {
+        "config": config.to_dict(),
+        "tasks": list(data.task_names),
+        "blocks": list(search.blocks),
+        "select_prob": prob.tolist(),
+        "policies": ranked,
+        "warmup_seconds": warmup_s,
+        "search_seconds": search.elapsed - warmup_s,
+        "history": search.history,
+    }
+    if run_dir is not None:
+        chosen = ranked[0]["select"]
+        plot_policy(prob.tolist(), search.blocks, data.task_names, run_dir / "policy.png", chosen)
+        plot_policy_history(search.history, search.blocks, data.task_names, run_dir / "policy_epochs.png")
+    return SearchResult("adashare", graphs[0].with_meta(select_prob=prob.tolist()), seconds, tuple(graphs[1:]), info)
+
+
+# ---------------------------------------------------------------------- CLI
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    d = AdaShareConfig()
+    g = p.add_argument_group("AdaShare (defaults: reference code, NYUv2 2-task)")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="search rounds after the warm-up")
+    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="hard-sharing epochs first")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr, help="network weights learning rate")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--policy-lr", type=float, default=d.policy_lr)
+    g.add_argument("--policy-weight-decay", type=float, default=d.policy_weight_decay)
+    g.add_argument("--sparsity", type=float, default=d.sparsity, help="λ of the sparsity term")
+    g.add_argument("--sharing", type=float, default=d.sharing, help="λ of the sharing term")
+    g.add_argument("--tau", type=float, default=d.tau, help="initial Gumbel-softmax temperature")
+    g.add_argument("--tau-decay", type=float, default=d.tau_decay, help="temperature factor per round")
+    g.add_argument("--curriculum-speed", type=int, default=d.curriculum_speed, help="rounds per extra block")
+    g.add_argument("--no-curriculum", action="store_true", help="learn every block's decision from round 1")
+    g.add_argument("--hard-sampling", action="store_true", help="straight-through hard Gumbel samples")
+    g.add_argument("--weight-steps", type=int, default=None, help="weight steps per round (default: 1 pass)")
+    g.add_argument("--policy-steps", type=int, default=None, help="policy steps per round (default: 1 pass)")
+    g.add_argument("--final", choices=FINALS, default=d.final, help="how the final policy is taken")
+    g.add_argument("--num-samples", type=int, default=d.num_samples, help="policies drawn with --final sample")
+    g.add_argument("--task-weight", action="append", default=[], metavar="TASK=W[,TASK=W]",
+                   help="task loss weight (repeatable)")  # fmt: skip
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _task_weights(items: Sequence[str]) -> dict[str, float]:
+    """``["a=2", "b=1,c=3"]`` -> ``{a: 2, b: 1, c: 3}`` (commas: a study file's list arrives as one item)."""
+    out = {}
+    for item in (part for entry in items for part in entry.split(",")):
+        task, sep, value = item.partition("=")
+        try:
+            out[task] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not task:
+            raise ValueError(f"--task-weight: expected TASK=NUMBER, got {item!r}")
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> AdaShareConfig:
+    return AdaShareConfig(
+        epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, policy_lr=args.policy_lr, policy_weight_decay=args.policy_weight_decay,
+        tau=args.tau, tau_decay=args.tau_decay, sparsity=args.sparsity, sharing=args.sharing,
+        curriculum=not args.no_curriculum, curriculum_speed=args.curriculum_speed, hard_sampling=args.hard_sampling,
+        weight_steps=args.weight_steps, policy_steps=args.policy_steps, final=args.final,
+        num_samples=args.num_samples, task_weights=_task_weights(args.task_weight), seed=args.seed,
+        device=args.device, progress=not args.no_progress,
+    )  # fmt: skip
+
+
+@register_search_method("adashare")
+def _method() -> SearchMethod:
+    return SearchMethod(
+        add_arguments=_add_arguments,
+        run=lambda args, data, space, run_dir: adashare_search(data, space, config_from_args(args), run_dir),
+        help="AdaShare: differentiable select/skip policy per block and task (Sun et al. 2020)",
+    )
