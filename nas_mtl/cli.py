@@ -51,7 +51,8 @@ def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
     g.add_argument("--device", choices=TrainConfig.DEVICES, default="auto")
     g.add_argument("--on-nonfinite", choices=TrainConfig.NONFINITE, default="raise",
                    help="what a NaN/inf task loss does: stop with an error, or skip that step")  # fmt: skip
-    g.add_argument("--balancer", default="equal", help=f"loss balancer ({', '.join(list_balancers())})")
+    g.add_argument("--balancer", default="equal", metavar="NAME[:KEY=VALUE,...]",
+                   help=f"loss balancer ({', '.join(list_balancers())}), e.g. mgda:normalization=l2")  # fmt: skip
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

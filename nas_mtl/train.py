@@ -208,9 +208,11 @@ def train(
 
     With ``run_dir``, an existing checkpoint there is resumed (same graph and config required, except
     ``epochs`` may grow) and the result is written to ``run_dir/result.json``. A non-finite task loss
-    raises ``FloatingPointError`` naming the task (config ``on_nonfinite="raise"``) before any weight is
-    touched, or skips that step with a warning (``"skip"``); finished epochs stay in the checkpoint.
+    or gradient (checked after the balancer, which may raise it itself) raises ``FloatingPointError``
+    naming the task or parameters (config ``on_nonfinite="raise"``) before any weight is touched, or
+    skips that step with a warning (``"skip"``); finished epochs stay in the checkpoint.
     ``step_hooks`` observe every step (see :class:`StepContext`), e.g. to measure task affinity.
+    The balancer is prepared on ``network`` before the first step and detached after the last.
     """
     balancer = balancer or EqualWeights()
     device = resolve_device(config.device)
@@ -247,6 +249,7 @@ def train(
             torch.set_rng_state(state["rng"])
             start_epoch, history = state["epoch"], list(state["history"])
             elapsed, skipped = state["elapsed"], state.get("skipped", 0)
+    balancer.prepare(network)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         network.train()
@@ -265,18 +268,25 @@ def train(
                     t.validate_target(target, x.shape[0])
                 losses[t.name] = t.loss(out[t.name], target)
             bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
-            if bad:
+            problem = f"non-finite loss for task(s) {bad}" if bad else None
+            if problem is None:
+                for hook in step_hooks:
+                    hook(StepContext(network, x, y, losses, epoch, step))
+                optimizer.zero_grad(set_to_none=True)
+                try:
+                    balancer.backward(losses, network)
+                    _check_gradients(network, balancer)
+                except FloatingPointError as err:
+                    problem = str(err)
+            if problem is not None:
                 where = f"epoch {epoch + 1} step {step + 1}"
                 if config.on_nonfinite == "raise":
                     kept = f"; last checkpoint kept at {ckpt_path}" if ckpt_path else ""
-                    raise FloatingPointError(f"non-finite loss for task(s) {bad} at {where}{kept}")
-                warnings.warn(f"skipping step: non-finite loss for task(s) {bad} at {where}", stacklevel=2)
+                    raise FloatingPointError(f"{problem} at {where}{kept}")
+                warnings.warn(f"skipping step: {problem} at {where}", stacklevel=2)
+                optimizer.zero_grad(set_to_none=True)
                 skipped += 1
                 continue
-            for hook in step_hooks:
-                hook(StepContext(network, x, y, losses, epoch, step))
-            optimizer.zero_grad(set_to_none=True)
-            balancer.backward(losses, network)
             optimizer.step()
             for k, v in losses.items():
                 sums[k] += float(v.detach()) * x.shape[0]
@@ -305,6 +315,7 @@ def train(
                 },
                 ckpt_path,
             )
+    balancer.detach()
     val = history[-1]["val"] if history else evaluate(network, data.val, specs, config.eval_batch_size, device)
     test = evaluate(network, data.test, specs, config.eval_batch_size, device)
     result = TrainResult(val, test, tuple(history), elapsed, skipped)
@@ -313,6 +324,15 @@ def train(
         write_json_atomic(network_manifest(network, specs), run_dir / MODEL_MANIFEST)
         write_json_atomic(result.to_dict(), run_dir / RESULT)
     return result
+
+
+def _check_gradients(network: MultiTaskNetwork, balancer: Balancer) -> None:
+    """Raise FloatingPointError naming the parameters whose gradient has a NaN/inf (one reduction when clean)."""
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=math.inf)):
+        bad = [n for n, p in network.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise FloatingPointError(f"{balancer.name or type(balancer).__name__}: non-finite gradient in {bad[:5]}{more}")
 
 
 def _check_resumable(state: Mapping[str, Any], network: MultiTaskNetwork, config: TrainConfig, path: Path) -> None:

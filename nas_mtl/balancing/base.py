@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,12 +16,22 @@ from ..registry import Registry
 class Balancer(ABC):
     """Combines task losses into ``.grad`` on the network's parameters (one call per step).
 
-    Subclasses implement :meth:`backward`; the trainer zeroes gradients before and steps the
-    optimiser after. Balancers may use ``network.parameter_groups()`` to treat shared parameters
-    (several tasks) differently from task-specific ones.
+    Subclasses implement :meth:`backward`; the trainer calls :meth:`prepare` once before the first
+    forward pass and :meth:`detach` after the last step, zeroes gradients before each
+    :meth:`backward` and steps the optimiser after. Balancers may use
+    ``network.parameter_groups()`` to treat shared parameters (several tasks) differently from
+    task-specific ones. A balancer that finds a non-finite gradient raises ``FloatingPointError``
+    (the trainer's ``on_nonfinite`` policy decides what happens then).
     """
 
     name: str = ""
+
+    def prepare(self, network: nn.Module) -> Balancer:
+        """Attach to ``network`` before its first forward pass (e.g. hooks); returns ``self``."""
+        return self
+
+    def detach(self) -> None:  # noqa: B027  (optional hook, not abstract)
+        """Undo :meth:`prepare` (remove hooks); the balancer can be prepared again."""
 
     @abstractmethod
     def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
@@ -29,4 +41,40 @@ class Balancer(ABC):
 BALANCERS: Registry[Balancer] = Registry("balancer")
 register_balancer = BALANCERS.register
 list_balancers = BALANCERS.names
-create_balancer = BALANCERS.create
+
+
+def parse_balancer(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split a balancer spec ``"NAME"`` or ``"NAME:KEY=VALUE[,KEY=VALUE...]"`` into name and options.
+
+    Values are read as JSON where they parse (``seed=3`` -> 3), else kept as strings
+    (``normalization=loss+``), e.g. ``"mgda:normalization=l2"``, ``"pcgrad:seed=1"``.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"balancer: expected a name such as 'mgda' or 'mgda:normalization=l2', got {spec!r}")
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"balancer {spec!r}: expected KEY=VALUE, got {item!r} (form: NAME:KEY=VALUE,...)")
+        if key in options:
+            raise ValueError(f"balancer {spec!r}: option {key!r} given twice")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw.strip()
+    return name.strip(), options
+
+
+def create_balancer(spec: str, **kwargs: Any) -> Balancer:
+    """Build a balancer from its name or spec (see :func:`parse_balancer`) plus keyword options.
+
+    Unknown names raise ``ValueError`` listing the known ones; unknown options ``TypeError`` listing
+    the parameters; invalid values the balancer's own ``ValueError``.
+    """
+    name, options = parse_balancer(spec)
+    both = sorted(set(options) & set(kwargs))
+    if both:
+        raise ValueError(f"balancer {spec!r}: option(s) {both} given both in the spec and as keywords")
+    return BALANCERS.create(name, **options, **kwargs)
