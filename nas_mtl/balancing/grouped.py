@@ -1,0 +1,219 @@
+"""Gradient-combining balancers on any sharing graph: per-task gradients, combined per parameter group.
+
+A parameter group is a set of parameters used by the same task subset S
+(``MultiTaskNetwork.parameter_groups()``). For |S| >= 2 the group's update is ``Σ_{t∈S} w_t g_t`` with
+``g_t`` the gradient of task t's loss w.r.t. the group's parameters and ``w`` computed by the method
+(MGDA, PCGrad) from the group's S x S Gram matrix ``G = [g_s · g_t]`` alone; a single-task group (a
+head, a private branch) gets its task's own gradient. With hard sharing there is one shared group
+and this is exactly the published method.
+
+Cost: one ``autograd.grad`` per task, over the parameters of every group that contains it (the
+backward pass of task t runs through its head and path once; heads and private blocks come for
+free), then per shared group one (|S|, P) matrix, its Gram matrix and one matrix-vector product.
+Nothing touches ``.grad`` until every per-task gradient has been checked to be finite.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Balancer
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Trainable parameters used by exactly the tasks ``tasks`` (in the order of the losses)."""
+
+    tasks: tuple[str, ...]
+    params: tuple[nn.Parameter, ...]
+
+    @property
+    def shared(self) -> bool:
+        return len(self.tasks) >= 2
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """A group ready to be written: per-task gradients as rows of ``matrix`` (shared) or a list (private)."""
+
+    group: ParamGroup
+    matrix: torch.Tensor | None = None
+    gram: np.ndarray | None = None
+    private: Sequence[torch.Tensor] = ()
+
+
+def parameter_groups(
+    network: nn.Module, tasks: Sequence[str], exclude: Collection[int] = frozenset()
+) -> list[ParamGroup]:
+    """``network.parameter_groups()`` restricted to ``tasks`` and to trainable parameters.
+
+    Args:
+        exclude: ``id()`` of parameters to leave out (MGDA-UB handles those below the representation).
+    """
+    if not callable(getattr(network, "parameter_groups", None)):
+        raise TypeError(f"network: expected a MultiTaskNetwork (with parameter_groups()), got {type(network).__name__}")
+    groups = []
+    for users, params in network.parameter_groups().items():
+        members = tuple(t for t in tasks if t in users)
+        trainable = tuple(p for p in params if p.requires_grad and id(p) not in exclude)
+        if members and trainable:
+            groups.append(ParamGroup(members, trainable))
+    return groups
+
+
+def task_gradients(
+    losses: Mapping[str, torch.Tensor],
+    groups: Sequence[ParamGroup],
+    representation: torch.Tensor | None = None,
+    retain_graph: bool = False,
+) -> tuple[dict[tuple[int, str], tuple[torch.Tensor, ...]], dict[str, torch.Tensor]]:
+    """One ``autograd.grad`` per task over the parameters of all groups it uses (+ ``representation``).
+
+    Returns:
+        ``{(group index, task): gradients of that group's parameters}`` and, with ``representation``,
+        ``{task: ∂L_t/∂representation}``. The graph is kept after the last task only with
+        ``retain_graph``.
+    """
+    names = list(losses)
+    grads: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
+    rep_grads: dict[str, torch.Tensor] = {}
+    for k, t in enumerate(names):
+        mine = [i for i, g in enumerate(groups) if t in g.tasks]
+        inputs: list[torch.Tensor] = [p for i in mine for p in groups[i].params]
+        if representation is not None:
+            inputs.append(representation)
+        if not inputs:
+            continue
+        out = torch.autograd.grad(losses[t], inputs, retain_graph=retain_graph or k < len(names) - 1, allow_unused=True)
+        if representation is not None:
+            if out[-1] is None:
+                raise RuntimeError(
+                    f"task {t!r}: its loss does not depend on the captured shared representation; "
+                    f"compute the losses from the network's latest forward pass"
+                )
+            rep_grads[t] = out[-1]
+        pos = 0
+        for i in mine:
+            n = len(groups[i].params)
+            grads[(i, t)] = tuple(
+                torch.zeros_like(p) if g is None else g for p, g in zip(groups[i].params, out[pos : pos + n])
+            )
+            pos += n
+    return grads, rep_grads
+
+
+def stack_rows(rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """(len(rows), P): each row the concatenation of one task's flattened gradients."""
+    size = sum(g.numel() for g in rows[0])
+    matrix = torch.empty(len(rows), size, dtype=rows[0][0].dtype, device=rows[0][0].device)
+    for i, row in enumerate(rows):
+        torch.cat([g.reshape(-1) for g in row], out=matrix[i])
+    return matrix
+
+
+def gram_of(matrix: torch.Tensor, tasks: Sequence[str], what: str, balancer: str) -> np.ndarray:
+    """``matrix @ matrix.T`` in float64 NumPy; raises FloatingPointError naming the tasks whose rows
+    are not finite (a non-finite row makes its diagonal entry non-finite)."""
+    gram = (matrix @ matrix.T).double().cpu().numpy()
+    if not np.isfinite(np.diag(gram)).all():
+        bad = [t for t, ok in zip(tasks, torch.isfinite(matrix).all(dim=1).tolist()) if not ok]
+        detail = f"for task(s) {bad}" if bad else f"overflows (tasks {list(tasks)})"
+        raise FloatingPointError(f"{balancer}: non-finite gradient {detail} {what}; no gradient was written")
+    return gram
+
+
+def loss_values(losses: Mapping[str, torch.Tensor], balancer: str) -> dict[str, float]:
+    """The task losses as floats; raises FloatingPointError naming the tasks whose loss is not finite."""
+    values = {t: float(v.detach()) for t, v in losses.items()}
+    bad = {t: v for t, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(f"{balancer}: non-finite loss for task(s) {bad}; no gradient was written")
+    return values
+
+
+def accumulate(param: nn.Parameter, grad: torch.Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad
+    else:
+        param.grad.add_(grad)
+
+
+class GroupedGradientBalancer(Balancer):
+    """Base of MGDA / PCGrad: per shared group ``Σ_t w_t g_t`` with ``w = group_weights(G, losses)``.
+
+    Returns from :meth:`backward` the weights of the largest shared group (most tasks, then most
+    parameters; for hard sharing, the trunk); tasks outside it, and all tasks when no group is shared,
+    are reported with weight 1.0.
+    """
+
+    @abstractmethod
+    def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weights for one shared group from its (k, k) Gram matrix and the k task losses.
+
+        Returns:
+            ``(applied, reported)``: the update is ``Σ_t applied_t g_t``; ``reported`` is what
+            :meth:`backward` returns for the group (e.g. MGDA's simplex weights α).
+        """
+
+    def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
+        loss = loss_values(losses, self.name)
+        groups = parameter_groups(network, list(losses))
+        grads, _ = task_gradients(losses, groups)
+        staged = self.stage(groups, grads)
+        return self.write(staged, loss)
+
+    def stage(
+        self, groups: Sequence[ParamGroup], grads: dict[tuple[int, str], Sequence[torch.Tensor]]
+    ) -> list[_Staged]:
+        """Stack each shared group's per-task gradients (consuming ``grads``) and check all are finite."""
+        staged = []
+        for i, group in enumerate(groups):
+            where = f"on parameters shared by {list(group.tasks)}"
+            if group.shared:
+                matrix = stack_rows([grads.pop((i, t)) for t in group.tasks])
+                staged.append(_Staged(group, matrix, gram_of(matrix, group.tasks, where, self.name)))
+            else:
+                (t,) = group.tasks
+                own = grads[(i, t)]
+                if not torch.isfinite(torch.nn.utils.get_total_norm(own)):
+                    raise FloatingPointError(
+                        f"{self.name}: non-finite gradient for task {t!r} on its own parameters; "
+                        f"no gradient was written"
+                    )
+                staged.append(_Staged(group, private=own))
+        return staged
+
+    def write(self, staged: Sequence[_Staged], loss: Mapping[str, float]) -> dict[str, float]:
+        """Combine and accumulate into ``.grad``; return the largest shared group's reported weights.
+
+        Args:
+            loss: the task losses (:func:`loss_values`), in the order of the losses.
+
+        All weights are computed before the first ``.grad`` is touched (a solver error writes nothing).
+        """
+        weights = [
+            None if s.matrix is None else self.group_weights(s.gram, np.array([loss[t] for t in s.group.tasks]))
+            for s in staged
+        ]
+        report: dict[str, float] = dict.fromkeys(loss, 1.0)
+        best: tuple[int, int] = (1, 0)
+        for s, w in zip(staged, weights):
+            if w is None:
+                for p, g in zip(s.group.params, s.private):
+                    accumulate(p, g)
+                continue
+            applied, reported = w
+            combined = torch.from_numpy(applied).to(s.matrix) @ s.matrix
+            for p, g in zip(s.group.params, combined.split([p.numel() for p in s.group.params])):
+                accumulate(p, g.view_as(p))
+            if (len(s.group.tasks), s.matrix.shape[1]) > best:
+                best = (len(s.group.tasks), s.matrix.shape[1])
+                report = {**dict.fromkeys(loss, 1.0), **dict(zip(s.group.tasks, reported.tolist()))}
+        return report
