@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .balancing import create_balancer, list_balancers
+from .balancing import create_balancer
 from .baselines import ARMS as BASELINE_ARMS
 from .baselines import primary_directions, train_graph
 from .data import MultiTaskData, create_dataset
@@ -108,8 +108,10 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
     if not isinstance(balancers, list) or not balancers:
         raise fail("balancers", f"expected a non-empty list, got {balancers!r}")
     for b in balancers:
-        if b not in list_balancers():
-            raise fail("balancers", f"unknown balancer {b!r}; known: {', '.join(list_balancers())}")
+        try:
+            create_balancer(b)  # a name, or NAME:KEY=VALUE,... (e.g. "mgda:normalization=l2")
+        except (TypeError, ValueError) as err:
+            raise fail("balancers", str(err)) from None
     arms = raw.get("arms", {})
     extra = sorted(set(arms) - {"baselines"})
     if extra:
@@ -255,7 +257,7 @@ def _run_arm(
     progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     name = f"{arm.name}/{arm.single_task}" if arm.single_task else arm.name
-    out = run_dir / "arms" / name.replace(":", "_") / balancer / f"seed{seed}"
+    out = run_dir / "arms" / _slug(name) / _slug(balancer) / f"seed{seed}"
     if (out / ROW).is_file():
         return json.loads((out / ROW).read_text())
     config = TrainConfig(**{**spec.train.to_dict(), "seed": seed, "progress": progress})
@@ -277,6 +279,11 @@ def _run_arm(
     }
     write_json_atomic(row, out / ROW)
     return row
+
+
+def _slug(name: str) -> str:
+    """A folder name for an arm or balancer spec ("single-task/left", "mgda:normalization=l2")."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:

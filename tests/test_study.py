@@ -111,6 +111,7 @@ def test_killed_study_resumes_without_retraining_finished_arms(finished, monkeyp
         (lambda s: s.replace("epochs = 1", "epochs = 1\nepoch = 2"), r"train:.*unknown key\(s\) \['epoch'\]"),
         (lambda s: s.replace('baselines = ["single", "hard"]', 'baselines = ["soft"]'), "arms.baselines"),
         (lambda s: s.replace("seeds = [0, 1]", "seeds = []"), "seeds"),
+        (lambda s: s.replace('balancers = ["equal"]', 'balancers = ["mgda:norm=l2"]'), "balancers: .*norm"),
         (lambda s: s + "\n[search.nope]\n", "search.nope: unknown search method"),
         (lambda s: s.replace('name = "multidigits"\n', ""), "data.name: required"),
     ],
@@ -140,7 +141,7 @@ def test_device_override_reaches_training_and_every_search():
 
 def test_study_with_every_search_method_and_balancer(tmp_path):
     study = STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace(
-        'balancers = ["equal"]', 'balancers = ["equal", "pcgrad"]'
+        'balancers = ["equal"]', 'balancers = ["equal", "pcgrad", "mgda:normalization=loss"]'
     )
     study += """
 [search.adashare]
@@ -162,7 +163,9 @@ batch_size = 32
     spec = load_study(_write(tmp_path, study))
     rows = run_study(spec, tmp_path / "run", progress=False)
     arms = {(r["arm"], r["balancer"]) for r in rows if r["arm"] != "single-task"}
-    assert arms == {(a, b) for a in ("hard", "adashare", "branch", "affinity") for b in ("equal", "pcgrad")}
+    balancers = ("equal", "pcgrad", "mgda:normalization=loss")
+    assert arms == {(a, b) for a in ("hard", "adashare", "branch", "affinity") for b in balancers}
+    assert (tmp_path / "run" / "arms" / "hard" / "mgda_normalization_loss" / "seed0" / "row.json").is_file()
     for method in ("adashare", "branch", "affinity"):
         found = json.loads((tmp_path / "run" / "search" / method / "search.json").read_text())
         row = next(r for r in rows if r["arm"] == method)
