@@ -226,6 +226,11 @@ def train(
             f"dataset {data.name!r} inputs are {tuple(data.input_shape)} but the network expects "
             f"{tuple(network.input_shape)} (search space input_size / in_chans)"
         )
+    if len(data.train) < config.batch_size:
+        raise ValueError(
+            f"batch_size: {config.batch_size} is larger than the {len(data.train)} training samples of "
+            f"{data.name!r} (incomplete batches are dropped, so no step would be taken)"
+        )
     optimizer = _make_optimizer(network, config)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))

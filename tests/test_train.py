@@ -149,3 +149,8 @@ def test_dataset_network_mismatch_errors():
     net = MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(["sign", "level"], bb.layer_names), bb, TASKS)
     with pytest.raises(ValueError, match=r"inputs are \(1, 8, 8\) but the network expects \(3, 8, 8\)"):
         train(net, _data(), CFG)
+
+
+def test_batch_larger_than_the_training_set_is_refused():
+    with pytest.raises(ValueError, match=r"batch_size: 512 is larger than the 256 training samples"):
+        train(_net(), _data(), TrainConfig(epochs=1, batch_size=512, progress=False, device="cpu"))
