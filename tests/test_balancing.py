@@ -326,47 +326,46 @@ def _representation_reference(net, x, targets, trunk_layers, normalization):
     return alpha, trunk_grad
 
 
-@pytest.mark.parametrize("normalization", NORMALIZATIONS)
-def test_mgda_ub_hard_sharing_uses_representation_gradients(backbone, normalization):
-    net = _net(backbone, SharingGraph.hard_sharing(TASKS, backbone.layer_names))
+def _check_ub_step(net, trunk_layers, normalization="none"):
+    """One MGDA-UB step on ``net`` (no warning); α and the trunk gradient match the by-hand reference.
+
+    Returns the step's gradients and the per-task reference gradients and losses.
+    """
     x, targets = _batch()
-    ref, _ = _per_task_grads(net, x, targets)
-    alpha, trunk_grad = _representation_reference(net, x, targets, [(i, 0) for i in range(5)], normalization)
+    ref, losses = _per_task_grads(net, x, targets)
+    alpha, trunk_grad = _representation_reference(net, x, targets, trunk_layers, normalization)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         weights, grads = _step(net, create_balancer("mgda-ub", normalization=normalization), x, targets)
     np.testing.assert_allclose([weights[t] for t in TASKS], alpha, atol=1e-4)
-    _assert_grad(grads, _names_of(net, net.blocks), trunk_grad)
+    _assert_grad(grads, [n for layer, c in trunk_layers for n in _names_of(net, net.blocks[layer][c])], trunk_grad)
+    return grads, ref, losses
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_mgda_ub_hard_sharing_uses_representation_gradients(backbone, normalization):
+    net = _net(backbone, SharingGraph.hard_sharing(TASKS, backbone.layer_names))
+    grads, ref, _ = _check_ub_step(net, [(i, 0) for i in range(5)], normalization)
     _assert_heads_own(net, grads, ref)
 
 
 def test_mgda_ub_tree_representation_is_the_all_task_trunk(backbone):
     net = _net(backbone, _tree(backbone))
-    x, targets = _batch()
-    ref, _ = _per_task_grads(net, x, targets)
-    alpha, stem_grad = _representation_reference(net, x, targets, [(0, 0)], "none")
-    weights, grads = _step(net, create_balancer("mgda-ub"), x, targets)
-    np.testing.assert_allclose([weights[t] for t in TASKS], alpha, atol=1e-4)
-    _assert_grad(grads, _names_of(net, net.blocks[0]), stem_grad)
+    grads, ref, _ = _check_ub_step(net, [(0, 0)])
     xy = [n for layer in range(1, 5) for n in _names_of(net, net.blocks[layer][0])]
     gx, gy = _flat(ref["x"], xy), _flat(ref["y"], xy)
-    w = np.clip((gy - gx) @ gy / ((gx - gy) @ (gx - gy)), 0, 1)  # below Z: exact MGDA over {x, y}
+    w = np.clip((gy - gx) @ gy / ((gx - gy) @ (gx - gy)), 0, 1)  # after Z: exact MGDA over {x, y}
     _assert_grad(grads, xy, w * gx + (1 - w) * gy)
     _assert_heads_own(net, grads, ref)
 
 
-def test_mgda_ub_skip_policy_shares_weights_below_the_representation_exactly(backbone):
+def test_mgda_ub_skip_policy_shares_weights_after_the_representation_exactly(backbone):
     # all tasks run the stem together; y skips s0.b0, so s0.b1 is shared by all (weights) but not computed once
     select = [[1, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0]]
     net = _net(backbone, SharingGraph.from_policy(TASKS, backbone.layer_names, select, skippable=backbone.skippable))
-    x, targets = _batch()
-    ref, losses = _per_task_grads(net, x, targets)
-    alpha, stem_grad = _representation_reference(net, x, targets, [(0, 0)], "none")
-    weights, grads = _step(net, create_balancer("mgda-ub"), x, targets)
-    np.testing.assert_allclose([weights[t] for t in TASKS], alpha, atol=1e-4)
-    _assert_grad(grads, _names_of(net, net.blocks[0]), stem_grad)
-    shared_below = _names_of(net, net.blocks[2]) + _names_of(net, net.blocks[3])  # one group: used by all
-    _assert_grad(grads, shared_below, _expected_mgda(ref, losses, shared_below, TASKS, "none")[0])
+    grads, ref, losses = _check_ub_step(net, [(0, 0)])
+    shared_after = _names_of(net, net.blocks[2]) + _names_of(net, net.blocks[3])  # one group: used by all
+    _assert_grad(grads, shared_after, _expected_mgda(ref, losses, shared_after, TASKS, "none")[0])
     s1b1 = _names_of(net, net.blocks[4])  # used by x and y only
     _assert_grad(grads, s1b1, _expected_mgda(ref, losses, s1b1, ("x", "y"), "none")[0])
 
