@@ -1,7 +1,7 @@
 """nas_mtl: neural architecture search for multi-task learning — which layers should which tasks share?"""
 
 from .backbones import Backbone, BlockInfo, create_backbone, list_backbones, register_backbone
-from .balancing import Balancer, create_balancer, list_balancers, register_balancer
+from .balancing import Balancer, create_balancer, list_balancers, parse_balancer, register_balancer
 from .baselines import run_baselines, train_graph
 from .data import MultiTaskData, create_dataset, list_datasets, register_dataset
 from .graph import SKIP, Cost, GraphError, SharingGraph, canonicalize, enumerate_trees
@@ -38,6 +38,7 @@ __all__ = [
     "list_balancers",
     "list_datasets",
     "list_search_spaces",
+    "parse_balancer",
     "load_search_space",
     "register_backbone",
     "register_balancer",

@@ -255,72 +255,74 @@ def train(
             start_epoch, history = state["epoch"], list(state["history"])
             elapsed, skipped = state["elapsed"], state.get("skipped", 0)
     balancer.prepare(network)
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        network.train()
-        order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        sums: dict[str, float] = dict.fromkeys(network.tasks, 0.0)
-        seen = 0
-        batches = iterate_batches(data.train, config.batch_size, shuffle=True, generator=order, drop_last=True)
-        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
-        for step, (x, y) in enumerate(bar):
-            x = x.to(device)
-            out = network(x)
-            losses = {}
-            for t in specs:
-                target = y[t.name].to(device)
-                if step == 0:
-                    t.validate_target(target, x.shape[0])
-                losses[t.name] = t.loss(out[t.name], target)
-            bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
-            problem = f"non-finite loss for task(s) {bad}" if bad else None
-            if problem is None:
-                for hook in step_hooks:
-                    hook(StepContext(network, x, y, losses, epoch, step))
-                optimizer.zero_grad(set_to_none=True)
-                try:
-                    balancer.backward(losses, network)
-                    _check_gradients(network, balancer)
-                except FloatingPointError as err:
-                    problem = str(err)
-            if problem is not None:
-                where = f"epoch {epoch + 1} step {step + 1}"
-                if config.on_nonfinite == "raise":
-                    kept = f"; last checkpoint kept at {ckpt_path}" if ckpt_path else ""
-                    raise FloatingPointError(f"{problem} at {where}{kept}")
-                warnings.warn(f"skipping step: {problem} at {where}", stacklevel=2)
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                continue
-            optimizer.step()
-            for k, v in losses.items():
-                sums[k] += float(v.detach()) * x.shape[0]
-            seen += x.shape[0]
-            if config.progress:
-                bar.set_postfix(loss=f"{sum(float(v.detach()) for v in losses.values()):.3f}")
-        if scheduler is not None:
-            scheduler.step()
-        val = evaluate(network, data.val, specs, config.eval_batch_size, device)
-        elapsed += time.perf_counter() - t0
-        train_loss = {k: v / max(seen, 1) for k, v in sums.items()}
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": elapsed})
-        if ckpt_path is not None:
-            _save_atomic(
-                {
-                    "epoch": epoch + 1,
-                    "model": network.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": torch.get_rng_state(),
-                    "history": history,
-                    "elapsed": elapsed,
-                    "skipped": skipped,
-                    "graph": network.graph.to_dict(),
-                    "config": config.to_dict(),
-                },
-                ckpt_path,
-            )
-    balancer.detach()
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            network.train()
+            order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            sums: dict[str, float] = dict.fromkeys(network.tasks, 0.0)
+            seen = 0
+            batches = iterate_batches(data.train, config.batch_size, shuffle=True, generator=order, drop_last=True)
+            bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
+            for step, (x, y) in enumerate(bar):
+                x = x.to(device)
+                out = network(x)
+                losses = {}
+                for t in specs:
+                    target = y[t.name].to(device)
+                    if step == 0:
+                        t.validate_target(target, x.shape[0])
+                    losses[t.name] = t.loss(out[t.name], target)
+                bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
+                problem = f"non-finite loss for task(s) {bad}" if bad else None
+                if problem is None:
+                    for hook in step_hooks:
+                        hook(StepContext(network, x, y, losses, epoch, step))
+                    optimizer.zero_grad(set_to_none=True)
+                    try:
+                        balancer.backward(losses, network)
+                        _check_gradients(network, balancer)
+                    except FloatingPointError as err:
+                        problem = str(err)
+                if problem is not None:
+                    where = f"epoch {epoch + 1} step {step + 1}"
+                    if config.on_nonfinite == "raise":
+                        kept = f"; last checkpoint kept at {ckpt_path}" if ckpt_path else ""
+                        raise FloatingPointError(f"{problem} at {where}{kept}")
+                    warnings.warn(f"skipping step: {problem} at {where}", stacklevel=2)
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
+                optimizer.step()
+                for k, v in losses.items():
+                    sums[k] += float(v.detach()) * x.shape[0]
+                seen += x.shape[0]
+                if config.progress:
+                    bar.set_postfix(loss=f"{sum(float(v.detach()) for v in losses.values()):.3f}")
+            if scheduler is not None:
+                scheduler.step()
+            val = evaluate(network, data.val, specs, config.eval_batch_size, device)
+            elapsed += time.perf_counter() - t0
+            train_loss = {k: v / max(seen, 1) for k, v in sums.items()}
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": elapsed})
+            if ckpt_path is not None:
+                _save_atomic(
+                    {
+                        "epoch": epoch + 1,
+                        "model": network.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                        "rng": torch.get_rng_state(),
+                        "history": history,
+                        "elapsed": elapsed,
+                        "skipped": skipped,
+                        "graph": network.graph.to_dict(),
+                        "config": config.to_dict(),
+                    },
+                    ckpt_path,
+                )
+    finally:
+        balancer.detach()  # also when training stops with an error
     val = history[-1]["val"] if history else evaluate(network, data.val, specs, config.eval_batch_size, device)
     test = evaluate(network, data.test, specs, config.eval_batch_size, device)
     result = TrainResult(val, test, tuple(history), elapsed, skipped)

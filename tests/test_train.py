@@ -154,3 +154,13 @@ def test_dataset_network_mismatch_errors():
 def test_batch_larger_than_the_training_set_is_refused():
     with pytest.raises(ValueError, match=r"batch_size: 512 is larger than the 256 training samples"):
         train(_net(), _data(), TrainConfig(epochs=1, batch_size=512, progress=False, device="cpu"))
+
+
+def test_balancer_hook_is_removed_when_training_stops_with_an_error():
+    from nas_mtl.balancing import create_balancer
+
+    net = _net()
+    balancer = create_balancer("mgda-ub")
+    with pytest.raises(FloatingPointError):
+        train(net, _data(poison=True), CFG, balancer)
+    assert all(not m._forward_hooks for m in net.modules())

@@ -87,8 +87,10 @@ class ProxyConfig:
             raise ValueError(f"proxy config: reference must be one of {list(REFERENCES)}, got {self.reference!r}")
         if isinstance(self.subset, bool) or not isinstance(self.subset, (int, float)) or not 0 < self.subset <= 1:
             raise ValueError(f"proxy config: subset must be a fraction in (0, 1], got {self.subset!r}")
-        if self.balancer not in list_balancers():
-            raise ValueError(f"proxy config: balancer must be one of {list_balancers()}, got {self.balancer!r}")
+        try:
+            create_balancer(self.balancer)  # a name or a spec such as "mgda:normalization=l2"
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"proxy config: balancer: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
