@@ -14,7 +14,7 @@ from .graph import SharingGraph
 from .metrics import delta_m
 from .network import MultiTaskNetwork
 from .space import SearchSpace
-from .train import Metrics, TrainConfig, TrainResult, seed_everything, train
+from .train import Metrics, StepHook, TrainConfig, TrainResult, seed_everything, train
 
 ARMS = ("single", "hard", "independent")
 
@@ -27,15 +27,18 @@ def train_graph(
     balancer: Balancer | None = None,
     run_dir: str | Path | None = None,
     inherit: MultiTaskNetwork | None = None,
+    step_hooks: Sequence[StepHook] = (),
 ) -> tuple[MultiTaskNetwork, TrainResult]:
-    """Build ``graph`` on the space's backbone (seeded) and train it.
+    """Build ``graph`` on the space's backbone (seeded) and train it (``step_hooks``: see :func:`train`).
 
     A ``run_dir`` whose checkpoint is at the last epoch is not retrained, only re-evaluated.
     """
     space.check_graph(graph)
     seed_everything(config.seed)
     network = MultiTaskNetwork.from_tasks(graph, space.backbone, data.tasks, inherit=inherit)
-    result = train(network, data, config, balancer, run_dir, desc=graph.meta.get("name", "train"))
+    result = train(
+        network, data, config, balancer, run_dir, desc=graph.meta.get("name", "train"), step_hooks=step_hooks
+    )
     return network, result
 
 
