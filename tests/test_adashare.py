@@ -62,14 +62,17 @@ def _supernet(space: SearchSpace, seed: int = 0) -> AdaShareSupernet:
 
 def test_sparsity_term_drives_select_probability_down(data, space):
     off = {t.name: 0.0 for t in TASKS}  # task losses switched off: only the regulariser moves the policy
-    sparse = adashare_search(data, space, _config(sparsity=1.0, sharing=0.0, policy_steps=40, task_weights=off))
+    fast = dict(sharing=0.0, policy_steps=20, policy_lr=0.03)
+    sparse = adashare_search(data, space, _config(sparsity=1.0, task_weights=off, **fast))
     prob = torch.tensor(sparse.info["select_prob"])
     assert prob.shape == (3, 3) and (prob < 0.3).all(), prob  # from 0.5
     assert sum(sparse.graph.path(t).count(-1) for t in sparse.graph.tasks) > 0  # some block is skipped
-    free = adashare_search(data, space, _config(sparsity=0.0, sharing=0.0, policy_steps=40, task_weights=off))
+    free = adashare_search(data, space, _config(sparsity=0.0, task_weights=off, **fast))
     torch.testing.assert_close(torch.tensor(free.info["select_prob"]), torch.full((3, 3), 0.5))
-    # with the task losses on, a large λ_sparsity still wins
-    both = adashare_search(data, space, _config(sparsity=5.0, sharing=0.0, policy_steps=40))
+    # the task losses alone push some blocks up; with them on, a large λ_sparsity still wins
+    alone = adashare_search(data, space, _config(sparsity=0.0, **fast))
+    assert (torch.tensor(alone.info["select_prob"]) > 0.8).any()
+    both = adashare_search(data, space, _config(sparsity=5.0, **fast))
     assert (torch.tensor(both.info["select_prob"]) < 0.35).all()
 
 
@@ -156,6 +159,21 @@ def test_final_policy_selects_blocks_the_search_never_learned(data, space):
     off = {t.name: 0.0 for t in TASKS}
     flat = adashare_search(data, space, _config(sparsity=0.0, sharing=0.0, task_weights=off, final="argmax"))
     assert flat.info["policies"][0]["select"] == [[True] * 3] * 3
+
+
+def test_policy_scoring_uses_batch_statistics_and_keeps_running_ones(data, space):
+    search = adashare._Search(data, space, _config(epochs=1))
+    search.run_epoch()
+    before = [b.clone() for b in search.net.buffers()]
+    select = [[True, False, True]] * 3
+    score = search.val_loss(select)
+    for b, old in zip(search.net.buffers(), before):
+        torch.testing.assert_close(b, old, rtol=0, atol=0)
+    search.net.train()  # the same loss by hand: batch statistics, every sample of the split in one batch
+    x, y = data.val.batch(torch.arange(len(data.val)))
+    with torch.no_grad():
+        expected = sum(task_losses(search.net(x, search.net.fixed_gates(select)), y, TASKS).values())
+    assert score == pytest.approx(float(expected), rel=1e-5)
 
 
 def _policy_network(net: AdaShareSupernet, space: SearchSpace, select) -> MultiTaskNetwork:

@@ -580,14 +580,24 @@ class _Search:
     # ------------------------------------------------------------------ final policy
     @torch.no_grad()
     def val_loss(self, select: Sequence[Sequence[bool]]) -> float:
-        """Weighted validation loss of a hard policy under the supernet's weights (eval mode)."""
-        self.net.eval()
+        """Weighted validation loss of a hard policy under the supernet's weights.
+
+        BatchNorm normalises with batch statistics (each stream its own), as in the search: the running
+        statistics were gathered under soft gates, which no hard policy reproduces, and would rank policies by
+        that mismatch. They are left as they were.
+        """
+        self.net.train()
+        saved = [b.clone() for b in self.net.buffers()]
         gates = self.net.fixed_gates(select)
         total, n = 0.0, 0
-        for x, y in iterate_batches(self.data.val, max(self.config.batch_size, 256), shuffle=False):
+        n_val = len(self.data.val)  # batches of (nearly) equal size, so that their statistics are alike
+        size = math.ceil(n_val / math.ceil(n_val / max(self.config.batch_size, 256)))
+        for x, y in iterate_batches(self.data.val, size, shuffle=False):
             loss, _ = self._loss(x, y, gates, "final scoring")
             total += float(loss) * x.shape[0]
             n += x.shape[0]
+        for b, old in zip(self.net.buffers(), saved):
+            b.copy_(old)
         return total / n
 
     def final_policies(self) -> list[dict[str, Any]]:
