@@ -308,13 +308,15 @@ def test_cli_search_adashare_on_multidigits(tmp_path, capsys):
     rc = main(["search", "adashare", "--data", "multidigits", "--data-arg", "n_train=32", "--data-arg", "n_val=16",
                "--data-arg", "n_test=16", "--data-arg", "size=14", "--space", "resnet_small_deep", "--out", str(out),
                "--epochs", "1", "--warmup-epochs", "1", "--batch-size", "16", "--weight-steps", "1",
-               "--policy-steps", "1", "--final", "argmax", "--task-weight", "left=2", "--no-progress"])  # fmt: skip
+               "--policy-steps", "1", "--final", "argmax", "--task-weight", "left=2,right=0.5",  # a study's list
+               "--no-progress"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     for name in ("graph.json", "search.json", "policy.png", "policy_epochs.png", adashare.HISTORY):
         assert (out / name).is_file(), name
     graph = adashare.SharingGraph.load(out / "graph.json")
     assert graph.tasks == ("left", "right") and graph.meta["method"] == "adashare"
-    assert json.loads((out / "search.json").read_text())["info"]["config"]["task_weights"] == {"left": 2.0}
+    config = json.loads((out / "search.json").read_text())["info"]["config"]
+    assert config["task_weights"] == {"left": 2.0, "right": 0.5}
 
 
 @pytest.mark.parametrize(
