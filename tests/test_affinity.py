@@ -344,6 +344,8 @@ def test_plots_write_pngs(tmp_path):
         assert fig.axes and (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="expected shape"):
         plot_layer_affinities(np.stack([a]), ["l0", "l1"], tasks)
+    with pytest.raises(ValueError, match="at least 3 tasks"):
+        plot_dendrogram(a[:2, :2], tasks[:2])
 
 
 # ---------------------------------------------------------------------- measure, search, CLI

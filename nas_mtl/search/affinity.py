@@ -324,7 +324,8 @@ def affinity_search(
 def _plot(result: AffinityResult, folder: Path) -> None:
     name = result.measure
     plot_affinity(result.matrix, result.tasks, f"{name} affinity", folder / f"{name}_heatmap.png")
-    plot_dendrogram(result.matrix, result.tasks, f"{name} dendrogram", folder / f"{name}_dendrogram.png")
+    if len(result.tasks) > 2:
+        plot_dendrogram(result.matrix, result.tasks, f"{name} dendrogram", folder / f"{name}_dendrogram.png")
     if result.layers is not None:
         plot_layer_affinities(
             result.layers, result.layer_names, result.tasks, f"{name} per layer", folder / f"{name}_layers.png"

@@ -40,8 +40,8 @@ def plot_dendrogram(
 ) -> Figure:
     """Average-linkage dendrogram of the tasks on :func:`~nas_mtl.search.grouping.task_distance`
     (the clustering behind ``group_tasks(method="agglomerative")``)."""
-    if len(tasks) < 2:
-        raise ValueError(f"dendrogram: need at least 2 tasks, got {list(tasks)}")
+    if len(tasks) < 3:  # with two tasks the shifted distance is 0 by construction
+        raise ValueError(f"dendrogram: need at least 3 tasks, got {list(tasks)}")
     distance = task_distance(check_affinity(affinity, tasks))
     fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(tasks), 3.5))
     dendrogram(linkage(squareform(distance), "average"), labels=list(tasks), ax=ax, leaf_rotation=45)
