@@ -63,9 +63,7 @@ def _step(model: nn.Module, x: torch.Tensor) -> None:
     sum(o.square().mean() for o in model(x).values()).backward()
 
 
-def _time_pair(
-    a: nn.Module, b: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 3
-) -> tuple[float, float]:
+def _time_pair(a: nn.Module, b: nn.Module, x: torch.Tensor, repeats: int, warmup: int = 3) -> tuple[float, float]:
     for _ in range(warmup):
         _step(a, x)
         _step(b, x)
@@ -88,9 +86,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    backbone = create_backbone(
-        "resnet_small", in_chans=3, input_size=(32, 32), widths=(16, 32, 64), depths=(2, 2, 2)
-    )
+    backbone = create_backbone("resnet_small", in_chans=3, input_size=(32, 32), widths=(16, 32, 64), depths=(2, 2, 2))
     tasks = [f"t{i}" for i in range(args.tasks)]
     layers = backbone.layer_names
     c = backbone.feature_shape[0]

@@ -46,9 +46,7 @@ def primary_directions(data: MultiTaskData, tasks: Sequence[str] | None = None) 
     """``{task: {primary metric: higher is better}}``: what Δm averages over."""
     tasks = data.task_names if tasks is None else tasks
     by_name = {t.name: t for t in data.tasks}
-    return {
-        t: {by_name[t].primary_metric: by_name[t].metric_directions[by_name[t].primary_metric]} for t in tasks
-    }
+    return {t: {by_name[t].primary_metric: by_name[t].metric_directions[by_name[t].primary_metric]} for t in tasks}
 
 
 def train_single_tasks(
@@ -105,15 +103,11 @@ def run_baselines(
         rows.append(_row(arm, res.test, single, data, cost.params, cost.macs, res.train_seconds))
     table = pd.DataFrame(rows).set_index("arm")
     table.to_csv(run_dir / "baselines.csv")
-    (run_dir / "baselines.json").write_text(
-        json.dumps(table.reset_index().to_dict(orient="records"), indent=1)
-    )
+    (run_dir / "baselines.json").write_text(json.dumps(table.reset_index().to_dict(orient="records"), indent=1))
     return table
 
 
-def _row(
-    arm: str, test: Metrics, single: Metrics, data: MultiTaskData, params: int, macs: int, seconds: float
-) -> dict:
+def _row(arm: str, test: Metrics, single: Metrics, data: MultiTaskData, params: int, macs: int, seconds: float) -> dict:
     directions = primary_directions(data)
     row: dict = {"arm": arm}
     for t, d in directions.items():

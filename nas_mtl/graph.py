@@ -202,9 +202,7 @@ class SharingGraph:
         non-skip path prefix (what the executor computes) + heads. MACs are per input sample."""
         for name, seq in (("layer_params", layer_params), ("layer_macs", layer_macs)):
             if len(seq) != self.num_layers:
-                raise GraphError(
-                    f"{name}: expected {self.num_layers} entries (one per layer), got {len(seq)}"
-                )
+                raise GraphError(f"{name}: expected {self.num_layers} entries (one per layer), got {len(seq)}")
         head_params, head_macs = head_params or {}, head_macs or {}
         params = sum(self.copies(layer) * int(layer_params[layer]) for layer in range(self.num_layers))
         macs = sum(int(layer_macs[n.layer]) for n in self.prefix_nodes() if n.copy != SKIP)
@@ -276,13 +274,9 @@ class SharingGraph:
         names, skippable = [], set()
         for i, entry in enumerate(layers_raw):
             if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
-                raise GraphError(
-                    f'{source}: layers[{i}]: expected {{"name": str, "skippable": bool}}, got {entry!r}'
-                )
+                raise GraphError(f'{source}: layers[{i}]: expected {{"name": str, "skippable": bool}}, got {entry!r}')
             if not isinstance(entry.get("skippable", False), bool):
-                raise GraphError(
-                    f"{source}: layers[{i}].skippable: expected true/false, got {entry['skippable']!r}"
-                )
+                raise GraphError(f"{source}: layers[{i}].skippable: expected true/false, got {entry['skippable']!r}")
             names.append(entry["name"])
             if entry.get("skippable", False):
                 skippable.add(entry["name"])
@@ -316,20 +310,14 @@ class SharingGraph:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def hard_sharing(
-        cls, tasks: Sequence[str], layers: Sequence[str], skippable: Sequence[str] = ()
-    ) -> SharingGraph:
+    def hard_sharing(cls, tasks: Sequence[str], layers: Sequence[str], skippable: Sequence[str] = ()) -> SharingGraph:
         """Every task uses the one copy of every block."""
         return cls(tuple(tasks), tuple(layers), [[0] * len(tasks) for _ in layers], frozenset(skippable))
 
     @classmethod
-    def independent(
-        cls, tasks: Sequence[str], layers: Sequence[str], skippable: Sequence[str] = ()
-    ) -> SharingGraph:
+    def independent(cls, tasks: Sequence[str], layers: Sequence[str], skippable: Sequence[str] = ()) -> SharingGraph:
         """One private copy of every block per task (T single-task networks)."""
-        return cls(
-            tuple(tasks), tuple(layers), [list(range(len(tasks))) for _ in layers], frozenset(skippable)
-        )
+        return cls(tuple(tasks), tuple(layers), [list(range(len(tasks))) for _ in layers], frozenset(skippable))
 
     @classmethod
     def branched(
@@ -387,9 +375,7 @@ class SharingGraph:
         rows = []
         for layer, row in enumerate(select):
             if len(row) != len(tasks):
-                raise GraphError(
-                    f"select[{layer}]: expected {len(tasks)} entries (one per task), got {len(row)}"
-                )
+                raise GraphError(f"select[{layer}]: expected {len(tasks)} entries (one per task), got {len(row)}")
             rows.append([0 if bool(s) else SKIP for s in row])
         return cls(tuple(tasks), tuple(layers), rows, frozenset(skippable))
 

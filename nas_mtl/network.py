@@ -163,9 +163,7 @@ class MultiTaskNetwork(nn.Module):
         """Params and per-sample MACs from the graph's cost model (exact for this network)."""
         costs = self.backbone.layer_costs()
         fmap = torch.zeros(1, *self.backbone.feature_shape)
-        head_params = {
-            t: sum(p.numel() for p in h.parameters()) for t, h in zip(self.graph.tasks, self.heads)
-        }
+        head_params = {t: sum(p.numel() for p in h.parameters()) for t, h in zip(self.graph.tasks, self.heads)}
         was_training = self.training
         self.eval()
         head_macs = {t: count_macs(h, fmap) for t, h in zip(self.graph.tasks, self.heads)}
@@ -178,9 +176,7 @@ def _source_block(
 ) -> nn.Module:
     if not isinstance(source, MultiTaskNetwork):
         if len(source) != graph.num_layers:
-            raise GraphError(
-                f"inherit: expected {graph.num_layers} blocks (one per layer), got {len(source)}"
-            )
+            raise GraphError(f"inherit: expected {graph.num_layers} blocks (one per layer), got {len(source)}")
         return source[layer]
     if source.graph.layers != graph.layers:
         raise GraphError("inherit: source network has different layers")

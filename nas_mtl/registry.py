@@ -46,7 +46,5 @@ class Registry(Generic[T]):
         try:
             signature.bind(**kwargs)
         except TypeError as err:
-            raise TypeError(
-                f"{self.kind} {name!r}: {err}; parameters: {list(signature.parameters)}"
-            ) from None
+            raise TypeError(f"{self.kind} {name!r}: {err}; parameters: {list(signature.parameters)}") from None
         return factory(**kwargs)

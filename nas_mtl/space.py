@@ -48,9 +48,7 @@ class SearchSpace:
     def check_graph(self, graph: SharingGraph) -> None:
         """Raise ValueError if ``graph`` does not fit this space (layers, skips)."""
         if graph.layers != self.layers:
-            raise ValueError(
-                f"graph layers {list(graph.layers)} do not match space {self.name!r} {list(self.layers)}"
-            )
+            raise ValueError(f"graph layers {list(graph.layers)} do not match space {self.name!r} {list(self.layers)}")
         bad = sorted(graph.skippable - set(self.skippable))
         if bad:
             raise ValueError(f"graph skips layer(s) {bad}, not skippable in space {self.name!r}")
@@ -128,15 +126,11 @@ def parse_search_space(
         raise fail(f"layers.{extra[0]}", "unknown key; allowed: branchable, skippable")
     names = backbone.layer_names
     branchable = _layer_list(layers_tbl.get("branchable", "all"), names, names, "layers.branchable", fail)
-    skippable = _layer_list(
-        layers_tbl.get("skippable", "auto"), names, backbone.skippable, "layers.skippable", fail
-    )
+    skippable = _layer_list(layers_tbl.get("skippable", "auto"), names, backbone.skippable, "layers.skippable", fail)
     return SearchSpace(name, backbone, branchable, skippable, source, str(data.get("description", "")))
 
 
-def _layer_list(
-    value: Any, names: tuple[str, ...], allowed: tuple[str, ...], key: str, fail
-) -> tuple[str, ...]:
+def _layer_list(value: Any, names: tuple[str, ...], allowed: tuple[str, ...], key: str, fail) -> tuple[str, ...]:
     if value in ("all", "auto"):
         return tuple(allowed)
     if value == "none":

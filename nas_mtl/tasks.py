@@ -38,9 +38,7 @@ class MetricMeter:
         finalize: ``{name: summed tensor} -> {metric: value}``.
     """
 
-    def __init__(
-        self, stats: Callable[[Tensor, Tensor], Stats], finalize: Callable[[Stats], dict[str, float]]
-    ) -> None:
+    def __init__(self, stats: Callable[[Tensor, Tensor], Stats], finalize: Callable[[Stats], dict[str, float]]) -> None:
         self._stats = stats
         self._finalize = finalize
         self._sums: Stats = {}
@@ -69,9 +67,7 @@ class DenseHead(nn.Module):
         unit: L2-normalise the prediction over channels (surface normals).
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int, output_hw: tuple[int, int], unit: bool = False
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, output_hw: tuple[int, int], unit: bool = False) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=False),
@@ -127,9 +123,7 @@ class TaskSpec(ABC):
             if f.name.startswith("num_"):
                 value, low = getattr(self, f.name), 2 if f.name == "num_classes" else 1
                 if not _is_int(value) or value < low:
-                    raise ValueError(
-                        f"task {self.name!r}: {f.name} must be an integer >= {low}, not {value!r}"
-                    )
+                    raise ValueError(f"task {self.name!r}: {f.name} must be an integer >= {low}, not {value!r}")
 
     # --- what subclasses provide -------------------------------------------------------------
     @property
@@ -379,9 +373,7 @@ class SegmentationTask(TaskSpec):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not _is_int(self.ignore_index):
-            raise ValueError(
-                f"task {self.name!r}: ignore_index must be an integer, not {self.ignore_index!r}"
-            )
+            raise ValueError(f"task {self.name!r}: ignore_index must be an integer, not {self.ignore_index!r}")
         if 0 <= self.ignore_index < self.num_classes:
             raise ValueError(
                 f"task {self.name!r}: ignore_index {self.ignore_index} is a class id; "

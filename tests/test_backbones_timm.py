@@ -18,16 +18,17 @@ class Case:
     head: tuple[str, ...]  # classifier-head modules of the default timm model (outside forward_features)
 
 
-TINY_VIT = dict(
-    model="vit_tiny_patch16_224", input_size=(32, 32), patch_size=8, depth=4, embed_dim=64, num_heads=2
-)
+TINY_VIT = dict(model="vit_tiny_patch16_224", input_size=(32, 32), patch_size=8, depth=4, embed_dim=64, num_heads=2)
 CASES = {
     "resnet18": Case("timm_resnet", dict(model="resnet18", input_size=(64, 64)), 9, 5, ("fc",)),
     "efficientnet_b0": Case(
         "timm_efficientnet", dict(model="efficientnet_b0", input_size=(64, 64)), 18, 9, ("classifier",)
     ),
     "mobilenetv3_small": Case(
-        "timm_efficientnet", dict(model="mobilenetv3_small_100", input_size=(64, 64)), 13, 6,
+        "timm_efficientnet",
+        dict(model="mobilenetv3_small_100", input_size=(64, 64)),
+        13,
+        6,
         ("conv_head", "classifier"),
     ),
     "vit_tiny": Case("timm_vit", TINY_VIT, 6, 4, ("fc_norm", "head")),

@@ -71,11 +71,7 @@ def test_multidigits_layout_and_label_ranges():
 def test_multidigits_source_digits_are_split_disjointly():
     split = create_dataset("multidigits", **SMALL_DIGITS).info["source_split"]
     sets = {k: set(v) for k, v in split.items()}
-    assert (
-        not sets["train"] & sets["val"]
-        and not sets["train"] & sets["test"]
-        and not sets["val"] & sets["test"]
-    )
+    assert not sets["train"] & sets["val"] and not sets["train"] & sets["test"] and not sets["val"] & sets["test"]
     assert set().union(*sets.values()) == set(range(1797))
     assert abs(len(sets["train"]) / 1797 - 0.7) < 0.01
 
@@ -186,9 +182,7 @@ def test_iterate_batches_covers_every_index_once_in_a_seeded_order(lazy):
     dataset = Subset(base, range(23)) if lazy else base
 
     def epoch(seed, **kw):
-        batches = list(
-            iterate_batches(dataset, 5, shuffle=True, generator=torch.Generator().manual_seed(seed), **kw)
-        )
+        batches = list(iterate_batches(dataset, 5, shuffle=True, generator=torch.Generator().manual_seed(seed), **kw))
         for x, y in batches:
             assert torch.equal(x[:, 0, 0, 0].long(), y["id"]) and torch.equal(y["twice"][:, 0], 2.0 * y["id"])
         return [b[1]["id"] for b in batches]
@@ -214,9 +208,7 @@ def test_tensor_dataset_items_and_errors():
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         next(iterate_batches(data, 0, shuffle=False))
     with pytest.raises(ValueError, match="duplicate task names"):
-        MultiTaskData(
-            "d", (ClassificationTask("a", 2), ClassificationTask("a", 3)), (1, 2, 2), data, data, data
-        )
+        MultiTaskData("d", (ClassificationTask("a", 2), ClassificationTask("a", 3)), (1, 2, 2), data, data, data)
 
 
 # --- registry ----------------------------------------------------------------------------------------
@@ -273,9 +265,7 @@ def test_nyuv2_items_and_splits(nyu_root):
     x, y = data.val[0]
     assert torch.equal(x, torch.from_numpy(np.load(nyu_root / "train/image" / f"{i}.npy")).permute(2, 0, 1))
     label = np.load(nyu_root / "train/label" / f"{i}.npy")
-    assert y["segmentation"].dtype == torch.int64 and torch.equal(
-        y["segmentation"], torch.from_numpy(label).long()
-    )
+    assert y["segmentation"].dtype == torch.int64 and torch.equal(y["segmentation"], torch.from_numpy(label).long())
     assert y["depth"].shape == (1, H, W) and y["normal"].shape == (3, H, W)
     xb, yb = next(iterate_batches(data.test, 2, shuffle=False))
     assert xb.shape == (2, 3, H, W)
@@ -299,12 +289,8 @@ def test_nyuv2_errors_name_the_path(nyu_root, tmp_path_factory):
     (nyu_root / "val/depth/5.npy").rename(nyu_root / "val/depth/2.npy")
     np.save(nyu_root / "train/label/4.npy", np.zeros((H + 1, W), np.float32))
     data = create_dataset("nyuv2", root=nyu_root, val_fraction=0.5)
-    with pytest.raises(
-        ValueError, match=r"train/label/4.npy: expected shape \(H, W\) labels with H, W = \(6, 8\)"
-    ):
-        list(iterate_batches(data.train, 10, shuffle=False)) + list(
-            iterate_batches(data.val, 10, shuffle=False)
-        )
+    with pytest.raises(ValueError, match=r"train/label/4.npy: expected shape \(H, W\) labels with H, W = \(6, 8\)"):
+        list(iterate_batches(data.train, 10, shuffle=False)) + list(iterate_batches(data.val, 10, shuffle=False))
     missing = tmp_path_factory.mktemp("partial")
     _write_npy_split(missing / "train", 2, {k: v for k, v in NYU.items() if k != "normal"})
     with pytest.raises(FileNotFoundError, match="train/normal: folder not found"):
@@ -340,9 +326,7 @@ CELEB = {  # file: (attribute values, partition, solid colour)
 def celeba_root(tmp_path):
     (tmp_path / "img_align_celeba").mkdir()
     rows = [f"{name}  " + " ".join(f"{v:2d}" for v in attrs) for name, (attrs, _, _) in CELEB.items()]
-    (tmp_path / "list_attr_celeba.txt").write_text(
-        "\n".join([str(len(CELEB)), " ".join(ATTRS), *rows]) + "\n"
-    )
+    (tmp_path / "list_attr_celeba.txt").write_text("\n".join([str(len(CELEB)), " ".join(ATTRS), *rows]) + "\n")
     (tmp_path / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, (_, p, _) in CELEB.items()))
     for name, (_, _, colour) in CELEB.items():
         Image.new("RGB", (18, 22), colour).save(tmp_path / "img_align_celeba" / name, format="PNG")
@@ -364,16 +348,12 @@ def test_celeba_binary_tasks_and_partition(celeba_root):
 
 
 def test_celeba_multilabel_and_attribute_subset(celeba_root):
-    data = create_dataset(
-        "celeba", root=celeba_root, attributes=["Young", "Male"], as_multilabel=True, image_size=8
-    )
+    data = create_dataset("celeba", root=celeba_root, attributes=["Young", "Male"], as_multilabel=True, image_size=8)
     assert data.tasks == (MultiLabelTask("attributes", 2),)
     _, yb = next(iterate_batches(data.train, 2, shuffle=False))
     assert yb["attributes"].tolist() == [[1.0, 1.0], [1.0, 0.0]]
     data.tasks[0].validate_target(yb["attributes"], 2)
-    with pytest.raises(
-        ValueError, match=r"attributes: unknown \['Bald'\]; known: \['Male', 'Smiling', 'Young'\]"
-    ):
+    with pytest.raises(ValueError, match=r"attributes: unknown \['Bald'\]; known: \['Male', 'Smiling', 'Young'\]"):
         create_dataset("celeba", root=celeba_root, attributes=["Bald"])
 
 

@@ -89,9 +89,7 @@ def test_prefix_nodes_are_unique_prefixes(case):
     g = SharingGraph(tasks, layers, rows, skippable)
     nodes = g.prefix_nodes()
     expected = {
-        tuple(r[j] for r in g.assignment[: layer + 1])
-        for layer in range(len(layers))
-        for j in range(len(tasks))
+        tuple(r[j] for r in g.assignment[: layer + 1]) for layer in range(len(layers)) for j in range(len(tasks))
     }
     assert len(nodes) == len(expected)
     for i, n in enumerate(nodes):
@@ -106,16 +104,12 @@ def test_constructors_and_is_tree():
     assert hard.is_tree() and ind.is_tree()
     assert [hard.copies(i) for i in range(4)] == [1, 1, 1, 1]
     assert [ind.copies(i) for i in range(4)] == [3, 3, 3, 3]
-    tree = SharingGraph.branched(
-        TASKS, LAYERS, [[TASKS], [TASKS], [["x", "y"], ["z"]], [["x"], ["y"], ["z"]]]
-    )
+    tree = SharingGraph.branched(TASKS, LAYERS, [[TASKS], [TASKS], [["x", "y"], ["z"]], [["x"], ["y"], ["z"]]])
     assert tree.assignment == ((0, 0, 0), (0, 0, 0), (0, 0, 1), (0, 1, 2))
     assert tree.partition(2) == (("x", "y"), ("z",))
     groups = SharingGraph.from_groups(TASKS, LAYERS, [["x", "z"], ["y"]], branch_at=2)
     assert groups.assignment == ((0, 0, 0), (0, 0, 0), (0, 1, 0), (0, 1, 0))
-    policy = SharingGraph.from_policy(
-        TASKS, LAYERS, [[1, 1, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]], skippable=["a", "c"]
-    )
+    policy = SharingGraph.from_policy(TASKS, LAYERS, [[1, 1, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]], skippable=["a", "c"])
     assert policy.assignment[1] == (0, SKIP, 0)
     # x and y both use copy 0 of block b after different prefixes: weight sharing without a tree
     assert not policy.is_tree()
@@ -125,9 +119,7 @@ def test_constructors_and_is_tree():
 
 def test_branched_rejects_non_refining_partitions():
     with pytest.raises(GraphError, match=r"partitions\[2\].*refine"):
-        SharingGraph.branched(
-            TASKS, LAYERS, [[TASKS], [["x"], ["y", "z"]], [["x", "y"], ["z"]], [["x"], ["y"], ["z"]]]
-        )
+        SharingGraph.branched(TASKS, LAYERS, [[TASKS], [["x"], ["y", "z"]], [["x", "y"], ["z"]], [["x"], ["y"], ["z"]]])
     with pytest.raises(GraphError, match="in no group"):
         SharingGraph.branched(TASKS, LAYERS, [[["x", "y"]]] * 4)
 
@@ -167,9 +159,7 @@ def test_networkx_view_labels_task_sets():
 
 def test_cost_counts_copies_and_unique_prefixes():
     params, macs = [10, 20, 30, 40], [1, 2, 3, 4]
-    tree = SharingGraph.branched(
-        TASKS, LAYERS, [[TASKS], [TASKS], [["x", "y"], ["z"]], [["x"], ["y"], ["z"]]]
-    )
+    tree = SharingGraph.branched(TASKS, LAYERS, [[TASKS], [TASKS], [["x", "y"], ["z"]], [["x"], ["y"], ["z"]]])
     c = tree.cost(params, macs, head_params={"x": 1, "y": 1, "z": 1}, head_macs={"x": 5, "y": 5, "z": 5})
     assert c.params == 10 + 20 + 2 * 30 + 3 * 40 + 3
     assert c.macs == 1 + 2 + 2 * 3 + 3 * 4 + 15

@@ -125,9 +125,7 @@ def test_task_subset_runs_only_needed_prefixes(backbone):
 
 def test_parameter_groups_partition_parameters(backbone):
     parts = [[TASKS], [TASKS], [TASKS], [["x", "y"], ["z"]], [["x"], ["y"], ["z"]]]
-    net = MultiTaskNetwork(
-        SharingGraph.branched(TASKS, backbone.layer_names, parts), backbone, _heads(backbone)
-    )
+    net = MultiTaskNetwork(SharingGraph.branched(TASKS, backbone.layer_names, parts), backbone, _heads(backbone))
     groups = net.parameter_groups()
     assert set(groups) == {
         frozenset(TASKS),
@@ -158,9 +156,7 @@ def test_cost_is_exact(backbone):
 
 
 def test_fresh_copies_differ_and_inherited_copies_reproduce_source(backbone):
-    hard = MultiTaskNetwork(
-        SharingGraph.hard_sharing(TASKS, backbone.layer_names), backbone, _heads(backbone)
-    ).eval()
+    hard = MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, backbone.layer_names), backbone, _heads(backbone)).eval()
     ind_graph = SharingGraph.independent(TASKS, backbone.layer_names)
     fresh = MultiTaskNetwork(ind_graph, backbone, _heads(backbone))
     w = [fresh.blocks[1][c].conv1.weight for c in range(3)]
@@ -179,9 +175,7 @@ def test_construction_errors(backbone):
     with pytest.raises(GraphError, match="do not match backbone"):
         MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, layers[:-1]), backbone, _heads(backbone))
     with pytest.raises(GraphError, match="cannot skip"):
-        MultiTaskNetwork(
-            SharingGraph.hard_sharing(TASKS, layers, skippable=["stem"]), backbone, _heads(backbone)
-        )
+        MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, layers, skippable=["stem"]), backbone, _heads(backbone))
     with pytest.raises(GraphError, match="heads"):
         MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, layers), backbone, _heads(backbone, ("x", "y")))
     net = MultiTaskNetwork(SharingGraph.hard_sharing(TASKS, layers), backbone, _heads(backbone))

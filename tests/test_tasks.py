@@ -29,15 +29,11 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _sample(
-    task: TaskSpec, b: int, g: torch.Generator, hw: tuple[int, int] = HW
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _sample(task: TaskSpec, b: int, g: torch.Generator, hw: tuple[int, int] = HW) -> tuple[torch.Tensor, torch.Tensor]:
     """A random (prediction, valid target) pair for ``task`` with batch size ``b`` (dense: at ``hw``)."""
     h, w = hw
     if isinstance(task, ClassificationTask):
-        return torch.randn(b, task.num_classes, generator=g), torch.randint(
-            0, task.num_classes, (b,), generator=g
-        )
+        return torch.randn(b, task.num_classes, generator=g), torch.randint(0, task.num_classes, (b,), generator=g)
     if isinstance(task, MultiLabelTask):
         return torch.randn(b, task.num_labels, generator=g), torch.randint(
             0, 2, (b, task.num_labels), generator=g
@@ -174,25 +170,19 @@ def test_meter_without_updates_raises():
 def test_image_level_losses_match_functional_and_closed_form():
     g = _gen(4)
     pred, target = _sample(ClassificationTask("c", 4), 6, g)
-    assert ClassificationTask("c", 4).loss(pred, target) == pytest.approx(
-        float(F.cross_entropy(pred, target))
-    )
+    assert ClassificationTask("c", 4).loss(pred, target) == pytest.approx(float(F.cross_entropy(pred, target)))
     pred, target = _sample(MultiLabelTask("m", 3), 6, g)
     x, y = pred.double().numpy(), target.double().numpy()
     bce = np.mean(np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0) - x * y)
     assert float(MultiLabelTask("m", 3).loss(pred, target)) == pytest.approx(bce, rel=1e-5)
     pred, target = _sample(RegressionTask("r", 2), 6, g)
-    assert float(RegressionTask("r", 2).loss(pred, target)) == pytest.approx(
-        float(((pred - target) ** 2).mean())
-    )
+    assert float(RegressionTask("r", 2).loss(pred, target)) == pytest.approx(float(((pred - target) ** 2).mean()))
 
 
 def test_segmentation_loss_ignores_pixels_and_is_finite_when_all_ignored():
     task = SegmentationTask("s", 5)
     pred, target = _sample(task, 4, _gen(5))
-    assert float(task.loss(pred, target)) == pytest.approx(
-        float(F.cross_entropy(pred, target, ignore_index=-1))
-    )
+    assert float(task.loss(pred, target)) == pytest.approx(float(F.cross_entropy(pred, target, ignore_index=-1)))
     assert float(task.loss(pred, torch.full_like(target, -1))) == 0.0
 
 
@@ -283,9 +273,7 @@ def test_create_task_and_registry():
         "normals",
     }
     assert create_task("segmentation", "seg", num_classes=13) == SegmentationTask("seg", 13, ignore_index=-1)
-    with pytest.raises(
-        ValueError, match="unknown task kind 'depth'; known: classification, dense_regression"
-    ):
+    with pytest.raises(ValueError, match="unknown task kind 'depth'; known: classification, dense_regression"):
         create_task("depth", "d")
     with pytest.raises(TypeError, match="'classification'.*num_class"):
         create_task("classification", "c", num_class=3)

@@ -30,9 +30,7 @@ def _data(poison: bool = False) -> MultiTaskData:
 def _net(seed: int = 0) -> MultiTaskNetwork:
     seed_everything(seed)
     bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(8,), depths=(1,))
-    return MultiTaskNetwork.from_tasks(
-        SharingGraph.hard_sharing(["sign", "level"], bb.layer_names), bb, TASKS
-    )
+    return MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(["sign", "level"], bb.layer_names), bb, TASKS)
 
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=1e-2, progress=False, device="cpu")
@@ -83,9 +81,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_resume_refuses_a_different_config_or_graph(tmp_path):
-    train(
-        _net(), _data(), TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu"), run_dir=tmp_path
-    )
+    train(_net(), _data(), TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu"), run_dir=tmp_path)
     with pytest.raises(ValueError, match=r"config differs in \['lr'\]"):
         train(
             _net(),
@@ -94,9 +90,7 @@ def test_resume_refuses_a_different_config_or_graph(tmp_path):
             run_dir=tmp_path,
         )
     bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(8,), depths=(1,))
-    other = MultiTaskNetwork.from_tasks(
-        SharingGraph.independent(["sign", "level"], bb.layer_names), bb, TASKS
-    )
+    other = MultiTaskNetwork.from_tasks(SharingGraph.independent(["sign", "level"], bb.layer_names), bb, TASKS)
     with pytest.raises(ValueError, match="different sharing graph"):
         train(
             other,

@@ -93,9 +93,7 @@ class Backbone:
         gets the backbone's own initialisation scheme.
         """
         if len(copies_per_layer) != len(self.blocks):
-            raise ValueError(
-                f"copies_per_layer has {len(copies_per_layer)} entries, backbone has {len(self)}"
-            )
+            raise ValueError(f"copies_per_layer has {len(copies_per_layer)} entries, backbone has {len(self)}")
         result: list[list[nn.Module]] = [[] for _ in self.blocks]
         for k in range(max(copies_per_layer, default=0)):
             trunk = self.build()
@@ -117,9 +115,7 @@ class Backbone:
         with torch.no_grad():
             fmap = self.neck(x)
         if fmap.dim() != 4:
-            raise ValueError(
-                f"backbone {self.name!r}: neck must give (B, C, H, W), got shape {tuple(fmap.shape)}"
-            )
+            raise ValueError(f"backbone {self.name!r}: neck must give (B, C, H, W), got shape {tuple(fmap.shape)}")
         self._feature_shape = tuple(int(s) for s in fmap.shape[1:])  # type: ignore[assignment]
         self._costs = LayerCosts(tuple(params), tuple(macs))
 

@@ -21,9 +21,7 @@ class BasicBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.downsample: nn.Module | None = None
         if stride != 1 or in_ch != out_ch:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch)
-            )
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
     @property
     def has_identity_shortcut(self) -> bool:
@@ -37,9 +35,7 @@ class BasicBlock(nn.Module):
 
 
 def _stem(in_chans: int, width: int) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
-    )
+    return nn.Sequential(nn.Conv2d(in_chans, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
 
 
 def _init(module: nn.Module) -> None:
@@ -65,9 +61,7 @@ def resnet_small(
     """
     widths, depths = tuple(int(w) for w in widths), tuple(int(d) for d in depths)
     if len(widths) != len(depths) or not widths:
-        raise ValueError(
-            f"resnet_small: widths {widths} and depths {depths} must be non-empty and of equal length"
-        )
+        raise ValueError(f"resnet_small: widths {widths} and depths {depths} must be non-empty and of equal length")
     if any(w <= 0 for w in widths) or any(d <= 0 for d in depths):
         raise ValueError(f"resnet_small: widths {widths} and depths {depths} must be positive")
     infos = [BlockInfo("stem", False)]

@@ -31,9 +31,7 @@ from torch import nn
 from .base import Backbone, BlockInfo, register_backbone
 
 # Residual transformer blocks (x + f(x) for every branch): shape-preserving with an identity shortcut.
-_VIT_RESIDUAL_BLOCKS = (
-    Block, ResPostBlock, ParallelScalingBlock, DiffParallelScalingBlock, ParallelThingsBlock
-)
+_VIT_RESIDUAL_BLOCKS = (Block, ResPostBlock, ParallelScalingBlock, DiffParallelScalingBlock, ParallelThingsBlock)
 # Set by the backbone itself: weights are always freshly initialised on CPU, image size comes from input_size.
 _RESERVED_KWARGS = ("pretrained", "checkpoint_path", "device", "dtype", "img_size")
 
@@ -84,9 +82,7 @@ class TokensToMap(nn.Module):
 
 
 def _split_resnet(model: ResNet) -> _Split:
-    stem = nn.Sequential(
-        OrderedDict(conv1=model.conv1, bn1=model.bn1, act1=model.act1, maxpool=model.maxpool)
-    )
+    stem = nn.Sequential(OrderedDict(conv1=model.conv1, bn1=model.bn1, act1=model.act1, maxpool=model.maxpool))
     blocks: _Split = [("stem", stem, False)]
     for layer in ("layer1", "layer2", "layer3", "layer4"):
         for i, block in enumerate(getattr(model, layer)):
@@ -135,13 +131,25 @@ _FAMILIES = MappingProxyType(
     {
         f.name: f
         for f in (
-            _Family("timm_resnet", "a ResNet-family", (ResNet,), ("resnet18", "resnet50", "resnext50_32x4d"),
-                    _split_resnet),
-            _Family("timm_efficientnet", "an EfficientNet/MobileNet-family", (EfficientNet, MobileNetV3),
-                    ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_small_100"), _split_efficientnet),
-            _Family("timm_vit", "a ViT (VisionTransformer)", (VisionTransformer,),
-                    ("vit_tiny_patch16_224", "vit_small_patch16_224", "deit_tiny_patch16_224"), _split_vit,
-                    neck=_vit_neck, takes_img_size=True),
+            _Family(
+                "timm_resnet", "a ResNet-family", (ResNet,), ("resnet18", "resnet50", "resnext50_32x4d"), _split_resnet
+            ),
+            _Family(
+                "timm_efficientnet",
+                "an EfficientNet/MobileNet-family",
+                (EfficientNet, MobileNetV3),
+                ("efficientnet_b0", "mobilenetv2_100", "mobilenetv3_small_100"),
+                _split_efficientnet,
+            ),
+            _Family(
+                "timm_vit",
+                "a ViT (VisionTransformer)",
+                (VisionTransformer,),
+                ("vit_tiny_patch16_224", "vit_small_patch16_224", "deit_tiny_patch16_224"),
+                _split_vit,
+                neck=_vit_neck,
+                takes_img_size=True,
+            ),
         )
     }
 )
@@ -219,9 +227,7 @@ def timm_trunk(backbone: str, **config: Any) -> TimmTrunk:
     return _create_trunk(family, model, in_chans, input_size, config, device="cpu")
 
 
-def _timm_backbone(
-    backbone: str, model: str, in_chans: int, input_size: Sequence[int], timm_kwargs: dict
-) -> Backbone:
+def _timm_backbone(backbone: str, model: str, in_chans: int, input_size: Sequence[int], timm_kwargs: dict) -> Backbone:
     # the structure comes from a parameter-free probe on the meta device (fast even for large models)
     probe = _create_trunk(_FAMILIES[backbone], model, in_chans, input_size, timm_kwargs, device="meta")
     h, w = input_size

@@ -50,18 +50,12 @@ class TensorMultiTaskDataset(Dataset):
 
     def __init__(self, images: Tensor, targets: Mapping[str, Tensor]) -> None:
         if not isinstance(images, Tensor) or images.dim() != 4 or images.dtype != torch.float32:
-            got = (
-                f"{tuple(images.shape)} {images.dtype}"
-                if isinstance(images, Tensor)
-                else type(images).__name__
-            )
+            got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
             raise ValueError(f"images: expected a float32 tensor (N, C, H, W), got {got}")
         for task, target in targets.items():
             if not isinstance(target, Tensor) or target.dim() == 0 or target.shape[0] != images.shape[0]:
                 got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-                raise ValueError(
-                    f"targets[{task!r}]: expected a tensor with first dim {images.shape[0]}, got {got}"
-                )
+                raise ValueError(f"targets[{task!r}]: expected a tensor with first dim {images.shape[0]}, got {got}")
         self.images = images
         self.targets = dict(targets)
 
@@ -118,9 +112,7 @@ def select_names(dataset: str, field: str, wanted: str | Sequence[str], known: S
     return names
 
 
-def select_tasks(
-    dataset: str, tasks: Sequence[TaskSpec], wanted: str | Sequence[str] | None
-) -> tuple[TaskSpec, ...]:
+def select_tasks(dataset: str, tasks: Sequence[TaskSpec], wanted: str | Sequence[str] | None) -> tuple[TaskSpec, ...]:
     """The specs named in ``wanted`` (a list or a comma-separated string), in that order; None = all."""
     if wanted is None:
         return tuple(tasks)

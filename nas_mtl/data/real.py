@@ -42,8 +42,7 @@ def _file_count(folder: Path) -> int:
     missing = [f"{i}.npy" for i in range(len(names)) if f"{i}.npy" not in names]
     if missing or not names:
         raise ValueError(
-            f"{folder}: expected files 0.npy .. N-1.npy, "
-            + (f"missing {missing[:3]}" if names else "none found")
+            f"{folder}: expected files 0.npy .. N-1.npy, " + (f"missing {missing[:3]}" if names else "none found")
         )
     return len(names)
 
@@ -103,9 +102,7 @@ class NpyFolderDataset(Dataset):
             raise IndexError(f"{self.split_dir}: index {i} out of range for {self.length} items")
         image = _load_npy(self.split_dir / IMAGE_FOLDER / f"{i}.npy", 3, self.hw)
         targets = {
-            spec.name: _load_npy(
-                self.split_dir / self.folders[spec.name] / f"{i}.npy", _channels(spec), self.hw
-            )
+            spec.name: _load_npy(self.split_dir / self.folders[spec.name] / f"{i}.npy", _channels(spec), self.hw)
             for spec in self.tasks
         }
         return image, targets
@@ -113,17 +110,11 @@ class NpyFolderDataset(Dataset):
 
 def _carve_val(n: int, val_fraction: float, seed: int, dataset: str) -> tuple[list[int], list[int]]:
     """Seeded (train, val) index lists partitioning ``range(n)``."""
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, int | float)
-        or not 0 < val_fraction < 1
-    ):
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
         raise ValueError(f"dataset {dataset!r}: val_fraction must be in (0, 1), got {val_fraction!r}")
     n_val = max(1, round(n * val_fraction))
     if n_val >= n:
-        raise ValueError(
-            f"dataset {dataset!r}: {n} training items are too few to carve a val split of {val_fraction}"
-        )
+        raise ValueError(f"dataset {dataset!r}: {n} training items are too few to carve a val split of {val_fraction}")
     perm = np.random.default_rng(seed).permutation(n)
     return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
 
@@ -219,9 +210,7 @@ def _read_attributes(path: Path) -> tuple[list[str], list[str], np.ndarray]:
         raise ValueError(f"{path}: line 1 says {int(lines[0])} images but {len(rows)} rows follow")
     for lineno, row in enumerate(rows, start=3):
         if len(row) != len(names) + 1 or not set(row[1:]) <= {"-1", "1"}:
-            raise ValueError(
-                f"{path}:{lineno}: expected a file name and {len(names)} values of -1 / 1, got {row}"
-            )
+            raise ValueError(f"{path}:{lineno}: expected a file name and {len(names)} values of -1 / 1, got {row}")
     values = np.array([row[1:] for row in rows], dtype=np.int64).reshape(len(rows), len(names))
     return names, [row[0] for row in rows], values
 
@@ -302,9 +291,7 @@ def celeba(
     present = {p.name for p in image_dir.iterdir()}
     absent = [f for f in files if f not in present]
     if absent:
-        raise ValueError(
-            f"{image_dir}: {len(absent)} image(s) listed in {ATTR_FILE} are missing, e.g. {absent[0]}"
-        )
+        raise ValueError(f"{image_dir}: {len(absent)} image(s) listed in {ATTR_FILE} are missing, e.g. {absent[0]}")
     splits = {}
     for part in PARTITIONS.values():
         keep = np.flatnonzero(split == part)
@@ -313,9 +300,7 @@ def celeba(
         paths = [image_dir / files[i] for i in keep]
         splits[part] = CelebADataset(paths, labels[keep], names, image_size, as_multilabel)
     tasks = (
-        (MultiLabelTask("attributes", len(names)),)
-        if as_multilabel
-        else tuple(ClassificationTask(a, 2) for a in names)
+        (MultiLabelTask("attributes", len(names)),) if as_multilabel else tuple(ClassificationTask(a, 2) for a in names)
     )
     return MultiTaskData(
         name="celeba",

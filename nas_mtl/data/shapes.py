@@ -85,9 +85,7 @@ def _generate(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     cx, cy = (rng.uniform(0.3, 0.7, (2, n)) * size).astype(np.float32)[:, :, None, None]
     rot = rng.uniform(0, 2 * np.pi, n).astype(np.float32)[:, None, None]
     dx, dy = xs - cx, ys - cy
-    mask = _object_mask(
-        kind, area, np.cos(rot) * dx + np.sin(rot) * dy, -np.sin(rot) * dx + np.cos(rot) * dy, size
-    )
+    mask = _object_mask(kind, area, np.cos(rot) * dx + np.sin(rot) * dy, -np.sin(rot) * dx + np.cos(rot) * dy, size)
     # texture
     orient = rng.integers(0, 4, n)
     theta = np.deg2rad(45.0 * orient + rng.uniform(-5, 5, n)).astype(np.float32)[:, None, None]
@@ -137,9 +135,7 @@ def shapes(
     """
     check_ints("shapes", n_train=(n_train, 2), n_val=(n_val, 1), n_test=(n_test, 1), size=(size, 16))
     specs = select_tasks("shapes", TASKS, tasks)
-    made = [
-        _generate(n, size, np.random.default_rng([seed, k])) for k, n in enumerate((n_train, n_val, n_test))
-    ]
+    made = [_generate(n, size, np.random.default_rng([seed, k])) for k, n in enumerate((n_train, n_val, n_test))]
     images, mean, std = standardize(*(torch.from_numpy(x).float() for x, _ in made), dims=(0, 2, 3))
     targets: list[dict[str, torch.Tensor]] = [{} for _ in SPLITS]
     scaling = {}
@@ -157,9 +153,7 @@ def shapes(
         input_shape=(3, size, size),
         **{s: TensorMultiTaskDataset(x, y) for s, x, y in zip(SPLITS, images, targets, strict=True)},
         info={
-            "planted_groups": [
-                [t for t in g if t in chosen] for g in PLANTED_GROUPS if chosen.intersection(g)
-            ],
+            "planted_groups": [[t for t in g if t in chosen] for g in PLANTED_GROUPS if chosen.intersection(g)],
             "class_names": {k: list(v) for k, v in CLASS_NAMES.items() if k in chosen},
             "target_scaling": scaling,
             "normalization": {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()},
