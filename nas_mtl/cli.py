@@ -217,6 +217,8 @@ def _training_parser(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas-mtl", description="Neural architecture search for multi-task learning.")
+    parser.add_argument("--threads", dest="torch_threads", type=int, metavar="N",
+                        help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _training_parser(sub, "quickstart", "single-task vs hard-sharing baselines on multidigits (about a minute)",
@@ -284,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            print(f"nas-mtl: error: --threads: expected a positive integer, got {args.torch_threads}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     try:
         args.func(args)
     except (UserError, ValueError, TypeError, FileNotFoundError) as err:

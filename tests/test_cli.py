@@ -90,3 +90,16 @@ def test_debug_env_shows_the_traceback(tmp_path):
         capture_output=True, text=True, env={**os.environ, "NAS_MTL_DEBUG": "1"},
     )  # fmt: skip
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+def test_threads_option_sets_torch_threads(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "2", "list"]) == 0  # the suite runs at 1 (conftest)
+        assert torch.get_num_threads() == 2
+        assert main(["--threads", "0", "list"]) == EXIT_USER_ERROR
+        assert "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
