@@ -297,6 +297,8 @@ def test_search_returns_a_valid_graph_on_shapes():
     space.check_graph(graph)
     assert graph.tasks == data.task_names and graph.layers == space.layers
     assert result.method == "adashare" and result.seconds > 0 and len(result.candidates) <= 7
+    cost = result.info["cost_in_hard_sharing_epochs"]  # one warm-up epoch, two rounds, final scoring
+    assert cost == pytest.approx(result.seconds / result.info["warmup_seconds"]) and cost > 1
     assert all(c == 0 for layer, row in zip(graph.layers, graph.assignment) if layer not in space.skippable
                for c in row)  # fmt: skip
     out = MultiTaskNetwork.from_tasks(graph, space.backbone, data.tasks)(data.val.batch(torch.arange(4))[0])

@@ -637,7 +637,9 @@ def adashare_search(
     With ``run_dir``, the search is checkpointed after every epoch (``adashare_checkpoint.pt``) and a
     checkpoint found there is resumed (same data, space and settings; ``epochs`` may grow); the per-epoch
     select probabilities go to ``policy_history.json`` and the heatmaps to ``policy.png`` /
-    ``policy_epochs.png``. Save the result with ``result.save(run_dir)``.
+    ``policy_epochs.png``. Save the result with ``result.save(run_dir)``. ``info`` holds the histories, the
+    ranked candidate policies and the cost, also in epochs of hard-sharing training (``cost_in_hard_sharing_epochs``,
+    measured on the warm-up).
     """
     from .adashare_plots import plot_policy, plot_policy_history
 
@@ -669,6 +671,8 @@ def adashare_search(
         "policies": ranked,
         "warmup_seconds": warmup_s,
         "search_seconds": search.elapsed - warmup_s,
+        # the whole search in epochs of hard-sharing training (the warm-up's, same data and batch size)
+        "cost_in_hard_sharing_epochs": seconds / (warmup_s / config.warmup_epochs) if config.warmup_epochs else None,
         "history": search.history,
     }
     if run_dir is not None:
