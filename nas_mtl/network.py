@@ -20,6 +20,7 @@ class _Step:
     layer: int
     copy: int  # SKIP = identity
     free_parent: bool  # last reader of the parent slot
+    stats: str | None = None  # key in ``path_stats`` when this prefix keeps its own normalisation statistics
 
 
 class MultiTaskNetwork(nn.Module):
@@ -27,7 +28,9 @@ class MultiTaskNetwork(nn.Module):
 
     ``blocks[l][c]`` is copy ``c`` of backbone block ``l``; ``heads[i]`` is the head of
     ``graph.tasks[i]``. The forward pass walks the graph's prefix trie, so a block runs once per
-    unique path prefix however many tasks pass through it.
+    unique path prefix however many tasks pass through it. A copy that runs under several prefixes
+    (after a skip, in AdaShare policies) shares its weights across them but keeps BatchNorm running
+    statistics per prefix (``path_stats``), so evaluation normalises each path with its own statistics.
 
     Args:
         graph: the sharing pattern; its layers must be the backbone's blocks.
@@ -77,6 +80,7 @@ class MultiTaskNetwork(nn.Module):
             for i, t in enumerate(graph.tasks):
                 if t in inherit.graph.tasks:
                     self.heads[i] = _copy.deepcopy(inherit.heads[inherit.graph.tasks.index(t)])
+        self.path_stats = _path_statistics(graph, self.blocks)
         self._plans: dict[frozenset[str], tuple[tuple[_Step, ...], tuple[tuple[int, int], ...]]] = {}
 
     @classmethod
@@ -115,6 +119,7 @@ class MultiTaskNetwork(nn.Module):
                 nodes[i].layer,
                 nodes[i].copy,
                 last_reader[nodes[i].parent] == i and nodes[i].parent >= 0,
+                str(i) if str(i) in self.path_stats else None,
             )
             for i in keep
         )
@@ -139,7 +144,13 @@ class MultiTaskNetwork(nn.Module):
             h = x if s.parent < 0 else slots[s.parent]
             if s.free_parent:
                 del slots[s.parent]
-            slots[s.node] = h if s.copy == SKIP else self.blocks[s.layer][s.copy](h)
+            if s.copy == SKIP:
+                slots[s.node] = h
+            elif s.stats is None:
+                slots[s.node] = self.blocks[s.layer][s.copy](h)
+            else:  # same weights, this prefix's own running statistics (updated in place in training)
+                own = {name.replace("__", "."): buf for name, buf in self.path_stats[s.stats].named_buffers()}
+                slots[s.node] = torch.func.functional_call(self.blocks[s.layer][s.copy], own, (h,))
         features = {slot: self.neck(slots[slot]) for slot in {slot for slot, _ in heads}}
         return {self.graph.tasks[j]: self.heads[j](features[slot]) for slot, j in heads}
 
@@ -169,6 +180,37 @@ class MultiTaskNetwork(nn.Module):
         head_macs = {t: count_macs(h, fmap) for t, h in zip(self.graph.tasks, self.heads)}
         self.train(was_training)
         return self.graph.cost(costs.params, costs.macs, head_params, head_macs)
+
+
+def _path_statistics(graph: SharingGraph, blocks: nn.ModuleList) -> nn.ModuleDict:
+    """Own normalisation statistics for every prefix that runs a block copy another prefix runs first.
+
+    With skips (AdaShare policies) one copy can run on differently distributed inputs (after another
+    block, or after the identity); one set of BatchNorm running statistics would then be a mixture that
+    fits neither at evaluation. Each extra prefix-trie node of such a copy gets its own running
+    statistics (weights and affine parameters stay shared): ``path_stats[str(node)]`` holds them as
+    buffers named like the block's, with ``__`` for ``.``. Trees never need this (a copy of a tree runs
+    under one prefix).
+    """
+    out = nn.ModuleDict()
+    seen: set[tuple[int, int]] = set()
+    for i, node in enumerate(graph.prefix_nodes()):
+        if node.copy == SKIP:
+            continue
+        if (node.layer, node.copy) not in seen:
+            seen.add((node.layer, node.copy))
+            continue
+        block = blocks[node.layer][node.copy]
+        holder = nn.Module()
+        for name, module in block.named_modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                for b, buf in module.named_buffers(recurse=False):
+                    if buf is not None:
+                        key = f"{name}.{b}" if name else b
+                        holder.register_buffer(key.replace(".", "__"), buf.detach().clone())
+        if len(holder._buffers):
+            out[str(i)] = holder
+    return out
 
 
 def _source_block(

@@ -101,6 +101,40 @@ def test_adashare_policy_matches_hand_written(backbone):
     assert all(len(row) == 1 for row in net.blocks)
 
 
+def test_skip_policy_keeps_running_statistics_per_path(backbone):
+    """A copy run after different prefixes (here s1.b0 after s0.b1 for x/z, after a skip for y) keeps one
+    set of BatchNorm running statistics per prefix: evaluation equals per-path networks with the same
+    weights whose statistics each saw only their own inputs."""
+    select = [[1, 1, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1]]
+    graph = SharingGraph.from_policy(TASKS, backbone.layer_names, select, skippable=backbone.skippable)
+    net = MultiTaskNetwork(graph, backbone, _heads(backbone))
+    trunk = nn.Sequential(*[copy.deepcopy(row[0]) for row in net.blocks[:2]])  # stem, s0.b0: run once
+    paths = {
+        "x": nn.Sequential(*[copy.deepcopy(row[0]) for row in net.blocks[2:]]),  # x and z: every block
+        "y": nn.Sequential(*[copy.deepcopy(row[0]) for row in net.blocks[3:]]),  # y skips s0.b1
+    }
+    torch.manual_seed(0)
+    for _ in range(3):  # training-mode forward passes update the running statistics
+        x = torch.randn(8, 1, 12, 12) * 2 + 1
+        net.train()(x)
+        h = trunk.train()(x)
+        for branch in paths.values():
+            branch.train()(h)
+    net.eval()
+    x = torch.randn(4, 1, 12, 12)
+    out = net(x)
+    h = trunk.eval()(x)
+    for t, key in (("x", "x"), ("y", "y"), ("z", "x")):
+        expected = net.heads[TASKS.index(t)](paths[key].eval()(h))
+        torch.testing.assert_close(out[t], expected, rtol=1e-5, atol=1e-6)
+    assert sorted(net.path_stats) == ["6", "7"]  # s1.b0 and s1.b1 under y's prefix (after the skip)
+    one_set = MultiTaskNetwork(graph, backbone, _heads(backbone))
+    one_set.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("path_stats")}, strict=False)
+    one_set.path_stats = nn.ModuleDict()  # what a single shared set of statistics would give y
+    one_set._plans.clear()
+    assert not torch.allclose(one_set.eval()(x)["y"], out["y"], atol=1e-4)  # the test can tell them apart
+
+
 def test_train_mode_gradients_match_reference(backbone):
     graph = SharingGraph.branched(TASKS, backbone.layer_names, [[TASKS]] * 3 + [[["x"], ["y", "z"]]] * 2)
     net = MultiTaskNetwork(graph, backbone, _heads(backbone))
