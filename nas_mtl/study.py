@@ -147,11 +147,18 @@ def with_device(spec: StudySpec, device: str) -> StudySpec:
     """``spec`` with every training run and search on ``device`` (``auto``, ``cpu`` or ``cuda``)."""
     if device not in TrainConfig.DEVICES:
         raise ValueError(f"device: expected one of {list(TrainConfig.DEVICES)}, got {device!r}")
-    search = {}
-    for method, options in spec.search.items():
-        has_device = "device" in {a.dest for a in _method_parser(method)._actions}
-        search[method] = {**options, "device": device} if has_device else dict(options)
-    return dataclasses.replace(spec, train=dataclasses.replace(spec.train, device=device), search=search)
+    return dataclasses.replace(
+        spec, train=dataclasses.replace(spec.train, device=device), search=_set_option(spec.search, "device", device)
+    )
+
+
+def _set_option(search: Mapping[str, Mapping[str, Any]], dest: str, value: Any) -> dict[str, dict[str, Any]]:
+    """Every method table with option ``dest`` set to ``value`` (tables of methods without it unchanged)."""
+    out = {}
+    for method, options in search.items():
+        has = dest in {a.dest for a in _method_parser(method)._actions}
+        out[method] = {**options, dest: value} if has else dict(options)
+    return out
 
 
 def _method_parser(method: str) -> argparse.ArgumentParser:
@@ -208,16 +215,26 @@ def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = True) -> li
     data = create_dataset(spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"})
     space = load_search_space(spec.space, input_shape=data.input_shape)
     arms = _baseline_arms(spec, data, space)
-    for method, options in spec.search.items():
+    search = spec.search if progress else _set_option(spec.search, "no_progress", True)
+    for method, options in search.items():
         result = _run_search(method, options, data, space, run_dir / "search" / method, spec.source)
         arms.append(Arm(method, result.graph.with_meta(name=method), result.seconds))
     rows = []
     for arm in arms:
-        balancers = ("equal",) if arm.single_task else spec.balancers
+        # balancers only change the update of parameters shared by several tasks: a graph without any
+        # (single-task nets, independent nets) trains identically with each, so it is trained once
+        balancers = spec.balancers if _shares_parameters(arm.graph) else ("equal",)
         for balancer in balancers:
             for seed in spec.seeds:
                 rows.append(_run_arm(arm, balancer, seed, spec, data, space, run_dir, progress))
     return rows
+
+
+def _shares_parameters(graph: SharingGraph) -> bool:
+    """Whether some block copy is used by two or more tasks."""
+    return any(
+        len(graph.copy_tasks(layer, c)) > 1 for layer in range(graph.num_layers) for c in range(graph.copies(layer))
+    )
 
 
 def _baseline_arms(spec: StudySpec, data: MultiTaskData, space: SearchSpace) -> list[Arm]:
