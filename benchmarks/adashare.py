@@ -30,15 +30,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _report import write_report
 from torch import nn
 
 from nas_mtl.backbones import create_backbone
@@ -209,15 +207,10 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "threads": args.threads,
         "repeats": args.repeats,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
         "seconds": time.perf_counter() - started,
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"written: {out}  ({report['seconds']:.0f} s)")
+    report = write_report(args.out, report)
     return report
 
 

@@ -21,14 +21,13 @@ ratios are in the JSON too). Lookahead / gradient cosine cost ~ 1 + (ratio at --
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _report import write_report
 from sklearn.metrics import adjusted_rand_score
 
 from nas_mtl.baselines import train_graph, train_single_tasks
@@ -187,8 +186,6 @@ def main(argv=None) -> list[dict]:
         "every": args.every,
         "params_budget": args.params_budget,
         "threads": args.threads,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
         "summary": {
             m: {
                 "exact_k_planted": sum(r["measures"][m]["exact_k_planted"] for r in results),
@@ -201,9 +198,7 @@ def main(argv=None) -> list[dict]:
         },
         "seeds": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.out, report)
     return results
 
 

@@ -57,17 +57,15 @@ import argparse
 import copy
 import functools
 import importlib.metadata
-import json
-import platform
 import statistics
 import sys
 import time
 import types
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _report import write_report
 from torch import nn
 
 from nas_mtl.backbones import create_backbone
@@ -315,17 +313,12 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "threads": args.threads,
         "repeats": args.repeats,
-        "torch": torch.__version__,
         "libmtl": lib_version,
         "torchjd": jd_version,
-        "machine": platform.machine(),
         "rows": rows,
         "targets": targets,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"written: {out}")
+    report = write_report(args.out, report)
     return report
 
 

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _report import write_report
 from torch import nn
 
 from nas_mtl.backbones import create_backbone
@@ -130,14 +128,9 @@ def main(argv=None) -> dict:
         "tasks": args.tasks,
         "threads": args.threads,
         "repeats": args.repeats,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"written: {out}")
+    report = write_report(args.out, report)
     return report
 
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import optuna
 import torch
+from _report import write_report
 
 from nas_mtl.data import create_dataset
 from nas_mtl.graph import SharingGraph
@@ -191,15 +190,10 @@ def main(argv=None) -> dict:
         "proxy": proxy.to_dict(),
         "data": {"n_train": args.n_train, "n_val": args.n_val, "size": 16},
         "threads": args.threads,
-        "torch": torch.__version__,
         "optuna": optuna.__version__,
-        "machine": platform.machine(),
         "rows": rows,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"written: {out}")
+    report = write_report(args.out, report)
     return report
 
 
