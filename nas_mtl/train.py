@@ -183,7 +183,8 @@ def _make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.opti
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a killed process never leaves half a checkpoint."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -306,7 +307,7 @@ def train(
             train_loss = {k: v / max(seen, 1) for k, v in sums.items()}
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": elapsed})
             if ckpt_path is not None:
-                _save_atomic(
+                save_atomic(
                     {
                         "epoch": epoch + 1,
                         "model": network.state_dict(),

@@ -261,7 +261,7 @@ def test_per_stream_batchnorm_is_each_stream_alone(momentum):
 def test_killed_search_resumes_to_the_same_policy(data, space, tmp_path, monkeypatch):
     cfg = _config(epochs=3, warmup_epochs=1, curriculum=True, curriculum_speed=1)
     reference = adashare_search(data, space, cfg, tmp_path / "reference")
-    real_save, calls = adashare._save_checkpoint, {"n": 0}
+    real_save, calls = adashare.save_atomic, {"n": 0}
 
     def killed_after_two_epochs(state, path):
         real_save(state, path)
@@ -269,11 +269,11 @@ def test_killed_search_resumes_to_the_same_policy(data, space, tmp_path, monkeyp
         if calls["n"] == 2:
             raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(adashare, "_save_checkpoint", killed_after_two_epochs)
+    monkeypatch.setattr(adashare, "save_atomic", killed_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
         adashare_search(data, space, cfg, tmp_path / "run")
     assert torch.load(tmp_path / "run" / adashare.CHECKPOINT, weights_only=False)["epoch"] == 2
-    monkeypatch.setattr(adashare, "_save_checkpoint", real_save)
+    monkeypatch.setattr(adashare, "save_atomic", real_save)
     resumed = adashare_search(data, space, cfg, tmp_path / "run")
     assert [h["epoch"] for h in resumed.info["history"]] == [1, 2, 3, 4]
     final = [torch.load(d / adashare.CHECKPOINT, weights_only=False)["net"] for d in (tmp_path / "reference",

@@ -37,3 +37,14 @@ def test_build_copies_are_fresh():
     w = [m.conv1.weight for m in copies[1]]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
     assert all(isinstance(m, nn.Module) for r in copies for m in r)
+
+
+def test_lazy_feature_shape_does_not_consume_the_global_rng():
+    """The first access to feature_shape / layer_costs builds a reference trunk; seeded code that touches
+    it (e.g. head construction) must draw the same numbers whether or not it was computed before."""
+    torch.manual_seed(0)
+    before = torch.rand(3)
+    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4,), depths=(1,))
+    torch.manual_seed(0)
+    assert bb.feature_shape == (4, 8, 8) and bb.layer_costs().params
+    torch.testing.assert_close(torch.rand(3), before, rtol=0, atol=0)

@@ -103,6 +103,10 @@ class Backbone:
         return result
 
     def _reference_pass(self) -> None:
+        with torch.random.fork_rng(devices=[]):  # a lazily computed shape must not shift the caller's seeded RNG
+            self._reference_pass_unseeded()
+
+    def _reference_pass_unseeded(self) -> None:
         modules = self.build()
         params, macs = [], []
         x = torch.zeros(1, *self.input_shape)

@@ -77,7 +77,7 @@ from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
 from ..space import SearchSpace
 from ..tasks import TaskSpec
-from ..train import resolve_device, seed_everything, write_json_atomic
+from ..train import resolve_device, save_atomic, seed_everything, write_json_atomic
 from . import SearchMethod, SearchResult, register_search_method
 
 SELECT, SKIP = 0, 1
@@ -424,12 +424,6 @@ def _steps(dataset: Dataset, batch_size: int, steps: int | None, seed: int) -> I
             return
 
 
-def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 class _Search:
     """The state of one search: supernet, optimisers, RNGs, history; one method per epoch kind."""
 
@@ -654,7 +648,7 @@ def adashare_search(
     while search.epoch < search.total_epochs:
         search.run_epoch()
         if run_dir is not None:
-            _save_checkpoint(search.state_dict(), ckpt)
+            save_atomic(search.state_dict(), ckpt)
             write_json_atomic({"tasks": list(data.task_names), "blocks": list(search.blocks),
                                "history": search.history}, run_dir / HISTORY)  # fmt: skip
     t0 = time.perf_counter()
