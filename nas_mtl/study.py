@@ -221,9 +221,11 @@ def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = True) -> li
         arms.append(Arm(method, result.graph.with_meta(name=method), result.seconds))
     rows = []
     for arm in arms:
-        # balancers only change the update of parameters shared by several tasks: a graph without any
-        # (single-task nets, independent nets) trains identically with each, so it is trained once
-        balancers = spec.balancers if _shares_parameters(arm.graph) else ("equal",)
+        # gradient-combining balancers only change the update of parameters shared by several tasks: a graph
+        # without any (single-task nets, independent nets) trains identically with each, so once (equal)
+        balancers = spec.balancers
+        if not _shares_parameters(arm.graph):
+            balancers = tuple(dict.fromkeys(["equal", *(b for b in balancers if not create_balancer(b).shared_only)]))
         for balancer in balancers:
             for seed in spec.seeds:
                 rows.append(_run_arm(arm, balancer, seed, spec, data, space, run_dir, progress))

@@ -265,8 +265,11 @@ def train(
             seen = 0
             batches = iterate_batches(data.train, config.batch_size, shuffle=True, generator=order, drop_last=True)
             bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
+            skipping = config.on_nonfinite == "skip"
             for step, (x, y) in enumerate(bar):
                 x = x.to(device)
+                # a skipped step must not leave its batch in the BatchNorm running statistics either
+                kept_buffers = [b.detach().clone() for b in network.buffers()] if skipping else None
                 out = network(x)
                 losses = {}
                 for t in specs:
@@ -292,6 +295,9 @@ def train(
                         raise FloatingPointError(f"{problem} at {where}{kept}")
                     warnings.warn(f"skipping step: {problem} at {where}", stacklevel=2)
                     optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        for buf, old in zip(network.buffers(), kept_buffers):
+                            buf.copy_(old)
                     skipped += 1
                     continue
                 optimizer.step()

@@ -227,6 +227,14 @@ def test_resuming_with_another_proxy_is_refused(shapes, tmp_path):
     other = ProxyConfig(warmstart=TINY, finetune=TINY, reference="hard")
     with pytest.raises(ValueError, match="proxy"):
         branch_search(data, space, _config(tmp_path, n_trials=2, proxy=other), tmp_path, scorer=StubScorer())
+    # another device or progress setting is the same proxy: the study resumes (e.g. `nas-mtl study --device`)
+    moved = dataclasses.replace(
+        PROXY,
+        warmstart=dataclasses.replace(PROXY.warmstart, device="auto", progress=True),
+        finetune=dataclasses.replace(PROXY.finetune, device="auto"),
+    )
+    result = branch_search(data, space, _config(tmp_path, n_trials=2, proxy=moved), tmp_path, scorer=StubScorer())
+    assert result.info["trials"]["complete"] == 2
 
 
 # ---------------------------------------------------------------------- real proxy, processes

@@ -158,3 +158,15 @@ def test_balancer_hook_is_removed_when_training_stops_with_an_error():
     with pytest.raises(FloatingPointError):
         train(net, _data(poison=True), CFG, balancer)
     assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_skipped_step_leaves_batchnorm_statistics_untouched():
+    data = _data()
+    data.train.images[5].fill_(float("inf"))  # one bad image: its batch's losses and BN statistics are non-finite
+    net = _net()
+    cfg = TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu", on_nonfinite="skip")
+    with pytest.warns(UserWarning, match="skipping step"):
+        result = train(net, data, cfg)
+    assert result.skipped_steps == 1
+    assert all(torch.isfinite(b).all() for b in net.buffers())
+    assert all(torch.isfinite(torch.tensor(m)).all() for d in result.test.values() for m in d.values())

@@ -25,6 +25,10 @@ class Balancer(ABC):
     """
 
     name: str = ""
+    shared_only: bool = False
+    """True when only the update of parameters shared by several tasks depends on the method (task-specific
+    parameters get their own task's gradient, as with equal weights): on a graph sharing nothing it is
+    equal weighting. Loss-weighting methods (uncertainty, DWA) leave it False."""
 
     def prepare(self, network: nn.Module) -> Balancer:
         """Attach to ``network`` before its first forward pass (e.g. hooks); returns ``self``."""

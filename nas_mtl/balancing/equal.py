@@ -15,6 +15,7 @@ class EqualWeights(Balancer):
     """Σ_t L_t, one backward pass."""
 
     name = "equal"
+    shared_only = True
 
     def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
         torch.stack(list(losses.values())).sum().backward()

@@ -121,7 +121,8 @@ def stack_rows(rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
 def gram_of(matrix: torch.Tensor, tasks: Sequence[str], what: str, balancer: str) -> np.ndarray:
     """``matrix @ matrix.T`` in float64 NumPy; raises FloatingPointError naming the tasks whose rows
     are not finite (a non-finite row makes its diagonal entry non-finite)."""
-    gram = (matrix @ matrix.T).double().cpu().numpy()
+    rows = matrix.double()  # float64 product: the certified min-norm solution is exact for this Gram matrix
+    gram = (rows @ rows.T).cpu().numpy()
     if not np.isfinite(np.diag(gram)).all():
         bad = [t for t, ok in zip(tasks, torch.isfinite(matrix).all(dim=1).tolist()) if not ok]
         detail = f"for task(s) {bad}" if bad else f"overflows (tasks {list(tasks)})"
@@ -152,6 +153,8 @@ class GroupedGradientBalancer(Balancer):
     parameters; for hard sharing, the trunk); tasks outside it, and all tasks when no group is shared,
     are reported with weight 1.0.
     """
+
+    shared_only = True
 
     @abstractmethod
     def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -504,12 +504,22 @@ def _check_record(
         if study.get_trials(deepcopy=False):
             raise ValueError(f"study {study.study_name!r} has trials but no {STUDY_ATTR!r} record; use another study")
         return want
-    diff = sorted(k for k in want if record.get(k) != want[k])
+    diff = sorted(k for k in want if _comparable(k, record.get(k)) != _comparable(k, want[k]))
     if diff:
         raise ValueError(
             f"study {study.study_name!r} was created with different {diff}; use a new run folder or --study name"
         )
     return dict(record)
+
+
+def _comparable(key: str, value: Any) -> Any:
+    """A record entry without what may change between sessions of one study (device, progress bars)."""
+    if key != "proxy" or not isinstance(value, Mapping):
+        return value
+    return {
+        k: {f: x for f, x in v.items() if f not in ("device", "progress")} if isinstance(v, Mapping) else v
+        for k, v in value.items()
+    }
 
 
 def _fail_running(study: optuna.Study, storage: BaseStorage) -> list[int]:
