@@ -240,6 +240,7 @@ def train(
     )
     history: list[dict[str, Any]] = []
     start_epoch, elapsed, skipped = 0, 0.0, 0
+    balancer_state: dict[str, Any] = {}
     ckpt_path = None
     if run_dir is not None:
         run_dir = Path(run_dir)
@@ -255,7 +256,10 @@ def train(
             torch.set_rng_state(state["rng"])
             start_epoch, history = state["epoch"], list(state["history"])
             elapsed, skipped = state["elapsed"], state.get("skipped", 0)
+            balancer_state = state.get("balancer", {})
     balancer.prepare(network)
+    if balancer_state:
+        balancer.load_state_dict(balancer_state)
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
@@ -320,6 +324,7 @@ def train(
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
                         "rng": torch.get_rng_state(),
+                        "balancer": balancer.state_dict(),
                         "history": history,
                         "elapsed": elapsed,
                         "skipped": skipped,

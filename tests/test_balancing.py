@@ -647,3 +647,22 @@ def test_balancer_specs(spec, name, options):
 def test_balancer_spec_errors(spec, kwargs, error, match):
     with pytest.raises(error, match=match):
         create_balancer(spec, **kwargs)
+
+
+def test_pcgrad_order_state_survives_a_checkpoint(tmp_path):
+    """A resumed PCGrad continues the projection-order sequence of the interrupted run."""
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(4, 6))
+    gram, loss = g @ g.T, np.ones(4)
+    run = PCGrad(seed=3)
+    for _ in range(5):
+        run.group_weights(gram, loss)
+    saved = run.state_dict()
+    expected = [run.group_weights(gram, loss)[0] for _ in range(20)]
+    resumed = PCGrad(seed=3)
+    resumed.prepare(nn.Linear(1, 1))  # what train() does first on resume...
+    resumed.load_state_dict(saved)  # ...then restores the checkpointed state
+    got = [resumed.group_weights(gram, loss)[0] for _ in range(20)]
+    fresh = [PCGrad(seed=3).group_weights(gram, loss)[0] for _ in range(20)]
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+    assert not all(np.array_equal(a, b) for a, b in zip(fresh, expected))  # the state matters

@@ -170,3 +170,13 @@ def test_skipped_step_leaves_batchnorm_statistics_untouched():
     assert result.skipped_steps == 1
     assert all(torch.isfinite(b).all() for b in net.buffers())
     assert all(torch.isfinite(torch.tensor(m)).all() for d in result.test.values() for m in d.values())
+
+
+def test_checkpoint_keeps_the_balancer_state(tmp_path):
+    from nas_mtl.balancing import create_balancer
+
+    cfg = TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu")
+    balancer = create_balancer("pcgrad")
+    train(_net(), _data(), cfg, balancer, run_dir=tmp_path)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["balancer"]
+    assert torch.equal(saved["generator"], balancer.state_dict()["generator"])

@@ -37,6 +37,13 @@ class Balancer(ABC):
     def detach(self) -> None:  # noqa: B027  (optional hook, not abstract)
         """Undo :meth:`prepare` (remove hooks); the balancer can be prepared again."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep so a resumed run continues exactly (e.g. a random generator)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027  (optional, not abstract)
+        """Restore :meth:`state_dict` (called after :meth:`prepare` when training resumes)."""
+
     @abstractmethod
     def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
         """Populate gradients from ``losses`` (``{task: scalar}``); return the task weights used."""

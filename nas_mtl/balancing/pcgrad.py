@@ -11,6 +11,9 @@ algorithm runs exactly on the T x T Gram matrix (``g_i^PC · g_j = (C G)[i, j]``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -71,6 +74,14 @@ class PCGrad(GroupedGradientBalancer):
 
     def __repr__(self) -> str:
         return f"PCGrad(seed={self.seed})"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._generator is None else {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "generator" in state:
+            self._generator = torch.Generator()
+            self._generator.set_state(state["generator"])
 
     def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._generator is None:
