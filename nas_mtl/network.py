@@ -81,6 +81,7 @@ class MultiTaskNetwork(nn.Module):
                 if t in inherit.graph.tasks:
                     self.heads[i] = _copy.deepcopy(inherit.heads[inherit.graph.tasks.index(t)])
         self.path_stats = _path_statistics(graph, self.blocks)
+        self._register_load_state_dict_pre_hook(self._fill_path_statistics)
         self._plans: dict[frozenset[str], tuple[tuple[_Step, ...], tuple[tuple[int, int], ...]]] = {}
 
     @classmethod
@@ -103,6 +104,17 @@ class MultiTaskNetwork(nn.Module):
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.graph.tasks
+
+    def _fill_path_statistics(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """Weights saved before per-path statistics existed: each path starts from its block's statistics."""
+        nodes = self.graph.prefix_nodes()
+        for key, holder in self.path_stats.items():
+            node = nodes[int(key)]
+            for name in holder._buffers:
+                target = f"{prefix}path_stats.{key}.{name}"
+                source = f"{prefix}blocks.{node.layer}.{node.copy}.{name.replace('__', '.')}"
+                if target not in state_dict and source in state_dict:
+                    state_dict[target] = state_dict[source].clone()
 
     # ------------------------------------------------------------------ execution
     def _plan(self, tasks: frozenset[str]) -> tuple[tuple[_Step, ...], tuple[tuple[int, int], ...]]:

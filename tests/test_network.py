@@ -133,6 +133,11 @@ def test_skip_policy_keeps_running_statistics_per_path(backbone):
     one_set.path_stats = nn.ModuleDict()  # what a single shared set of statistics would give y
     one_set._plans.clear()
     assert not torch.allclose(one_set.eval()(x)["y"], out["y"], atol=1e-4)  # the test can tell them apart
+    # weights saved before per-path statistics existed load, each path starting from its block's statistics
+    old_format = {k: v for k, v in net.state_dict().items() if not k.startswith("path_stats")}
+    reloaded = MultiTaskNetwork(graph, backbone, _heads(backbone))
+    reloaded.load_state_dict(old_format)  # strict
+    torch.testing.assert_close(reloaded.path_stats["6"].bn1__running_mean, net.blocks[3][0].bn1.running_mean)
 
 
 def test_train_mode_gradients_match_reference(backbone):
