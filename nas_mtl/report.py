@@ -13,7 +13,7 @@ import pandas as pd
 from .graph import SharingGraph
 from .metrics import delta_m
 from .plots import draw_topology, pareto_plot
-from .study import load_rows
+from .study import load_rows, slug
 
 SINGLE = "single-task"
 
@@ -132,7 +132,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     pareto_plot(points, "parameters", "Δm vs single-task (%)", "arms (mean over seeds)", figs[-1][1])
     graphs = {r["arm"]: r["graph"] for r in rows if r["arm"] != SINGLE}
     for arm, graph in graphs.items():
-        figs.append((f"topology: {arm}", figures / f"topology_{_slug(arm)}.png"))
+        figs.append((f"topology: {arm}", figures / f"topology_{slug(arm)}.png"))
         draw_topology(SharingGraph.from_dict(graph), f"{arm}", figs[-1][1])
     for png in sorted(run_dir.glob("search/*/**/*.png")):
         method = png.relative_to(run_dir / "search").parts[0]
@@ -166,7 +166,3 @@ def _study_title(run_dir: Path) -> str:
         if name:
             return f"Study: {name}"
     return f"Study: {run_dir.name}"
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

@@ -276,7 +276,7 @@ def _run_arm(
     progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     name = f"{arm.name}/{arm.single_task}" if arm.single_task else arm.name
-    out = run_dir / "arms" / _slug(name) / _slug(balancer) / f"seed{seed}"
+    out = run_dir / "arms" / slug(name) / slug(balancer) / f"seed{seed}"
     if (out / ROW).is_file():
         return json.loads((out / ROW).read_text())
     config = TrainConfig(**{**spec.train.to_dict(), "seed": seed, "progress": progress})
@@ -300,8 +300,8 @@ def _run_arm(
     return row
 
 
-def _slug(name: str) -> str:
-    """A folder name for an arm or balancer spec ("single-task/left", "mgda:normalization=l2")."""
+def slug(name: str) -> str:
+    """A file or folder name for an arm or balancer spec ("single-task/left", "mgda:normalization=l2")."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
