@@ -288,7 +288,7 @@ def test_killed_search_resumes_to_the_same_policy(data, space, tmp_path, monkeyp
 
 
 def test_search_returns_a_valid_graph_on_shapes():
-    data = create_dataset("shapes", n_train=32, n_val=16, n_test=16, size=16, tasks="shape,size,mask")
+    data = create_dataset("shapes", n_train=32, n_val=16, n_test=16, size=16, tasks="quadrant,size,mask")
     space = load_search_space("resnet_small", input_shape=data.input_shape)
     cfg = AdaShareConfig(epochs=2, warmup_epochs=1, batch_size=16, weight_steps=1, policy_steps=1,
                          hard_sampling=True, progress=False, device="cpu")  # fmt: skip

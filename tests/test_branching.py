@@ -39,7 +39,7 @@ depths = [3]
 branchable = ["s0.b0", "s0.b1", "s0.b2"]
 skippable = "none"
 """
-DATA = {"n_train": 96, "n_val": 48, "n_test": 32, "size": 16, "tasks": "shape,orientation,hue"}
+DATA = {"n_train": 96, "n_val": 48, "n_test": 32, "size": 16, "tasks": "quadrant,orientation,hue"}
 TINY = TrainConfig(epochs=1, batch_size=32, device="cpu", progress=False)
 PROXY = ProxyConfig(warmstart=TINY, finetune=dataclasses.replace(TINY, epochs=2), reference="hard")
 

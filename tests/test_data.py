@@ -1,12 +1,12 @@
 """Datasets: determinism, layouts, planted structure, batching, registry and the real-data loaders."""
 
 import colorsys
+import itertools
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import spearmanr
 from sklearn.linear_model import RidgeClassifier
 from torch.utils.data import Subset
 
@@ -107,39 +107,53 @@ def test_shapes_tasks_layout_and_planted_groups(shapes_data):
     groups = data.info["planted_groups"]
     assert sorted(t for g in groups for t in g) == sorted(data.task_names)
     assert groups == [
-        ["shape", "size", "mask", "distance"],
-        ["orientation", "frequency"],
-        ["hue", "brightness"],
+        ["quadrant", "size", "mask", "distance"],
+        ["orientation", "angle"],
+        ["hue", "chroma"],
     ]
     assert data.input_shape == (3, 32, 32)
     x, y = _all(data.train)
     assert x.shape == (1500, 3, 32, 32) and x.dtype == torch.float32
     for task in data.tasks:
         task.validate_target(y[task.name], 1500)
-    for name in ("size", "frequency", "brightness"):  # standardised on train
-        assert float(y[name].mean()) == pytest.approx(0, abs=1e-5)
-        assert float(y[name].std()) == pytest.approx(1, abs=1e-3)
+    assert float(y["size"].mean()) == pytest.approx(0, abs=1e-5)  # standardised on train
+    assert float(y["size"].std()) == pytest.approx(1, abs=1e-3)
+    for name in ("angle", "chroma"):  # unit vectors
+        assert y[name].shape == (1500, 2) and torch.allclose(y[name].norm(dim=1), torch.ones(1500))
     assert float(y["distance"].min()) > 0  # every depth-like pixel is valid
-    for name, k in (("shape", 3), ("orientation", 4), ("hue", 6)):  # balanced classes
+    for name, k in (("quadrant", 4), ("orientation", 4), ("hue", 6)):  # balanced classes
         counts = torch.bincount(y[name], minlength=k).float()
         assert counts.min() > 0.75 * len(y[name]) / k
 
 
-def test_shapes_mask_size_colour_and_distance_follow_the_object(shapes_data):
+def _polar(unit: torch.Tensor) -> np.ndarray:
+    """Angle in radians of (N, 2) unit vectors (cos, sin)."""
+    return np.arctan2(unit[:, 1].numpy(), unit[:, 0].numpy())
+
+
+def _circular_gap(a: np.ndarray, b: np.ndarray, period: float) -> np.ndarray:
+    d = np.abs(a - b) % period
+    return np.minimum(d, period - d)
+
+
+def test_shapes_geometry_and_colour_follow_the_object(shapes_data):
     x, y = _all(shapes_data.train)
     mask = y["mask"].bool()
     scale = shapes_data.info["target_scaling"]
     area = y["size"][:, 0] * scale["size"]["std"] + scale["size"]["mean"]
     assert np.corrcoef(mask.float().mean((1, 2)), area)[0, 1] > 0.97
-    # the object's mean colour gives the hue class and the brightness (HSV value)
-    raw = _raw_images(shapes_data, x)
-    colour = (raw * mask[:, None]).sum((2, 3)) / mask.sum((1, 2))[:, None]
-    hsv = np.array([colorsys.rgb_to_hsv(*c) for c in colour.clamp(0, 1).tolist()])
-    assert np.mean(np.round(6 * hsv[:, 0]).astype(int) % 6 == y["hue"].numpy()) > 0.95
-    assert np.corrcoef(hsv[:, 2], y["brightness"][:, 0])[0, 1] > 0.95
-    # the distance map is smallest at the object centre, which lies inside the object
+    # the distance map is smallest at the object centre, which lies inside the object, in its quadrant
     centre = y["distance"][:, 0].flatten(1).argmin(1)
     assert bool(mask.flatten(1).gather(1, centre[:, None]).all())
+    row, col = centre // 32, centre % 32
+    assert torch.equal(2 * (row >= 16).long() + (col >= 16).long(), y["quadrant"])
+    # the object's mean colour gives the hue class and the chroma vector (hue on the colour wheel)
+    raw = _raw_images(shapes_data, x)
+    colour = (raw * mask[:, None]).sum((2, 3)) / mask.sum((1, 2))[:, None]
+    hue = np.array([colorsys.rgb_to_hsv(*c)[0] for c in colour.clamp(0, 1).tolist()])
+    assert np.mean(np.round(6 * hue).astype(int) % 6 == y["hue"].numpy()) > 0.95
+    target_hue = _polar(y["chroma"]) / (2 * np.pi) % 1
+    assert np.median(_circular_gap(hue, target_hue, 1.0)) < 0.01
 
 
 def test_shapes_texture_is_recoverable_by_fft(shapes_data):
@@ -152,7 +166,32 @@ def test_shapes_texture_is_recoverable_by_fft(shapes_data):
     angle = np.degrees(np.arctan2(fy, fx)) % 180
     orientation = np.round(angle / 45).astype(int) % 4
     assert np.mean(orientation == y["orientation"].numpy()) > 0.9
-    assert spearmanr(np.hypot(fy, fx), y["frequency"][:, 0]).statistic > 0.9
+    # the FFT's angle is coarse (integer frequencies); within 15 degrees of the target for most images
+    target = np.degrees(_polar(y["angle"])) / 2 % 180
+    assert np.median(_circular_gap(angle, target, 180.0)) < 15
+
+
+def test_shapes_families_are_independent(shapes_data):
+    """Targets of different planted families are uncorrelated; within a family they are functions of one latent."""
+    _, y = _all(shapes_data.train)
+    columns = {
+        "quadrant": torch.nn.functional.one_hot(y["quadrant"], 4).float(),
+        "size": y["size"],
+        "orientation": torch.nn.functional.one_hot(y["orientation"], 4).float(),
+        "angle": y["angle"],
+        "hue": torch.nn.functional.one_hot(y["hue"], 6).float(),
+        "chroma": y["chroma"],
+    }
+    family = {t: n for n, g in enumerate(shapes_data.info["planted_groups"]) for t in g}
+    for a, b in itertools.combinations(columns, 2):
+        corr = np.corrcoef(columns[a].T.numpy(), columns[b].T.numpy())[: columns[a].shape[1], columns[a].shape[1] :]
+        if family[a] != family[b]:
+            assert np.abs(corr).max() < 0.12, (a, b)
+    # within a family: the class is read off the regression target exactly (up to the +-10 degree jitter)
+    doubled = np.degrees(_polar(y["angle"])) % 360
+    assert np.array_equal(np.round(doubled / 90).astype(int) % 4, y["orientation"].numpy())
+    hue = _polar(y["chroma"]) / (2 * np.pi) % 1
+    assert np.array_equal(np.round(6 * hue).astype(int) % 6, y["hue"].numpy())
 
 
 def test_shapes_task_subset_and_errors():
@@ -160,8 +199,8 @@ def test_shapes_task_subset_and_errors():
     assert data.task_names == ("hue", "mask")
     assert data.info["planted_groups"] == [["mask"], ["hue"]]
     assert set(data.train[0][1]) == {"hue", "mask"}
-    assert create_dataset("shapes", tasks="shape,size", **SMALL_SHAPES).task_names == ("shape", "size")
-    with pytest.raises(ValueError, match=r"tasks: unknown \['colour'\]; known: \['shape'"):
+    assert create_dataset("shapes", tasks="quadrant,size", **SMALL_SHAPES).task_names == ("quadrant", "size")
+    with pytest.raises(ValueError, match=r"tasks: unknown \['colour'\]; known: \['quadrant'"):
         create_dataset("shapes", tasks=["colour"], **SMALL_SHAPES)
     with pytest.raises(ValueError, match="n_train must be an integer >= 2"):
         create_dataset("shapes", n_train=0)

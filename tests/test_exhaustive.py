@@ -40,7 +40,7 @@ PROXY = ProxyConfig(warmstart=TINY, finetune=dataclasses.replace(TINY, epochs=2)
 def shapes(tmp_path_factory):
     path = tmp_path_factory.mktemp("space") / "tiny.toml"
     path.write_text(SPACE)
-    data = create_dataset("shapes", n_train=96, n_val=48, n_test=32, size=16, tasks="shape,orientation,hue")
+    data = create_dataset("shapes", n_train=96, n_val=48, n_test=32, size=16, tasks="quadrant,orientation,hue")
     return data, load_search_space(path, input_shape=data.input_shape)
 
 
@@ -120,7 +120,7 @@ def test_large_spaces_are_refused(shapes, tmp_path):
 
 
 def test_policies_are_scored_with_the_same_proxy(tmp_path):
-    data = create_dataset("shapes", n_train=64, n_val=32, n_test=32, size=16, tasks="shape,hue")
+    data = create_dataset("shapes", n_train=64, n_val=32, n_test=32, size=16, tasks="quadrant,hue")
     (tmp_path / "tiny.toml").write_text(SPACE)
     space = load_search_space(tmp_path / "tiny.toml", input_shape=data.input_shape)
     result = exhaustive_search(data, space, PROXY, tmp_path / "run", kind="policies")
