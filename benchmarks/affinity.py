@@ -1,10 +1,10 @@
 """Task-affinity grouping on shapes: does each measure recover the planted task groups, and what does it cost?
 
     python benchmarks/affinity.py [--seeds 0 1 2] [--n-train 1000] [--epochs 4] [--every 1]
-                                  [--run-dir DIR] [--out benchmarks/results/affinity.json]
+                                  [--params-budgets 2 2.5 3] [--run-dir DIR] [--out benchmarks/results/affinity.json]
 
 All eight shapes tasks (16 x 16 images), ``resnet_small``; planted groups = ``data.info["planted_groups"]``
-(geometry: shape, size, mask, distance; texture: orientation, frequency; colour: hue, brightness). Per seed:
+(geometry: quadrant, size, mask, distance; texture: orientation, angle; colour: hue, chroma). Per seed:
 
 1. one plain hard-sharing training run (the unit of cost);
 2. lookahead (TAG) + gradient cosine, both recorded by one hard-sharing run with the affinity hook;
@@ -12,7 +12,8 @@ All eight shapes tasks (16 x 16 images), ``resnet_small``; planted groups = ``da
 
 Per measure: groups with k = number of planted groups and with k chosen by the TAG score, each compared with
 the planted partition (exact match and adjusted Rand index, 1 = identical, ~0 = chance); for RSA / CKA also the
-layer-wise tree (Vandenhende et al.) at ``--params-budget`` and whether its branches mix planted groups.
+layer-wise tree (Vandenhende et al.) at each of ``--params-budgets`` and whether its leaves (last-layer branches)
+mix planted groups or equal them.
 Cost ratio = the measurement's CPU time (this process, training included) / the plain run's, measured in the
 same process on one thread; CPU time, unlike wall time, does not grow when other jobs share the machine (wall
 ratios are in the JSON too). Lookahead / gradient cosine cost ~ 1 + (ratio at --every 1 - 1) / N at --every N.
@@ -122,8 +123,10 @@ def run_seed(seed: int, args: argparse.Namespace, run_dir: Path) -> dict:
             "samples": result.samples,
         }
         if result.layers is not None:
-            tree = layerwise_tree(1.0 - result.layers, tasks, space, args.params_budget)
-            row["tree"] = _tree_summary(tree, planted)
+            row["trees"] = {
+                f"{budget:g}": _tree_summary(layerwise_tree(1.0 - result.layers, tasks, space, budget), planted)
+                for budget in args.params_budgets
+            }
             row["per_layer_ari_k_planted"] = {
                 name: _ari(group_tasks(layer, tasks, len(planted)), planted, tasks)
                 for name, layer in zip(result.layer_names, result.layers, strict=True)
@@ -150,11 +153,16 @@ def _print(results: list[dict], args: argparse.Namespace) -> None:
                 f"{res['seed']:>4} {m:<9} {row['cost_ratio']:>5.1f}x {row['ari_k_planted']:>7.2f} "
                 f"{row['ari_k_auto']:>8.2f}  {_groups_text(row['groups_k_planted'])}{mark}"
             )
-            if "tree" in row:
-                tree = row["tree"]
+            for budget, tree in row.get("trees", {}).items():
                 where = "; ".join(f"{s['layer']}: {_groups_text(s['branches'])}" for s in tree["splits"][1:])
-                mixed = "mix planted groups" if tree["leaves_mix_planted_groups"] else "stay within planted groups"
-                print(f"{'':>15}tree @ {args.params_budget:g} backbones: {where or 'no split'}; leaves {mixed}")
+                leaves = (
+                    "= planted"
+                    if tree["leaves_equal_planted"]
+                    else "mix planted groups"
+                    if tree["leaves_mix_planted_groups"]
+                    else "within planted groups"
+                )
+                print(f"{'':>15}tree @ {budget} backbones: {where or 'no split'}; leaves {leaves}")
     print(
         "cost = CPU time of the measurement (training included) / one plain hard-sharing run of the same epochs; "
         "lookahead + gradcos share one run, rsa + cka the same single-task networks"
@@ -168,7 +176,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--probe-size", type=int, default=200, help="validation images (RSA / CKA probe)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--every", type=int, default=1, help="lookahead / gradcos: measure every N steps")
-    p.add_argument("--params-budget", type=float, default=2.0, help="RSA / CKA trees: backbones' worth of params")
+    p.add_argument(
+        "--params-budgets", type=float, nargs="+", default=[2.0, 2.5, 3.0], help="RSA / CKA trees: backbones' worth"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--run-dir", default=None, help="keep measurements here (default: a temporary folder)")
     p.add_argument("--out", default="benchmarks/results/affinity.json")
@@ -184,7 +194,7 @@ def main(argv=None) -> list[dict]:
         "space": "resnet_small",
         "train": {"epochs": args.epochs, "batch_size": 32, "lr": 3e-3, "optimizer": "adam"},
         "every": args.every,
-        "params_budget": args.params_budget,
+        "params_budgets": args.params_budgets,
         "threads": args.threads,
         "summary": {
             m: {
@@ -193,6 +203,16 @@ def main(argv=None) -> list[dict]:
                 "ari_k_planted_mean": float(np.mean([r["measures"][m]["ari_k_planted"] for r in results])),
                 "cost_ratio_mean": float(np.mean([r["measures"][m]["cost_ratio"] for r in results])),
                 "seeds": len(results),
+                **(
+                    {
+                        "tree_leaves_equal_planted": {
+                            f"{b:g}": sum(r["measures"][m]["trees"][f"{b:g}"]["leaves_equal_planted"] for r in results)
+                            for b in args.params_budgets
+                        }
+                    }
+                    if "trees" in results[0]["measures"][m]
+                    else {}
+                ),
             }
             for m in MEASURES
         },

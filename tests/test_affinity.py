@@ -27,7 +27,7 @@ from nas_mtl.search.affinity_measures import (
     shared_parameters,
 )
 from nas_mtl.search.affinity_plots import plot_affinity, plot_dendrogram, plot_layer_affinities
-from nas_mtl.search.grouping import clustering_cost, group_tasks, layerwise_tree, partition_score, task_distance
+from nas_mtl.search.grouping import Groups, clustering_cost, group_tasks, layerwise_tree, partition_score, task_distance
 from nas_mtl.space import load_search_space, parse_search_space
 from nas_mtl.tasks import RegressionTask
 from nas_mtl.train import StepContext, TrainConfig, seed_everything
@@ -349,7 +349,7 @@ def test_plots_write_pngs(tmp_path):
 
 
 # ---------------------------------------------------------------------- measure, search, CLI
-TINY = dict(n_train=64, n_val=16, n_test=16, size=16, tasks="size,hue,brightness")
+TINY = dict(n_train=64, n_val=16, n_test=16, size=16, tasks="size,hue,chroma")
 CFG = TrainConfig(epochs=1, batch_size=16, lr=1e-2, progress=False, device="cpu")
 TINY_SPACE = """format = "nas_mtl.search_space/1"
 [backbone]
@@ -427,24 +427,32 @@ def test_cli_search_affinity(tiny, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- planted structure on shapes
-@pytest.mark.slow
-def test_rsa_and_cka_recover_the_planted_groups_on_shapes(tmp_path):
-    """Geometry tasks (size, mask, distance) share latent factors (object centre, area); the texture tasks
-    (orientation, frequency) read the stripes. RSA and CKA between single-task networks recover exactly
-    these planted groups, with k given and with k chosen by the score (checked for data seeds 0, 1, 2).
+SHAPES_PLANTED = (("quadrant", "size", "mask", "distance"), ("orientation", "angle"), ("hue", "chroma"))
 
-    Not claimed: the full eight-task structure. ``shape`` is not learnt at 16 px in this budget (chance
-    accuracy), and hue / brightness need the object's location, so every measure here puts them with the
-    geometry tasks; see benchmarks/affinity.py for all tasks and measures.
-    """
-    data = create_dataset(
-        "shapes", n_train=800, n_val=150, n_test=50, size=16, seed=0, tasks="size,mask,distance,orientation,frequency"
-    )
+
+def planted_recovery(seed: int, run_dir, n_train: int = 800, epochs: int = 3) -> dict[str, tuple[Groups, Groups]]:
+    """Per measure: the groups with k = 3 and with k chosen by the TAG score, on all eight shapes tasks."""
+    data = create_dataset("shapes", n_train=n_train, n_val=150, n_test=50, size=16, seed=seed)
     space = load_search_space("resnet_small", input_shape=data.input_shape)
-    config = TrainConfig(epochs=4, batch_size=32, lr=3e-3, progress=False, device="cpu", seed=0)
-    planted = tuple(tuple(g) for g in data.info["planted_groups"])
-    assert planted == (("size", "mask", "distance"), ("orientation", "frequency"))
-    for measure in ("rsa", "cka"):  # the same single-task networks
-        result = measure_affinity(data, space, config, tmp_path, measure, probe_size=150)
-        assert group_tasks(result.matrix, data.task_names, k=2) == planted, measure
-        assert group_tasks(result.matrix, data.task_names) == planted, measure
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, progress=False, device="cpu", seed=seed)
+    assert tuple(tuple(g) for g in data.info["planted_groups"]) == SHAPES_PLANTED
+    found = {}
+    for measure in ("lookahead", "gradcos", "rsa", "cka"):  # one hard-sharing run; the same single-task nets
+        result = measure_affinity(data, space, config, run_dir, measure, probe_size=150)
+        found[measure] = (group_tasks(result.matrix, data.task_names, k=3), group_tasks(result.matrix, data.task_names))
+    return found
+
+
+@pytest.mark.slow
+def test_every_measure_recovers_the_planted_groups_on_shapes(tmp_path):
+    """The three shapes families each read one latent factor (object placement; stripe angle; hue), independent
+    across families. Each measure -- lookahead and gradient cosine from one hard-sharing run, RSA and CKA from
+    the same eight single-task networks -- groups the eight tasks into exactly the planted families with k = 3.
+    With k chosen by the score no group mixes two families (TAG's score averages affinity over groupmates, so
+    it favours pairs and splits geometry in two). Checked for data seeds 0, 1, 2; seed 0 runs here. CKA is the
+    least robust measure: with 600 training images it mixed families on seeds 1 and 2.
+    """
+    home = {t: n for n, g in enumerate(SHAPES_PLANTED) for t in g}
+    for measure, (fixed, auto) in planted_recovery(0, tmp_path).items():
+        assert fixed == SHAPES_PLANTED, measure
+        assert all(len({home[t] for t in g}) == 1 for g in auto), (measure, auto)
