@@ -3,7 +3,7 @@
     python benchmarks/search_quality.py [--seeds 10] [--budget 0.25] [--run-dir runs/search_quality]
                                         [--out benchmarks/results/search_quality.json]
 
-Space: ``search_spaces/shapes_branch4.toml`` (stem + 4 branchable blocks) on 4 shapes tasks (shape and size
+Space: ``search_spaces/shapes_branch4.toml`` (stem + 4 branchable blocks) on 4 shapes tasks (quadrant and size
 share the planted geometry factors; orientation; hue) = 315 trees. Every candidate is scored by the same
 warm-start proxy (:mod:`nas_mtl.search.proxy`), which is deterministic per tree, so:
 
@@ -40,7 +40,7 @@ from nas_mtl.search.proxy import ProxyConfig, graph_key
 from nas_mtl.space import load_search_space
 from nas_mtl.train import TrainConfig
 
-TASKS = "shape,size,orientation,hue"
+TASKS = "quadrant,size,orientation,hue"
 METHODS = {  # name -> (sampler, pruner)
     "tpe+median": ("tpe", "median"),
     "tpe": ("tpe", "none"),
