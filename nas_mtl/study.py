@@ -277,6 +277,7 @@ def _run_arm(
 ) -> dict[str, Any]:  # fmt: skip
     name = f"{arm.name}/{arm.single_task}" if arm.single_task else arm.name
     out = run_dir / "arms" / slug(name) / slug(balancer) / f"seed{seed}"
+    _adopt_legacy_folder(run_dir / "arms" / name.replace(":", "_") / balancer / f"seed{seed}", out)
     if (out / ROW).is_file():
         return json.loads((out / ROW).read_text())
     config = TrainConfig(**{**spec.train.to_dict(), "seed": seed, "progress": progress})
@@ -298,6 +299,21 @@ def _run_arm(
     }
     write_json_atomic(row, out / ROW)
     return row
+
+
+def _adopt_legacy_folder(legacy: Path, out: Path) -> None:
+    """Move an arm run made before folder names were slugs ("single-task/left" was nested) to ``out``.
+
+    Resuming such a study then neither retrains the arm nor counts its row twice (:func:`load_rows`).
+    """
+    if legacy == out or out.exists() or not legacy.is_dir():
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    legacy.replace(out)
+    for parent in legacy.parents:  # drop the legacy folders this emptied, up to arms/
+        if parent.name == "arms" or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def slug(name: str) -> str:

@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -7,7 +8,7 @@ import pytest
 import nas_mtl.study as study_mod
 from nas_mtl.metrics import delta_m
 from nas_mtl.report import write_report
-from nas_mtl.study import load_study, run_study, with_device
+from nas_mtl.study import load_rows, load_study, run_study, with_device
 
 SPACE = """
 format = "nas_mtl.search_space/1"
@@ -100,6 +101,21 @@ def test_killed_study_resumes_without_retraining_finished_arms(finished, monkeyp
         == next(r for r in rows if r["arm"] == "hard" and r["seed"] == 1)["test"]
     )  # resumed from its finished checkpoint: same numbers
     assert len(again) == len(rows)
+
+
+def test_study_made_with_nested_arm_folders_resumes_without_retraining(finished, monkeypatch, tmp_path):
+    """Studies from before slug folder names kept single-task nets in arms/single-task/<task>/<balancer>/."""
+    d, spec, rows = finished
+    run = tmp_path / "run"
+    shutil.copytree(d / "run", run)
+    for task in ("left", "right"):
+        (run / "arms" / "single-task").mkdir(exist_ok=True)
+        (run / "arms" / f"single-task_{task}").rename(run / "arms" / "single-task" / task)
+    monkeypatch.setattr(study_mod, "train_graph", lambda *a, **k: pytest.fail("a finished arm was retrained"))
+    again = run_study(spec, run, progress=False)
+    assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, rows))
+    assert not (run / "arms" / "single-task").exists() and (run / "arms" / "single-task_left" / "equal").is_dir()
+    assert len(load_rows(run)) == len(rows)  # no row counted twice
 
 
 @pytest.mark.parametrize(
