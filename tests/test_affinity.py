@@ -285,7 +285,7 @@ def test_tree_branches_where_planted_dissimilarity_appears_within_budget():
     assert graph.partition(0) == graph.partition(1) == (tasks,)
     assert graph.partition(2) == (("a", "b"), ("c", "d"))
     assert graph.cost(params, [0] * 3).params <= 2.0 * sum(params)
-    assert layerwise_tree(d, tasks, space, params_budget=1.0) == SharingGraph.hard_sharing(tasks, space.layers)
+    assert layerwise_tree(d, tasks, space, params_budget=1.0) == space.hard_sharing(tasks)  # skips declared too
     # no split is worth it when the planted block is below min_split
     assert layerwise_tree(d, tasks, space, params_budget=2.0, min_split=0.95).copies(2) == 1
 

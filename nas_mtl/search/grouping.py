@@ -215,7 +215,7 @@ def layerwise_tree(
         fronts = {part: _pareto(entries) for part, entries in grown.items() if entries}
     _, cost, chain = min((e for entries in fronts.values() for e in entries), key=lambda e: (round(e[1], 9), e[0]))
     partitions = [[[tasks[i] for i in g] for g in part] for part in chain]
-    return SharingGraph.branched(tasks, layers, partitions).with_meta(
+    return SharingGraph.branched(tasks, layers, partitions, space.skippable).with_meta(
         tree_cost=cost, params_budget=params_budget, min_split=min_split
     )
 
