@@ -399,9 +399,21 @@ def test_affinity_search_end_to_end_with_cache(tiny, tmp_path, monkeypatch):
         measure_affinity(other, space, CFG, tmp_path, "rsa", probe_size=8)
 
 
-def test_affinity_search_errors(tiny, tmp_path):
+def test_affinity_search_errors(tiny, tmp_path, monkeypatch):
     data, _, _ = tiny
     space = _space(["s0.b0"])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("bad arguments must be refused before any training")
+
+    monkeypatch.setattr("nas_mtl.search.affinity.train_graph", no_training)
+    monkeypatch.setattr("nas_mtl.search.affinity.train_single_tasks", no_training)
+    with pytest.raises(ValueError, match=r"k must be an integer in 1\.\.3"):
+        affinity_search(data, space, CFG, tmp_path, ["gradcos"], k=4)
+    with pytest.raises(ValueError, match="method must be one of"):
+        affinity_search(data, space, CFG, tmp_path, ["gradcos"], grouping="kmeans")
+    with pytest.raises(ValueError, match="params_budget: expected a number >= 1"):
+        affinity_search(data, space, CFG, tmp_path, ["rsa"], params_budget=0.5)
     with pytest.raises(ValueError, match="measure must be one of"):
         measure_affinity(data, space, CFG, tmp_path, "tag")
     with pytest.raises(ValueError, match="measures"):

@@ -54,7 +54,14 @@ from .affinity_measures import (
     layer_similarity,
 )
 from .affinity_plots import plot_affinity, plot_dendrogram, plot_layer_affinities
-from .grouping import GROUPING_METHODS, Groups, group_tasks, layerwise_tree
+from .grouping import (
+    GROUPING_METHODS,
+    Groups,
+    check_grouping_args,
+    check_params_budget,
+    group_tasks,
+    layerwise_tree,
+)
 
 MEASURES = TRAINING_MEASURES + REPRESENTATION_MEASURES
 AFFINITY_DIR = "affinity"
@@ -289,6 +296,8 @@ def affinity_search(
         raise ValueError(f"measures: expected a non-empty list from {list(MEASURES)}, got {measures!r}")
     index = _branch_index(branch_at, space)
     tasks = data.task_names
+    check_grouping_args(len(tasks), k, grouping)  # before any training, not after
+    check_params_budget(params_budget)
     folder = Path(run_dir) / AFFINITY_DIR
     t0 = time.perf_counter()
     graphs: list[SharingGraph] = []

@@ -70,6 +70,22 @@ def _group_score(affinity: np.ndarray, group: tuple[int, ...]) -> float:
     return float((block.sum() - np.trace(block)) / (len(group) - 1))
 
 
+def check_grouping_args(num_tasks: int, k: int | None, method: str) -> None:
+    """ValueError naming ``k`` or ``method`` unless :func:`group_tasks` accepts them for ``num_tasks`` tasks."""
+    if method not in GROUPING_METHODS:
+        raise ValueError(f"grouping: method must be one of {list(GROUPING_METHODS)}, got {method!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_tasks):
+        raise ValueError(f"grouping: k must be an integer in 1..{num_tasks} (number of tasks) or None, got {k!r}")
+
+
+def check_params_budget(params_budget: float) -> None:
+    """ValueError naming ``params_budget`` unless :func:`layerwise_tree` accepts it."""
+    if isinstance(params_budget, bool) or not isinstance(params_budget, (int, float)) or params_budget < 1:
+        raise ValueError(
+            f"params_budget: expected a number >= 1 (backbone size in units of one backbone), got {params_budget!r}"
+        )
+
+
 def group_tasks(
     affinity: np.ndarray | Sequence[Sequence[float]],
     tasks: Sequence[str],
@@ -93,10 +109,7 @@ def group_tasks(
         groups of task names, each in task order, groups ordered by their first task.
     """
     tasks = tuple(tasks)
-    if method not in GROUPING_METHODS:
-        raise ValueError(f"grouping: method must be one of {list(GROUPING_METHODS)}, got {method!r}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(tasks)):
-        raise ValueError(f"grouping: k must be an integer in 1..{len(tasks)} (number of tasks) or None, got {k!r}")
+    check_grouping_args(len(tasks), k, method)
     a = check_affinity(affinity, tasks)
     if method == "auto":
         method = "exact" if len(tasks) <= EXACT_MAX_TASKS else "agglomerative"
@@ -192,10 +205,7 @@ def layerwise_tree(
             f"dissimilarity: expected shape ({len(layers)}, {len(tasks)}, {len(tasks)}) (layers of space "
             f"{space.name!r} x tasks x tasks), got {d.shape}"
         )
-    if isinstance(params_budget, bool) or not isinstance(params_budget, (int, float)) or params_budget < 1:
-        raise ValueError(
-            f"params_budget: expected a number >= 1 (backbone size in units of one backbone), got {params_budget!r}"
-        )
+    check_params_budget(params_budget)
     layer_params = space.backbone.layer_costs().params
     limit = params_budget * sum(layer_params)
     propose = _all_refinements if len(tasks) <= TREE_EXACT_MAX_TASKS else _clustering_refinements
