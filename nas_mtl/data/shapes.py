@@ -15,8 +15,9 @@ task is a function of exactly one of them:
   cyan, blue, magenta) and ``chroma`` (regression of (cos 2 pi h, sin 2 pi h), the hue on the colour
   wheel).
 
-Nuisance factors, which no task reads: the object's kind and rotation, stripe frequency (2-6 cycles per
-image side), phase and contrast, object brightness (HSV value 0.55-1, saturation 0.85).
+Nuisance factors, which no task predicts: the object's kind and rotation (only the mask's outline
+depends on them), stripe frequency (2-6 cycles per image side), phase and contrast, object brightness
+(HSV value 0.55-1, saturation 0.85).
 
 Tasks of one family share their latent, tasks of different families share none, so the planted
 grouping (``info["planted_groups"]``) is the right one for a task-grouping method to find: the planted
