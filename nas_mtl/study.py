@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import shutil
 import time
@@ -25,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .balancing import create_balancer
+from .balancing import create_balancer, parse_balancer
+from .balancing.base import BALANCERS
 from .baselines import ARMS as BASELINE_ARMS
 from .baselines import primary_directions, train_graph
 from .data import MultiTaskData, create_dataset
 from .graph import SharingGraph
+from .registry import Registry
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
 from .train import TrainConfig, write_json_atomic
@@ -104,14 +107,24 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
     ):
         raise fail("seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise fail("seeds", f"seed(s) {twice} given twice; each seed once")
     balancers = raw.get("balancers", ["equal"])
     if not isinstance(balancers, list) or not balancers:
         raise fail("balancers", f"expected a non-empty list, got {balancers!r}")
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
     for b in balancers:
         try:
             create_balancer(b)  # a name, or NAME:KEY=VALUE,... (e.g. "mgda:normalization=l2")
         except (TypeError, ValueError) as err:
             raise fail("balancers", str(err)) from None
+        key = _balancer_key(b)
+        same = next((s for s, k in seen.items() if k == key), None)
+        if same is not None:
+            same_as = f"{b!r} is the same balancer as {same!r} (same name and options, defaults filled in)"
+            raise fail("balancers", f"{same_as}; list each once")
+        seen[b] = key
     arms = raw.get("arms", {})
     extra = sorted(set(arms) - {"baselines"})
     if extra:
@@ -141,6 +154,19 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         description=str(raw.get("description", "")),
         source=source,
     )
+
+
+def _factory(registry: Registry[Any], name: str) -> Any:
+    """The factory registered as ``name`` (``name`` already known to be registered)."""
+    return registry._factories[name]  # Registry has no public accessor; read-only use
+
+
+def _balancer_key(spec: str) -> tuple[str, dict[str, Any]]:
+    """A valid balancer spec's name and every option, defaults filled in: equal keys, same balancer."""
+    name, options = parse_balancer(spec)
+    bound = inspect.signature(_factory(BALANCERS, name)).bind(**options)
+    bound.apply_defaults()
+    return name, dict(bound.arguments)
 
 
 def with_device(spec: StudySpec, device: str) -> StudySpec:

@@ -130,6 +130,11 @@ def test_study_made_with_nested_arm_folders_resumes_without_retraining(finished,
         (lambda s: s.replace('balancers = ["equal"]', 'balancers = ["mgda:norm=l2"]'), "balancers: .*norm"),
         (lambda s: s + "\n[search.nope]\n", "search.nope: unknown search method"),
         (lambda s: s.replace('name = "multidigits"\n', ""), "data.name: required"),
+        (lambda s: s.replace("seeds = [0, 1]", "seeds = [0, 1, 0]"), r"seeds: seed\(s\) \[0\] given twice"),
+        (lambda s: s.replace('["equal"]', '["equal", "equal"]'), "balancers: 'equal' is the same balancer as 'equal'"),
+        (lambda s: s.replace('["equal"]', '["mgda", "mgda:"]'), "balancers: 'mgda:' is the same balancer as 'mgda'"),
+        (lambda s: s.replace('["equal"]', '["mgda", " mgda : normalization=none"]'), "balancers: .*same balancer"),
+        (lambda s: s.replace('["equal"]', '["pcgrad:seed=1", "pcgrad:seed=1,"]'), "balancers: .*same balancer"),
     ],
 )
 def test_bad_study_files_name_file_and_key(tmp_path, edit, match):
@@ -137,6 +142,12 @@ def test_bad_study_files_name_file_and_key(tmp_path, edit, match):
     with pytest.raises(ValueError, match=match) as err:
         load_study(path)
     assert str(path) in str(err.value)
+
+
+def test_balancers_with_distinct_options_are_accepted(tmp_path):
+    balancers = ["mgda", "mgda:normalization=l2", "mgda-ub", "pcgrad", "pcgrad:seed=1", "pcgrad:seed=2"]
+    spec = load_study(_write(tmp_path, STUDY.replace('["equal"]', json.dumps(balancers))))
+    assert spec.balancers == tuple(balancers)
 
 
 @pytest.mark.parametrize("path", sorted(Path("studies").glob("*.toml")), ids=lambda p: p.stem)
