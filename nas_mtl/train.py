@@ -207,8 +207,8 @@ def train(
 ) -> TrainResult:
     """Train ``network`` on ``data.train``, evaluate on val/test; checkpoint each epoch in ``run_dir``.
 
-    With ``run_dir``, an existing checkpoint there is resumed (same graph and config required, except
-    ``epochs`` may grow) and the result is written to ``run_dir/result.json``. A non-finite task loss
+    With ``run_dir``, an existing checkpoint there is resumed (same graph, balancer spec and config required,
+    except ``epochs`` may grow) and the result is written to ``run_dir/result.json``. A non-finite task loss
     or gradient (checked after the balancer, which may raise it itself) raises ``FloatingPointError``
     naming the task or parameters (config ``on_nonfinite="raise"``) before any weight is touched, or
     skips that step with a warning (``"skip"``); finished epochs stay in the checkpoint.
@@ -248,7 +248,7 @@ def train(
         ckpt_path = run_dir / CHECKPOINT
         if ckpt_path.exists():
             state = torch.load(ckpt_path, map_location=device, weights_only=True)
-            _check_resumable(state, network, config, ckpt_path)
+            _check_resumable(state, network, config, balancer, ckpt_path)
             network.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             if scheduler is not None and state.get("scheduler"):
@@ -325,6 +325,7 @@ def train(
                         "scheduler": scheduler.state_dict() if scheduler is not None else None,
                         "rng": torch.get_rng_state(),
                         "balancer": balancer.state_dict(),
+                        "balancer_spec": balancer.spec,
                         "history": history,
                         "elapsed": elapsed,
                         "skipped": skipped,
@@ -354,7 +355,9 @@ def _check_gradients(network: MultiTaskNetwork, balancer: Balancer) -> None:
         raise FloatingPointError(f"{balancer.name or type(balancer).__name__}: non-finite gradient in {bad[:5]}{more}")
 
 
-def _check_resumable(state: Mapping[str, Any], network: MultiTaskNetwork, config: TrainConfig, path: Path) -> None:
+def _check_resumable(
+    state: Mapping[str, Any], network: MultiTaskNetwork, config: TrainConfig, balancer: Balancer, path: Path
+) -> None:
     if state.get("graph") != network.graph.to_dict():
         raise ValueError(f"{path}: checkpoint was written for a different sharing graph; use a new run folder")
     saved = {k: v for k, v in state.get("config", {}).items() if k not in ("progress", "device")}
@@ -362,3 +365,9 @@ def _check_resumable(state: Mapping[str, Any], network: MultiTaskNetwork, config
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
         raise ValueError(f"{path}: checkpoint config differs in {diff}; use a new run folder or the same settings")
+    saved_balancer = state.get("balancer_spec")  # absent in checkpoints written before it was recorded
+    if saved_balancer is not None and saved_balancer != balancer.spec:
+        raise ValueError(
+            f"{path}: checkpoint was written with balancer {saved_balancer!r}, this run uses {balancer.spec!r}; "
+            f"use a new run folder or the same balancer"
+        )

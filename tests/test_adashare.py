@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from timm.layers.norm_act import BatchNormAct2d
 
 from nas_mtl.backbones import create_backbone
 from nas_mtl.cli import main
@@ -256,6 +257,39 @@ def test_per_stream_batchnorm_is_each_stream_alone(momentum):
     sum(e.square().sum() for e in expected).backward()
     torch.testing.assert_close(stream.weight.grad, plain.weight.grad)
     torch.testing.assert_close(stream.bias.grad, plain.bias.grad)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_per_stream_batchnorm_act_is_each_stream_alone(momentum):
+    """timm's BatchNormAct2d (EfficientNet/MobileNet): norm, then its drop and act, per stream as if alone."""
+    torch.manual_seed(0)
+    plain = BatchNormAct2d(4, momentum=momentum, act_layer=torch.nn.ReLU)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5), plain.bias.uniform_(-1, 1)
+        plain.running_mean.uniform_(-1, 1), plain.running_var.uniform_(0.5, 2)
+    block = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 1), plain)
+    stream = copy.deepcopy(block)
+    adashare._per_stream_norms(stream)[0].streams = 3
+    xs = [torch.randn(5, 2, 3, 3) * (k + 1) + k for k in range(3)]
+    expected = [block(x) for x in xs]  # the unmodified module, one call per stream (train mode)
+    out = stream(torch.stack(xs, dim=1).reshape(15, 2, 3, 3))
+    assert (out == 0).any()  # the ReLU ran
+    torch.testing.assert_close(out.reshape(5, 3, 4, 3, 3), torch.stack(expected, dim=1))
+    for buffer in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(stream[1], buffer), getattr(plain, buffer))
+    out.square().sum().backward()
+    sum(e.square().sum() for e in expected).backward()
+    for p, q in zip(stream.parameters(), block.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_per_stream_norms_reject_batchnorm_with_unknown_forward():
+    class ScaledNorm(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(TypeError, match="ScaledNorm has its own forward"):
+        adashare._per_stream_norms(torch.nn.Sequential(ScaledNorm(3)))
 
 
 def test_killed_search_resumes_to_the_same_policy(data, space, tmp_path, monkeypatch):

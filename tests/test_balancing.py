@@ -633,6 +633,24 @@ def test_balancer_specs(spec, name, options):
 
 
 @pytest.mark.parametrize(
+    ("spec", "canonical"),
+    [
+        ("equal", "equal"),
+        ("mgda", "mgda:normalization=none"),
+        ("mgda: mode=ub , normalization=l2", "mgda-ub:normalization=l2"),
+        ("mgda-ub:normalization=loss+", "mgda-ub:normalization=loss+"),
+        ("pcgrad", "pcgrad:seed=null"),
+        ("pcgrad:seed=3", "pcgrad:seed=3"),
+    ],
+)
+def test_balancer_spec_names_the_method_and_all_options(spec, canonical):
+    balancer = create_balancer(spec)
+    assert balancer.spec == canonical
+    rebuilt = create_balancer(balancer.spec)
+    assert (type(rebuilt), rebuilt.spec, rebuilt.options()) == (type(balancer), canonical, balancer.options())
+
+
+@pytest.mark.parametrize(
     ("spec", "kwargs", "error", "match"),
     [
         ("mgda:normalization", {}, ValueError, "KEY=VALUE"),

@@ -100,6 +100,23 @@ def test_resume_refuses_a_different_config_or_graph(tmp_path):
         )
 
 
+def test_resume_refuses_a_different_balancer(tmp_path):
+    from nas_mtl.balancing import create_balancer
+
+    cfg = TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu")
+    train(_net(), _data(), cfg, create_balancer("pcgrad"), run_dir=tmp_path)
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(ValueError, match=rf"{ckpt}.*'pcgrad:seed=null'.*'mgda:normalization=none'"):
+        train(_net(), _data(), cfg, create_balancer("mgda"), run_dir=tmp_path)
+    with pytest.raises(ValueError, match="'pcgrad:seed=3'"):  # the options are part of the identity
+        train(_net(), _data(), cfg, create_balancer("pcgrad:seed=3"), run_dir=tmp_path)
+    assert train(_net(), _data(), cfg, create_balancer("pcgrad"), run_dir=tmp_path).history
+    state = torch.load(ckpt, weights_only=True)
+    del state["balancer_spec"]  # a checkpoint from before the balancer was recorded: accepted
+    torch.save(state, ckpt)
+    assert train(_net(), _data(), cfg, create_balancer("mgda"), run_dir=tmp_path).history
+
+
 def test_nan_loss_raises_before_touching_weights(tmp_path):
     net = _net()
     before = {k: v.clone() for k, v in net.state_dict().items() if v.is_floating_point()}

@@ -30,6 +30,18 @@ class Balancer(ABC):
     parameters get their own task's gradient, as with equal weights): on a graph sharing nothing it is
     equal weighting. Loss-weighting methods (uncertainty, DWA) leave it False."""
 
+    def options(self) -> dict[str, Any]:
+        """The keyword options that, with :attr:`name`, rebuild this balancer (part of :attr:`spec`)."""
+        return {}
+
+    @property
+    def spec(self) -> str:
+        """``"NAME[:KEY=VALUE,...]"``: the method and all its options (``create_balancer(spec)`` rebuilds a
+        registered one); checkpoints record it so that a run is not resumed with another balancer."""
+        options = ",".join(f"{k}={_format_value(v)}" for k, v in sorted(self.options().items()))
+        name = self.name or type(self).__name__
+        return f"{name}:{options}" if options else name
+
     def prepare(self, network: nn.Module) -> Balancer:
         """Attach to ``network`` before its first forward pass (e.g. hooks); returns ``self``."""
         return self
@@ -52,6 +64,16 @@ class Balancer(ABC):
 BALANCERS: Registry[Balancer] = Registry("balancer")
 register_balancer = BALANCERS.register
 list_balancers = BALANCERS.names
+
+
+def _format_value(value: Any) -> str:
+    """``value`` as :func:`parse_balancer` reads it back: a string as is unless it would parse as JSON."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return json.dumps(value)
 
 
 def parse_balancer(spec: str) -> tuple[str, dict[str, Any]]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,6 +143,9 @@ class MGDA(GroupedGradientBalancer):
 
     def __repr__(self) -> str:
         return f"MGDA(mode={self.mode!r}, normalization={self.normalization!r})"
+
+    def options(self) -> dict[str, Any]:
+        return {"normalization": self.normalization}  # the mode is in the name ("mgda" / "mgda-ub")
 
     def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return mgda_weights(gram, loss, self.normalization)

@@ -75,6 +75,9 @@ class PCGrad(GroupedGradientBalancer):
     def __repr__(self) -> str:
         return f"PCGrad(seed={self.seed})"
 
+    def options(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
     def state_dict(self) -> dict[str, Any]:
         return {} if self._generator is None else {"generator": self._generator.get_state()}
 

@@ -52,7 +52,9 @@ prefixes in one stream and skip skipped blocks, exactly what :class:`~nas_mtl.ne
 BatchNorm: the reference runs each task through the shared backbone in a separate call, so its BN layers
 share affine parameters and running statistics but normalise each task's activations with that task's
 batch statistics. :class:`_PerStreamBatchNorm` does the same in one call per layer, which keeps batching
-exact. ``benchmarks/adashare.py`` measures both executions side by side.
+exact (timm's ``BatchNormAct2d`` included: its dropout and activation follow the norm; a BatchNorm subclass
+with another forward of its own is rejected with a TypeError). ``benchmarks/adashare.py`` measures both
+executions side by side.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers.norm_act import BatchNormAct2d
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -217,10 +220,14 @@ class _PerStreamBatchNorm:
     running statistics get one update per stream, in stream order: exactly as if each stream ran alone.
 
     One ``F.batch_norm`` call on the (B, streams * C, ...) view does it without copies: the layout makes
-    every (stream, channel) pair a channel of its own.
+    every (stream, channel) pair a channel of its own. :meth:`_after_norm` then applies whatever the class's
+    own forward does after its batch norm (per sample, so on all streams at once).
     """
 
     streams: int = 1
+
+    def _after_norm(self, y: Tensor) -> Tensor:
+        return y
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.streams
@@ -245,7 +252,21 @@ class _PerStreamBatchNorm:
                 _fold_updates(self.running_var, var, s, self.momentum)
         # not a view of y for autograd: blocks apply in-place ops (ReLU, +=) to their norms' outputs, which on
         # a view would cost a CopySlices copy and non-contiguous gradients in the backward
-        return torch.ops.aten._unsafe_view(y, x.shape)
+        return self._after_norm(torch.ops.aten._unsafe_view(y, x.shape))
+
+
+class _PerStreamBatchNormAct(_PerStreamBatchNorm):
+    """:class:`_PerStreamBatchNorm` for timm's ``BatchNormAct2d``: batch norm, then ``self.drop``, then ``self.act``."""
+
+    def _after_norm(self, y: Tensor) -> Tensor:
+        return self.act(self.drop(y))
+
+
+_PER_STREAM_MIXINS = {
+    nn.modules.batchnorm._BatchNorm.forward: _PerStreamBatchNorm,
+    BatchNormAct2d.forward: _PerStreamBatchNormAct,
+}
+"""Per-stream mixin by the norm class's ``forward``: only forwards known to be exactly reproduced."""
 
 
 def _fold_updates(running: Tensor, updated: Tensor, streams: int, momentum: float) -> None:
@@ -259,16 +280,25 @@ def _fold_updates(running: Tensor, updated: Tensor, streams: int, momentum: floa
 
 @functools.cache
 def _per_stream_class(cls: type) -> type:
-    return type(f"PerStream{cls.__name__}", (_PerStreamBatchNorm, cls), {})
+    mixin = _PER_STREAM_MIXINS.get(cls.forward)
+    if mixin is None:
+        raise TypeError(
+            f"adashare: BatchNorm subclass {cls.__module__}.{cls.__qualname__} has its own forward, which the "
+            f"per-stream BatchNorm cannot reproduce exactly; supported: torch's BatchNorm1d/2d/3d and timm's "
+            f"BatchNormAct2d"
+        )
+    return type(f"PerStream{cls.__name__}", (mixin, cls), {})
 
 
 def _per_stream_norms(block: nn.Module) -> list[nn.Module]:
-    """Turn ``block``'s BatchNorm layers into per-stream ones in place (same parameters and state keys)."""
-    norms = []
-    for m in block.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.__class__ = _per_stream_class(type(m))
-            norms.append(m)
+    """Turn ``block``'s BatchNorm layers into per-stream ones in place (same parameters and state keys).
+
+    Raises TypeError (before changing any) for a BatchNorm subclass whose forward is not known to be reproduced
+    exactly.
+    """
+    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m, cls in [(m, _per_stream_class(type(m))) for m in norms]:
+        m.__class__ = cls
     return norms
 
 
