@@ -21,7 +21,7 @@ import json
 import shutil
 import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from .balancing.base import BALANCERS
 from .baselines import ARMS as BASELINE_ARMS
 from .baselines import primary_directions, train_graph
 from .data import MultiTaskData, create_dataset
+from .data.base import DATASETS
 from .graph import SharingGraph
 from .registry import Registry
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
@@ -91,6 +92,7 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
     data = dict(raw.get("data", {}))
     if not isinstance(data.get("name"), str):
         raise fail("data.name", "required (a dataset name, e.g. 'multidigits')")
+    _check_dataset_keys(data, fail)  # checked now, not when the run starts (building the data is slow)
     space = raw.get("space", {}).get("name")
     if not isinstance(space, str):
         raise fail("space.name", "required (a search-space name or a .toml path)")
@@ -167,6 +169,24 @@ def _balancer_key(spec: str) -> tuple[str, dict[str, Any]]:
     bound = inspect.signature(_factory(BALANCERS, name)).bind(**options)
     bound.apply_defaults()
     return name, dict(bound.arguments)
+
+
+def _check_dataset_keys(data: Mapping[str, Any], fail: Callable[[str, str], ValueError]) -> None:
+    """Raise ``fail`` naming ``data.KEY`` when the [data] table does not fit the dataset factory's signature."""
+    name = data["name"]
+    if name not in DATASETS:
+        raise fail("data.name", f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}")
+    signature = inspect.signature(_factory(DATASETS, name))
+    accepted = ", ".join(["name", *signature.parameters])
+    kwargs = {k: v for k, v in data.items() if k != "name"}
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    unknown = [] if open_ended else [k for k in kwargs if k not in signature.parameters]
+    if unknown:
+        raise fail(f"data.{unknown[0]}", f"unknown key for dataset {name!r}; accepted: {accepted}")
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:  # a required argument (e.g. root) is missing
+        raise fail("data", f"dataset {name!r}: {err}; accepted: {accepted}") from None
 
 
 def with_device(spec: StudySpec, device: str) -> StudySpec:

@@ -135,6 +135,15 @@ def test_study_made_with_nested_arm_folders_resumes_without_retraining(finished,
         (lambda s: s.replace('["equal"]', '["mgda", "mgda:"]'), "balancers: 'mgda:' is the same balancer as 'mgda'"),
         (lambda s: s.replace('["equal"]', '["mgda", " mgda : normalization=none"]'), "balancers: .*same balancer"),
         (lambda s: s.replace('["equal"]', '["pcgrad:seed=1", "pcgrad:seed=1,"]'), "balancers: .*same balancer"),
+        (
+            lambda s: s.replace("n_train", "n_trian"),
+            "data.n_trian: unknown key for dataset 'multidigits'; accepted: name, n_train, n_val, n_test, size, seed",
+        ),
+        (lambda s: s.replace('"multidigits"', '"multidigit"'), "data.name: unknown dataset 'multidigit'; known: "),
+        (
+            lambda s: s.replace('"multidigits"\nn_train = 64\nn_val = 32\nn_test = 32\nsize = 16', '"nyuv2"'),
+            r"data: .*'root'",
+        ),
     ],
 )
 def test_bad_study_files_name_file_and_key(tmp_path, edit, match):
@@ -148,6 +157,12 @@ def test_balancers_with_distinct_options_are_accepted(tmp_path):
     balancers = ["mgda", "mgda:normalization=l2", "mgda-ub", "pcgrad", "pcgrad:seed=1", "pcgrad:seed=2"]
     spec = load_study(_write(tmp_path, STUDY.replace('["equal"]', json.dumps(balancers))))
     assert spec.balancers == tuple(balancers)
+
+
+def test_data_keys_are_checked_without_building_the_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(study_mod, "create_dataset", lambda *a, **k: pytest.fail("dataset built at parse time"))
+    spec = load_study(_write(tmp_path, STUDY.replace('"multidigits"', '"shapes"\ntasks = ["size"]')))
+    assert spec.data == {"name": "shapes", "tasks": ["size"], "n_train": 64, "n_val": 32, "n_test": 32, "size": 16}
 
 
 @pytest.mark.parametrize("path", sorted(Path("studies").glob("*.toml")), ids=lambda p: p.stem)
