@@ -611,6 +611,8 @@ def test_registry_and_argument_errors():
         create_balancer("mgda-ub", mode="params")
     with pytest.raises(TypeError, match="MultiTaskNetwork"):
         MGDA().backward({"a": torch.ones((), requires_grad=True)}, nn.Linear(1, 1))
+    with pytest.raises(TypeError, match="MultiTaskNetwork.*got Linear"):  # the same check in ub mode
+        create_balancer("mgda-ub").prepare(nn.Linear(1, 1))
     with pytest.raises(TypeError, match="seed"):
         PCGrad(seed=1.5)
 

@@ -49,6 +49,12 @@ class _Staged:
     private: Sequence[torch.Tensor] = ()
 
 
+def check_multitask(network: nn.Module) -> None:
+    """Raise TypeError unless ``network`` is a MultiTaskNetwork (has ``parameter_groups()`` and ``graph``)."""
+    if not callable(getattr(network, "parameter_groups", None)) or not hasattr(network, "graph"):
+        raise TypeError(f"network: expected a MultiTaskNetwork (with parameter_groups()), got {type(network).__name__}")
+
+
 def parameter_groups(
     network: nn.Module, tasks: Sequence[str], exclude: Collection[int] = frozenset()
 ) -> list[ParamGroup]:
@@ -57,8 +63,7 @@ def parameter_groups(
     Args:
         exclude: ``id()`` of parameters to leave out (MGDA-UB handles those below the representation).
     """
-    if not callable(getattr(network, "parameter_groups", None)):
-        raise TypeError(f"network: expected a MultiTaskNetwork (with parameter_groups()), got {type(network).__name__}")
+    check_multitask(network)
     groups = []
     for users, params in network.parameter_groups().items():
         members = tuple(t for t in tasks if t in users)

@@ -36,7 +36,15 @@ from torch import nn
 
 from ..graph import SKIP
 from .base import register_balancer
-from .grouped import GroupedGradientBalancer, gram_of, loss_values, parameter_groups, stack_rows, task_gradients
+from .grouped import (
+    GroupedGradientBalancer,
+    check_multitask,
+    gram_of,
+    loss_values,
+    parameter_groups,
+    stack_rows,
+    task_gradients,
+)
 from .min_norm import min_norm_weights
 
 MODES = ("params", "ub")
@@ -71,6 +79,7 @@ def shared_trunk(network: nn.Module) -> list[tuple[int, int]]:
     Z, MGDA-UB's shared representation, is the output of the last; empty when no block is run by
     every task with shared computation.
     """
+    check_multitask(network)
     graph = network.graph
     everyone = set(graph.tasks)
     return [(n.layer, n.copy) for n in graph.prefix_nodes() if set(n.tasks) == everyone and n.copy != SKIP]
