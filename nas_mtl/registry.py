@@ -37,14 +37,17 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._factories
 
-    def create(self, name: str, **kwargs) -> T:
-        """Build ``name``; unknown names and bad keyword arguments raise errors naming them."""
+    def signature(self, name: str) -> inspect.Signature:
+        """The keyword arguments ``create(name, ...)`` accepts (ValueError for an unknown name)."""
         if name not in self._factories:
             raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
-        factory = self._factories[name]
-        signature = inspect.signature(factory)
+        return inspect.signature(self._factories[name])
+
+    def create(self, name: str, **kwargs) -> T:
+        """Build ``name``; unknown names and bad keyword arguments raise errors naming them."""
+        signature = self.signature(name)
         try:
             signature.bind(**kwargs)
         except TypeError as err:
             raise TypeError(f"{self.kind} {name!r}: {err}; parameters: {list(signature.parameters)}") from None
-        return factory(**kwargs)
+        return self._factories[name](**kwargs)

@@ -33,7 +33,6 @@ from .baselines import primary_directions, train_graph
 from .data import MultiTaskData, create_dataset
 from .data.base import DATASETS
 from .graph import SharingGraph
-from .registry import Registry
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
 from .train import TrainConfig, write_json_atomic
@@ -158,15 +157,10 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
     )
 
 
-def _factory(registry: Registry[Any], name: str) -> Any:
-    """The factory registered as ``name`` (``name`` already known to be registered)."""
-    return registry._factories[name]  # Registry has no public accessor; read-only use
-
-
 def _balancer_key(spec: str) -> tuple[str, dict[str, Any]]:
     """A valid balancer spec's name and every option, defaults filled in: equal keys, same balancer."""
     name, options = parse_balancer(spec)
-    bound = inspect.signature(_factory(BALANCERS, name)).bind(**options)
+    bound = BALANCERS.signature(name).bind(**options)
     bound.apply_defaults()
     return name, dict(bound.arguments)
 
@@ -176,7 +170,7 @@ def _check_dataset_keys(data: Mapping[str, Any], fail: Callable[[str, str], Valu
     name = data["name"]
     if name not in DATASETS:
         raise fail("data.name", f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}")
-    signature = inspect.signature(_factory(DATASETS, name))
+    signature = DATASETS.signature(name)
     accepted = ", ".join(["name", *signature.parameters])
     kwargs = {k: v for k, v in data.items() if k != "name"}
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
