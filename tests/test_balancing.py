@@ -145,6 +145,19 @@ def test_pcgrad_weights_match_the_direct_algorithm(seed):
     np.testing.assert_allclose(pcgrad_weights(g @ g.T, orders) @ g, direct_pcgrad(g, orders), rtol=1e-9, atol=1e-9)
 
 
+def test_gram_matrix_is_accumulated_over_column_chunks(monkeypatch):
+    from nas_mtl.balancing import grouped
+
+    monkeypatch.setattr(grouped, "GRAM_CHUNK", 7)
+    g = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))  # 8 chunks, the last one short
+    expected = g.double() @ g.double().T
+    torch.testing.assert_close(grouped.gram64(g), expected, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(grouped.gram_of(g, TASKS, "", "test"), expected.numpy(), rtol=1e-14, atol=0)
+    g[1, 45] = float("inf")  # in the last chunk
+    with pytest.raises(FloatingPointError, match=r"\['y'\]"):
+        grouped.gram_of(g, TASKS, "", "test")
+
+
 def test_pcgrad_without_conflicts_is_the_sum():
     g = np.abs(np.random.default_rng(0).normal(size=(4, 6)))
     np.testing.assert_allclose(pcgrad_weights(g @ g.T, np.tile(np.arange(4), (4, 1))), np.ones(4))

@@ -26,6 +26,9 @@ from torch import nn
 
 from .base import Balancer
 
+GRAM_CHUNK = 2**20
+"""Columns per block of :func:`gram64`: the float64 copy it makes is at most (rows, GRAM_CHUNK)."""
+
 
 @dataclass(frozen=True)
 class ParamGroup:
@@ -123,11 +126,26 @@ def stack_rows(rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
     return matrix
 
 
+def gram64(matrix: torch.Tensor) -> torch.Tensor:
+    """``matrix @ matrix.T`` in float64, accumulated over blocks of :data:`GRAM_CHUNK` columns.
+
+    A float64 copy of the whole (float32) matrix would triple the peak memory of a shared group's
+    gradients; with one block (P <= GRAM_CHUNK) this is exactly ``matrix.double() @ matrix.double().T``.
+    """
+    first, *rest = matrix.split(GRAM_CHUNK, dim=1)
+    rows = first.double()
+    gram = rows @ rows.T
+    for block in rest:
+        del rows  # at most one float64 block alive
+        rows = block.double()
+        gram.addmm_(rows, rows.T)
+    return gram
+
+
 def gram_of(matrix: torch.Tensor, tasks: Sequence[str], what: str, balancer: str) -> np.ndarray:
     """``matrix @ matrix.T`` in float64 NumPy; raises FloatingPointError naming the tasks whose rows
     are not finite (a non-finite row makes its diagonal entry non-finite)."""
-    rows = matrix.double()  # float64 product: the certified min-norm solution is exact for this Gram matrix
-    gram = (rows @ rows.T).cpu().numpy()
+    gram = gram64(matrix).cpu().numpy()  # float64: the certified min-norm solution is exact for this Gram matrix
     if not np.isfinite(np.diag(gram)).all():
         bad = [t for t, ok in zip(tasks, torch.isfinite(matrix).all(dim=1).tolist()) if not ok]
         detail = f"for task(s) {bad}" if bad else f"overflows (tasks {list(tasks)})"
