@@ -365,6 +365,17 @@ def test_config_errors_name_the_field(kwargs, field):
         AdaShareConfig(**kwargs)
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_search_rejects_wrong_target_shapes_naming_the_task(space, split):
+    """A (N,) regression target (needs (N, 1)) would broadcast in the MSE; both phases check, like train.py."""
+    splits = {name: _split(32, seed) for seed, name in enumerate(("train", "val", "test"))}
+    bad = splits[split]
+    splits[split] = TensorMultiTaskDataset(bad.images, {**bad.targets, "level": bad.targets["level"].view(-1)})
+    data = MultiTaskData("toy", TASKS, (1, 8, 8), splits["train"], splits["val"], splits["test"])
+    with pytest.raises(ValueError, match=r"task 'level' \(regression\): expected target shape \(16, 1\)"):
+        adashare_search(data, space, _config(epochs=1))
+
+
 def test_search_rejects_unknown_task_weights_and_spaces_without_skips(data, space):
     with pytest.raises(ValueError, match=r"task_weights names unknown task\(s\) \['nope'\]"):
         adashare_search(data, space, _config(task_weights={"nope": 1.0}))

@@ -493,6 +493,11 @@ class _Search:
     def total_epochs(self) -> int:
         return self.config.warmup_epochs + self.config.epochs
 
+    def _validate_targets(self, x: Tensor, y: Mapping[str, Tensor]) -> None:
+        """Each task's ``validate_target`` on one batch (ValueError naming the task), as ``train.py`` does."""
+        for t in self.data.tasks:
+            t.validate_target(y[t.name], x.shape[0])
+
     def _loss(self, x: Tensor, y: Mapping[str, Tensor], gates: Gates, where: str) -> tuple[Tensor, dict]:
         losses = task_losses(self.net(x.to(self.device), gates), {k: v.to(self.device) for k, v in y.items()},
                              self.data.tasks)  # fmt: skip
@@ -503,13 +508,16 @@ class _Search:
         return total, {k: float(v.detach()) for k, v in losses.items()}
 
     def _phase(self, split: Dataset, steps: int | None, seed: int, desc: str, step_fn) -> dict[str, float]:
-        """Run ``step_fn(x, y, where) -> per-task losses`` over batches; mean per-task loss."""
+        """Run ``step_fn(x, y, where) -> per-task losses`` over batches (targets of the first one validated);
+        mean per-task loss."""
         sums: dict[str, float] = dict.fromkeys(self.data.task_names, 0.0)
         n = 0
         batches = _steps(split, self.config.batch_size, steps, seed)
         total = steps if steps is not None else len(split) // self.config.batch_size
         for i, (x, y) in enumerate(tqdm(batches, desc=desc, total=total, disable=not self.config.progress,
                                         leave=False)):  # fmt: skip
+            if i == 0:
+                self._validate_targets(x, y)
             for k, v in step_fn(x, y, f"epoch {self.epoch + 1} {desc} step {i + 1}").items():
                 sums[k] += v
             n += 1
@@ -616,7 +624,9 @@ class _Search:
         total, n = 0.0, 0
         n_val = len(self.data.val)  # batches of (nearly) equal size, so that their statistics are alike
         size = math.ceil(n_val / math.ceil(n_val / max(self.config.batch_size, 256)))
-        for x, y in iterate_batches(self.data.val, size, shuffle=False):
+        for i, (x, y) in enumerate(iterate_batches(self.data.val, size, shuffle=False)):
+            if i == 0:
+                self._validate_targets(x, y)
             loss, _ = self._loss(x, y, gates, "final scoring")
             total += float(loss) * x.shape[0]
             n += x.shape[0]
