@@ -9,15 +9,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from ..plots import heatmap
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+from ..plots import _finish, heatmap
 
 
 def plot_policy(
@@ -32,7 +24,8 @@ def plot_policy(
             for i, row in enumerate(prob)]  # fmt: skip
     title = "AdaShare p(select)" + ("\n✓ = final policy selects" if chosen is not None else "")
     fig = heatmap(prob, blocks, tasks, title, vmin=0.0, vmax=1.0, cell_text=text)
-    return _save(fig, path)
+    _finish(fig, path)
+    return Path(path)
 
 
 def plot_policy_history(
@@ -61,4 +54,5 @@ def plot_policy_history(
         title = f"round {record['round']}  τ={record['tau']:.2f}  active={record['active_blocks']}"
         heatmap(record["select_prob"], blocks, tasks, title, vmin=0.0, vmax=1.0, ax=ax, cell_text=blank)
         ax.title.set_fontsize(8)
-    return _save(fig, path)
+    _finish(fig, path)
+    return Path(path)
