@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from typing import Any
 
 from .backbones import list_backbones
 from .balancing import create_balancer, list_balancers
+from .balancing.base import parse_key_value
 from .data import create_dataset, list_datasets
 from .graph import SharingGraph
 from .space import SearchSpace, list_search_spaces, load_search_space
@@ -29,13 +29,10 @@ class UserError(Exception):
 def _parse_kv(items: Sequence[str], flag: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
+        pair = parse_key_value(item)
+        if pair is None:
             raise UserError(f"{flag}: expected KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
+        out[pair[0]] = pair[1]
     return out
 
 

@@ -77,6 +77,21 @@ def test_unknown_names_and_missing_files(tmp_path, capsys):
     assert str(study) in err and "search.branch" in err and "n-trials" in err
 
 
+def test_data_args_are_key_value_pairs_read_as_json(tmp_path, capsys):
+    from nas_mtl.cli import UserError, _parse_kv
+
+    assert _parse_kv(["n_train=32", "root=/tmp/x", "flag=true", "size=[2, 3]"], "--data-arg") == {
+        "n_train": 32,
+        "root": "/tmp/x",
+        "flag": True,
+        "size": [2, 3],
+    }
+    with pytest.raises(UserError, match=r"--data-arg: expected KEY=VALUE, got 'n_train'"):
+        _parse_kv(["n_train"], "--data-arg")
+    base = ["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--space", "resnet_small"]
+    assert "--data-arg" in _error([*base, "--data", "multidigits", "--data-arg", "=3"], capsys)
+
+
 def test_unknown_backbone_in_a_space_file(tmp_path, capsys):
     space = tmp_path / "space.toml"
     space.write_text('format = "nas_mtl.search_space/1"\n[backbone]\nname = "resnet_huge"\n')

@@ -66,8 +66,22 @@ register_balancer = BALANCERS.register
 list_balancers = BALANCERS.names
 
 
+def parse_key_value(item: str) -> tuple[str, Any] | None:
+    """``"KEY=VALUE"`` -> ``(KEY, VALUE)``, VALUE read as JSON where it parses (``3`` -> 3), else kept as a
+    string (``loss+``); both stripped. None when there is no ``=`` or the key is empty (callers raise,
+    naming their option)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        return None
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw.strip()
+
+
 def _format_value(value: Any) -> str:
-    """``value`` as :func:`parse_balancer` reads it back: a string as is unless it would parse as JSON."""
+    """``value`` as :func:`parse_key_value` reads it back: a string as is unless it would parse as JSON."""
     if isinstance(value, str):
         try:
             json.loads(value)
@@ -87,16 +101,13 @@ def parse_balancer(spec: str) -> tuple[str, dict[str, Any]]:
     name, _, rest = spec.partition(":")
     options: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
+        pair = parse_key_value(item)
+        if pair is None:
             raise ValueError(f"balancer {spec!r}: expected KEY=VALUE, got {item!r} (form: NAME:KEY=VALUE,...)")
+        key, value = pair
         if key in options:
             raise ValueError(f"balancer {spec!r}: option {key!r} given twice")
-        try:
-            options[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            options[key] = raw.strip()
+        options[key] = value
     return name.strip(), options
 
 
