@@ -21,6 +21,7 @@ class _Step:
     copy: int  # SKIP = identity
     free_parent: bool  # last reader of the parent slot
     stats: str | None = None  # key in ``path_stats`` when this prefix keeps its own normalisation statistics
+    stat_names: tuple[tuple[str, str], ...] = ()  # (buffer in ``path_stats[stats]``, the block's buffer it replaces)
 
 
 class MultiTaskNetwork(nn.Module):
@@ -132,6 +133,7 @@ class MultiTaskNetwork(nn.Module):
                 nodes[i].copy,
                 last_reader[nodes[i].parent] == i and nodes[i].parent >= 0,
                 str(i) if str(i) in self.path_stats else None,
+                self._stat_names(str(i)),
             )
             for i in keep
         )
@@ -139,6 +141,12 @@ class MultiTaskNetwork(nn.Module):
         heads = tuple((leaf_of[t], j) for j, t in enumerate(self.graph.tasks) if t in tasks)
         self._plans[tasks] = (steps, heads)
         return steps, heads
+
+    def _stat_names(self, key: str) -> tuple[tuple[str, str], ...]:
+        """(name in ``path_stats[key]``, block buffer name) pairs; names only: ``.to()`` replaces the tensors."""
+        if key not in self.path_stats:
+            return ()
+        return tuple((name, name.replace("__", ".")) for name in self.path_stats[key]._buffers)
 
     def forward(self, x: torch.Tensor, tasks: Collection[str] | None = None) -> dict[str, torch.Tensor]:
         """Run the graph on a batch; returns ``{task: head output}`` for ``tasks`` (default: all)."""
@@ -161,7 +169,8 @@ class MultiTaskNetwork(nn.Module):
             elif s.stats is None:
                 slots[s.node] = self.blocks[s.layer][s.copy](h)
             else:  # same weights, this prefix's own running statistics (updated in place in training)
-                own = {name.replace("__", "."): buf for name, buf in self.path_stats[s.stats].named_buffers()}
+                held = self.path_stats[s.stats]._buffers
+                own = {name: held[key] for key, name in s.stat_names}
                 slots[s.node] = torch.func.functional_call(self.blocks[s.layer][s.copy], own, (h,))
         features = {slot: self.neck(slots[slot]) for slot in {slot for slot, _ in heads}}
         return {self.graph.tasks[j]: self.heads[j](features[slot]) for slot, j in heads}

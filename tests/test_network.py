@@ -140,6 +140,23 @@ def test_skip_policy_keeps_running_statistics_per_path(backbone):
     torch.testing.assert_close(reloaded.path_stats["6"].bn1__running_mean, net.blocks[3][0].bn1.running_mean)
 
 
+def test_path_statistics_are_looked_up_after_the_network_moves(backbone):
+    """The cached plan keeps buffer names, not tensors: ``.to()`` / ``.double()`` replace the tensors."""
+    select = [[1, 1, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1], [1, 1, 1]]
+    graph = SharingGraph.from_policy(TASKS, backbone.layer_names, select, skippable=backbone.skippable)
+    net = MultiTaskNetwork(graph, backbone, _heads(backbone)).train()
+    x = torch.randn(8, 1, 12, 12)
+    net(x)  # builds and caches the plan
+    net.double()
+    stats = net.path_stats["6"]
+    before = {name: buf.clone() for name, buf in stats.named_buffers()}
+    net(x.double())
+    after = dict(stats.named_buffers())
+    assert all(buf.dtype == torch.float64 for buf in after.values() if buf.is_floating_point())
+    assert not torch.equal(after["bn1__running_mean"], before["bn1__running_mean"])  # updated in place
+    assert after["bn1__num_batches_tracked"] == before["bn1__num_batches_tracked"] + 1
+
+
 def test_train_mode_gradients_match_reference(backbone):
     graph = SharingGraph.branched(TASKS, backbone.layer_names, [[TASKS]] * 3 + [[["x"], ["y", "z"]]] * 2)
     net = MultiTaskNetwork(graph, backbone, _heads(backbone))
