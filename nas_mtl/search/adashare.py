@@ -373,11 +373,15 @@ class AdaShareSupernet(nn.Module):
             raise ValueError(f"gates: expected {len(self.blocks)} entries (one per layer), got {len(gates)}")
         per_task = [(t,) for t in range(len(self.tasks))]
         h, members = x, [tuple(range(len(self.tasks)))]
+        # the values of the gates without gradient, all in one device-to-host copy: exact 0/1 ones take the hard path
+        fixed = [g for g in gates if g is not None and not g.requires_grad]
+        values = iter(torch.stack(fixed).tolist() if fixed else ())
         for layer, gate in enumerate(gates):
+            chosen = next(values) if gate is not None and not gate.requires_grad else None
             if gate is None:
                 h = self._run(layer, h, len(members))
-            elif not gate.requires_grad and bool(((gate == 0) | (gate == 1)).all()):
-                h, members = self._hard_step(layer, h, members, gate.tolist())
+            elif chosen is not None and all(v in (0.0, 1.0) for v in chosen):
+                h, members = self._hard_step(layer, h, members, chosen)
             else:  # soft gates, or hard ones whose gradient is needed: one stream per task from here on
                 y = self._run(layer, h, len(members))
                 if members != per_task:
@@ -501,11 +505,12 @@ class _Search:
     def _loss(self, x: Tensor, y: Mapping[str, Tensor], gates: Gates, where: str) -> tuple[Tensor, dict]:
         losses = task_losses(self.net(x.to(self.device), gates), {k: v.to(self.device) for k, v in y.items()},
                              self.data.tasks)  # fmt: skip
-        bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v)}
+        values = dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))  # one host copy
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             raise FloatingPointError(f"adashare: non-finite loss for task(s) {bad} at {where}")
         total = sum(w * losses[t] for w, t in zip(self.weights, self.data.task_names))
-        return total, {k: float(v.detach()) for k, v in losses.items()}
+        return total, values
 
     def _phase(self, split: Dataset, steps: int | None, seed: int, desc: str, step_fn) -> dict[str, float]:
         """Run ``step_fn(x, y, where) -> per-task losses`` over batches (targets of the first one validated);
