@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -27,10 +29,39 @@ def _data(poison: bool = False) -> MultiTaskData:
     return MultiTaskData("toy", TASKS, (1, 8, 8), _split(256, 0, poison), _split(128, 1), _split(128, 2))
 
 
-def _net(seed: int = 0) -> MultiTaskNetwork:
+def _net(seed: int = 0, tasks=TASKS) -> MultiTaskNetwork:
     seed_everything(seed)
     bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(8,), depths=(1,))
-    return MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(["sign", "level"], bb.layer_names), bb, TASKS)
+    return MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing([t.name for t in tasks], bb.layer_names), bb, tasks)
+
+
+TASKS3 = (*TASKS, RegressionTask("opposite", 1))
+
+
+def _data3() -> MultiTaskData:
+    """Small, three tasks ("opposite" = -"level" conflicts): PCGrad's random projection orders matter."""
+    splits = [_split(n, seed) for n, seed in ((128, 0), (64, 1), (64, 2))]
+    for split in splits:
+        split.targets["opposite"] = -split.targets["level"]
+    return MultiTaskData("toy3", TASKS3, (1, 8, 8), *splits)
+
+
+def _train_killed_in_epoch_two(monkeypatch, *args, **kwargs) -> None:
+    """``train(*args, **kwargs)`` interrupted (KeyboardInterrupt) at the end of epoch 2, before its checkpoint."""
+    import nas_mtl.train as train_mod
+
+    real_evaluate, calls = train_mod.evaluate, {"n": 0}
+
+    def dies_in_epoch_two(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real_evaluate(*a, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "evaluate", dies_in_epoch_two)
+        with pytest.raises(KeyboardInterrupt):
+            train(*args, **kwargs)
 
 
 CFG = TrainConfig(epochs=3, batch_size=16, lr=1e-2, progress=False, device="cpu")
@@ -55,21 +86,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     reference = _net()
     train(reference, _data(), CFG)
 
-    import nas_mtl.train as train_mod
-
-    real_evaluate, calls = train_mod.evaluate, {"n": 0}
-
-    def dies_in_epoch_two(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "evaluate", dies_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        train(_net(), _data(), CFG, run_dir=tmp_path)
+    _train_killed_in_epoch_two(monkeypatch, _net(), _data(), CFG, run_dir=tmp_path)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
 
     resumed = _net(seed=123)  # different init: everything must come from the checkpoint
     result = train(resumed, _data(), CFG, run_dir=tmp_path)
@@ -181,10 +199,19 @@ def test_skipped_step_leaves_batchnorm_statistics_untouched():
     data = _data()
     data.train.images[5].fill_(float("inf"))  # one bad image: its batch's losses and BN statistics are non-finite
     net = _net()
+    snapshots = []  # every buffer (running statistics and num_batches_tracked) before each forward pass
+    net.register_forward_pre_hook(lambda m, args: snapshots.append([b.clone() for b in m.buffers()]))
     cfg = TrainConfig(epochs=1, batch_size=32, progress=False, device="cpu", on_nonfinite="skip")
-    with pytest.warns(UserWarning, match="skipping step"):
+    with pytest.warns(UserWarning, match="skipping step") as caught:
         result = train(net, data, cfg)
     assert result.skipped_steps == 1
+    step = int(re.search(r"epoch 1 step (\d+)", str(caught[0].message)).group(1))
+    before, after = snapshots[step - 1], snapshots[step]  # the next forward: a training step or evaluation
+    assert len(before) == len(after) > 0
+    for old, new in zip(before, after):
+        assert torch.equal(old, new)
+    kept = 1 if step != 1 else 2  # a step that was taken: its forward pass does move them
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[kept - 1], snapshots[kept]))
     assert all(torch.isfinite(b).all() for b in net.buffers())
     assert all(torch.isfinite(torch.tensor(m)).all() for d in result.test.values() for m in d.values())
 
@@ -197,3 +224,20 @@ def test_checkpoint_keeps_the_balancer_state(tmp_path):
     train(_net(), _data(), cfg, balancer, run_dir=tmp_path)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["balancer"]
     assert torch.equal(saved["generator"], balancer.state_dict()["generator"])
+
+
+def test_killed_pcgrad_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """The checkpointed projection-order generator: a resumed PCGrad run continues the same orders."""
+    from nas_mtl.balancing import PCGrad
+
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-2, progress=False, device="cpu")
+    reference = _net(tasks=TASKS3)
+    train(reference, _data3(), cfg, PCGrad())
+    _train_killed_in_epoch_two(monkeypatch, _net(tasks=TASKS3), _data3(), cfg, PCGrad(), run_dir=tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed = _net(seed=123, tasks=TASKS3)  # different init and torch seed: everything must come from the checkpoint
+    result = train(resumed, _data3(), cfg, PCGrad(), run_dir=tmp_path)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    for (k, v), (k2, v2) in zip(resumed.state_dict().items(), reference.state_dict().items()):
+        assert k == k2
+        torch.testing.assert_close(v, v2, rtol=0, atol=0)
