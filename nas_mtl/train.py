@@ -51,6 +51,8 @@ class TrainConfig:
     SCHEDULERS = ("cosine", "none")
     DEVICES = ("auto", "cpu", "cuda")
     NONFINITE = ("raise", "skip")
+    RUNTIME_FIELDS = ("device", "progress")
+    """Fields that may change between sessions of one run (resume on another device, without bars)."""
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -82,6 +84,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """:meth:`to_dict` without :attr:`RUNTIME_FIELDS`: what a resumed run or a cache must match."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -360,8 +366,8 @@ def _check_resumable(
 ) -> None:
     if state.get("graph") != network.graph.to_dict():
         raise ValueError(f"{path}: checkpoint was written for a different sharing graph; use a new run folder")
-    saved = {k: v for k, v in state.get("config", {}).items() if k not in ("progress", "device")}
-    now = {k: v for k, v in config.to_dict().items() if k not in ("progress", "device")}
+    saved = {k: v for k, v in state.get("config", {}).items() if k not in TrainConfig.RUNTIME_FIELDS}
+    now = config.identity()
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if diff:
         raise ValueError(f"{path}: checkpoint config differs in {diff}; use a new run folder or the same settings")

@@ -80,7 +80,7 @@ from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
 from ..space import SearchSpace
 from ..tasks import TaskSpec
-from ..train import resolve_device, save_atomic, seed_everything, write_json_atomic
+from ..train import TrainConfig, resolve_device, save_atomic, seed_everything, write_json_atomic
 from . import SearchMethod, SearchResult, register_search_method
 
 SELECT, SKIP = 0, 1
@@ -589,7 +589,7 @@ class _Search:
 
     # ------------------------------------------------------------------ checkpoint
     def _identity(self) -> dict[str, Any]:
-        free = ("epochs", "final", "num_samples", "progress", "device")  # may change between resumes
+        free = ("epochs", "final", "num_samples", *TrainConfig.RUNTIME_FIELDS)  # may change between resumes
         c = {k: v for k, v in self.config.to_dict().items() if k not in free}
         return {"tasks": list(self.data.task_names), "layers": list(self.space.layers),
                 "blocks": list(self.blocks), "config": c}  # fmt: skip

@@ -164,7 +164,7 @@ def measure_affinity(
             "fingerprint": _fingerprint(data),
         },
         "tasks": list(data.task_names),
-        "config": {k: v for k, v in config.to_dict().items() if k not in ("progress", "device")},
+        "config": config.identity(),
     }
     lr = config.lr if lookahead_lr is None else lookahead_lr
     if training:

@@ -61,6 +61,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from ..data import MultiTaskData, create_dataset
 from ..graph import SharingGraph
 from ..space import SearchSpace, find_search_space, load_search_space
+from ..train import TrainConfig
 from . import SearchMethod, SearchResult, register_search_method
 from .exhaustive import count_trees
 from .proxy import (
@@ -513,11 +514,11 @@ def _check_record(
 
 
 def _comparable(key: str, value: Any) -> Any:
-    """A record entry without what may change between sessions of one study (device, progress bars)."""
+    """A record entry without what may change between sessions of one study (TrainConfig.RUNTIME_FIELDS)."""
     if key != "proxy" or not isinstance(value, Mapping):
         return value
     return {
-        k: {f: x for f, x in v.items() if f not in ("device", "progress")} if isinstance(v, Mapping) else v
+        k: {f: x for f, x in v.items() if f not in TrainConfig.RUNTIME_FIELDS} if isinstance(v, Mapping) else v
         for k, v in value.items()
     }
 
