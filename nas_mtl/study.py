@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .balancing import create_balancer, parse_balancer
-from .balancing.base import BALANCERS
+from .balancing import create_balancer
 from .baselines import ARMS as BASELINE_ARMS
 from .baselines import primary_directions, train_graph
 from .data import MultiTaskData, create_dataset
@@ -114,13 +113,12 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
     balancers = raw.get("balancers", ["equal"])
     if not isinstance(balancers, list) or not balancers:
         raise fail("balancers", f"expected a non-empty list, got {balancers!r}")
-    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    seen: dict[str, str] = {}
     for b in balancers:
         try:
-            create_balancer(b)  # a name, or NAME:KEY=VALUE,... (e.g. "mgda:normalization=l2")
+            key = create_balancer(b).spec  # b: a name, or NAME:KEY=VALUE,... (e.g. "mgda:normalization=l2")
         except (TypeError, ValueError) as err:
             raise fail("balancers", str(err)) from None
-        key = _balancer_key(b)
         same = next((s for s, k in seen.items() if k == key), None)
         if same is not None:
             same_as = f"{b!r} is the same balancer as {same!r} (same name and options, defaults filled in)"
@@ -155,14 +153,6 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         description=str(raw.get("description", "")),
         source=source,
     )
-
-
-def _balancer_key(spec: str) -> tuple[str, dict[str, Any]]:
-    """A valid balancer spec's name and every option, defaults filled in: equal keys, same balancer."""
-    name, options = parse_balancer(spec)
-    bound = BALANCERS.signature(name).bind(**options)
-    bound.apply_defaults()
-    return name, dict(bound.arguments)
 
 
 def _check_dataset_keys(data: Mapping[str, Any], fail: Callable[[str, str], ValueError]) -> None:
