@@ -124,7 +124,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     data, space = _data_and_space(args)
     out = Path(args.out)
     result = SEARCH_METHODS.create(args.method).run(args, data, space, out)
-    path = result.save(out)
+    path = result.save(out, args.device)
     print(f"found ({result.method}, {result.seconds:.1f}s): {result.graph}")
     if result.candidates:
         print(f"{len(result.candidates)} candidate graph(s) in {out / 'candidates'}")

@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from .balancing import Balancer, EqualWeights
 from .data import MultiTaskData, iterate_batches
+from .environment import environment
 from .export import MODEL_MANIFEST, network_manifest
 from .network import MultiTaskNetwork
+from .progress import progress
 
 Metrics = dict[str, dict[str, float]]
 """``{task: {metric: value}}``."""
@@ -45,7 +46,8 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = 512
     on_nonfinite: str = "raise"
-    progress: bool = True
+    progress: bool = False
+    """Print progress (a bar on a terminal, plain lines otherwise); the CLI turns it on."""
 
     OPTIMIZERS = ("adam", "adamw", "sgd")
     SCHEDULERS = ("cosine", "none")
@@ -119,6 +121,8 @@ class TrainResult:
     train_seconds: float
     skipped_steps: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, Any] = field(default_factory=dict)
+    """Reproducibility facts of the session that finished the run (:func:`~nas_mtl.environment.environment`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +132,7 @@ class TrainResult:
             "train_seconds": self.train_seconds,
             "skipped_steps": self.skipped_steps,
             "extra": dict(self.extra),
+            "env": dict(self.env),
         }
 
     @classmethod
@@ -139,6 +144,7 @@ class TrainResult:
             data["train_seconds"],
             data.get("skipped_steps", 0),
             data.get("extra", {}),
+            data.get("env", {}),
         )
 
 
@@ -274,7 +280,8 @@ def train(
             sums: dict[str, float] = dict.fromkeys(network.tasks, 0.0)
             seen = 0
             batches = iterate_batches(data.train, config.batch_size, shuffle=True, generator=order, drop_last=True)
-            bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
+            steps = len(data.train) // config.batch_size
+            bar = progress(batches, f"{desc} {epoch + 1}/{config.epochs}", config.progress, total=steps)
             skipping = config.on_nonfinite == "skip"
             for step, (x, y) in enumerate(bar):
                 x = x.to(device)
@@ -344,7 +351,7 @@ def train(
         balancer.detach()  # also when training stops with an error
     val = history[-1]["val"] if history else evaluate(network, data.val, specs, config.eval_batch_size, device)
     test = evaluate(network, data.test, specs, config.eval_batch_size, device)
-    result = TrainResult(val, test, tuple(history), elapsed, skipped)
+    result = TrainResult(val, test, tuple(history), elapsed, skipped, env=environment(device))
     if run_dir is not None:
         network.graph.save(run_dir / "graph.json")
         write_json_atomic(network_manifest(network, specs), run_dir / MODEL_MANIFEST)

@@ -9,16 +9,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data import MultiTaskData
+from ..environment import environment
 from ..graph import SharingGraph
 from ..registry import Registry
 from ..space import SearchSpace
+from ..train import resolve_device, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,26 @@ class SearchResult:
     candidates: tuple[SharingGraph, ...] = ()
     info: Mapping[str, Any] = field(default_factory=dict)
 
-    def save(self, run_dir: str | Path) -> Path:
-        """Write ``graph.json``, ``candidates/NN.json`` and ``search.json`` into ``run_dir``."""
+    def save(self, run_dir: str | Path, device: str = "cpu") -> Path:
+        """Write ``graph.json``, ``candidates/NN.json`` and ``search.json`` into ``run_dir``.
+
+        ``search.json`` (written last and atomically: it marks a finished search) also records the
+        reproducibility facts of this session, computing on ``device`` (``auto``, ``cpu`` or ``cuda``).
+        """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.graph.save(run_dir / "graph.json")
         for i, g in enumerate(self.candidates):
             (run_dir / "candidates").mkdir(exist_ok=True)
             g.save(run_dir / "candidates" / f"{i:02d}.json")
-        summary = {"method": self.method, "seconds": self.seconds, "graph": self.graph.to_dict(), "info": self.info}
-        (run_dir / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
+        summary = {
+            "method": self.method,
+            "seconds": self.seconds,
+            "graph": self.graph.to_dict(),
+            "info": self.info,
+            "env": environment(resolve_device(device)),
+        }
+        write_json_atomic(summary, run_dir / "search.json")
         return run_dir / "graph.json"
 
 

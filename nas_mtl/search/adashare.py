@@ -73,11 +73,11 @@ import torch.nn.functional as F
 from timm.layers.norm_act import BatchNormAct2d
 from torch import Tensor, nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from ..backbones import Backbone
 from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
+from ..progress import progress
 from ..space import SearchSpace
 from ..tasks import TaskSpec
 from ..train import TrainConfig, resolve_device, save_atomic, seed_everything, write_json_atomic
@@ -132,7 +132,7 @@ class AdaShareConfig:
     task_weights: Mapping[str, float] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
-    progress: bool = True
+    progress: bool = False
 
     def __post_init__(self) -> None:
         def fail(name: str, want: str) -> ValueError:
@@ -519,8 +519,7 @@ class _Search:
         n = 0
         batches = _steps(split, self.config.batch_size, steps, seed)
         total = steps if steps is not None else len(split) // self.config.batch_size
-        for i, (x, y) in enumerate(tqdm(batches, desc=desc, total=total, disable=not self.config.progress,
-                                        leave=False)):  # fmt: skip
+        for i, (x, y) in enumerate(progress(batches, desc, self.config.progress, total=total)):
             if i == 0:
                 self._validate_targets(x, y)
             for k, v in step_fn(x, y, f"epoch {self.epoch + 1} {desc} step {i + 1}").items():

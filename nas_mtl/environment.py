@@ -1,0 +1,56 @@
+"""Reproducibility facts: what, besides the seed and the settings, determines a run's numbers.
+
+On the CPU the order of floating-point additions depends on the kernels torch picks for the processor
+and on the number of threads, so two machines (or one machine with another thread count) can give
+different numbers for the same seed; the same machine, versions and thread count give bitwise-equal
+runs. Every run folder records these facts (``result.json``, ``search.json``, a study's ``row.json``)
+and reports list them.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@cache
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The facts a run's numbers depend on, beyond its seed and settings (JSON-serialisable).
+
+    Args:
+        device: the device the run computes on; on CUDA the GPU's name is recorded as well.
+    """
+    device = torch.device(device)
+    facts: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "threads": torch.get_num_threads(),
+        "device": device.type,
+        "cpu": cpu_model(),
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+        facts["cuda"] = torch.version.cuda
+        facts["cudnn"] = torch.backends.cudnn.version()
+    return facts
+
+
+__all__ = ["cpu_model", "environment"]
