@@ -7,9 +7,16 @@ interrupted training run continues from its last checkpoint.
 Layout::
 
     RUN_DIR/study.toml                       copy of the study file
-    RUN_DIR/search/METHOD/                   graph.json, search.json (SearchResult.save)
+    RUN_DIR/search/METHOD/seedS/             one search (search seed S): graph.json, search.json (SearchResult.save)
     RUN_DIR/arms/ARM/BALANCER/seedS/         a training run (checkpoint, result.json, model.json)
-    RUN_DIR/arms/ARM/BALANCER/seedS/row.json the arm's result row (metrics, params, MACs, times)
+    RUN_DIR/arms/ARM/BALANCER/seedS/row.json the arm's result row (metrics, params, MACs, times, env)
+
+Seeds: every arm is trained once per training seed (``seeds``). Each search runs once per search seed
+(``search_seeds``, default: the method's own ``seed`` option, so one search); training seed number i
+retrains the graph found by search seed number i (cycling through ``search_seeds``), so a searched arm's
+spread over seeds covers the search's variance as well as the training's, at the cost of one retraining
+per training seed. Runs go seed by seed (every arm at the first seed, then the second, ...), so a study
+stopped early still compares every arm on the seeds it finished.
 """
 
 from __future__ import annotations
@@ -38,7 +45,20 @@ from .train import TrainConfig, write_json_atomic
 
 FORMAT = "nas_mtl.study/1"
 ROW = "row.json"
-_KEYS = ("format", "name", "description", "seeds", "balancers", "data", "space", "train", "arms", "search")
+SEARCH_DONE = "search.json"
+_KEYS = (
+    "format",
+    "name",
+    "description",
+    "seeds",
+    "search_seeds",
+    "balancers",
+    "data",
+    "space",
+    "train",
+    "arms",
+    "search",
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +75,8 @@ class StudySpec:
     search: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
     source: str = "<memory>"
+    search_seeds: tuple[int, ...] | None = None
+    """Seeds each search runs with; ``None``: once, with the method table's own ``seed`` (default 0)."""
 
 
 def load_study(path: str | Path) -> StudySpec:
@@ -100,16 +122,8 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         train = TrainConfig.from_dict(raw.get("train", {}), source=f"{source}: train")
     except (TypeError, ValueError) as err:
         raise fail("train", str(err)) from None
-    seeds = raw.get("seeds", [0])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    ):
-        raise fail("seeds", f"expected a non-empty list of integers, got {seeds!r}")
-    twice = sorted({s for s in seeds if seeds.count(s) > 1})
-    if twice:
-        raise fail("seeds", f"seed(s) {twice} given twice; each seed once")
+    seeds = _seed_list(raw.get("seeds", [0]), "seeds", fail)
+    search_seeds = None if "search_seeds" not in raw else _seed_list(raw["search_seeds"], "search_seeds", fail)
     balancers = raw.get("balancers", ["equal"])
     if not isinstance(balancers, list) or not balancers:
         raise fail("balancers", f"expected a non-empty list, got {balancers!r}")
@@ -140,19 +154,35 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
             raise fail(f"search.{name}", f"unknown search method; known: {', '.join(methods)}")
         if not isinstance(options, Mapping):
             raise fail(f"search.{name}", "expected a table of options")
+        if search_seeds is not None and "seed" in options:
+            raise fail(f"search.{name}.seed", "set by search_seeds as well; give the search seeds in one place")
         _method_args(name, options, f"{source}: search.{name}")  # validate now, not hours later
     return StudySpec(
         name=str(raw.get("name", Path(source).stem)),
         data=data,
         space=space,
         train=train,
-        seeds=tuple(seeds),
+        seeds=seeds,
         balancers=tuple(balancers),
         baselines=tuple(baselines),
         search={k: dict(v) for k, v in search.items()},
         description=str(raw.get("description", "")),
         source=source,
+        search_seeds=search_seeds,
     )
+
+
+def _seed_list(seeds: Any, key: str, fail: Callable[[str, str], ValueError]) -> tuple[int, ...]:
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
+        raise fail(key, f"expected a non-empty list of integers >= 0, got {seeds!r}")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise fail(key, f"seed(s) {twice} given twice; each seed once")
+    return tuple(seeds)
 
 
 def _check_dataset_keys(data: Mapping[str, Any], fail: Callable[[str, str], ValueError]) -> None:
@@ -228,38 +258,64 @@ def _method_args(method: str, options: Mapping[str, Any], where: str) -> argpars
 
 @dataclass(frozen=True)
 class Arm:
-    """One graph to retrain: a baseline or a search's result."""
+    """One graph to retrain: a baseline, or what one run of a search found."""
 
     name: str
     graph: SharingGraph
     search_seconds: float = 0.0
     single_task: str | None = None  # set for the per-task nets of the single-task arm
+    search_seed: int | None = None  # set for a searched arm: the seed of the search that found ``graph``
 
 
 def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = True) -> list[dict[str, Any]]:
-    """Run (or resume) every search and arm of ``spec``; returns the result rows."""
+    """Run (or resume) every search and arm of ``spec``; returns the result rows (seed by seed)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if spec.source != "<memory>" and Path(spec.source).is_file():
         shutil.copyfile(spec.source, run_dir / "study.toml")
     data = create_dataset(spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"})
     space = load_search_space(spec.space, input_shape=data.input_shape)
-    arms = _baseline_arms(spec, data, space)
+    groups = [[arm] for arm in _baseline_arms(spec, data, space)]  # the arms of one name: one per search seed
     search = spec.search if progress else _set_option(spec.search, "no_progress", True)
     for method, options in search.items():
-        result = _run_search(method, options, data, space, run_dir / "search" / method, spec.source)
-        arms.append(Arm(method, result.graph.with_meta(name=method), result.seconds))
-    rows = []
-    for arm in arms:
-        # gradient-combining balancers only change the update of parameters shared by several tasks: a graph
+        runs = []
+        for seed in seeds_of_search(spec, method):
+            out = _search_dir(run_dir, method, seed, legacy=spec.search_seeds is None)
+            seeded = options if spec.search_seeds is None else {**options, "seed": seed}
+            result = _run_search(method, seeded, data, space, out, spec.source)
+            runs.append(Arm(method, result.graph.with_meta(name=method), result.seconds, search_seed=seed))
+        groups.append(runs)
+    plan = []
+    for group in groups:
+        # gradient-combining balancers only change the update of parameters shared by several tasks: an arm
         # without any (single-task nets, independent nets) trains identically with each, so once (equal)
         balancers = spec.balancers
-        if not _shares_parameters(arm.graph):
+        if not any(_shares_parameters(arm.graph) for arm in group):
             balancers = tuple(dict.fromkeys(["equal", *(b for b in balancers if not create_balancer(b).shared_only)]))
-        for balancer in balancers:
-            for seed in spec.seeds:
+        plan.append((group, balancers))
+    rows = []
+    for i, seed in enumerate(spec.seeds):
+        for group, balancers in plan:
+            arm = group[i % len(group)]  # training seed number i retrains search seed number i's graph
+            for balancer in balancers:
                 rows.append(_run_arm(arm, balancer, seed, spec, data, space, run_dir, progress))
     return rows
+
+
+def seeds_of_search(spec: StudySpec, method: str) -> tuple[int, ...]:
+    """The seeds ``method`` runs with in ``spec``: ``search_seeds``, or the method table's own ``seed``."""
+    if spec.search_seeds is not None:
+        return spec.search_seeds
+    return (getattr(_method_args(method, spec.search[method], f"{spec.source}: search.{method}"), "seed", 0),)
+
+
+def _search_dir(run_dir: Path, method: str, seed: int, legacy: bool) -> Path:
+    """``search/METHOD/seedS``; a finished search of a study made before search seeds (``search/METHOD``) is
+    read where it is when the study still runs one search per method."""
+    old = run_dir / "search" / method
+    if legacy and (old / SEARCH_DONE).is_file() and not (old / f"seed{seed}").exists():
+        return old
+    return old / f"seed{seed}"
 
 
 def _shares_parameters(graph: SharingGraph) -> bool:
@@ -287,7 +343,7 @@ def _baseline_arms(spec: StudySpec, data: MultiTaskData, space: SearchSpace) -> 
 def _run_search(
     method: str, options: Mapping[str, Any], data: MultiTaskData, space: SearchSpace, out: Path, source: str
 ) -> SearchResult:
-    done = out / "search.json"
+    done = out / SEARCH_DONE
     if done.is_file():  # finished earlier: read it back
         summary = json.loads(done.read_text())
         graph = SharingGraph.from_dict(summary["graph"], source=str(done))
@@ -297,7 +353,7 @@ def _run_search(
     result = SEARCH_METHODS.create(method).run(args, data, space, out)
     if result.seconds <= 0:
         result = SearchResult(result.method, result.graph, time.perf_counter() - t0, result.candidates, result.info)
-    result.save(out)
+    result.save(out, args.device)
     return result
 
 
@@ -325,6 +381,8 @@ def _run_arm(
         "macs": cost.macs,
         "train_seconds": result.train_seconds,
         "search_seconds": arm.search_seconds,
+        "search_seed": arm.search_seed,
+        "env": result.env,
         "primary": {t: [m, hib] for t, d in primary_directions(data).items() for m, hib in d.items()},
     }
     write_json_atomic(row, out / ROW)
@@ -359,4 +417,4 @@ def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-__all__ = ["Arm", "StudySpec", "load_rows", "load_study", "parse_study", "run_study", "with_device"]
+__all__ = ["Arm", "StudySpec", "load_rows", "load_study", "parse_study", "run_study", "seeds_of_search", "with_device"]

@@ -131,6 +131,19 @@ def test_study_made_with_nested_arm_folders_resumes_without_retraining(finished,
         (lambda s: s + "\n[search.nope]\n", "search.nope: unknown search method"),
         (lambda s: s.replace('name = "multidigits"\n', ""), "data.name: required"),
         (lambda s: s.replace("seeds = [0, 1]", "seeds = [0, 1, 0]"), r"seeds: seed\(s\) \[0\] given twice"),
+        (
+            lambda s: s.replace("seeds = [0, 1]", "seeds = [0, 1]\nsearch_seeds = [2, 2]"),
+            r"search_seeds: seed\(s\) \[2\]",
+        ),
+        (
+            lambda s: s.replace("seeds = [0, 1]", "seeds = [0, 1]\nsearch_seeds = 3"),
+            "search_seeds: expected a non-empty",
+        ),
+        (lambda s: s.replace("seeds = [0, 1]", "seeds = [-1]"), "seeds: expected a non-empty list of integers >= 0"),
+        (
+            lambda s: s.replace("seeds = [0, 1]", "seeds = [0, 1]\nsearch_seeds = [0]") + "[search.branch]\nseed = 3\n",
+            "search.branch.seed: set by search_seeds as well",
+        ),
         (lambda s: s.replace('["equal"]', '["equal", "equal"]'), "balancers: 'equal' is the same balancer as 'equal'"),
         (lambda s: s.replace('["equal"]', '["mgda", "mgda:"]'), "balancers: 'mgda:' is the same balancer as 'mgda'"),
         (lambda s: s.replace('["equal"]', '["mgda", " mgda : normalization=none"]'), "balancers: .*same balancer"),
@@ -217,7 +230,7 @@ batch_size = 32
     assert arms == {(a, b) for a in graphs if a != "single-task" for b in (balancers if shares[a] else ["equal"])}
     assert (tmp_path / "run" / "arms" / "hard" / "mgda_normalization_loss" / "seed0" / "row.json").is_file()
     for method in ("adashare", "branch", "affinity"):
-        found = json.loads((tmp_path / "run" / "search" / method / "search.json").read_text())
+        found = json.loads((tmp_path / "run" / "search" / method / "seed0" / "search.json").read_text())
         row = next(r for r in rows if r["arm"] == method)
         assert row["graph"]["assignment"] == found["graph"]["assignment"]  # the found graph is what was retrained
         assert row["search_seconds"] == pytest.approx(found["seconds"]) and row["search_seconds"] > 0
@@ -230,3 +243,91 @@ batch_size = 32
     assert "search_branch_history.png" in figures  # Optuna history
     assert any(f.startswith("search_adashare_policy") for f in figures)  # AdaShare policy heatmap
     assert any(f.startswith("search_affinity_") for f in figures)  # affinity heatmaps
+
+
+def test_each_search_seed_is_searched_once_and_paired_with_a_training_seed(tmp_path, monkeypatch):
+    """Training seed number i retrains the graph of search seed number i (cycling): 3 seeds, 2 search seeds."""
+    study = STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]\nsearch_seeds = [5, 7]").replace(
+        'baselines = ["single", "hard"]', 'baselines = ["single"]'
+    )
+    study += '[search.affinity]\nmeasure = "gradcos"\nepochs = 1\nbatch_size = 32\n'
+    searched = []
+    real = study_mod._run_search
+
+    def recording(method, options, *args, **kwargs):
+        searched.append((method, options["seed"]))
+        return real(method, options, *args, **kwargs)
+
+    monkeypatch.setattr(study_mod, "_run_search", recording)
+    spec = load_study(_write(tmp_path, study))
+    rows = run_study(spec, tmp_path / "run", progress=False)
+    assert searched == [("affinity", 5), ("affinity", 7)]
+    found = {
+        s: json.loads((tmp_path / "run" / "search" / "affinity" / f"seed{s}" / "search.json").read_text())
+        for s in (5, 7)
+    }
+    affinity = sorted((r["seed"], r["search_seed"]) for r in rows if r["arm"] == "affinity")
+    assert affinity == [(0, 5), (1, 7), (2, 5)]
+    for r in rows:
+        if r["arm"] == "affinity":
+            assert r["graph"]["assignment"] == found[r["search_seed"]]["graph"]["assignment"]
+            assert r["search_seconds"] == pytest.approx(found[r["search_seed"]]["seconds"])
+        else:
+            assert r["search_seed"] is None
+    assert [r["seed"] for r in rows] == sorted(r["seed"] for r in rows)  # seed by seed: every arm at seed 0 first
+    searched.clear()
+    assert len(run_study(spec, tmp_path / "run", progress=False)) == len(rows) and searched == [
+        ("affinity", 5),
+        ("affinity", 7),
+    ]  # resumed: both searches read back (the recorder sees the call, the search is not re-run)
+
+
+def test_a_finished_search_of_a_study_made_before_search_seeds_is_read_back(tmp_path):
+    study = STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace('["single", "hard"]', '["single"]')
+    study += '[search.affinity]\nmeasure = "gradcos"\nepochs = 1\nbatch_size = 32\n'
+    spec = load_study(_write(tmp_path, study))
+    rows = run_study(spec, tmp_path / "run", progress=False)
+    search = tmp_path / "run" / "search" / "affinity"
+    for f in (search / "seed0").iterdir():
+        f.rename(search / f.name)  # the old layout: search/METHOD/search.json
+    (search / "seed0").rmdir()
+    shutil.rmtree(tmp_path / "run" / "arms" / "affinity")
+    before = (search / "search.json").read_bytes()
+    again = run_study(spec, tmp_path / "run", progress=False)
+    assert (search / "search.json").read_bytes() == before and not (search / "seed0").exists()  # not re-run
+    assert (
+        next(r for r in again if r["arm"] == "affinity")["graph"]
+        == next(r for r in rows if r["arm"] == "affinity")["graph"]
+    )
+
+
+def test_rows_record_what_their_numbers_depend_on(finished):
+    import platform
+
+    import numpy as np
+    import torch
+
+    _, _, rows = finished
+    for r in rows:
+        assert r["env"]["torch"] == torch.__version__ and r["env"]["numpy"] == np.__version__
+        assert r["env"]["threads"] == torch.get_num_threads() and r["env"]["device"] == "cpu"
+        assert r["env"]["python"] == platform.python_version() and r["env"]["cpu"]
+        assert r["seed"] in (0, 1)
+
+
+def test_rerunning_a_study_on_the_same_machine_is_bitwise_identical(finished, tmp_path):
+    """Same machine, versions and thread count: a fresh run folder gives exactly the same numbers and weights."""
+    import torch
+
+    d, spec, rows = finished
+    again = run_study(spec, tmp_path / "again", progress=False)
+    key = lambda r: (r["arm"], r["task"] or "", r["balancer"], r["seed"])  # noqa: E731
+    assert len(again) == len(rows)
+    for a, b in zip(sorted(rows, key=key), sorted(again, key=key)):
+        assert a["balancer"] == "equal"
+        assert (a["test"], a["val"]) == (b["test"], b["val"])  # exact float equality, no tolerance
+        folder = Path("arms") / study_mod.slug(f"{a['arm']}/{a['task']}" if a["task"] else a["arm"]) / "equal"
+        first = torch.load(d / "run" / folder / f"seed{a['seed']}" / "checkpoint.pt", weights_only=True)["model"]
+        second = torch.load(tmp_path / "again" / folder / f"seed{a['seed']}" / "checkpoint.pt", weights_only=True)
+        assert first.keys() == second["model"].keys()
+        assert all(torch.equal(first[k], second["model"][k]) for k in first)
