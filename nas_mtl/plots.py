@@ -10,7 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import EngFormatter  # noqa: E402
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
 from .graph import SKIP, SharingGraph  # noqa: E402
 
@@ -113,22 +116,99 @@ def pareto_plot(
     ylabel: str = "Δm (%)",
     title: str = "",
     path: str | Path | None = None,
+    intervals: Sequence[tuple[float, float]] | None = None,
 ) -> Figure:
-    """Scatter of (label, x = cost, y = Δm) with the non-dominated front (lower x, higher y) drawn."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, x, y in points:
-        ax.scatter([x], [y], s=30)
-        ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    """Scatter of (label, x = cost, y = Δm) with the non-dominated front (lower x, higher y) drawn.
+
+    Points are numbered on the plot and named in a key beside it; points that would cover each
+    other (:func:`_clusters`) are dodged sideways by a few points and share one label ("3,4,5"), and
+    labels are nudged apart (:func:`_label_offsets`). x is in engineering units (k, M). ``intervals``:
+    (low, high) of y per point (e.g. a 95 % interval over seeds), drawn as vertical bars where finite.
+    """
+    if intervals is not None and len(intervals) != len(points):
+        raise ValueError(f"pareto_plot: {len(intervals)} intervals for {len(points)} points")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colors = plt.get_cmap("tab10" if len(points) <= 10 else "tab20")
+    artists = []
+    for i, (label, x, y) in enumerate(points):
+        low, high = intervals[i] if intervals is not None else (np.nan, np.nan)
+        drawn = [ax.scatter([x], [y], s=30, color=colors(i), zorder=3, label=f"{i + 1}  {label}")]
+        if np.isfinite(low) and np.isfinite(high):
+            bar = ax.errorbar([x], [y], yerr=[[y - low], [high - y]], fmt="none", ecolor=colors(i), lw=1, capsize=3)
+            drawn += [*bar.lines[1], *bar.lines[2]]
+        artists.append(drawn)
     front = pareto_front([(x, y) for _, x, y in points])
     if front:
         fx, fy = zip(*sorted(front))
         ax.step(fx, fy, where="post", color="0.3", lw=1, ls="--", label="Pareto front")
-        ax.legend(fontsize=7)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.axhline(0.0, color="0.75", lw=0.8, zorder=0)
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    fig.tight_layout()
+    ax.set(xlim=ax.get_xlim(), ylim=ax.get_ylim())  # frozen: dodging below must not rescale the axes
+    pts = ax.transData.transform(np.array([(x, y) for _, x, y in points], dtype=float).reshape(-1, 2))
+    pts *= 72.0 / fig.dpi
+    groups = _clusters(pts)
+    anchors, texts, starts = [], [], []
+    for group in groups:
+        for k, i in enumerate(group):
+            dx = _DODGE * (k - (len(group) - 1) / 2)
+            shift = ax.transData + ScaledTranslation(dx / 72.0, 0.0, fig.dpi_scale_trans)
+            for artist in artists[i]:
+                if isinstance(artist, PathCollection):  # the marker: drawn at an offset
+                    artist.set_offset_transform(shift)
+                else:
+                    artist.set_transform(shift)
+        anchors.append(pts[group[0]])
+        texts.append(",".join(str(i + 1) for i in group))
+        starts.append(_DODGE * (len(group) - 1) / 2 + 3.0)
+    for group, text, offset in zip(groups, texts, _label_offsets(anchors, texts, starts)):
+        ax.annotate(
+            text, (points[group[0]][1], points[group[0]][2]), xytext=offset, textcoords="offset points", fontsize=7
+        )
     return _finish(fig, path)
+
+
+_DODGE = 7.0
+"""Sideways step (points) between markers of :func:`pareto_plot` that would cover each other."""
+
+
+def _clusters(pts: np.ndarray, radius: float = 6.0) -> list[list[int]]:
+    """Indices of display points (in points) grouped with the first point of a group within ``radius``."""
+    groups: list[list[int]] = []
+    for i, p in enumerate(pts):
+        group = next((g for g in groups if np.hypot(*(p - pts[g[0]])) < radius), None)
+        if group is None:
+            groups.append([i])
+        else:
+            group.append(i)
+    return groups
+
+
+def _label_offsets(
+    anchors: Sequence[Sequence[float]], texts: Sequence[str], starts: Sequence[float], fontsize: float = 7.0
+) -> list[tuple[float, float]]:
+    """Offsets (points) putting each text right of its anchor (display points) clear of earlier texts.
+
+    A text starts ``starts[i]`` points right of its anchor and 2 points up; its box is estimated as
+    0.6·fontsize per character wide and 1.2·fontsize tall, and moved up one box height at a time
+    until it overlaps no earlier one.
+    """
+    placed: list[tuple[float, float, float, float]] = []  # (x0, y0, x1, y1)
+    offsets = []
+    for (px, py), text, dx in zip(anchors, texts, starts):
+        width, height = 0.6 * fontsize * len(text), 1.2 * fontsize
+        dy = 2.0
+        while any(
+            px + dx < x1 and x0 < px + dx + width and py + dy < y1 and y0 < py + dy + height
+            for x0, y0, x1, y1 in placed
+        ):
+            dy += height
+        placed.append((px + dx, py + dy, px + dx + width, py + dy + height))
+        offsets.append((dx, dy))
+    return offsets
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
