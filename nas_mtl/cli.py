@@ -155,7 +155,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         spec = with_device(spec, args.device)
     out = Path(args.out) if args.out else Path("runs") / spec.name
     t0 = time.perf_counter()
-    rows = run_study(spec, out, progress=not args.no_progress)
+    rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
     files = write_report(out)
     print(format_table(summary_table(runs_table(rows))).to_string())
     print(f"study {spec.name!r}: {time.perf_counter() - t0:.0f}s this session; report: {files['report.md']}")
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/NAME; resumed if it exists)")
     p.add_argument("--device", choices=TrainConfig.DEVICES, help="override the device of every run and search")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each in its own process with threads/jobs torch threads (at least 1); "
+                   "the numbers depend on the threads per run, not on --jobs")  # fmt: skip
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="tables (Markdown/HTML/CSV) and figures for a study run folder")

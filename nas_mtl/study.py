@@ -25,13 +25,18 @@ import argparse
 import dataclasses
 import inspect
 import json
+import multiprocessing
 import shutil
+import sys
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import torch
 
 from .balancing import create_balancer
 from .baselines import ARMS as BASELINE_ARMS
@@ -42,6 +47,8 @@ from .graph import SharingGraph
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
 from .train import TrainConfig, write_json_atomic
+
+T = TypeVar("T")
 
 FORMAT = "nas_mtl.study/1"
 ROW = "row.json"
@@ -267,39 +274,119 @@ class Arm:
     search_seed: int | None = None  # set for a searched arm: the seed of the search that found ``graph``
 
 
-def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = True) -> list[dict[str, Any]]:
-    """Run (or resume) every search and arm of ``spec``; returns the result rows (seed by seed)."""
+def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = True, jobs: int = 1) -> list[dict[str, Any]]:
+    """Run (or resume) every search and arm of ``spec``; returns the result rows (seed by seed).
+
+    Args:
+        progress: print progress (bars on a terminal, plain lines otherwise) and one line per finished run.
+        jobs: runs (searches, then arm trainings) at once, each in its own process with
+            ``torch.get_num_threads() // jobs`` threads (at least 1). The numbers depend on the thread count,
+            not on ``jobs``: ``jobs=2`` on 2 threads gives bitwise the same rows as ``jobs=1`` on 1 thread.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if spec.source != "<memory>" and Path(spec.source).is_file():
         shutil.copyfile(spec.source, run_dir / "study.toml")
     data = create_dataset(spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"})
     space = load_search_space(spec.space, input_shape=data.input_shape)
-    groups = [[arm] for arm in _baseline_arms(spec, data, space)]  # the arms of one name: one per search seed
-    search = spec.search if progress else _set_option(spec.search, "no_progress", True)
-    for method, options in search.items():
-        runs = []
-        for seed in seeds_of_search(spec, method):
-            out = _search_dir(run_dir, method, seed, legacy=spec.search_seeds is None)
-            seeded = options if spec.search_seeds is None else {**options, "seed": seed}
-            result = _run_search(method, seeded, data, space, out, spec.source)
-            runs.append(Arm(method, result.graph.with_meta(name=method), result.seconds, search_seed=seed))
-        groups.append(runs)
-    plan = []
-    for group in groups:
-        # gradient-combining balancers only change the update of parameters shared by several tasks: an arm
-        # without any (single-task nets, independent nets) trains identically with each, so once (equal)
-        balancers = spec.balancers
-        if not any(_shares_parameters(arm.graph) for arm in group):
-            balancers = tuple(dict.fromkeys(["equal", *(b for b in balancers if not create_balancer(b).shared_only)]))
-        plan.append((group, balancers))
-    rows = []
-    for i, seed in enumerate(spec.seeds):
-        for group, balancers in plan:
-            arm = group[i % len(group)]  # training seed number i retrains search seed number i's graph
-            for balancer in balancers:
-                rows.append(_run_arm(arm, balancer, seed, spec, data, space, run_dir, progress))
-    return rows
+    with _Runner(spec, data, space, jobs, progress) as runner:
+        show = progress and jobs == 1  # bars and search logs of parallel runs would interleave
+        search = spec.search if show else _set_option(spec.search, "no_progress", True)
+        searches = [
+            (method, seed, options if spec.search_seeds is None else {**options, "seed": seed})
+            for method, options in search.items()
+            for seed in seeds_of_search(spec, method)
+        ]
+        results = runner.map(
+            _run_search,
+            [
+                (m, opts, _search_dir(run_dir, m, seed, legacy=spec.search_seeds is None), spec.source)
+                for m, seed, opts in searches
+            ],
+            [f"search {m} seed {seed}" for m, seed, _ in searches],
+        )
+        found: dict[str, list[Arm]] = {}
+        for (method, seed, _), result in zip(searches, results):
+            arm = Arm(method, result.graph.with_meta(name=method), result.seconds, search_seed=seed)
+            found.setdefault(method, []).append(arm)
+        groups = [[arm] for arm in _baseline_arms(spec, data, space)] + list(found.values())
+        plan = []
+        for i, seed in enumerate(spec.seeds):
+            for group in groups:
+                arm = group[i % len(group)]  # training seed number i retrains search seed number i's graph
+                for balancer in _balancers_for(group, spec.balancers):
+                    plan.append((arm, balancer, seed, spec, run_dir, show))
+        labels = [f"{_arm_name(a)} {b} seed {s}" for a, b, s, *_ in plan]
+        return runner.map(_run_arm, plan, labels)
+
+
+def _balancers_for(group: Sequence[Arm], balancers: Sequence[str]) -> tuple[str, ...]:
+    """``balancers``, or just equal weighting (and balancers for every parameter) when no graph of ``group``
+    shares parameters: gradient-combining balancers only change the update of parameters shared by several
+    tasks, so a graph without any (single-task nets, independent nets) trains identically with each."""
+    if any(_shares_parameters(arm.graph) for arm in group):
+        return tuple(balancers)
+    return tuple(dict.fromkeys(["equal", *(b for b in balancers if not create_balancer(b).shared_only)]))
+
+
+class _Runner:
+    """Runs study jobs ``fn(*args, data=, space=)`` here (``jobs=1``) or in a pool of worker processes that
+    build the study's data and search space once each; results come back in submission order. A failed job
+    stops the rest (finished ones are on disk) and its error is raised here."""
+
+    def __init__(self, spec: StudySpec, data: MultiTaskData, space: SearchSpace, jobs: int, progress: bool):
+        self.data, self.space, self.progress, self.pool = data, space, progress, None
+        if jobs > 1:
+            threads = max(1, torch.get_num_threads() // jobs)
+            self.pool = ProcessPoolExecutor(
+                jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                initargs=(spec, threads),
+            )  # fmt: skip
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, fn: Callable[..., T], jobs: Sequence[tuple], labels: Sequence[str]) -> list[T]:
+        t0 = time.perf_counter()
+        if self.pool is None:
+            out = []
+            for k, args in enumerate(jobs):
+                out.append(fn(*args, data=self.data, space=self.space))
+                self._done(k, len(jobs), labels[k], t0)
+            return out
+        futures = [self.pool.submit(_in_worker, fn, *args) for args in jobs]
+        try:
+            for k, future in enumerate(futures):
+                future.result()
+                self._done(k, len(jobs), labels[k], t0)
+        finally:
+            for future in futures:
+                future.cancel()
+        return [f.result() for f in futures]
+
+    def _done(self, k: int, n: int, label: str, t0: float) -> None:
+        if self.progress and n:
+            print(f"[{k + 1}/{n}] {label} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+_WORKER: dict[str, Any] = {}
+"""In a study's worker process only: its data and search space, built once by :func:`_init_worker`."""
+
+
+def _init_worker(spec: StudySpec, threads: int) -> None:
+    torch.set_num_threads(threads)
+    data = create_dataset(spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"})
+    _WORKER.update(data=data, space=load_search_space(spec.space, input_shape=data.input_shape))
+
+
+def _in_worker(fn: Callable[..., T], *args: Any) -> T:
+    return fn(*args, data=_WORKER["data"], space=_WORKER["space"])
 
 
 def seeds_of_search(spec: StudySpec, method: str) -> tuple[int, ...]:
@@ -341,7 +428,7 @@ def _baseline_arms(spec: StudySpec, data: MultiTaskData, space: SearchSpace) -> 
 
 
 def _run_search(
-    method: str, options: Mapping[str, Any], data: MultiTaskData, space: SearchSpace, out: Path, source: str
+    method: str, options: Mapping[str, Any], out: Path, source: str, *, data: MultiTaskData, space: SearchSpace
 ) -> SearchResult:
     done = out / SEARCH_DONE
     if done.is_file():  # finished earlier: read it back
@@ -357,11 +444,15 @@ def _run_search(
     return result
 
 
+def _arm_name(arm: Arm) -> str:
+    return f"{arm.name}/{arm.single_task}" if arm.single_task else arm.name
+
+
 def _run_arm(
-    arm: Arm, balancer: str, seed: int, spec: StudySpec, data: MultiTaskData, space: SearchSpace, run_dir: Path,
-    progress: bool,
+    arm: Arm, balancer: str, seed: int, spec: StudySpec, run_dir: Path, progress: bool, *,
+    data: MultiTaskData, space: SearchSpace,
 ) -> dict[str, Any]:  # fmt: skip
-    name = f"{arm.name}/{arm.single_task}" if arm.single_task else arm.name
+    name = _arm_name(arm)
     out = run_dir / "arms" / slug(name) / slug(balancer) / f"seed{seed}"
     _adopt_legacy_folder(run_dir / "arms" / name.replace(":", "_") / balancer / f"seed{seed}", out)
     if (out / ROW).is_file():

@@ -64,9 +64,12 @@ def test_study_rows_and_report_tables_hold_the_same_numbers(finished):
     runs = pd.read_csv(files["runs.csv"])
     summary = pd.read_csv(files["summary.csv"]).set_index(["arm", "balancer"])
     directions = {"left": {"accuracy": True}, "right": {"accuracy": True}}
+    singles = [r for r in rows if r["arm"] == "single-task"]
+    single = {  # the reference: single-task metrics averaged over seeds
+        t: {"accuracy": sum(r["test"][t]["accuracy"] for r in singles if r["task"] == t) / 2} for t in ("left", "right")
+    }
     for seed in (0, 1):
         hard = next(r for r in rows if r["arm"] == "hard" and r["seed"] == seed)
-        single = {r["task"]: r["test"][r["task"]] for r in rows if r["arm"] == "single-task" and r["seed"] == seed}
         line = runs[(runs.arm == "hard") & (runs.seed == seed)].iloc[0]
         assert line["left.accuracy"] == pytest.approx(hard["test"]["left"]["accuracy"])
         assert line["delta_m"] == pytest.approx(delta_m(hard["test"], single, directions))
@@ -331,3 +334,26 @@ def test_rerunning_a_study_on_the_same_machine_is_bitwise_identical(finished, tm
         second = torch.load(tmp_path / "again" / folder / f"seed{a['seed']}" / "checkpoint.pt", weights_only=True)
         assert first.keys() == second["model"].keys()
         assert all(torch.equal(first[k], second["model"][k]) for k in first)
+
+
+def test_parallel_jobs_give_bitwise_the_rows_of_one_thread_runs(finished, tmp_path):
+    """jobs=2 on 2 threads runs each arm in a worker process on 1 thread: the numbers of a serial 1-thread run."""
+    import torch
+
+    d, spec, rows = finished
+    before = torch.get_num_threads()
+    try:
+        if before != 1:
+            torch.set_num_threads(1)
+            rows = run_study(spec, tmp_path / "serial", progress=False)
+        torch.set_num_threads(2)
+        parallel = run_study(spec, tmp_path / "parallel", progress=False, jobs=2)
+    finally:
+        torch.set_num_threads(before)
+    key = lambda r: (r["arm"], r["task"] or "", r["balancer"], r["seed"])  # noqa: E731
+    assert [key(r) for r in parallel] == [key(r) for r in rows]  # same order: seed by seed
+    for a, b in zip(rows, parallel):
+        assert (a["test"], a["val"], a["graph"]) == (b["test"], b["val"], b["graph"])
+        assert b["env"]["threads"] == 1
+    with pytest.raises(ValueError, match="jobs: expected a positive integer"):
+        run_study(spec, tmp_path / "bad", jobs=0)
