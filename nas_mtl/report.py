@@ -1,23 +1,115 @@
-"""Study reports: pandas tables (Markdown, HTML, CSV) and figures from a study's run folder."""
+"""Study reports: Δm per run, statistics over seeds, paired comparisons and a verdict (Markdown, HTML, CSV, figures).
+
+What is computed (every number that ranks arms carries its seeds):
+
+- Δm of every run (Maninis et al. 2019, Eq. 5) against the single-task reference **averaged over all
+  seeds**. A per-seed reference would add that seed's single-task noise to every Δm of the seed; the
+  average has that noise shrunk by √(seeds), and the single-task arm's own rows get a Δm whose spread
+  shows the noise (their mean is 0: Δm is linear in the metrics).
+- Per (arm, balancer) over its training seeds: n, mean, sample std (ddof 1) and the 95 % Student-t
+  interval mean ± t₀.₉₇₅,ₙ₋₁ · std / √n (none at n = 1).
+- Paired differences of Δm on the seeds two rows share, against the best row (highest mean Δm), hard
+  sharing and the single-task nets, with the paired-t 95 % interval (the one ``scipy.stats.ttest_rel``
+  gives). An interval above 0 is "better with confidence", below 0 "worse", containing 0 a tie.
+  Intervals are per comparison: no multiplicity correction.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import html
+import math
 import shutil
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import EngFormatter
+from scipy import stats
 
 from .graph import SharingGraph
 from .metrics import delta_m
 from .plots import draw_topology, pareto_plot
+from .search.proxy import graph_key
 from .study import load_rows, slug
 
 SINGLE = "single-task"
+"""Arm name of the per-task networks (the Δm reference)."""
+HARD = "hard"
+"""Arm name of hard sharing (the multi-task baseline every arm is paired with)."""
+EQUAL = "equal"
+"""The balancer preferred for reference rows (single-task nets, hard sharing of arms without its balancer)."""
+LEVEL = 0.95
+"""Confidence level of every interval in a report."""
+MIN_SEEDS = 3
+"""Seeds per arm below which a report warns that it cannot rank."""
+ID_COLUMNS = ("arm", "balancer", "seed", "search_seed", "graph")
+"""Columns of :func:`runs_table` that identify a run (not averaged)."""
+COST_COLUMNS = ("params", "macs", "train_seconds", "search_seconds")
+"""Columns of :func:`runs_table` summarised by their mean only."""
+VERSUS = ("the best", "hard sharing", "single-task nets")
+"""The references of :func:`paired_table`, in report order."""
+OUTCOMES = ("better", "tie", "worse", "untested")
+"""Outcome of a paired comparison (see :func:`outcome`)."""
+
+Key = tuple[str, str]  # (arm, balancer)
 
 
+# ------------------------------------------------------------------ statistics
+@dataclasses.dataclass(frozen=True)
+class SeedStats:
+    """Mean over seeds with its spread and 95 % interval; ``std`` and the interval are NaN when n < 2."""
+
+    n: int
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+
+
+def seed_stats(values: Sequence[float] | pd.Series, level: float = LEVEL) -> SeedStats:
+    """n, mean, sample std (ddof 1) and Student-t interval mean ± t_{(1+level)/2, n−1} · std/√n of the finite values."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return SeedStats(0, math.nan, math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return SeedStats(1, mean, math.nan, math.nan, math.nan)
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf((1 + level) / 2, len(x) - 1)) * std / math.sqrt(len(x))
+    return SeedStats(len(x), mean, std, mean - half, mean + half)
+
+
+def outcome(s: SeedStats) -> str:
+    """``better`` when the interval of a difference lies above 0, ``worse`` below, ``tie`` when it contains 0.
+
+    ``untested`` when there is no interval (fewer than 2 paired seeds).
+    """
+    if s.n < 2:
+        return "untested"
+    if s.ci_low > 0:
+        return "better"
+    return "worse" if s.ci_high < 0 else "tie"
+
+
+def pooled_std(summary: pd.DataFrame, column: str = "delta_m") -> tuple[float, int]:
+    """Seed-to-seed std pooled over the rows with n ≥ 2: √(Σ (nᵢ−1) sᵢ² / Σ (nᵢ−1)).
+
+    Returns:
+        (std, degrees of freedom Σ (nᵢ−1)); (NaN, 0) when no row has two seeds.
+    """
+    ok = summary[summary["n"] >= 2]
+    dof = int((ok["n"] - 1).sum())
+    if dof == 0:
+        return math.nan, 0
+    return float(np.sqrt(((ok["n"] - 1) * ok[f"{column} std"] ** 2).sum() / dof)), dof
+
+
+# ------------------------------------------------------------------ tables
 def _directions(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, bool]]:
     primary: dict[str, list] = {}
     for r in rows:
@@ -25,94 +117,487 @@ def _directions(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, bool]]
     return {t: {m: bool(hib)} for t, (m, hib) in primary.items()}
 
 
-def _single_reference(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, dict[str, float]]]:
-    """Single-task test metrics per seed: ``{seed: {task: {metric: value}}}``."""
-    ref: dict[int, dict[str, dict[str, float]]] = {}
-    for r in rows:
-        if r["arm"] == SINGLE:
-            ref.setdefault(r["seed"], {})[r["task"]] = r["test"][r["task"]]
-    return ref
+def single_task_reference(
+    rows: Sequence[Mapping[str, Any]], directions: Mapping[str, Mapping[str, bool]]
+) -> dict[str, dict[str, float]]:
+    """The Δm reference: each task's single-task test metrics averaged over all seeds.
 
-
-def runs_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per (arm, balancer, seed): primary test metric per task, Δm vs single-task, cost, times.
-
-    The single-task arm is merged across its per-task networks (params, MACs and times add up).
-    Δm uses the single-task nets of the same seed (Maninis et al. 2019), or their mean over seeds
-    when that seed has none.
+    Uses the single-task rows trained with equal weights when there are any (else all single-task rows).
     """
-    directions = _directions(rows)
-    ref = _single_reference(rows)
-    if not ref:
+    singles = [r for r in rows if r["arm"] == SINGLE]
+    if not singles:
         raise ValueError("report: no single-task runs; Δm needs them (keep 'single' in arms.baselines)")
-    mean_ref = {
-        t: {m: float(np.mean([ref[s][t][m] for s in ref if t in ref[s]])) for m in d} for t, d in directions.items()
-    }
+    if any(r["balancer"] == EQUAL for r in singles):
+        singles = [r for r in singles if r["balancer"] == EQUAL]
+    reference = {}
+    for task, metrics in directions.items():
+        values = [r["test"][task] for r in singles if r["task"] == task]
+        if not values:
+            raise ValueError(f"report: no single-task run of task {task!r}; Δm needs one per task")
+        reference[task] = {m: float(np.mean([v[m] for v in values])) for m in metrics}
+    return reference
+
+
+def _merge_runs(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Rows keyed by (arm, balancer, seed); the single-task nets of one seed merged (costs and times add up)."""
     merged: dict[tuple[str, str, int], dict[str, Any]] = {}
     for r in rows:
-        key = (r["arm"], r["balancer"], r["seed"])
         entry = merged.setdefault(
-            key, {"test": {}, "params": 0, "macs": 0, "train_seconds": 0.0, "search_seconds": 0.0}
+            (r["arm"], r["balancer"], r["seed"]),
+            {"test": {}, "params": 0, "macs": 0, "train_seconds": 0.0, "search_seconds": 0.0},
         )
-        tasks = [r["task"]] if r["arm"] == SINGLE else list(r["test"])
-        for t in tasks:
-            entry["test"][t] = r["test"][t]
+        single = r["arm"] == SINGLE
+        entry["test"].update({r["task"]: r["test"][r["task"]]} if single else r["test"])
         entry["params"] += r["params"]
         entry["macs"] += r["macs"]
         entry["train_seconds"] += r["train_seconds"]
         entry["search_seconds"] = r["search_seconds"]
-        entry["graph"] = r["graph"]
+        entry["search_seed"] = r.get("search_seed")
+        entry["graph"] = None if single else graph_key(SharingGraph.from_dict(r["graph"]))
+    return merged
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (arm, balancer, seed): primary test metric per task, Δm, cost, times, search seed, graph.
+
+    Δm (Maninis et al. 2019) is taken against the single-task nets' metrics averaged over all seeds
+    (:func:`single_task_reference`), not against the same seed's: a per-seed reference adds its own
+    seed noise to every Δm. The single-task arm gets a Δm too (one row per seed, its per-task nets
+    merged: params, MACs and times add up); their spread is the seed noise. ``graph`` is the
+    canonical :func:`~nas_mtl.search.proxy.graph_key` of the trained graph; ``search_seed`` the seed of
+    the search that found it (missing for baselines and rows written before search seeds).
+    """
+    directions = _directions(rows)
+    reference = single_task_reference(rows, directions)
     records = []
-    for (arm, balancer, seed), e in merged.items():
-        rec: dict[str, Any] = {"arm": arm, "balancer": balancer, "seed": seed}
+    for (arm, balancer, seed), e in _merge_runs(rows).items():
+        rec: dict[str, Any] = {"arm": arm, "balancer": balancer, "seed": seed, "search_seed": e["search_seed"]}
+        rec["graph"] = e["graph"]
         for t, d in directions.items():
             metric = next(iter(d))
             rec[f"{t}.{metric}"] = e["test"].get(t, {}).get(metric, np.nan)
         complete = all(t in e["test"] for t in directions)
-        single = ref.get(seed, mean_ref) if all(t in ref.get(seed, {}) for t in directions) else mean_ref
-        rec["delta_m"] = delta_m(e["test"], single, directions) if complete else np.nan
-        rec.update(params=e["params"], macs=e["macs"], train_seconds=e["train_seconds"])
-        rec["search_seconds"] = e["search_seconds"]
+        rec["delta_m"] = delta_m(e["test"], reference, directions) if complete else np.nan
+        rec.update({c: e[c] for c in COST_COLUMNS})
         records.append(rec)
-    return pd.DataFrame.from_records(records).sort_values(["arm", "balancer", "seed"]).reset_index(drop=True)
+    runs = pd.DataFrame.from_records(records).sort_values(["arm", "balancer", "seed"]).reset_index(drop=True)
+    runs["search_seed"] = runs["search_seed"].astype("Int64")
+    return runs
 
 
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds per (arm, balancer); columns ``X`` (mean) and ``X std``."""
-    value_cols = [c for c in runs.columns if c not in ("arm", "balancer", "seed")]
-    grouped = runs.groupby(["arm", "balancer"], sort=False)
-    mean = grouped[value_cols].mean()
-    std = grouped[value_cols].std(ddof=1).fillna(0.0)
-    out = mean.copy()
-    for c in value_cols:
-        if c not in ("params", "macs"):
-            out[f"{c} std"] = std[c]
-    out.insert(0, "seeds", grouped.size())
-    order = ["seeds"] + [c for col in value_cols for c in (col, f"{col} std") if c in out.columns]
-    return out[order].sort_values("delta_m", ascending=False)
+    """Per (arm, balancer), best mean Δm first: ``n`` (seeds), and per metric and Δm the mean ``X``,
+    ``X std`` (ddof 1), ``X ci_low`` / ``X ci_high`` (95 % Student t, :func:`seed_stats`); costs and
+    times as their mean. std and interval are NaN at n = 1.
+    """
+    quality = [c for c in runs.columns if c not in ID_COLUMNS + COST_COLUMNS]
+    records = []
+    for (arm, balancer), g in runs.groupby(["arm", "balancer"], sort=False):
+        rec: dict[str, Any] = {"arm": arm, "balancer": balancer, "n": len(g)}
+        for c in quality:
+            s = seed_stats(g[c])
+            rec.update({c: s.mean, f"{c} std": s.std, f"{c} ci_low": s.ci_low, f"{c} ci_high": s.ci_high})
+        rec.update({c: float(g[c].mean()) for c in COST_COLUMNS})
+        records.append(rec)
+    summary = pd.DataFrame.from_records(records).set_index(["arm", "balancer"])
+    return summary.sort_values("delta_m", ascending=False, kind="stable", na_position="last")
+
+
+def _name(key: Key) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+def _per_seed(runs: pd.DataFrame) -> dict[Key, pd.Series]:
+    """Δm by seed of every (arm, balancer), in table order."""
+    return {key: g.set_index("seed")["delta_m"].dropna() for key, g in runs.groupby(["arm", "balancer"], sort=False)}
+
+
+def _best(per_seed: Mapping[Key, pd.Series]) -> Key | None:
+    """The row with the highest mean Δm (the first of equal ones, as :func:`summary_table` orders them)."""
+    means = {key: dm.mean() for key, dm in per_seed.items() if len(dm)}
+    return max(means, key=lambda k: means[k]) if means else None
+
+
+def _hard_reference(key: Key, per_seed: Mapping[Key, pd.Series]) -> Key | None:
+    """Hard sharing with ``key``'s balancer when there is one (and ``key`` is not hard sharing), else hard/equal.
+
+    Falls back to hard sharing's first balancer when it was never trained with equal weights.
+    """
+    hard = [k for k in per_seed if k[0] == HARD]
+    if key[0] != HARD and (HARD, key[1]) in per_seed:
+        return (HARD, key[1])
+    if (HARD, EQUAL) in per_seed:
+        return (HARD, EQUAL)
+    return hard[0] if hard else None
+
+
+def _single_reference(per_seed: Mapping[Key, pd.Series]) -> Key | None:
+    singles = [k for k in per_seed if k[0] == SINGLE]
+    return (SINGLE, EQUAL) if (SINGLE, EQUAL) in per_seed else (singles[0] if singles else None)
+
+
+def paired_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Paired differences Δm(row) − Δm(reference) on the seeds both have, for every (arm, balancer).
+
+    References (``versus``): ``the best`` (highest mean Δm), ``hard sharing`` (same balancer when hard
+    sharing was trained with it, else hard/equal; hard sharing's other balancers are paired with
+    hard/equal) and ``single-task nets`` (their rows' own Δm). Columns: versus, arm, balancer,
+    reference, n (paired seeds), mean, std, ci_low, ci_high (paired t, 95 %), outcome (:func:`outcome`).
+    A row is not compared with itself.
+    """
+    per_seed = _per_seed(runs)
+    best = _best(per_seed)
+    refs: dict[str, Callable[[Key], Key | None]] = {
+        "the best": lambda key: best,
+        "hard sharing": lambda key: _hard_reference(key, per_seed),
+        "single-task nets": lambda key: _single_reference(per_seed),
+    }
+    records = []
+    for versus in VERSUS:
+        for key, dm in per_seed.items():
+            ref = refs[versus](key)
+            if ref is None or ref == key:
+                continue
+            s = seed_stats((dm - per_seed[ref]).dropna())
+            head = {"versus": versus, "arm": key[0], "balancer": key[1], "reference": _name(ref)}
+            records.append({**head, **dataclasses.asdict(s), "outcome": outcome(s)})
+    columns = ["versus", "arm", "balancer", "reference", *SeedStats.__dataclass_fields__, "outcome"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+# ------------------------------------------------------------------ formatting
+_ENG = EngFormatter(places=2, sep=" ")
+
+
+def _signed(x: float, digits: int = 2) -> str:
+    """``+1.23``; no "-0.00" for tiny negatives."""
+    return "—" if not np.isfinite(x) else f"{round(x, digits) + 0.0:+.{digits}f}"
+
+
+def _interval(low: float, high: float, digits: int = 2) -> str:
+    return "—" if not np.isfinite(low) else f"[{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _mean_std(mean: float, std: float, fmt: str) -> str:
+    """``mean ± std``, or the mean alone when there is no std (one seed)."""
+    if not np.isfinite(mean):
+        return "—"
+    return f"{mean:{fmt}} ± {std:{fmt[1:] if fmt.startswith('+') else fmt}}" if np.isfinite(std) else f"{mean:{fmt}}"
 
 
 def format_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Human-readable strings: "mean ± std", params in M, MACs in M, seconds rounded."""
+    """Human-readable strings: "mean ± std" (mean alone at n = 1), Δm with its 95 % interval, params and
+    MACs in engineering units (k, M), seconds rounded."""
     shown = pd.DataFrame(index=summary.index)
-    shown["seeds"] = summary["seeds"]
-    for c in summary.columns:
-        if c in ("seeds", "params", "macs") or c.endswith(" std"):
-            continue
-        digits = 1 if c.endswith("seconds") else (2 if c == "delta_m" else 4)
-        label = {"delta_m": "Δm %", "train_seconds": "retrain s", "search_seconds": "search s"}.get(c, c)
-        shown[label] = [f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(summary[c], summary[f"{c} std"])]
-    shown["params M"] = (summary["params"] / 1e6).map("{:.3f}".format)
-    shown["MMACs"] = (summary["macs"] / 1e6).map("{:.2f}".format)
+    shown["n"] = summary["n"]
+    shown["Δm %"] = [_mean_std(m, s, "+.2f") for m, s in zip(summary["delta_m"], summary["delta_m std"])]
+    shown["Δm 95 % CI"] = [_interval(lo, hi) for lo, hi in zip(summary["delta_m ci_low"], summary["delta_m ci_high"])]
+    metrics = [c for c in summary.columns if c.endswith(" std") and c != "delta_m std"]
+    for c in (m.removesuffix(" std") for m in metrics):
+        shown[c] = [_mean_std(m, s, ".4f") for m, s in zip(summary[c], summary[f"{c} std"])]
+    shown["params"] = summary["params"].map(_ENG)
+    shown["MACs"] = summary["macs"].map(_ENG)
+    shown["retrain s"] = summary["train_seconds"].map("{:.1f}".format)
+    shown["search s"] = summary["search_seconds"].map(lambda s: f"{s:.1f}" if s > 0 else "—")
     return shown.reset_index()
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Tables and figures for the study in ``run_dir``; returns the files written.
+def format_paired(paired: pd.DataFrame) -> pd.DataFrame:
+    """Paired differences as strings, one row per comparison (``versus`` kept for grouping)."""
+    return pd.DataFrame(
+        {
+            "versus": paired["versus"],
+            "arm": paired["arm"],
+            "balancer": paired["balancer"],
+            "reference": paired["reference"],
+            "n": paired["n"],
+            "Δm difference": paired["mean"].map(_signed),
+            "95 % CI": [_interval(lo, hi) for lo, hi in zip(paired["ci_low"], paired["ci_high"])],
+            "outcome": paired["outcome"],
+        }
+    )
 
-    Writes ``report.md``, ``report.html``, ``runs.csv`` (one row per run), ``summary.csv`` (mean/std
-    per arm and balancer) and ``figures/`` (Pareto front Δm vs params, one topology per arm, and the
-    figures the searches left in their folders: AdaShare policy, affinity heatmaps, Optuna history).
+
+# ------------------------------------------------------------------ verdict
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What a study concludes, in plain words; every claim is a paired interval of :func:`paired_table`.
+
+    Args:
+        best: ``arm/balancer`` with the highest mean Δm (None when no row has a Δm).
+        outcomes: ``{versus: {outcome: names}}`` for the references of :data:`VERSUS` and :data:`OUTCOMES`.
+        noise_floor: seed-to-seed std of Δm pooled over rows with n ≥ 2 (:func:`pooled_std`).
+        warnings: what keeps the verdict from being a conclusion (too few seeds, runs that disagree).
+        lines: the verdict's sentences, in report order.
+    """
+
+    best: str | None
+    outcomes: Mapping[str, Mapping[str, tuple[str, ...]]]
+    noise_floor: float
+    warnings: tuple[str, ...]
+    lines: tuple[str, ...]
+
+
+_PHRASES = {
+    "better": "Beats {ref} with confidence (paired 95 % interval of the Δm difference above 0)",
+    "tie": "Tied with {ref} (indistinguishable: paired 95 % interval of the Δm difference contains 0)",
+    "worse": "Worse than {ref} with confidence (paired 95 % interval of the Δm difference below 0)",
+    "untested": "Not compared with {ref} (fewer than 2 shared seeds, no interval)",
+}
+
+
+def verdict(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]] = ()) -> Verdict:
+    """The verdict of a study from its :func:`runs_table` (and rows, for their recorded environment).
+
+    Rules: the best row has the highest mean Δm; every other row is tied with it when the paired
+    interval of Δm − Δm(best) contains 0, worse when it lies below 0. Likewise against hard sharing
+    and the single-task nets (:func:`paired_table`): "beats ... with confidence" = interval above 0.
+    Also states the noise floor (:func:`pooled_std`), each search's cost in hard-sharing trainings and
+    how often repeated searches returned the same graph.
+    """
+    summary = summary_table(runs)
+    paired = paired_table(runs)
+    best_key = _best(_per_seed(runs))
+    lines = [] if best_key is None else [_best_line(best_key, summary.loc[best_key])]
+    outcomes: dict[str, dict[str, tuple[str, ...]]] = {}
+    for versus in VERSUS:
+        table = paired[paired["versus"] == versus]
+        names = table["arm"] + "/" + table["balancer"]
+        outcomes[versus] = {o: tuple(names[table["outcome"] == o]) for o in OUTCOMES}
+        items = [
+            f"{n} {_signed(m)}{_bracket(lo, hi)}"
+            for n, m, lo, hi in zip(names, table["mean"], table["ci_low"], table["ci_high"])
+        ]
+        for o in OUTCOMES:
+            chosen = [item for item, x in zip(items, table["outcome"]) if x == o]
+            if chosen:
+                lines.append(f"{_PHRASES[o].format(ref=versus)}: {'; '.join(chosen)}.")
+    floor, dof = pooled_std(summary)
+    lines.append(_noise_line(summary, floor, dof))
+    lines += _search_lines(runs)
+    tested = int((paired["outcome"] != "untested").sum())
+    if tested:
+        lines.append(
+            f"Intervals are per comparison (no multiplicity correction): of the {tested} paired comparisons, "
+            f"about {tested * (1 - LEVEL):.1f} may exclude 0 by chance alone."
+        )
+    warnings = _seed_warnings(summary) + _environment(rows)[1]
+    return Verdict(None if best_key is None else _name(best_key), outcomes, floor, tuple(warnings), tuple(lines))
+
+
+def _best_line(key: Key, line: pd.Series) -> str:
+    low, high = line["delta_m ci_low"], line["delta_m ci_high"]
+    interval = f", 95 % CI{_bracket(low, high)}" if np.isfinite(low) else ""
+    return f"Best by mean Δm: {_name(key)} (Δm {_signed(line['delta_m'])} %{interval}, n = {int(line['n'])})."
+
+
+def _bracket(low: float, high: float) -> str:
+    """`` [low, high]`` after a difference, nothing when there is no interval."""
+    return f" {_interval(low, high)}" if np.isfinite(low) else ""
+
+
+def _noise_line(summary: pd.DataFrame, floor: float, dof: int) -> str:
+    if dof == 0:
+        return "Noise floor: unknown (no arm has 2 seeds)."
+    stds = summary.loc[summary["n"] >= 2, "delta_m std"]
+    return (
+        f"Noise floor: the seed-to-seed std of Δm is {floor:.2f} points, pooled over {len(stds)} arm/balancer "
+        f"rows with ≥ 2 seeds ({dof} degrees of freedom; per-row stds {stds.min():.2f} to {stds.max():.2f})."
+    )
+
+
+def _seed_warnings(summary: pd.DataFrame) -> list[str]:
+    few = summary[summary["n"] < MIN_SEEDS]
+    if few.empty:
+        return []
+    if len(few) == len(summary):
+        lo, hi = few["n"].min(), few["n"].max()
+        which = f"this study has {lo if lo == hi else f'{lo} to {hi}'} seed{'s' if hi > 1 else ''} per arm"
+    else:
+        which = "these have fewer: " + ", ".join(f"{_name(k)} (n = {n})" for k, n in few["n"].items())
+    return [
+        f"A ranking needs ≥ {MIN_SEEDS} seeds per arm; {which}. With 1 seed there is no interval, with 2 "
+        "the interval is very wide: orderings among them are not conclusions."
+    ]
+
+
+def _search_lines(runs: pd.DataFrame) -> list[str]:
+    """Each search's cost in hard-sharing trainings and, over search seeds, how often it found the same graph."""
+    searched = runs[runs["search_seconds"] > 0]
+    if searched.empty:
+        return []
+    hard = runs[(runs["arm"] == HARD) & (runs["balancer"] == EQUAL)]["train_seconds"]
+    unit = float(hard.mean()) if len(hard) else math.nan
+    costs, repeats = [], []
+    for arm, g in searched.groupby("arm", sort=False):
+        seconds = float(g.groupby("search_seed", dropna=False)["search_seconds"].first().mean())
+        times = f"{seconds / unit:.1f}× (" if np.isfinite(unit) and unit > 0 else "("
+        costs.append(f"{arm} {times}{seconds:.1f} s per search)")
+        graphs = g.dropna(subset=["search_seed"]).groupby("search_seed")["graph"].first()
+        if len(graphs) < 2:
+            repeats.append(f"{arm}: one search seed, not measured")
+        elif graphs.nunique() == 1:
+            repeats.append(f"{arm}: the same graph from all {len(graphs)} search seeds")
+        else:
+            same = int(graphs.value_counts().iloc[0])
+            repeats.append(
+                f"{arm}: {graphs.nunique()} distinct graphs from {len(graphs)} search seeds "
+                f"(the most common one {same} of {len(graphs)} times)"
+            )
+    unit_text = "no hard/equal runs to measure it against"
+    if np.isfinite(unit):
+        unit_text = f"in units of one hard/equal training, {unit:.1f} s on average"
+    return [f"Search cost ({unit_text}): {'; '.join(costs)}.", f"Search repeatability: {'; '.join(repeats)}."]
+
+
+# ------------------------------------------------------------------ reproducibility
+_ENV_ORDER = ("python", "torch", "numpy", "threads", "device", "cpu", "gpu", "cuda", "cudnn", "platform")
+_ENV_LABELS = {"python": "Python", "torch": "torch", "numpy": "numpy", "cuda": "CUDA", "cudnn": "cuDNN"}
+"""How a recorded environment key is named in a report; keys not here (device, cpu, gpu, ...) show bare values."""
+
+
+def _env_value(key: str, value: Any) -> str:
+    if key == "threads":
+        return f"{value} thread{'s' if str(value) != '1' else ''}"
+    if key in ("device", "cpu", "gpu", "platform"):
+        return str(value)
+    return f"{_ENV_LABELS.get(key, key)} {value}"
+
+
+def _environment(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """(facts, disagreements) of the ``env`` the rows recorded: distinct values per key with their run counts."""
+    recorded = [r["env"] for r in rows if isinstance(r.get("env"), Mapping)]
+    values: dict[str, Counter] = {}
+    for env in recorded:
+        for k, v in env.items():
+            values.setdefault(k, Counter())[str(v)] += 1
+    keys = [k for k in _ENV_ORDER if k in values] + [k for k in values if k not in _ENV_ORDER]
+    agreed = [_env_value(k, next(iter(values[k]))) for k in keys if len(values[k]) == 1]
+    facts = [f"{len(recorded)} of {len(rows)} run files record their environment: {', '.join(agreed) or '—'}."]
+    disagreements = []
+    for k in (k for k in keys if len(values[k]) > 1 or sum(values[k].values()) < len(recorded)):
+        counts = ", ".join(f"{_env_value(k, v)} ({n} run files)" for v, n in values[k].most_common())
+        missing = len(recorded) - sum(values[k].values())
+        disagreements.append(
+            f"Runs disagree on {k}: {counts}{f', not recorded ({missing} run files)' if missing else ''}."
+        )
+    if len(recorded) < len(rows):
+        facts.append(f"{len(rows) - len(recorded)} run files (written before environments were recorded) have none.")
+    return facts + disagreements, disagreements
+
+
+# ------------------------------------------------------------------ documents
+@dataclasses.dataclass(frozen=True)
+class _Figure:
+    caption: str
+    name: str
+
+
+Block = str | list[str] | pd.DataFrame | _Figure
+"""A paragraph, a bullet list, a table or a figure of a report section."""
+
+
+def _markdown(title: str, sections: Sequence[tuple[str, Sequence[Block]]]) -> str:
+    out = [f"# {title}", ""]
+    for heading, blocks in sections:
+        out += [f"## {heading}", ""]
+        for block in blocks:
+            if isinstance(block, pd.DataFrame):
+                out.append(block.to_markdown(index=False, disable_numparse=True))
+            elif isinstance(block, _Figure):
+                out.append(f"![{block.caption}](figures/{block.name})")
+            elif isinstance(block, list):
+                out.append("\n".join(f"- {line}" for line in block))
+            else:
+                out.append(block)
+            out.append("")
+    return "\n".join(out)
+
+
+def _html(title: str, sections: Sequence[tuple[str, Sequence[Block]]]) -> str:
+    out = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>"]
+    for heading, blocks in sections:
+        out.append(f"<h2>{html.escape(heading)}</h2>")
+        for block in blocks:
+            if isinstance(block, pd.DataFrame):
+                out.append(block.to_html(index=False))
+            elif isinstance(block, _Figure):
+                cap = html.escape(block.caption)
+                out.append(f'<figure><img src="figures/{block.name}"><figcaption>{cap}</figcaption></figure>')
+            elif isinstance(block, list):
+                out.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in block) + "</ul>")
+            else:
+                out.append(f"<p>{html.escape(block)}</p>")
+    return "\n".join(out) + "\n"
+
+
+_METHOD = (
+    "Δm (Maninis et al. 2019): mean relative change of each task's primary test metric vs the single-task "
+    "nets, in %, positive = better. The single-task reference is averaged over all seeds (a per-seed "
+    "reference adds its own seed noise to every Δm); the single-task nets' own Δm shows the seed noise. "
+    "Per arm and balancer: n seeds, the mean and, from 2 seeds on, the std (ddof 1) and the 95 % Student-t "
+    "interval of the mean. Paired differences use the training seeds both rows share (paired t, 95 %); hard "
+    "sharing is paired with the same balancer when it was trained with it, else hard/equal. Intervals are per "
+    "comparison (no multiplicity correction). A searched arm's seeds may retrain graphs from different search "
+    "seeds, so its spread includes the search's."
+)
+
+
+def _sections(
+    runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: Sequence[_Figure]
+) -> list[tuple[str, Sequence[Block]]]:
+    v = verdict(runs, rows)
+    paired = format_paired(paired_table(runs))
+    warnings = [f"⚠ Warning: {w}" for w in v.warnings]
+    sections: list[tuple[str, Sequence[Block]]] = [("Verdict", [*warnings, list(v.lines)]), ("Method", [_METHOD])]
+    sections.append(("Summary (mean over seeds)", [format_table(summary_table(runs))]))
+    for versus in VERSUS:
+        table = paired[paired["versus"] == versus].drop(columns="versus")
+        if len(table):
+            sections.append((f"Paired differences vs {versus}", [table]))
+    sections.append(("Reproducibility", [_environment(rows)[0]]))
+    sections.append(("Figures", list(figures)))
+    return sections
+
+
+def _topologies(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: Path) -> list[_Figure]:
+    """One topology figure per distinct graph of each arm (searches repeated over seeds may find several)."""
+    graphs = {graph_key(g := SharingGraph.from_dict(r["graph"])): g for r in rows if r["arm"] != SINGLE}
+    out = []
+    for arm, g in runs[runs["arm"] != SINGLE].groupby("arm", sort=False):
+        keys = list(dict.fromkeys(g["graph"]))
+        for i, key in enumerate(keys):
+            seeds = sorted({int(s) for s in g.loc[g["graph"] == key, "search_seed"].dropna()})
+            caption = f"topology: {arm}" + (f", graph {i + 1} of {len(keys)}" if len(keys) > 1 else "")
+            caption += f" (search seeds {seeds})" if seeds else ""
+            name = f"topology_{slug(arm)}{f'_{i + 1}' if i else ''}.png"
+            draw_topology(graphs[key], caption.removeprefix("topology: "), figures / name)
+            out.append(_Figure(caption, name))
+    return out
+
+
+def _search_figures(run_dir: Path, figures: Path) -> list[_Figure]:
+    """The figures searches left under ``search/``, copied to ``figures/search_METHOD_NAME.png``; their
+    folders (e.g. ``seed5``) join the name only where two figures of one method share a name."""
+    pngs = sorted(run_dir.glob("search/*/**/*.png"))
+    where = [png.relative_to(run_dir / "search").parts for png in pngs]
+    short = Counter(f"{parts[0]}_{parts[-1]}" for parts in where)
+    out = []
+    for png, parts in zip(pngs, where):
+        shown = parts if short[f"{parts[0]}_{parts[-1]}"] > 1 else (parts[0], parts[-1])
+        target = figures / ("search_" + "_".join(map(slug, shown)))
+        shutil.copyfile(png, target)
+        out.append(_Figure(f"{' '.join(shown[:-1])}: {png.stem}", target.name))
+    return out
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Verdict, tables and figures for the study in ``run_dir``; returns the files written.
+
+    Writes ``report.md`` and ``report.html`` (verdict first), ``runs.csv`` (:func:`runs_table`),
+    ``summary.csv`` (:func:`summary_table`: n, mean, std, ci_low, ci_high), ``paired.csv``
+    (:func:`paired_table`) and ``figures/`` (Pareto front Δm vs params with 95 % intervals, one
+    topology per graph, and the figures the searches left in their folders).
     """
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
@@ -121,39 +606,23 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     rows = load_rows(run_dir)
     runs = runs_table(rows)
     summary = summary_table(runs)
-    shown = format_table(summary)
-    files = {"runs.csv": out_dir / "runs.csv", "summary.csv": out_dir / "summary.csv"}
+    files = {name: out_dir / name for name in ("runs.csv", "summary.csv", "paired.csv", "report.md", "report.html")}
     runs.to_csv(files["runs.csv"], index=False)
     summary.to_csv(files["summary.csv"])
+    paired_table(runs).to_csv(files["paired.csv"], index=False)
 
-    figs: list[tuple[str, Path]] = []
-    points = [(f"{a}/{b}", float(r["params"]), float(r["delta_m"])) for (a, b), r in summary.iterrows()]
-    figs.append(("Δm vs parameters", figures / "pareto_params.png"))
-    pareto_plot(points, "parameters", "Δm vs single-task (%)", "arms (mean over seeds)", figs[-1][1])
-    graphs = {r["arm"]: r["graph"] for r in rows if r["arm"] != SINGLE}
-    for arm, graph in graphs.items():
-        figs.append((f"topology: {arm}", figures / f"topology_{slug(arm)}.png"))
-        draw_topology(SharingGraph.from_dict(graph), f"{arm}", figs[-1][1])
-    for png in sorted(run_dir.glob("search/*/**/*.png")):
-        method = png.relative_to(run_dir / "search").parts[0]
-        target = figures / f"search_{method}_{png.name}"
-        shutil.copyfile(png, target)
-        figs.append((f"{method}: {png.stem}", target))
+    points = [(_name(k), float(r["params"]), float(r["delta_m"])) for k, r in summary.iterrows()]
+    intervals = list(zip(summary["delta_m ci_low"], summary["delta_m ci_high"]))
+    title = "arms: mean over seeds, 95 % interval"
+    pareto_plot(points, "parameters", "Δm vs single-task (%)", title, figures / "pareto_params.png", intervals)
+    shown = [_Figure("Δm vs parameters (bars: 95 % interval over seeds)", "pareto_params.png")]
+    shown += _topologies(runs, rows, figures)
+    shown += _search_figures(run_dir, figures)
 
     title = _study_title(run_dir)
-    md = [f"# {title}", "", "Test metrics (primary metric per task), Δm vs single-task networks (Maninis et al. "
-          "2019; positive = better), mean ± std over seeds.", "", shown.to_markdown(index=False), ""]  # fmt: skip
-    md += ["## Figures", ""] + [f"![{cap}](figures/{p.name})" for cap, p in figs] + [""]
-    files["report.md"] = out_dir / "report.md"
-    files["report.md"].write_text("\n".join(md))
-    figure_html = "".join(
-        f'<figure><img src="figures/{p.name}"><figcaption>{cap}</figcaption></figure>' for cap, p in figs
-    )
-    files["report.html"] = out_dir / "report.html"
-    files["report.html"].write_text(
-        f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1>"
-        f"{shown.to_html(classes='summary', index=False)}<h2>Figures</h2>{figure_html}\n"
-    )
+    sections = _sections(runs, rows, shown)
+    files["report.md"].write_text(_markdown(title, sections))
+    files["report.html"].write_text(_html(title, sections))
     return files
 
 

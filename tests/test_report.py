@@ -1,0 +1,335 @@
+"""Reports from synthetic study rows: Δm reference, seed statistics vs scipy, paired comparisons, verdict."""
+
+import json
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.ticker import EngFormatter
+from scipy import stats
+
+from nas_mtl.graph import SharingGraph
+from nas_mtl.plots import _label_offsets, pareto_plot
+from nas_mtl.report import paired_table, runs_table, seed_stats, summary_table, verdict, write_report
+from nas_mtl.study import slug
+
+TASKS = ("a", "b")
+LAYERS = ("l0", "l1")
+SEEDS = (0, 1, 2, 3, 4)
+# single-task test accuracy per seed; the seed-averaged reference is a = 0.80, b = 0.60
+SINGLE = {"a": (0.80, 0.84, 0.76, 0.82, 0.78), "b": (0.60, 0.63, 0.57, 0.61, 0.59)}
+REFERENCE = {"a": 0.80, "b": 0.60}
+# Δm (%) per seed by construction; branch is the clear winner (paired differences vs hard 7.5..9),
+# affinity is within noise of branch and adashare within noise of hard sharing (paired differences ≤ 0.3)
+DELTA_M = {
+    ("hard", "equal"): (1.0, 2.0, 0.0, 1.5, 0.5),
+    ("branch", "equal"): (9.0, 10.5, 8.0, 9.0, 9.5),
+    ("affinity", "equal"): (9.1, 10.3, 8.2, 8.9, 9.4),
+    ("adashare", "equal"): (1.2, 1.8, 0.3, 1.2, 0.4),
+    ("independent", "equal"): (-3.0, -2.0, -4.0, -3.5, -2.5),
+}
+EPS = 1e-9  # Δm of a few float64 divisions of O(1) numbers, in percent: far below any margin used here
+
+
+def _graph(arm, tasks=TASKS):
+    if arm == "independent":
+        return SharingGraph.independent(tasks, LAYERS)
+    if arm == "branched":
+        return SharingGraph.branched(tasks, LAYERS, [[list(tasks)], [[t] for t in tasks]])
+    return SharingGraph.hard_sharing(tasks, LAYERS)
+
+
+def _row(arm, balancer, seed, test, task=None, **extra):
+    graph = _graph("hard" if task else arm, (task,) if task else TASKS)
+    return {
+        "arm": arm,
+        "task": task,
+        "balancer": balancer,
+        "seed": seed,
+        "graph": graph.to_dict(),
+        "test": test,
+        "val": test,
+        "params": 1000 if task else 1500,
+        "macs": 10_000,
+        "train_seconds": 2.0,
+        "search_seconds": 0.0,
+        "primary": {t: ["accuracy", True] for t in TASKS},
+        **extra,
+    }
+
+
+def _multi(dm):
+    """Test metrics with Δm = ``dm`` % against REFERENCE: every task ``dm`` % above its reference."""
+    return {t: {"accuracy": REFERENCE[t] * (1 + dm / 100)} for t in TASKS}
+
+
+def _single_rows(seeds=SEEDS, **extra):
+    return [
+        _row("single-task", "equal", s, {t: {"accuracy": SINGLE[t][i]}}, task=t, **extra)
+        for i, s in enumerate(seeds)
+        for t in TASKS
+    ]
+
+
+def _study_rows(delta_m=DELTA_M, seeds=SEEDS, **extra):
+    rows = _single_rows(seeds, **extra)
+    for (arm, balancer), values in delta_m.items():
+        rows += [_row(arm, balancer, s, _multi(v), **extra) for s, v in zip(seeds, values)]
+    return rows
+
+
+def _write_run(tmp_path, rows):
+    for r in rows:
+        arm = f"{r['arm']}/{r['task']}" if r["task"] else r["arm"]
+        folder = tmp_path / "run" / "arms" / slug(arm) / slug(r["balancer"]) / f"seed{r['seed']}"
+        folder.mkdir(parents=True)
+        (folder / "row.json").write_text(json.dumps(r))
+    return tmp_path / "run"
+
+
+def _delta_m(runs, arm, balancer="equal"):
+    return runs[(runs.arm == arm) & (runs.balancer == balancer)].set_index("seed")["delta_m"]
+
+
+def test_delta_m_uses_the_seed_averaged_single_task_reference():
+    rows = _single_rows() + [_row("hard", "equal", 1, {"a": {"accuracy": 0.88}, "b": {"accuracy": 0.57}})]
+    runs = runs_table(rows)
+    # by hand: reference a = 4.00 / 5 = 0.80, b = 3.00 / 5 = 0.60; Δm = (+10 % − 5 %) / 2 = +2.5 %
+    # (seed 1's own single-task nets, 0.84 and 0.63, would give (+4.76 % − 9.52 %) / 2 = −2.38 %)
+    expected = 100 / 2 * ((0.88 - 0.80) / 0.80 + (0.57 - 0.60) / 0.60)
+    assert expected == pytest.approx(2.5, abs=EPS)
+    assert _delta_m(runs, "hard")[1] == pytest.approx(expected, abs=EPS)
+    # the single-task nets get a Δm per seed too: seed 1 is +5 % on both tasks; their mean is 0 (Δm is linear)
+    single = _delta_m(runs, "single-task")
+    assert single[1] == pytest.approx(100 / 2 * (0.04 / 0.80 + 0.03 / 0.60), abs=EPS)
+    assert single[2] == pytest.approx(100 / 2 * (-0.04 / 0.80 - 0.03 / 0.60), abs=EPS)
+    assert single.mean() == pytest.approx(0.0, abs=EPS)
+    assert len(single) == len(SEEDS) and (runs.loc[runs.arm == "single-task", "params"] == 2000).all()
+
+
+def test_summary_intervals_are_student_t_over_seeds():
+    summary = summary_table(runs_table(_study_rows()))
+    for key, values in DELTA_M.items():
+        line = summary.loc[key]
+        x = np.asarray(values)
+        low, high = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+        assert line["n"] == len(SEEDS)
+        assert line["delta_m"] == pytest.approx(x.mean(), abs=EPS)
+        assert line["delta_m std"] == pytest.approx(x.std(ddof=1), abs=EPS)
+        assert (line["delta_m ci_low"], line["delta_m ci_high"]) == pytest.approx((low, high), abs=EPS)
+    assert list(summary.index[:2]) == [("branch", "equal"), ("affinity", "equal")]  # best mean first
+    # task metrics get the same statistics: hard sharing's accuracy on task a is 0.80 · (1 + Δm/100)
+    a = 0.80 * (1 + np.asarray(DELTA_M[("hard", "equal")]) / 100)
+    assert summary.loc[("hard", "equal"), "a.accuracy ci_high"] == pytest.approx(
+        stats.t.interval(0.95, 4, loc=a.mean(), scale=stats.sem(a))[1], abs=EPS
+    )
+
+
+def test_seed_stats_have_no_interval_below_two_values():
+    assert seed_stats([3.0]).mean == 3.0
+    assert all(math.isnan(v) for v in (seed_stats([3.0]).std, seed_stats([3.0]).ci_low, seed_stats([3.0]).ci_high))
+    assert seed_stats([np.nan, 2.0, 4.0]).n == 2  # missing values (incomplete runs) are left out
+    assert seed_stats([]).n == 0
+
+
+def test_paired_differences_match_scipy_ttest_rel():
+    paired = paired_table(runs_table(_study_rows()))
+    hard = np.asarray(DELTA_M[("hard", "equal")])
+    branch = np.asarray(DELTA_M[("branch", "equal")])
+    for arm, ref, versus in (("adashare", hard, "hard sharing"), ("independent", branch, "the best")):
+        x = np.asarray(DELTA_M[(arm, "equal")])
+        line = paired[(paired.versus == versus) & (paired.arm == arm)].iloc[0]
+        ci = stats.ttest_rel(x, ref).confidence_interval(0.95)
+        assert line["n"] == len(SEEDS)
+        assert line["mean"] == pytest.approx((x - ref).mean(), abs=EPS)
+        assert (line["ci_low"], line["ci_high"]) == pytest.approx((ci.low, ci.high), abs=EPS)
+    # versus the single-task nets: their own Δm per seed is the reference (paired on the same seeds)
+    single = _delta_m(runs_table(_study_rows()), "single-task").to_numpy()
+    line = paired[(paired.versus == "single-task nets") & (paired.arm == "hard")].iloc[0]
+    ci = stats.ttest_rel(hard, single).confidence_interval(0.95)
+    assert line["reference"] == "single-task/equal"
+    assert (line["ci_low"], line["ci_high"]) == pytest.approx((ci.low, ci.high), abs=EPS)
+
+
+def test_paired_on_shared_seeds_only():
+    rows = [r for r in _study_rows() if not (r["arm"] == "adashare" and r["seed"] == 4)]
+    paired = paired_table(runs_table(rows))
+    line = paired[(paired.versus == "hard sharing") & (paired.arm == "adashare")].iloc[0]
+    x, ref = np.asarray(DELTA_M[("adashare", "equal")][:4]), np.asarray(DELTA_M[("hard", "equal")][:4])
+    assert line["n"] == 4
+    assert (line["ci_low"], line["ci_high"]) == pytest.approx(tuple(stats.ttest_rel(x, ref).confidence_interval()))
+
+
+def test_verdict_names_the_winner_and_calls_differences_inside_the_noise_ties(tmp_path):
+    runs = runs_table(_study_rows())
+    v = verdict(runs)
+    assert v.best == "branch/equal"
+    assert v.outcomes["the best"]["tie"] == ("affinity/equal",)
+    assert set(v.outcomes["the best"]["worse"]) == {
+        "adashare/equal",
+        "hard/equal",
+        "independent/equal",
+        "single-task/equal",
+    }
+    assert set(v.outcomes["hard sharing"]["better"]) == {"affinity/equal", "branch/equal"}
+    # the single-task nets' own seed noise (Δm −5 % .. +5 %) hides hard sharing's +1 %: a tie
+    assert v.outcomes["hard sharing"]["tie"] == ("adashare/equal", "single-task/equal")
+    assert v.outcomes["hard sharing"]["worse"] == ("independent/equal",)
+    assert "independent/equal" in v.outcomes["single-task nets"]["tie"]  # −3 % on average, inside that noise
+    assert "branch/equal" in v.outcomes["single-task nets"]["better"]
+    assert not v.warnings  # 5 seeds everywhere
+
+    text = "\n".join(v.lines)
+    assert text.startswith("Best by mean Δm: branch/equal")
+    line = next(s for s in v.lines if s.startswith("Beats hard sharing with confidence"))
+    assert "branch/equal" in line and "affinity/equal" in line and "adashare" not in line
+    assert "adashare/equal" in next(s for s in v.lines if s.startswith("Tied with hard sharing"))
+    assert "affinity/equal" in next(s for s in v.lines if s.startswith("Tied with the best"))
+    # noise floor: the std of Δm pooled over the 6 rows (5 seeds each, 4 degrees of freedom per row)
+    pooled = np.sqrt(np.mean([np.var(v, ddof=1) for v in [*DELTA_M.values(), _delta_m(runs, "single-task")]]))
+    assert v.noise_floor == pytest.approx(pooled, abs=EPS)
+    assert f"{pooled:.2f} points" in text and "24 degrees of freedom" in text
+    assert "per comparison (no multiplicity correction)" in text
+
+    files = write_report(_write_run(tmp_path, _study_rows()))
+    md = files["report.md"].read_text()
+    assert md.index("## Verdict") < md.index("## Summary")  # the verdict comes first
+    assert all(s in md for s in v.lines)
+    assert "averaged over all seeds" in md
+    assert "Beats hard sharing with confidence" in files["report.html"].read_text()
+
+
+def test_one_seed_reports_no_spread_and_warns_that_ranking_needs_three(tmp_path):
+    rows = _study_rows({k: d[:1] for k, d in DELTA_M.items()}, seeds=(0,))
+    files = write_report(_write_run(tmp_path, rows))
+    md = files["report.md"].read_text()
+    assert "±" not in md
+    assert "A ranking needs ≥ 3 seeds" in md and "⚠ Warning" in md
+    assert "Not compared with hard sharing (fewer than 2 shared seeds" in md
+    assert "with confidence" not in md.split("## Method")[0]  # no claim without an interval
+    summary = pd.read_csv(files["summary.csv"])
+    assert summary["delta_m ci_low"].isna().all() and (summary["n"] == 1).all()
+
+
+def test_fewer_than_three_seeds_warn():
+    v = verdict(runs_table(_study_rows({k: d[:2] for k, d in DELTA_M.items()}, seeds=(0, 1))))
+    assert len(v.warnings) == 1 and "A ranking needs ≥ 3 seeds per arm; this study has 2 seeds per arm" in v.warnings[0]
+    rows = [r for r in _study_rows() if not (r["arm"] == "adashare" and r["seed"] > 1)]
+    v = verdict(runs_table(rows))
+    assert len(v.warnings) == 1 and "these have fewer: adashare/equal (n = 2)." in v.warnings[0]
+
+
+def test_csv_files_hold_unformatted_numbers(tmp_path):
+    files = write_report(_write_run(tmp_path, _study_rows()))
+    summary = pd.read_csv(files["summary.csv"]).set_index(["arm", "balancer"])
+    for col in ("n", "delta_m", "delta_m std", "delta_m ci_low", "delta_m ci_high", "params"):
+        assert pd.api.types.is_numeric_dtype(summary[col]), col
+    assert summary.loc[("hard", "equal"), "delta_m"] == pytest.approx(np.mean(DELTA_M[("hard", "equal")]))
+    paired = pd.read_csv(files["paired.csv"])
+    assert {"versus", "reference", "n", "mean", "std", "ci_low", "ci_high", "outcome"} <= set(paired.columns)
+    assert pd.read_csv(files["runs.csv"]).shape[0] == len(SEEDS) * (len(DELTA_M) + 1)
+    assert (files["report.md"].parent / "figures" / "pareto_params.png").is_file()
+
+
+def test_hard_sharing_is_paired_with_the_same_balancer_else_equal():
+    dm = {**DELTA_M, ("hard", "mgda"): (0.0,) * 5, ("branch", "mgda"): (1.0,) * 5, ("branch", "pcgrad"): (2.0,) * 5}
+    paired = paired_table(runs_table(_study_rows(dm))).query("versus == 'hard sharing'")
+    reference = dict(zip(paired.arm + "/" + paired.balancer, paired.reference))
+    assert reference["branch/mgda"] == "hard/mgda"
+    assert reference["branch/pcgrad"] == "hard/equal"  # hard sharing never trained with pcgrad
+    assert reference["hard/mgda"] == "hard/equal"  # hard sharing's balancers are compared with equal weights
+    assert reference["single-task/equal"] == "hard/equal"
+    assert "hard/equal" not in reference  # not compared with itself
+
+
+def test_search_cost_and_repeatability_over_search_seeds():
+    rows = _study_rows({k: v for k, v in DELTA_M.items() if k[0] != "branch"})
+    for s, search_seed in zip(SEEDS, (0, 1, 2, 0, 1)):  # training seed i retrains search seed i mod 3
+        arm = "branched" if search_seed == 2 else "hard"  # search seed 2 found another graph
+        row = _row("branch", "equal", s, _multi(DELTA_M[("branch", "equal")][s]), search_seed=search_seed)
+        rows.append({**row, "graph": _graph(arm).to_dict(), "search_seconds": 10.0 + 2 * search_seed})
+    v = verdict(runs_table(rows))
+    # mean search seconds over the 3 searches (10, 12, 14) / mean hard/equal training (2 s) = 6.0
+    cost = next(s for s in v.lines if s.startswith("Search cost"))
+    assert "branch 6.0× (12.0 s per search)" in cost
+    repeat = next(s for s in v.lines if s.startswith("Search repeatability"))
+    assert "branch: 2 distinct graphs from 3 search seeds (the most common one 2 of 3 times)" in repeat
+
+
+def test_topology_per_distinct_graph(tmp_path):
+    rows = _study_rows({("hard", "equal"): DELTA_M[("hard", "equal")]})
+    for s, search_seed in zip(SEEDS[:2], (0, 1)):
+        row = _row("branch", "equal", s, _multi(1.0), search_seed=search_seed, search_seconds=5.0)
+        rows.append({**row, "graph": _graph("branched" if search_seed else "hard").to_dict()})
+    files = write_report(_write_run(tmp_path, rows))
+    figures = {p.name for p in (files["report.md"].parent / "figures").iterdir()}
+    assert {"topology_branch.png", "topology_branch_2.png", "topology_hard.png"} <= figures
+    assert "branch, graph 2 of 2 (search seeds [1])" in files["report.md"].read_text()
+
+
+def test_environment_is_listed_and_disagreement_flagged(tmp_path):
+    env = {"python": "3.11.7", "torch": "2.14.1", "threads": 1, "device": "cpu", "cpu": "Some CPU"}
+    rows = _study_rows(env=env)
+    md = write_report(_write_run(tmp_path / "same", rows))["report.md"].read_text()
+    assert "Python 3.11.7, torch 2.14.1, 1 thread, cpu, Some CPU" in md and "disagree" not in md
+    rows[-1] = {**rows[-1], "env": {**env, "threads": 4}}
+    rows[0] = {k: v for k, v in rows[0].items() if k != "env"}  # a row from before environments were recorded
+    v = verdict(runs_table(rows), rows)
+    assert v.warnings == ("Runs disagree on threads: 1 thread (33 run files), 4 threads (1 run files).",)
+    md = write_report(_write_run(tmp_path / "mixed", rows))["report.md"].read_text()
+    assert "⚠ Warning: Runs disagree on threads" in md and "1 run files (written before" in md
+
+
+def test_pareto_plot_numbers_points_without_overlap_and_draws_intervals():
+    # three points on one spot (hard sharing with three balancers), one just above, one far away
+    points = [("hard/equal", 1500.0, 1.0), ("hard/mgda", 1500.0, 1.0), ("hard/pcgrad", 1500.0, 1.001)]
+    points += [("adashare/equal", 1500.0, 1.09), ("single-task/equal", 2e6, 0.0)]
+    intervals = [(0.0, 2.0), (0.5, 1.5), (np.nan, np.nan), (0.9, 1.2), (-1.0, 1.0)]
+    fig = pareto_plot(points, intervals=intervals)
+    ax = fig.axes[0]
+    assert isinstance(ax.xaxis.get_major_formatter(), EngFormatter)
+    assert ax.xaxis.get_major_formatter()(2e6) == "2 M"
+    keys = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert keys[:5] == [f"{i + 1}  {p[0]}" for i, p in enumerate(points)]
+    labels = {t.get_text(): t for t in ax.texts}
+    assert {"1,2,3", "5"} <= set(labels)  # the covered points share one label
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in labels.values()]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    markers = [c for c in ax.collections if c.__class__.__name__ == "PathCollection"]
+    centres = [c.get_offset_transform().transform(c.get_offsets())[0] for c in markers[:3]]
+    assert min(np.hypot(*(p - q)) for i, p in enumerate(centres) for q in centres[i + 1 :]) > 5.0  # dodged
+    bars = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    assert len(bars) == 4  # one vertical bar per finite interval
+    plt.close(fig)
+    with pytest.raises(ValueError, match="2 intervals for 5 points"):
+        pareto_plot(points, intervals=intervals[:2])
+
+
+def test_label_offsets_move_a_colliding_label_up_one_box():
+    anchors = [(100.0, 100.0), (100.0, 104.0), (300.0, 100.0)]
+    offsets = _label_offsets(anchors, ["1,2", "3", "4"], [3.0, 3.0, 3.0], fontsize=10.0)
+    assert offsets[0] == offsets[2] == (3.0, 2.0)  # the far label stays where it starts
+    assert offsets[1] == (3.0, 2.0 + 12.0)  # one box height (1.2 · fontsize) up
+
+
+def test_search_figures_are_copied_with_their_seed_folder_only_where_names_collide(tmp_path):
+    run = _write_run(tmp_path, _study_rows())
+    for rel in (
+        "affinity/seed5/affinity/heatmap.png",
+        "affinity/seed7/affinity/heatmap.png",
+        "branch/seed0/history.png",
+    ):
+        (run / "search" / rel).parent.mkdir(parents=True)
+        (run / "search" / rel).write_bytes(rel.encode())
+    files = write_report(run)
+    figures = files["report.md"].parent / "figures"
+    assert (figures / "search_branch_history.png").read_bytes() == b"branch/seed0/history.png"
+    assert (
+        figures / "search_affinity_seed7_affinity_heatmap.png"
+    ).read_bytes() == b"affinity/seed7/affinity/heatmap.png"
+    assert "![affinity seed5 affinity: heatmap](figures/search_affinity_seed5_affinity_heatmap.png)" in (
+        files["report.md"].read_text()
+    )
