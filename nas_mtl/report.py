@@ -635,3 +635,22 @@ def _study_title(run_dir: Path) -> str:
         if name:
             return f"Study: {name}"
     return f"Study: {run_dir.name}"
+
+
+__all__ = [
+    "LEVEL",
+    "MIN_SEEDS",
+    "SeedStats",
+    "Verdict",
+    "format_paired",
+    "format_table",
+    "outcome",
+    "paired_table",
+    "pooled_std",
+    "runs_table",
+    "seed_stats",
+    "single_task_reference",
+    "summary_table",
+    "verdict",
+    "write_report",
+]
