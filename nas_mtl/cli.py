@@ -147,7 +147,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 def cmd_study(args: argparse.Namespace) -> None:
     import time
 
-    from .report import format_table, runs_table, summary_table, write_report
+    from .report import format_table, runs_table, summary_table, verdict, write_report
     from .study import load_study, run_study, with_device
 
     spec = load_study(args.file)
@@ -157,8 +157,11 @@ def cmd_study(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
     files = write_report(out)
-    print(format_table(summary_table(runs_table(rows))).to_string())
-    print(f"study {spec.name!r}: {time.perf_counter() - t0:.0f}s this session; report: {files['report.md']}")
+    runs = runs_table(rows)
+    print(format_table(summary_table(runs)).to_string(index=False))
+    found = verdict(runs, rows)
+    print("\nVerdict:\n" + "\n".join(f"- {line}" for line in (*found.warnings, *found.lines)))
+    print(f"\nstudy {spec.name!r}: {time.perf_counter() - t0:.0f}s this session; report: {files['report.md']}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
