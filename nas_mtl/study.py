@@ -381,6 +381,7 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(spec: StudySpec, threads: int) -> None:
     torch.set_num_threads(threads)
+    load_search_methods()  # a spawned process starts with only the registrations its imports make
     data = create_dataset(spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"})
     _WORKER.update(data=data, space=load_search_space(spec.space, input_shape=data.input_shape))
 

@@ -336,16 +336,17 @@ def test_rerunning_a_study_on_the_same_machine_is_bitwise_identical(finished, tm
         assert all(torch.equal(first[k], second["model"][k]) for k in first)
 
 
-def test_parallel_jobs_give_bitwise_the_rows_of_one_thread_runs(finished, tmp_path):
-    """jobs=2 on 2 threads runs each arm in a worker process on 1 thread: the numbers of a serial 1-thread run."""
+def test_parallel_jobs_give_bitwise_the_rows_of_one_thread_runs(tmp_path):
+    """jobs=2 on 2 threads runs each search and arm in a worker process on 1 thread: the numbers of a serial
+    1-thread run (searches included: a spawned worker knows the built-in search methods)."""
     import torch
 
-    d, spec, rows = finished
+    study = STUDY.replace("seeds = [0, 1]", "seeds = [0, 1]\nsearch_seeds = [0, 1]")
+    spec = load_study(_write(tmp_path, study + '[search.affinity]\nmeasure = "gradcos"\nepochs = 1\nbatch_size = 32\n'))
     before = torch.get_num_threads()
     try:
-        if before != 1:
-            torch.set_num_threads(1)
-            rows = run_study(spec, tmp_path / "serial", progress=False)
+        torch.set_num_threads(1)
+        rows = run_study(spec, tmp_path / "serial", progress=False)
         torch.set_num_threads(2)
         parallel = run_study(spec, tmp_path / "parallel", progress=False, jobs=2)
     finally:
