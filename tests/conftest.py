@@ -1,11 +1,42 @@
+"""Test-suite settings, from the environment.
+
+``NAS_MTL_TEST_THREADS`` (default 1): torch intra-op threads for the whole session (tiny networks run faster
+on one thread of a shared 2-core machine). ``NAS_MTL_TEST_THREADS=2 python -m pytest`` checks that no result
+depends on the thread count: reductions split over threads sum in another order, so float results differ in
+the last bits, and tolerances must come from the dtype and the size of the computation, not from one machine.
+
+``NAS_MTL_TEST_SEED`` (default 0): the data and training seed of the tests that assert a statistical outcome
+(they take the ``seed`` fixture). Their docstrings name the seeds and thread counts the outcome was checked
+for; re-check with e.g. ``NAS_MTL_TEST_SEED=3 NAS_MTL_TEST_THREADS=2 python -m pytest -k recovers``.
+"""
+
+import os
+
 import pytest
 import torch
 
+THREADS_ENV = "NAS_MTL_TEST_THREADS"
+SEED_ENV = "NAS_MTL_TEST_SEED"
+
+
+def _int_from_env(name: str, default: int, minimum: int) -> int:
+    """The integer in environment variable ``name`` (``default`` when unset); ValueError below ``minimum``."""
+    value = os.environ.get(name, str(default)).strip()
+    if not value.isdigit() or int(value) < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
 
 @pytest.fixture(autouse=True, scope="session")
-def one_thread():
-    """Tests run tiny networks: one torch thread is faster than two on a shared 2-core machine."""
+def torch_threads():
+    """Every test runs with ``$NAS_MTL_TEST_THREADS`` torch threads; the previous count is restored at the end."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(_int_from_env(THREADS_ENV, 1, 1))
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def seed() -> int:
+    """Data and training seed of the statistical tests: ``$NAS_MTL_TEST_SEED`` (default 0)."""
+    return _int_from_env(SEED_ENV, 0, 0)
