@@ -18,6 +18,8 @@ class Case:
     head: tuple[str, ...]  # classifier-head modules of the default timm model (outside forward_features)
 
 
+F64_RTOL = 1e-7
+"""torch.testing.assert_close's float64 tolerance (relative and absolute)."""
 TINY_VIT = dict(model="vit_tiny_patch16_224", input_size=(32, 32), patch_size=8, depth=4, embed_dim=64, num_heads=2)
 CASES = {
     "resnet18": Case("timm_resnet", dict(model="resnet18", input_size=(64, 64)), 9, 5, ("fc",)),
@@ -39,17 +41,19 @@ CASES = {
 class Setup:
     case: Case
     backbone: Backbone
-    trunk: TimmTrunk  # eval mode
-    x: torch.Tensor
+    trunk: TimmTrunk  # eval mode, float64
+    x: torch.Tensor  # float64
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def setup(request) -> Setup:
+    """In float64: the block-by-block run and timm's forward_features may use different kernels (and so
+    summation orders), and the checks are of what is computed, not of float32 rounding."""
     case = CASES[request.param]
     bb = create_backbone(case.backbone, **case.config)
     trunk = timm_trunk(bb.name, **bb.config)
-    trunk.model.eval()
-    return Setup(case, bb, trunk, torch.randn(2, *bb.input_shape))
+    trunk.model.eval().double()
+    return Setup(case, bb, trunk, torch.randn(2, *bb.input_shape, dtype=torch.float64))
 
 
 @torch.no_grad()
@@ -60,7 +64,7 @@ def test_blocks_compose_to_timm_forward_features(setup):
     for m in trunk.modules:
         tokens = m(tokens)
     ref = trunk.model.forward_features(x)
-    assert tokens.shape == ref.shape and torch.allclose(tokens, ref, atol=1e-5)
+    torch.testing.assert_close(tokens, ref)
     fmap = bb.neck(tokens)
     if bb.name == "timm_vit":  # class token dropped, patch tokens back on the 4x4 grid (row-major)
         assert trunk.model.num_prefix_tokens == 1 and fmap.shape == (2, 64, 4, 4)
@@ -79,7 +83,7 @@ def test_skippable_iff_shape_preserving_identity_shortcut(setup):
         zeroed = copy.deepcopy(block)
         for p in zeroed.parameters():
             p.zero_()
-        identity = y.shape == x.shape and torch.allclose(zeroed(x), x, atol=1e-6)
+        identity = y.shape == x.shape and torch.allclose(zeroed(x), x, rtol=F64_RTOL, atol=F64_RTOL)
         assert info.skippable == identity, info.name
         x = y
 
@@ -134,13 +138,14 @@ def test_vit_with_register_tokens_avg_pool_and_one_channel():
     bb = create_backbone("timm_vit", **config)
     assert bb.layer_names == ("embed", "blocks.0", "blocks.1", "blocks.2", "blocks.3")  # norm became fc_norm
     trunk = timm_trunk(bb.name, **bb.config)
-    trunk.model.eval()
-    x = torch.randn(2, 1, 32, 16)
+    trunk.model.eval().double()
+    x = torch.randn(2, 1, 32, 16, dtype=torch.float64)
     tokens = x
     for m in trunk.modules:
         tokens = m(tokens)
     ref = trunk.model.forward_features(x)
-    assert torch.allclose(tokens, ref, atol=1e-5) and ref.shape == (2, 3 + 4 * 2, 64)
+    torch.testing.assert_close(tokens, ref)
+    assert ref.shape == (2, 3 + 4 * 2, 64)
     assert torch.equal(bb.neck(tokens)[:, :, 3, 1], ref[:, 3 + 3 * 2 + 1]) and bb.feature_shape == (64, 4, 2)
 
 

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from nas_mtl.backbones import create_backbone
 from nas_mtl.export import export_network, export_run, load_exported
@@ -30,12 +31,21 @@ def exported(tmp_path_factory):
     return net, out, export_network(net, TASKS, out)
 
 
+def _float32_tolerance(net: MultiTaskNetwork, x: torch.Tensor) -> float:
+    """n eps max|output| in float32: n = the multiply-adds behind one output along the depth (the sum of the
+    conv and linear fan-ins), a bound on how far two float32 implementations of ``net`` may round apart."""
+    n = sum(m.weight[0].numel() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    with torch.no_grad():
+        scale = max(float(v.abs().max()) for v in net(x).values())
+    return n * torch.finfo(torch.float32).eps * scale
+
+
 def test_every_format_matches_pytorch(exported):
-    _, _, report = exported
+    net, _, report = exported
     assert set(report["files"]) == {"safetensors", "torch-export", "onnx"}
     assert report["max_abs_diff"]["safetensors"] == 0.0
-    assert report["max_abs_diff"]["torch-export"] <= 1e-5
-    assert report["max_abs_diff"]["onnx"] <= 1e-4
+    tol = _float32_tolerance(net, torch.randn(8, 3, 16, 16))  # ~1e-4 here; measured: 0 and 2.4e-7
+    assert report["max_abs_diff"]["torch-export"] <= tol and report["max_abs_diff"]["onnx"] <= tol
 
 
 def test_reloaded_without_pickle_reproduces_outputs(exported):
@@ -65,8 +75,9 @@ def test_onnx_has_one_named_output_per_task_and_dynamic_batch(exported):
     with torch.no_grad():
         ref = net(x)
     assert got[1].shape == (7, 2, 16, 16)
+    tol = _float32_tolerance(net, x)
     for t, g in zip(("a", "b", "c"), got):
-        assert float((torch.from_numpy(g) - ref[t]).abs().max()) <= 1e-4
+        assert float((torch.from_numpy(g) - ref[t]).abs().max()) <= tol
 
 
 def test_export_errors(tmp_path, exported):
