@@ -21,11 +21,13 @@ from nas_mtl.tasks import ClassificationTask, MultiLabelTask
 
 SMALL_DIGITS = {"n_train": 300, "n_val": 60, "n_test": 60}
 SMALL_SHAPES = {"n_train": 600, "n_val": 100, "n_test": 100}
+EPS32 = torch.finfo(torch.float32).eps
 
 
 @pytest.fixture(scope="module")
-def shapes_data() -> MultiTaskData:
-    return create_dataset("shapes", n_train=1500, n_val=100, n_test=100)
+def shapes_data(seed) -> MultiTaskData:
+    """1500 training images; the statistics asserted on them were measured for seeds 0-4 (see each test)."""
+    return create_dataset("shapes", n_train=1500, n_val=100, n_test=100, seed=seed)
 
 
 def _all(dataset) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -59,7 +61,8 @@ def test_multidigits_layout_and_label_ranges():
     assert data.input_shape == (1, 28, 28)
     x, y = _all(data.train)
     assert x.shape == (300, 1, 28, 28) and x.dtype == torch.float32
-    assert abs(float(x.mean())) < 1e-4 and float(x.std()) == pytest.approx(1.0, abs=1e-3)
+    tol = x.numel() * EPS32  # standardised in float32: a reduction over every pixel (measured: <= 6e-8)
+    assert abs(float(x.mean())) <= tol and float(x.std()) == pytest.approx(1.0, abs=tol)
     raw = _raw_images(data, x)
     assert float(raw.min()) >= -1e-5 and float(raw.max()) <= 1 + 1e-5
     for task in data.tasks:
@@ -76,9 +79,12 @@ def test_multidigits_source_digits_are_split_disjointly():
     assert abs(len(sets["train"]) / 1797 - 0.7) < 0.01
 
 
-def test_multidigits_labels_follow_the_digits_in_unseen_handwriting():
-    # a linear probe on each corner crop reads that corner's digit on test images of unseen source digits
-    data = create_dataset("multidigits", n_train=2000, n_val=10, n_test=400)
+def test_multidigits_labels_follow_the_digits_in_unseen_handwriting(seed):
+    """A linear probe on each corner crop reads that corner's digit on test images of unseen source digits.
+
+    Measured for seeds 0-4: own digit 0.56-0.65 (asserted > 0.5, chance 0.1), the other corner's digit
+    0.085-0.11 (asserted < 0.2)."""
+    data = create_dataset("multidigits", n_train=2000, n_val=10, n_test=400, seed=seed)
     (xtr, ytr), (xte, yte) = _all(data.train), _all(data.test)
     crops = {"left": (slice(0, 20), slice(0, 20)), "right": (slice(8, 28), slice(8, 28))}
     for task, (rows, cols) in crops.items():
@@ -116,12 +122,13 @@ def test_shapes_tasks_layout_and_planted_groups(shapes_data):
     assert x.shape == (1500, 3, 32, 32) and x.dtype == torch.float32
     for task in data.tasks:
         task.validate_target(y[task.name], 1500)
-    assert float(y["size"].mean()) == pytest.approx(0, abs=1e-5)  # standardised on train
-    assert float(y["size"].std()) == pytest.approx(1, abs=1e-3)
+    tol = len(y["size"]) * EPS32  # standardised on train, in float32 (measured: <= 2.5e-7)
+    assert float(y["size"].mean()) == pytest.approx(0, abs=tol)
+    assert float(y["size"].std()) == pytest.approx(1, abs=tol)
     for name in ("angle", "chroma"):  # unit vectors
         assert y[name].shape == (1500, 2) and torch.allclose(y[name].norm(dim=1), torch.ones(1500))
     assert float(y["distance"].min()) > 0  # every depth-like pixel is valid
-    for name, k in (("quadrant", 4), ("orientation", 4), ("hue", 6)):  # balanced classes
+    for name, k in (("quadrant", 4), ("orientation", 4), ("hue", 6)):  # balanced: seeds 0-4, min >= 0.87 n / k
         counts = torch.bincount(y[name], minlength=k).float()
         assert counts.min() > 0.75 * len(y[name]) / k
 
@@ -137,6 +144,8 @@ def _circular_gap(a: np.ndarray, b: np.ndarray, period: float) -> np.ndarray:
 
 
 def test_shapes_geometry_and_colour_follow_the_object(shapes_data):
+    """Measured for seeds 0-4: mask area vs size correlation >= 0.998 (asserted > 0.97), hue class from the
+    object's colour right for >= 98.3 % (asserted > 95 %), median hue gap <= 0.0022 (asserted < 0.01)."""
     x, y = _all(shapes_data.train)
     mask = y["mask"].bool()
     scale = shapes_data.info["target_scaling"]
@@ -157,6 +166,8 @@ def test_shapes_geometry_and_colour_follow_the_object(shapes_data):
 
 
 def test_shapes_texture_is_recoverable_by_fft(shapes_data):
+    """Measured for seeds 0-4: orientation from the FFT peak right for 100 % (asserted > 90 %), median angle
+    gap <= 3.6 degrees (asserted < 15)."""
     x, y = _all(shapes_data.train)
     gray = _raw_images(shapes_data, x).mean(1).numpy()
     spectrum = np.abs(np.fft.fft2(gray - gray.mean((1, 2), keepdims=True)))
@@ -172,7 +183,10 @@ def test_shapes_texture_is_recoverable_by_fft(shapes_data):
 
 
 def test_shapes_families_are_independent(shapes_data):
-    """Targets of different planted families are uncorrelated; within a family they are functions of one latent."""
+    """Targets of different planted families are uncorrelated; within a family they are functions of one latent.
+
+    Across families |corr| <= 0.077 on seeds 0-4 (asserted < 0.12; one sample correlation of 1500 independent
+    draws has standard deviation 0.026)."""
     _, y = _all(shapes_data.train)
     columns = {
         "quadrant": torch.nn.functional.one_hot(y["quadrant"], 4).float(),
