@@ -172,9 +172,10 @@ def test_a_tree_being_scored_elsewhere_is_waited_for(shapes, wait):
         assert len(stub.calls) == 1 and "duplicate_of" not in second.user_attrs
 
 
-def test_pruner_sees_every_epoch_and_stops_bad_trials(shapes, tmp_path):
+def test_pruner_sees_every_epoch_and_stops_bad_trials(shapes, tmp_path, seed):
+    """Sampler seeds 0-4: 8-12 distinct trees trained, 1-6 of them pruned (asserted: at least one)."""
     stub = StubScorer(epochs=3)
-    config = _config(tmp_path, n_trials=16, sampler="random", pruner="median")
+    config = _config(tmp_path, n_trials=16, sampler="random", pruner="median", seed=seed)
     branch_search(*shapes[:2], config, tmp_path, scorer=stub)
     study = _study(config)
     trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
