@@ -138,7 +138,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> None:
     import torch
 
-    from .search.branching import exit_with_parent, run_worker
+    from .processes import exit_with_parent
+    from .search.branching import run_worker
 
     if args.exit_with_parent:
         exit_with_parent()
@@ -269,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once, each in its own process with threads/jobs torch threads (at least 1); "
-                   "the numbers depend on the threads per run, not on --jobs")  # fmt: skip
+                   "the numbers depend on the threads per run (recorded in each row's env), so --jobs 2 on "
+                   "2 threads reproduces --threads 1 bitwise")  # fmt: skip
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="tables (Markdown/HTML/CSV) and figures for a study run folder")

@@ -9,8 +9,8 @@ returns or bar redraws.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterable, Iterator
+from time import monotonic
 from typing import IO, Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -38,16 +38,16 @@ class PlainProgress(Iterable[T]):
         print(f"{self.desc}: {steps} steps, {seconds:.1f} s{extra}", file=self.stream, flush=True)
 
     def __iter__(self) -> Iterator[T]:
-        start = last = time.monotonic()
+        start = last = monotonic()
         n = 0
         for item in self.iterable:
             yield item
             n += 1
-            now = time.monotonic()
+            now = monotonic()
             if now - last >= LINE_SECONDS:
                 self._line(n, now - start)
                 last = now
-        self._line(n, time.monotonic() - start)
+        self._line(n, monotonic() - start)
 
 
 def progress(

@@ -26,12 +26,13 @@ import dataclasses
 import inspect
 import json
 import multiprocessing
+import queue
 import shutil
+import signal
 import sys
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ from .baselines import primary_directions, train_graph
 from .data import MultiTaskData, create_dataset
 from .data.base import DATASETS
 from .graph import SharingGraph
+from .processes import exit_with_parent
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
 from .train import TrainConfig, write_json_atomic
@@ -129,8 +131,8 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         train = TrainConfig.from_dict(raw.get("train", {}), source=f"{source}: train")
     except (TypeError, ValueError) as err:
         raise fail("train", str(err)) from None
-    seeds = _seed_list(raw.get("seeds", [0]), "seeds", fail)
-    search_seeds = None if "search_seeds" not in raw else _seed_list(raw["search_seeds"], "search_seeds", fail)
+    seeds = _seed_list(raw.get("seeds", [0]), "seeds", fail, low=None)
+    search_seeds = None if "search_seeds" not in raw else _seed_list(raw["search_seeds"], "search_seeds", fail, low=0)
     balancers = raw.get("balancers", ["equal"])
     if not isinstance(balancers, list) or not balancers:
         raise fail("balancers", f"expected a non-empty list, got {balancers!r}")
@@ -163,7 +165,13 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
             raise fail(f"search.{name}", "expected a table of options")
         if search_seeds is not None and "seed" in options:
             raise fail(f"search.{name}.seed", "set by search_seeds as well; give the search seeds in one place")
-        _method_args(name, options, f"{source}: search.{name}")  # validate now, not hours later
+        if search_seeds is not None and len(search_seeds) > 1:
+            shared = next((k for k in ("storage", "study") if k in options), None)
+            if shared is not None:  # every search seed would join one Optuna study
+                raise fail(f"search.{name}.{shared}", "one per search: not with several search_seeds")
+        args = _method_args(name, options, f"{source}: search.{name}")  # validate now, not hours later
+        if search_seeds is not None and not hasattr(args, "seed"):
+            raise fail("search_seeds", f"search method {name!r} has no seed option to set")
     return StudySpec(
         name=str(raw.get("name", Path(source).stem)),
         data=data,
@@ -179,13 +187,14 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
     )
 
 
-def _seed_list(seeds: Any, key: str, fail: Callable[[str, str], ValueError]) -> tuple[int, ...]:
+def _seed_list(seeds: Any, key: str, fail: Callable[[str, str], ValueError], low: int | None) -> tuple[int, ...]:
     if (
         not isinstance(seeds, list)
         or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and (low is None or s >= low) for s in seeds)
     ):
-        raise fail(key, f"expected a non-empty list of integers >= 0, got {seeds!r}")
+        at_least = "" if low is None else f" >= {low}"
+        raise fail(key, f"expected a non-empty list of integers{at_least}, got {seeds!r}")
     twice = sorted({s for s in seeds if seeds.count(s) > 1})
     if twice:
         raise fail(key, f"seed(s) {twice} given twice; each seed once")
@@ -274,14 +283,19 @@ class Arm:
     search_seed: int | None = None  # set for a searched arm: the seed of the search that found ``graph``
 
 
-def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = True, jobs: int = 1) -> list[dict[str, Any]]:
+def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = False, jobs: int = 1) -> list[dict[str, Any]]:
     """Run (or resume) every search and arm of ``spec``; returns the result rows (seed by seed).
+
+    Finished searches and arm runs are read back here; only the others run, in this process or in ``jobs``
+    worker processes.
 
     Args:
         progress: print progress (bars on a terminal, plain lines otherwise) and one line per finished run.
         jobs: runs (searches, then arm trainings) at once, each in its own process with
-            ``torch.get_num_threads() // jobs`` threads (at least 1). The numbers depend on the thread count,
-            not on ``jobs``: ``jobs=2`` on 2 threads gives bitwise the same rows as ``jobs=1`` on 1 thread.
+            ``torch.get_num_threads() // jobs`` threads (at least 1). The numbers depend on the threads per
+            run: ``jobs=2`` on 2 threads gives bitwise the rows of ``jobs=1`` on 1 thread. A failed run stops
+            the others (finished runs and epochs stay on disk) and its error is raised here. Workers are
+            spawned: a script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
@@ -289,37 +303,50 @@ def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = True, jobs:
     run_dir.mkdir(parents=True, exist_ok=True)
     if spec.source != "<memory>" and Path(spec.source).is_file():
         shutil.copyfile(spec.source, run_dir / "study.toml")
-    data = create_dataset(spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"})
-    space = load_search_space(spec.space, input_shape=data.input_shape)
+    data, space = _data_and_space(spec)
     with _Runner(spec, data, space, jobs, progress) as runner:
         show = progress and jobs == 1  # bars and search logs of parallel runs would interleave
         search = spec.search if show else _set_option(spec.search, "no_progress", True)
-        searches = [
-            (method, seed, options if spec.search_seeds is None else {**options, "seed": seed})
-            for method, options in search.items()
-            for seed in seeds_of_search(spec, method)
-        ]
-        results = runner.map(
-            _run_search,
-            [
-                (m, opts, _search_dir(run_dir, m, seed, legacy=spec.search_seeds is None), spec.source)
-                for m, seed, opts in searches
-            ],
-            [f"search {m} seed {seed}" for m, seed, _ in searches],
-        )
-        found: dict[str, list[Arm]] = {}
-        for (method, seed, _), result in zip(searches, results):
-            arm = Arm(method, result.graph.with_meta(name=method), result.seconds, search_seed=seed)
-            found.setdefault(method, []).append(arm)
-        groups = [[arm] for arm in _baseline_arms(spec, data, space)] + list(found.values())
-        plan = []
+        found: dict[tuple[str, int], SearchResult | None] = {}
+        todo: list[tuple[str, Mapping[str, Any], Path, str]] = []
+        for method, options in search.items():
+            for seed in seeds_of_search(spec, method):
+                out = _search_dir(run_dir, method, seed, legacy=spec.search_seeds is None)
+                found[method, seed] = _finished_search(out)
+                if found[method, seed] is None:
+                    todo.append((method, options if spec.search_seeds is None else {**options, "seed": seed}, out))
+        pending = [key for key, result in found.items() if result is None]
+        labels = [f"search {m} seed {s}" for m, s in pending]
+        for key, result in zip(pending, runner.map(_run_search, [(*t, spec.source) for t in todo], labels)):
+            found[key] = result
+        groups = [[arm] for arm in _baseline_arms(spec, data, space)]
+        for method in search:
+            groups.append(
+                [
+                    Arm(method, result.graph.with_meta(name=method), result.seconds, search_seed=seed)
+                    for (m, seed), result in found.items()
+                    if m == method
+                ]
+            )
+        rows: list[dict[str, Any] | None] = []
+        todo_arms = []
         for i, seed in enumerate(spec.seeds):
             for group in groups:
                 arm = group[i % len(group)]  # training seed number i retrains search seed number i's graph
                 for balancer in _balancers_for(group, spec.balancers):
-                    plan.append((arm, balancer, seed, spec, run_dir, show))
-        labels = [f"{_arm_name(a)} {b} seed {s}" for a, b, s, *_ in plan]
-        return runner.map(_run_arm, plan, labels)
+                    out = _arm_dir(run_dir, arm, balancer, seed)
+                    rows.append(_finished_row(out, arm))
+                    if rows[-1] is None:
+                        todo_arms.append((len(rows) - 1, (arm, balancer, seed, spec, out, show)))
+        labels = [f"{_arm_name(a)} {b} seed {s}" for _, (a, b, s, *_) in todo_arms]
+        for (k, _), row in zip(todo_arms, runner.map(_run_arm, [job for _, job in todo_arms], labels)):
+            rows[k] = row
+    return rows
+
+
+def _data_and_space(spec: StudySpec) -> tuple[MultiTaskData, SearchSpace]:
+    data = create_dataset(spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"})
+    return data, load_search_space(spec.space, input_shape=data.input_shape)
 
 
 def _balancers_for(group: Sequence[Arm], balancers: Sequence[str]) -> tuple[str, ...]:
@@ -332,47 +359,66 @@ def _balancers_for(group: Sequence[Arm], balancers: Sequence[str]) -> tuple[str,
 
 
 class _Runner:
-    """Runs study jobs ``fn(*args, data=, space=)`` here (``jobs=1``) or in a pool of worker processes that
-    build the study's data and search space once each; results come back in submission order. A failed job
-    stops the rest (finished ones are on disk) and its error is raised here."""
+    """Runs study jobs ``fn(*args, data=, space=)`` here (``jobs=1``) or in a pool of ``jobs`` worker processes
+    that build the study's data and search space once each. The first failed job, or Ctrl-C, terminates the
+    pool (runs write checkpoints and results atomically, so finished epochs and runs are kept) and its error
+    is raised here with its own type."""
 
     def __init__(self, spec: StudySpec, data: MultiTaskData, space: SearchSpace, jobs: int, progress: bool):
         self.data, self.space, self.progress, self.pool = data, space, progress, None
         if jobs > 1:
             threads = max(1, torch.get_num_threads() // jobs)
-            self.pool = ProcessPoolExecutor(
-                jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                initargs=(spec, threads),
-            )  # fmt: skip
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(jobs, initializer=_init_worker, initargs=(spec, threads))
 
     def __enter__(self) -> _Runner:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            if kind is None:
+                self.pool.close()
+            else:
+                self.pool.terminate()
+            self.pool.join()
 
     def map(self, fn: Callable[..., T], jobs: Sequence[tuple], labels: Sequence[str]) -> list[T]:
+        """``fn`` of every job, in job order."""
         t0 = time.perf_counter()
+        out: list[Any] = [None] * len(jobs)
         if self.pool is None:
-            out = []
             for k, args in enumerate(jobs):
-                out.append(fn(*args, data=self.data, space=self.space))
+                out[k] = fn(*args, data=self.data, space=self.space)
                 self._done(k, len(jobs), labels[k], t0)
             return out
-        futures = [self.pool.submit(_in_worker, fn, *args) for args in jobs]
-        try:
-            for k, future in enumerate(futures):
-                future.result()
-                self._done(k, len(jobs), labels[k], t0)
-        finally:
-            for future in futures:
-                future.cancel()
-        return [f.result() for f in futures]
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        for k, args in enumerate(jobs):
+            self.pool.apply_async(
+                _in_worker,
+                (fn, *args),
+                callback=lambda result, k=k: finished.put((k, result, None)),
+                error_callback=lambda error, k=k: finished.put((k, None, error)),
+            )
+        for count in range(len(jobs)):
+            k, result, error = _get(finished)
+            if error is not None:
+                raise error  # __exit__ terminates the other runs
+            out[k] = result
+            self._done(count, len(jobs), labels[k], t0)
+        return out
 
-    def _done(self, k: int, n: int, label: str, t0: float) -> None:
-        if self.progress and n:
-            print(f"[{k + 1}/{n}] {label} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    def _done(self, count: int, n: int, label: str, t0: float) -> None:
+        if self.progress:
+            print(f"[{count + 1}/{n}] {label} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+
+def _get(finished: queue.SimpleQueue) -> Any:
+    """The next item, waiting in short slices: a wait without a timeout does not see Ctrl-C."""
+    while True:
+        try:
+            return finished.get(timeout=0.2)
+        except queue.Empty:
+            continue
 
 
 _WORKER: dict[str, Any] = {}
@@ -380,10 +426,12 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(spec: StudySpec, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates the pool
+    exit_with_parent()  # a killed study leaves no worker training on behind it
     torch.set_num_threads(threads)
     load_search_methods()  # a spawned process starts with only the registrations its imports make
-    data = create_dataset(spec.data["name"], **{k: v for k, v in spec.data.items() if k != "name"})
-    _WORKER.update(data=data, space=load_search_space(spec.space, input_shape=data.input_shape))
+    data, space = _data_and_space(spec)
+    _WORKER.update(data=data, space=space)
 
 
 def _in_worker(fn: Callable[..., T], *args: Any) -> T:
@@ -428,20 +476,25 @@ def _baseline_arms(spec: StudySpec, data: MultiTaskData, space: SearchSpace) -> 
     return arms
 
 
+def _finished_search(out: Path) -> SearchResult | None:
+    """The search finished earlier in ``out`` (its ``search.json``), or None."""
+    done = out / SEARCH_DONE
+    if not done.is_file():
+        return None
+    summary = json.loads(done.read_text())
+    graph = SharingGraph.from_dict(summary["graph"], source=str(done))
+    return SearchResult(summary["method"], graph, summary["seconds"], info=summary.get("info", {}))
+
+
 def _run_search(
     method: str, options: Mapping[str, Any], out: Path, source: str, *, data: MultiTaskData, space: SearchSpace
 ) -> SearchResult:
-    done = out / SEARCH_DONE
-    if done.is_file():  # finished earlier: read it back
-        summary = json.loads(done.read_text())
-        graph = SharingGraph.from_dict(summary["graph"], source=str(done))
-        return SearchResult(summary["method"], graph, summary["seconds"], info=summary.get("info", {}))
     args = _method_args(method, options, f"{source}: search.{method}")
     t0 = time.perf_counter()
     result = SEARCH_METHODS.create(method).run(args, data, space, out)
     if result.seconds <= 0:
         result = SearchResult(result.method, result.graph, time.perf_counter() - t0, result.candidates, result.info)
-    result.save(out, args.device)
+    result.save(out, getattr(args, "device", "cpu"))
     return result
 
 
@@ -449,15 +502,31 @@ def _arm_name(arm: Arm) -> str:
     return f"{arm.name}/{arm.single_task}" if arm.single_task else arm.name
 
 
+def _arm_dir(run_dir: Path, arm: Arm, balancer: str, seed: int) -> Path:
+    """``arms/ARM/BALANCER/seedS`` (a run made before slug folder names is moved there first)."""
+    out = run_dir / "arms" / slug(_arm_name(arm)) / slug(balancer) / f"seed{seed}"
+    _adopt_legacy_folder(run_dir / "arms" / _arm_name(arm).replace(":", "_") / balancer / f"seed{seed}", out)
+    return out
+
+
+def _finished_row(out: Path, arm: Arm) -> dict[str, Any] | None:
+    """The row of the arm run finished earlier in ``out``, or None; refused when it trained another graph."""
+    if not (out / ROW).is_file():
+        return None
+    row = json.loads((out / ROW).read_text())
+    if SharingGraph.from_dict(row["graph"], source=str(out / ROW)) != arm.graph:  # equality ignores meta
+        searched = f" (search seed {arm.search_seed})" if arm.search_seed is not None else ""
+        raise ValueError(
+            f"{out / ROW}: this run trained another graph than the study's {arm.name!r}{searched} now has "
+            "(changed search_seeds, seeds or search settings?); use a new run folder or the same settings"
+        )
+    return row
+
+
 def _run_arm(
-    arm: Arm, balancer: str, seed: int, spec: StudySpec, run_dir: Path, progress: bool, *,
+    arm: Arm, balancer: str, seed: int, spec: StudySpec, out: Path, progress: bool, *,
     data: MultiTaskData, space: SearchSpace,
 ) -> dict[str, Any]:  # fmt: skip
-    name = _arm_name(arm)
-    out = run_dir / "arms" / slug(name) / slug(balancer) / f"seed{seed}"
-    _adopt_legacy_folder(run_dir / "arms" / name.replace(":", "_") / balancer / f"seed{seed}", out)
-    if (out / ROW).is_file():
-        return json.loads((out / ROW).read_text())
     config = TrainConfig(**{**spec.train.to_dict(), "seed": seed, "progress": progress})
     net, result = train_graph(arm.graph, data, space, config, create_balancer(balancer), out)
     cost = net.cost()

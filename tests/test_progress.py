@@ -34,7 +34,7 @@ def test_disabled_progress_prints_nothing_anywhere():
 
 def test_a_long_loop_prints_a_line_every_interval(monkeypatch):
     clock = iter(range(0, 1000, 25))  # each step takes 25 s
-    monkeypatch.setattr(progress_mod.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(progress_mod, "monotonic", lambda: next(clock))
     log = io.StringIO()
     assert list(progress(range(6), "epoch", True, stream=log)) == list(range(6))
     # steps end at 25, 50, ... 150 s: a line when 60 s passed since the last one (75 s, 150 s) and one at the end

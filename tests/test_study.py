@@ -142,7 +142,17 @@ def test_study_made_with_nested_arm_folders_resumes_without_retraining(finished,
             lambda s: s.replace("seeds = [0, 1]", "seeds = [0, 1]\nsearch_seeds = 3"),
             "search_seeds: expected a non-empty",
         ),
-        (lambda s: s.replace("seeds = [0, 1]", "seeds = [-1]"), "seeds: expected a non-empty list of integers >= 0"),
+        (
+            lambda s: s.replace("seeds = [0, 1]", "seeds = [0, 1]\nsearch_seeds = [-1]"),
+            "search_seeds: expected a non-empty list of integers >= 0",
+        ),
+        (
+            lambda s: (
+                s.replace("seeds = [0, 1]", "seeds = [0, 1]\nsearch_seeds = [0, 1]")
+                + '[search.branch]\nstorage = "sqlite:///x.db"\n'
+            ),
+            "search.branch.storage: one per search: not with several search_seeds",
+        ),
         (
             lambda s: s.replace("seeds = [0, 1]", "seeds = [0, 1]\nsearch_seeds = [0]") + "[search.branch]\nseed = 3\n",
             "search.branch.seed: set by search_seeds as well",
@@ -279,10 +289,16 @@ def test_each_search_seed_is_searched_once_and_paired_with_a_training_seed(tmp_p
             assert r["search_seed"] is None
     assert [r["seed"] for r in rows] == sorted(r["seed"] for r in rows)  # seed by seed: every arm at seed 0 first
     searched.clear()
-    assert len(run_study(spec, tmp_path / "run", progress=False)) == len(rows) and searched == [
-        ("affinity", 5),
-        ("affinity", 7),
-    ]  # resumed: both searches read back (the recorder sees the call, the search is not re-run)
+    again = run_study(spec, tmp_path / "run", progress=False)
+    assert again == rows and searched == []  # resumed: both searches and every arm run read back
+
+    row_file = tmp_path / "run" / "arms" / "affinity" / "equal" / "seed0" / "row.json"
+    row = json.loads(row_file.read_text())
+    last = row["graph"]["assignment"][-1]
+    row["graph"]["assignment"][-1] = [0, 1] if last == [0, 0] else [0, 0]  # as if made from another search's graph
+    row_file.write_text(json.dumps(row))
+    with pytest.raises(ValueError, match=r"row.json: this run trained another graph .*'affinity' \(search seed 5\)"):
+        run_study(spec, tmp_path / "run", progress=False)
 
 
 def test_a_finished_search_of_a_study_made_before_search_seeds_is_read_back(tmp_path):
@@ -358,3 +374,13 @@ def test_parallel_jobs_give_bitwise_the_rows_of_one_thread_runs(tmp_path):
         assert b["env"]["threads"] == 1
     with pytest.raises(ValueError, match="jobs: expected a positive integer"):
         run_study(spec, tmp_path / "bad", jobs=0)
+
+
+def test_a_failing_parallel_run_stops_the_study_with_its_own_error(tmp_path):
+    """A run that fails in a worker (here: non-finite loss) raises its own error type here, and the pool is gone."""
+    import multiprocessing
+
+    spec = load_study(_write(tmp_path, STUDY.replace("epochs = 1", "epochs = 1\nlr = 1e30")))
+    with pytest.raises(FloatingPointError, match="non-finite loss .* last checkpoint kept at"):
+        run_study(spec, tmp_path / "run", progress=False, jobs=2)
+    assert multiprocessing.active_children() == []

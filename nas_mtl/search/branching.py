@@ -572,18 +572,6 @@ class _WorkerProcesses:
             raise RuntimeError("worker(s) failed: " + ", ".join(f"exit {rc}, log {log}" for rc, log in failed))
 
 
-def exit_with_parent() -> None:
-    """Start a daemon thread that ends this process when its parent dies (orphaned worker of a killed run)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _result(objective: TreeObjective, url: str, seconds: float, stale: list[int]) -> SearchResult:
     study, config = objective.study, objective.config
     trials = study.get_trials(deepcopy=False)
