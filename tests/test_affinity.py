@@ -13,7 +13,7 @@ from nas_mtl.data import create_dataset
 from nas_mtl.graph import SharingGraph, enumerate_trees
 from nas_mtl.network import MultiTaskNetwork
 from nas_mtl.search import SEARCH_METHODS, load_search_methods
-from nas_mtl.search.affinity import AffinityResult, affinity_search, measure_affinity
+from nas_mtl.search.affinity import MEASURES, AffinityResult, affinity_search, measure_affinity
 from nas_mtl.search.affinity_measures import (
     AffinityRecorder,
     centered_gram,
@@ -35,19 +35,19 @@ from nas_mtl.train import StepContext, TrainConfig, seed_everything
 
 # ---------------------------------------------------------------------- gradient cosine / lookahead
 def test_cosine_matrix_by_hand():
-    v = torch.tensor([[1.0, 0.0], [2.0, 0.0], [-1.0, 0.0], [1.0, 1.0]])
+    v = torch.tensor([[1.0, 0.0], [2.0, 0.0], [-1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
     s = 1 / np.sqrt(2)
     expected = [[1, 1, -1, s], [1, 1, -1, s], [-1, -1, 1, -s], [s, s, -s, 1]]
-    assert np.allclose(cosine_matrix(v).numpy(), expected, atol=1e-6)
+    torch.testing.assert_close(cosine_matrix(v), torch.tensor(expected, dtype=torch.float64))
 
 
 def _linear_tasks():
     """A shared linear map w (2 -> 1) and three tasks L_i = mean (u·w - y_i)^2 on one batch: task 1 is a
-    copy of task 0, task 2 wants the opposite output."""
+    copy of task 0, task 2 wants the opposite output. In float64, to compare with a float64 computation by hand."""
     torch.manual_seed(0)
-    model = nn.Linear(2, 1, bias=False)
-    x = torch.randn(8, 2)
-    y0 = torch.randn(8, 1) + 3.0
+    model = nn.Linear(2, 1, bias=False).double()
+    x = torch.randn(8, 2, dtype=torch.float64)
+    y0 = torch.randn(8, 1, dtype=torch.float64) + 3.0
     targets = [y0, y0.clone(), -y0]
 
     def losses_at(values):
@@ -64,22 +64,24 @@ def test_lookahead_matches_a_manual_sgd_step():
     grads = [torch.autograd.grad(base[i], list(shared.values()), retain_graph=True) for i in range(3)]
     lr = 0.05
     z = lookahead_affinity(losses_at, shared, grads, base.detach(), lr).numpy()
-    # by hand in float64: w' = w - lr * dL_i/dw, Z[i, j] = 1 - L_j(w') / L_j(w)
-    w = model.weight.detach().double().numpy().ravel()
-    xs = x.double().numpy()
-    ys = [t.double().numpy().ravel() for t in targets]
+    # by hand: w' = w - lr * dL_i/dw, Z[i, j] = 1 - L_j(w') / L_j(w); both sides are float64 sums of
+    # len(x) terms of size ~ the losses (ratios ~ 1), so they agree to a few len(x) * eps
+    w = model.weight.detach().numpy().ravel()
+    xs = x.numpy()
+    ys = [t.numpy().ravel() for t in targets]
+    tol = 16 * len(xs) * np.finfo(np.float64).eps
 
     def loss(v, y):
         return np.mean((xs @ v - y) ** 2)
 
     for i, j in itertools.product(range(3), repeat=2):
         grad_i = 2 * xs.T @ (xs @ w - ys[i]) / len(xs)
-        assert z[i, j] == pytest.approx(1 - loss(w - lr * grad_i, ys[j]) / loss(w, ys[j]), rel=1e-4, abs=1e-6)
-    assert z[0, 1] == pytest.approx(z[0, 0]) and z[1, 0] == pytest.approx(z[0, 0])  # identical tasks
+        assert z[i, j] == pytest.approx(1 - loss(w - lr * grad_i, ys[j]) / loss(w, ys[j]), rel=0, abs=tol)
+    assert z[0, 1] == z[0, 0] == z[1, 0]  # identical tasks: the very same float operations
     assert z[0, 0] > 0 and z[0, 2] < 0 and z[2, 0] < 0  # opposite tasks hurt each other
     flat = torch.stack([g[0].ravel() for g in grads])
     cos = cosine_matrix(flat).numpy()
-    assert cos[0, 1] == pytest.approx(1.0) and cos[0, 2] < 0
+    assert cos[0, 1] == pytest.approx(1.0, rel=0, abs=tol) and cos[0, 2] < 0
 
 
 def _twin_network():
@@ -94,7 +96,8 @@ def _twin_network():
 
 def test_recorder_on_identical_tasks_gives_equal_affinities_and_leaves_the_network_alone():
     net, specs = _twin_network()
-    x, y = torch.randn(6, 1, 8, 8), torch.randn(6, 1)
+    net.double()  # float64: the gradient cosine of a vector with itself is 1 to float64 precision
+    x, y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64)
     targets = {"a": y, "b": y.clone()}
     out = net(x)
     losses = {s.name: s.loss(out[s.name], targets[s.name]) for s in specs}
@@ -105,8 +108,9 @@ def test_recorder_on_identical_tasks_gives_equal_affinities_and_leaves_the_netwo
     assert recorder.steps == 2
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())  # BN stats and weights untouched
     z, cos = recorder.matrix("lookahead"), recorder.matrix("gradcos")
-    assert np.allclose(z, z[0, 0], rtol=1e-5) and z[0, 0] > 0
-    assert np.allclose(cos, 1.0, atol=1e-5)
+    assert (z == z[0, 0]).all() and z[0, 0] > 0  # the same float operations for both tasks
+    n = sum(p.numel() for p in shared_parameters(net).values())  # |g|^2 and g.g' sum n terms
+    np.testing.assert_allclose(cos, 1.0, rtol=0, atol=n * np.finfo(np.float64).eps)
     assert recorder.per_epoch("gradcos").shape == (1, 2, 2)
     with pytest.raises(ValueError, match="measure must be one of"):
         recorder.matrix("rsa")
@@ -130,17 +134,20 @@ def test_recorder_rejects_bad_settings():
 
 
 # ---------------------------------------------------------------------- RSA / CKA
-def test_rdm_and_rsa():
-    torch.manual_seed(0)
-    f = torch.randn(12, 30)
-    assert np.allclose(rdm(f), 1 - np.corrcoef(f.numpy().astype(float)))
+def test_rdm_and_rsa(seed):
+    """Unrelated features: |RSA| <= 0.095 measured for seeds 0-4 (asserted < 0.3)."""
+    torch.manual_seed(seed)
+    f = torch.randn(12, 30, dtype=torch.float64)  # float64: 3 f + 1 keeps every rank of the RDM
+    np.testing.assert_array_equal(rdm(f), 1 - np.corrcoef(f.numpy()))
     assert rsa_similarity(rdm(f), rdm(3 * f + 1)) == pytest.approx(1.0)  # same geometry
     assert rsa_similarity(rdm(f), rdm(f) ** 3) == pytest.approx(1.0)  # a rank correlation (Spearman)
     assert abs(rsa_similarity(rdm(f), rdm(torch.randn(12, 30)))) < 0.3  # unrelated features
 
 
-def test_linear_cka_invariances():
-    torch.manual_seed(0)
+def test_linear_cka_invariances(seed):
+    """Measured for seeds 0-4: anisotropic scaling 0.79-0.85 (asserted < 0.99), random features <= 0.26
+    (asserted < 0.5)."""
+    torch.manual_seed(seed)
     x = torch.randn(40, 8, dtype=torch.float64)
     q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))
     gram = centered_gram(x)
@@ -151,8 +158,9 @@ def test_linear_cka_invariances():
     assert linear_cka(gram, centered_gram(torch.randn(40, 8, dtype=torch.float64))) < 0.5
 
 
-def test_layer_similarity_of_identical_networks_is_one():
-    torch.manual_seed(0)
+def test_layer_similarity_of_identical_networks_is_one(seed):
+    """Random features (10 samples): |similarity| <= 0.5 measured for seeds 0-4 (asserted < 0.9)."""
+    torch.manual_seed(seed)
     feats = [torch.randn(10, 5), torch.randn(10, 7)]
     for measure in ("rsa", "cka"):
         sim = layer_similarity([feats, [f.clone() for f in feats], [torch.randn(10, 5), torch.randn(10, 7)]], measure)
@@ -176,7 +184,7 @@ def test_layer_features_are_the_block_outputs():
     with torch.no_grad():
         for layer, f in enumerate(feats):
             h = net.blocks[layer][0](h)
-            assert torch.allclose(f, h.flatten(1))
+            torch.testing.assert_close(f, h.flatten(1), rtol=0, atol=0)  # the same module on the same input
     twin, _ = _twin_network()
     with pytest.raises(ValueError, match="single-task"):
         layer_features(twin, torch.randn(2, 1, 8, 8))
@@ -224,8 +232,9 @@ def test_exact_grouping_matches_brute_force(k):
     assert partition_score(a, index) == pytest.approx(_brute_force(a, k))
 
 
-def test_clusterings_agree_on_an_obvious_block_matrix():
-    rng = np.random.default_rng(0)
+def test_clusterings_agree_on_an_obvious_block_matrix(seed):
+    """Any seed: within-block affinity >= 0.85 > 0.15 >= across, whatever the noise draws."""
+    rng = np.random.default_rng(seed)
     tasks = [f"t{i}" for i in range(9)]
     blocks = np.repeat(np.arange(3), 3)[rng.permutation(9)]
     a = np.where(blocks[:, None] == blocks[None, :], 0.9, 0.1) + rng.uniform(-0.05, 0.05, (9, 9))
@@ -440,6 +449,7 @@ def test_cli_search_affinity(tiny, tmp_path, capsys):
 
 # ---------------------------------------------------------------------- planted structure on shapes
 SHAPES_PLANTED = (("quadrant", "size", "mask", "distance"), ("orientation", "angle"), ("hue", "chroma"))
+PLANTED_SEEDS = range(5)
 
 
 def planted_recovery(seed: int, run_dir, n_train: int = 800, epochs: int = 3) -> dict[str, tuple[Groups, Groups]]:
@@ -449,7 +459,7 @@ def planted_recovery(seed: int, run_dir, n_train: int = 800, epochs: int = 3) ->
     config = TrainConfig(epochs=epochs, batch_size=32, lr=3e-3, progress=False, device="cpu", seed=seed)
     assert tuple(tuple(g) for g in data.info["planted_groups"]) == SHAPES_PLANTED
     found = {}
-    for measure in ("lookahead", "gradcos", "rsa", "cka"):  # one hard-sharing run; the same single-task nets
+    for measure in MEASURES:  # one hard-sharing run; the same single-task nets
         result = measure_affinity(data, space, config, run_dir, measure, probe_size=150)
         found[measure] = (group_tasks(result.matrix, data.task_names, k=3), group_tasks(result.matrix, data.task_names))
     return found
@@ -459,12 +469,21 @@ def planted_recovery(seed: int, run_dir, n_train: int = 800, epochs: int = 3) ->
 def test_every_measure_recovers_the_planted_groups_on_shapes(tmp_path):
     """The three shapes families each read one latent factor (object placement; stripe angle; hue), independent
     across families. Each measure -- lookahead and gradient cosine from one hard-sharing run, RSA and CKA from
-    the same eight single-task networks -- groups the eight tasks into exactly the planted families with k = 3.
-    With k chosen by the score no group mixes two families (TAG's score averages affinity over groupmates, so
-    it favours pairs and splits geometry in two). Checked for data seeds 0, 1, 2; seed 0 runs here. CKA is the
-    least robust measure: with 600 training images it mixed families on seeds 1 and 2.
+    the same eight single-task networks -- is run on data and training seeds 0-4 (whatever $NAS_MTL_TEST_SEED).
+
+    Measured at 1 and 2 torch threads (the same outcomes at both): with k = 3, lookahead, gradient cosine and
+    RSA give exactly the planted families on 5 of 5 seeds, CKA on 3 of 5 (seeds 0 and 4: size and distance
+    joined the colour tasks; CKA's hue and chroma networks are less alike than chroma's and the geometry
+    networks'). With k chosen by the score (TAG's score averages affinity over groupmates, so it favours pairs
+    and splits geometry in two) no group mixes two families on 5 of 5 seeds, CKA on 4 of 5 (seed 4).
+    Asserted: one seed fewer than measured, so that another machine's rounding may flip one close seed. Random
+    grouping would fail: a k = 3 partition of 8 tasks is the planted one with probability 1/966.
     """
     home = {t: n for n, g in enumerate(SHAPES_PLANTED) for t in g}
-    for measure, (fixed, auto) in planted_recovery(0, tmp_path).items():
-        assert fixed == SHAPES_PLANTED, measure
-        assert all(len({home[t] for t in g}) == 1 for g in auto), (measure, auto)
+    exact, unmixed = dict.fromkeys(MEASURES, 0), dict.fromkeys(MEASURES, 0)
+    for seed in PLANTED_SEEDS:
+        for measure, (fixed, auto) in planted_recovery(seed, tmp_path / f"seed{seed}").items():
+            exact[measure] += fixed == SHAPES_PLANTED
+            unmixed[measure] += all(len({home[t] for t in g}) == 1 for g in auto)
+    assert all(exact[m] >= n for m, n in {"lookahead": 4, "gradcos": 4, "rsa": 4, "cka": 2}.items()), exact
+    assert all(unmixed[m] >= n for m, n in {"lookahead": 4, "gradcos": 4, "rsa": 4, "cka": 3}.items()), unmixed
