@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -195,17 +196,26 @@ def _make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.opti
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
+def _replace_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it over ``path``: a killed process never leaves
+    half a file, and concurrent writers (workers of one search) each rename their own temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a killed process never leaves half a checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to ``path`` atomically (see :func:`_replace_atomic`)."""
+    _replace_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    """JSON (indented) to ``path`` atomically (see :func:`_replace_atomic`)."""
+    _replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
 def train(
