@@ -227,9 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _training_parser(
-        sub, "quickstart", "single-task vs hard-sharing baselines on multidigits, one seed",
-        out="runs/quickstart-baselines", data="multidigits", space="resnet_small", epochs=6,
-    )  # fmt: skip
+        sub,
+        "quickstart",
+        "single-task vs hard-sharing baselines on multidigits, one seed",
+        out="runs/quickstart-baselines",
+        data="multidigits",
+        space="resnet_small",
+        epochs=6,
+    )
     p.add_argument("--arms", default="single,hard", help="comma-separated: single,hard,independent")
     p.set_defaults(func=cmd_baselines)
 
@@ -268,10 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/NAME; resumed if it exists)")
     p.add_argument("--device", choices=TrainConfig.DEVICES, help="override the device of every run and search")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="runs at once, each in its own process with threads/jobs torch threads (at least 1); "
-                   "the numbers depend on the threads per run (recorded in each row's env), so --jobs 2 on "
-                   "2 threads reproduces --threads 1 bitwise")  # fmt: skip
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process with threads/jobs torch threads (at least 1); "
+        "the numbers depend on the threads per run (recorded in each row's env), so --jobs 2 on "
+        "2 threads reproduces --threads 1 bitwise",
+    )
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="tables (Markdown/HTML/CSV) and figures for a study run folder")

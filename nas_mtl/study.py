@@ -524,9 +524,16 @@ def _finished_row(out: Path, arm: Arm) -> dict[str, Any] | None:
 
 
 def _run_arm(
-    arm: Arm, balancer: str, seed: int, spec: StudySpec, out: Path, progress: bool, *,
-    data: MultiTaskData, space: SearchSpace,
-) -> dict[str, Any]:  # fmt: skip
+    arm: Arm,
+    balancer: str,
+    seed: int,
+    spec: StudySpec,
+    out: Path,
+    progress: bool,
+    *,
+    data: MultiTaskData,
+    space: SearchSpace,
+) -> dict[str, Any]:
     config = TrainConfig(**{**spec.train.to_dict(), "seed": seed, "progress": progress})
     net, result = train_graph(arm.graph, data, space, config, create_balancer(balancer), out)
     cost = net.cost()
