@@ -196,7 +196,8 @@ def test_shipped_study_files_are_valid(path):
     spec = load_study(path)
     assert "single" in spec.baselines
     assert set(spec.search) == {"adashare", "branch", "affinity"}
-    assert set(spec.balancers) >= {"equal", "mgda", "pcgrad"}
+    assert len(spec.seeds) >= 3 and len(spec.search_seeds or ()) >= 3  # a verdict needs 3 seeds (and search seeds)
+    assert set(spec.balancers) >= ({"equal", "mgda"} if spec.name == "quickstart" else {"equal", "mgda", "pcgrad"})
 
 
 def test_device_override_reaches_training_and_every_search():
