@@ -365,11 +365,8 @@ class _Runner:
     is raised here with its own type."""
 
     def __init__(self, spec: StudySpec, data: MultiTaskData, space: SearchSpace, jobs: int, progress: bool):
-        self.data, self.space, self.progress, self.pool = data, space, progress, None
-        if jobs > 1:
-            threads = max(1, torch.get_num_threads() // jobs)
-            context = multiprocessing.get_context("spawn")
-            self.pool = context.Pool(jobs, initializer=_init_worker, initargs=(spec, threads))
+        self.spec, self.data, self.space, self.jobs, self.progress = spec, data, space, jobs, progress
+        self.pool: Any = None  # started by the first job that needs it (a finished study starts no worker)
 
     def __enter__(self) -> _Runner:
         return self
@@ -386,6 +383,10 @@ class _Runner:
         """``fn`` of every job, in job order."""
         t0 = time.perf_counter()
         out: list[Any] = [None] * len(jobs)
+        if self.jobs > 1 and jobs and self.pool is None:
+            threads = max(1, torch.get_num_threads() // self.jobs)
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(self.jobs, initializer=_init_worker, initargs=(self.spec, threads))
         if self.pool is None:
             for k, args in enumerate(jobs):
                 out[k] = fn(*args, data=self.data, space=self.space)

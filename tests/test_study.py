@@ -353,7 +353,7 @@ def test_rerunning_a_study_on_the_same_machine_is_bitwise_identical(finished, tm
         assert all(torch.equal(first[k], second["model"][k]) for k in first)
 
 
-def test_parallel_jobs_give_bitwise_the_rows_of_one_thread_runs(tmp_path):
+def test_parallel_jobs_give_bitwise_the_rows_of_one_thread_runs(tmp_path, monkeypatch):
     """jobs=2 on 2 threads runs each search and arm in a worker process on 1 thread: the numbers of a serial
     1-thread run (searches included: a spawned worker knows the built-in search methods)."""
     import torch
@@ -375,6 +375,8 @@ def test_parallel_jobs_give_bitwise_the_rows_of_one_thread_runs(tmp_path):
         assert b["env"]["threads"] == 1
     with pytest.raises(ValueError, match="jobs: expected a positive integer"):
         run_study(spec, tmp_path / "bad", jobs=0)
+    monkeypatch.setattr(study_mod.multiprocessing, "get_context", lambda *a: pytest.fail("workers for nothing"))
+    assert run_study(spec, tmp_path / "parallel", jobs=2) == parallel  # finished: read back, no worker started
 
 
 def test_a_failing_parallel_run_stops_the_study_with_its_own_error(tmp_path):
