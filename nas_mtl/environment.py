@@ -39,7 +39,7 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     device = torch.device(device)
     facts: dict[str, Any] = {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion, which torch.load(weights_only=True) refuses
         "numpy": np.__version__,
         "threads": torch.get_num_threads(),
         "device": device.type,
@@ -48,7 +48,7 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     }
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
-        facts["cuda"] = torch.version.cuda
+        facts["cuda"] = str(torch.version.cuda)
         facts["cudnn"] = torch.backends.cudnn.version()
     return facts
 

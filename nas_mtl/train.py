@@ -279,6 +279,8 @@ def train(
             start_epoch, history = state["epoch"], list(state["history"])
             elapsed, skipped = state["elapsed"], state.get("skipped", 0)
             balancer_state = state.get("balancer", {})
+            if start_epoch < config.epochs:  # a finished run is only evaluated
+                _warn_if_environment_changed(state.get("env"), environment(device), ckpt_path)
     balancer.prepare(network)
     if balancer_state:
         balancer.load_state_dict(balancer_state)
@@ -354,6 +356,7 @@ def train(
                         "skipped": skipped,
                         "graph": network.graph.to_dict(),
                         "config": config.to_dict(),
+                        "env": environment(device),
                     },
                     ckpt_path,
                 )
@@ -367,6 +370,20 @@ def train(
         write_json_atomic(network_manifest(network, specs), run_dir / MODEL_MANIFEST)
         write_json_atomic(result.to_dict(), run_dir / RESULT)
     return result
+
+
+def _warn_if_environment_changed(saved: Mapping[str, Any] | None, now: Mapping[str, Any], path: Path) -> None:
+    """Warn when a run resumes where its numbers may differ from an uninterrupted run (other threads, CPU, ...)."""
+    if not saved:  # checkpoints written before environments were recorded
+        return
+    changed = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+    if changed:
+        diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        warnings.warn(
+            f"{path}: resuming in another environment ({diff}); the result may differ from an uninterrupted run "
+            "by the floating-point order (result.json records the last session's environment)",
+            stacklevel=3,
+        )
 
 
 def _check_gradients(network: MultiTaskNetwork, balancer: Balancer) -> None:

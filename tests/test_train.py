@@ -1,4 +1,5 @@
 import re
+import warnings
 
 import pytest
 import torch
@@ -241,3 +242,22 @@ def test_killed_pcgrad_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     for (k, v), (k2, v2) in zip(resumed.state_dict().items(), reference.state_dict().items()):
         assert k == k2
         torch.testing.assert_close(v, v2, rtol=0, atol=0)
+
+
+def test_resuming_with_another_thread_count_warns_and_names_the_change(tmp_path, monkeypatch):
+    """A checkpoint records its environment; resuming training on another thread count says its numbers may
+    differ from an uninterrupted run (reading back a finished run does not)."""
+    _train_killed_in_epoch_two(monkeypatch, _net(), _data(), CFG, run_dir=tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["env"]["threads"] == torch.get_num_threads()
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    try:
+        torch.set_num_threads(other)
+        with pytest.warns(UserWarning, match=rf"resuming in another environment \(threads {before} -> {other}\)"):
+            result = train(_net(), _data(), CFG, run_dir=tmp_path)
+        assert result.env["threads"] == other
+    finally:
+        torch.set_num_threads(before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finished: read back and evaluated, whatever the threads
+        train(_net(), _data(), CFG, run_dir=tmp_path)
