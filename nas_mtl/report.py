@@ -544,13 +544,17 @@ _METHOD = (
 
 
 def _sections(
-    runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: Sequence[_Figure]
+    runs: pd.DataFrame,
+    rows: Sequence[Mapping[str, Any]],
+    summary: pd.DataFrame,
+    paired: pd.DataFrame,
+    figures: Sequence[_Figure],
 ) -> list[tuple[str, Sequence[Block]]]:
     v = verdict(runs, rows)
-    paired = format_paired(paired_table(runs))
+    paired = format_paired(paired)
     warnings = [f"⚠ Warning: {w}" for w in v.warnings]
     sections: list[tuple[str, Sequence[Block]]] = [("Verdict", [*warnings, list(v.lines)]), ("Method", [_METHOD])]
-    sections.append(("Summary (mean over seeds)", [format_table(summary_table(runs))]))
+    sections.append(("Summary (mean over seeds)", [format_table(summary)]))
     for versus in VERSUS:
         table = paired[paired["versus"] == versus].drop(columns="versus")
         if len(table):
@@ -609,7 +613,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     files = {name: out_dir / name for name in ("runs.csv", "summary.csv", "paired.csv", "report.md", "report.html")}
     runs.to_csv(files["runs.csv"], index=False)
     summary.to_csv(files["summary.csv"])
-    paired_table(runs).to_csv(files["paired.csv"], index=False)
+    paired = paired_table(runs)
+    paired.to_csv(files["paired.csv"], index=False)
 
     points = [(_name(k), float(r["params"]), float(r["delta_m"])) for k, r in summary.iterrows()]
     intervals = list(zip(summary["delta_m ci_low"], summary["delta_m ci_high"]))
@@ -620,7 +625,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     shown += _search_figures(run_dir, figures)
 
     title = _study_title(run_dir)
-    sections = _sections(runs, rows, shown)
+    sections = _sections(runs, rows, summary, paired, shown)
     files["report.md"].write_text(_markdown(title, sections))
     files["report.html"].write_text(_html(title, sections))
     return files

@@ -239,6 +239,7 @@ def train(
     """
     balancer = balancer or EqualWeights()
     device = resolve_device(config.device)
+    env = environment(device)  # what this session's numbers depend on (checkpoints and result.json)
     network.to(device)
     specs = [t for t in data.tasks if t.name in network.tasks]
     missing = sorted(set(network.tasks) - {t.name for t in specs})
@@ -280,7 +281,7 @@ def train(
             elapsed, skipped = state["elapsed"], state.get("skipped", 0)
             balancer_state = state.get("balancer", {})
             if start_epoch < config.epochs:  # a finished run is only evaluated
-                _warn_if_environment_changed(state.get("env"), environment(device), ckpt_path)
+                _warn_if_environment_changed(state.get("env"), env, ckpt_path)
     balancer.prepare(network)
     if balancer_state:
         balancer.load_state_dict(balancer_state)
@@ -356,7 +357,7 @@ def train(
                         "skipped": skipped,
                         "graph": network.graph.to_dict(),
                         "config": config.to_dict(),
-                        "env": environment(device),
+                        "env": env,
                     },
                     ckpt_path,
                 )
@@ -364,7 +365,7 @@ def train(
         balancer.detach()  # also when training stops with an error
     val = history[-1]["val"] if history else evaluate(network, data.val, specs, config.eval_batch_size, device)
     test = evaluate(network, data.test, specs, config.eval_batch_size, device)
-    result = TrainResult(val, test, tuple(history), elapsed, skipped, env=environment(device))
+    result = TrainResult(val, test, tuple(history), elapsed, skipped, env=env)
     if run_dir is not None:
         network.graph.save(run_dir / "graph.json")
         write_json_atomic(network_manifest(network, specs), run_dir / MODEL_MANIFEST)
