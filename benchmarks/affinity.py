@@ -34,7 +34,7 @@ from sklearn.metrics import adjusted_rand_score
 from nas_mtl.baselines import train_graph, train_single_tasks
 from nas_mtl.data import create_dataset
 from nas_mtl.graph import SharingGraph
-from nas_mtl.search.affinity import measure_affinity
+from nas_mtl.search.affinity import AffinityConfig, measure_affinity
 from nas_mtl.search.affinity_measures import TRAINING_MEASURES
 from nas_mtl.search.grouping import Groups, group_tasks, layerwise_tree
 from nas_mtl.space import load_search_space
@@ -99,7 +99,12 @@ def run_seed(seed: int, args: argparse.Namespace, run_dir: Path) -> dict:
     rows = {}
     for measure in MEASURES:
         result, cpu, wall = _timed(
-            measure_affinity, data, space, config, folder, measure, every=args.every, probe_size=args.probe_size
+            measure_affinity,
+            data,
+            space,
+            AffinityConfig(train=config, every=args.every, probe_size=args.probe_size),
+            folder,
+            measure,
         )
         if measure == "gradcos":  # recorded by the lookahead run (read back from its cache here)
             cpu, wall = rows["lookahead"]["cpu_seconds"], rows["lookahead"]["wall_seconds"]

@@ -35,7 +35,7 @@ from _report import write_report
 from nas_mtl.data import create_dataset
 from nas_mtl.graph import SharingGraph
 from nas_mtl.search.branching import BranchSearchConfig, branch_search, open_storage
-from nas_mtl.search.exhaustive import TABLE, ScoreTable, exhaustive_search, score_header
+from nas_mtl.search.exhaustive import TABLE, ExhaustiveConfig, ScoreTable, exhaustive_search, score_header
 from nas_mtl.search.proxy import ProxyConfig, graph_key
 from nas_mtl.space import load_search_space
 from nas_mtl.train import TrainConfig
@@ -102,7 +102,7 @@ def main(argv=None) -> dict:
     proxy = _proxy(args)
 
     t0 = time.perf_counter()
-    truth = exhaustive_search(data, space, proxy, run_dir)
+    truth = exhaustive_search(data, space, ExhaustiveConfig(proxy=proxy), run_dir)
     exhaustive_s = time.perf_counter() - t0
     table = ScoreTable(run_dir / TABLE, score_header(data.task_names, space, proxy, "trees"))
     n_trees = truth.info["n_candidates"]

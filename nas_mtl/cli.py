@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .backbones import list_backbones
 from .balancing import create_balancer, list_balancers
 from .balancing.base import parse_key_value
+from .config import build_config, options
 from .data import create_dataset, list_datasets
 from .graph import SharingGraph
 from .space import SearchSpace, list_search_spaces, load_search_space
@@ -26,7 +27,8 @@ class UserError(Exception):
     """A mistake in the command line or input files: reported in one line, no traceback."""
 
 
-def _parse_kv(items: Sequence[str], flag: str) -> dict[str, Any]:
+def parse_key_values(items: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["k=v", ...]`` (values parsed as numbers / booleans where they look like one) -> ``{k: v}``."""
     out: dict[str, Any] = {}
     for item in items:
         pair = parse_key_value(item)
@@ -36,21 +38,54 @@ def _parse_kv(items: Sequence[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def flag_name(key: str) -> str:
+    """The command-line flag of config option ``key``."""
+    return "--" + key.replace("_", "-")
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, cls: type, title: str, defaults: Mapping[str, Any] | None = None
+) -> None:
+    """One flag per option of config class ``cls`` (see :mod:`nas_mtl.config`), help from its docstring.
+
+    Flags not given leave no attribute, so :func:`config_from_args` keeps the dataclass's defaults (or
+    ``defaults``, e.g. progress bars on for the command line). Booleans get ``--x`` / ``--no-x``, mappings are
+    repeatable ``KEY=VALUE`` flags, lists are comma-separated.
+    """
+    group = parser.add_argument_group(title)
+    defaults = defaults or {}
+    for opt in options(cls):
+        default = defaults.get(opt.key, opt.default)
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help = f"{opt.help.rstrip('.')} (default: {'none' if shown is None else shown})" if opt.help else None
+        kw: dict[str, Any] = {"dest": opt.key, "default": argparse.SUPPRESS, "help": help}
+        if opt.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(opt.default, Mapping):
+            kw.update(action="append", metavar="KEY=VALUE")
+        elif opt.choices is not None:
+            kw["choices"] = opt.choices
+        else:
+            kw["metavar"] = opt.key.upper()
+        group.add_argument(flag_name(opt.key), *opt.flags, **kw)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, defaults: Mapping[str, Any] | None = None) -> Any:
+    """The ``cls`` config of the flags :func:`add_config_arguments` added (one-line errors naming the flag)."""
+    keys = {o.key for o in options(cls)}
+    given = {**{k: v for k, v in (defaults or {}).items() if k in keys}}
+    given.update({k: v for k, v in vars(args).items() if k in keys})
+    return build_config(cls, given, where=flag_name, text=True)
+
+
+CLI_DEFAULTS = {"progress": True}
+"""Where the command line differs from the library: progress is shown (``--no-progress`` hides it)."""
+
+
 def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--optimizer", choices=TrainConfig.OPTIMIZERS, default="adam")
-    g.add_argument("--scheduler", choices=TrainConfig.SCHEDULERS, default="cosine")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", choices=TrainConfig.DEVICES, default="auto")
-    g.add_argument("--on-nonfinite", choices=TrainConfig.NONFINITE, default="raise",
-                   help="what a NaN/inf task loss does: stop with an error, or skip that step")  # fmt: skip
-    g.add_argument("--balancer", default="equal", metavar="NAME[:KEY=VALUE,...]",
+    add_config_arguments(p, TrainConfig, "training", {**CLI_DEFAULTS, "epochs": epochs})
+    p.add_argument("--balancer", default="equal", metavar="NAME[:KEY=VALUE,...]",
                    help=f"loss balancer ({', '.join(list_balancers())}), e.g. mgda:normalization=l2")  # fmt: skip
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _add_data_args(p: argparse.ArgumentParser, data: str | None = None, space: str | None = None) -> None:
@@ -63,15 +98,11 @@ def _add_data_args(p: argparse.ArgumentParser, data: str | None = None, space: s
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        optimizer=args.optimizer, scheduler=args.scheduler, seed=args.seed, device=args.device,
-        on_nonfinite=args.on_nonfinite, progress=not args.no_progress,
-    )  # fmt: skip
+    return config_from_args(TrainConfig, args, {**CLI_DEFAULTS, "epochs": args.default_epochs})
 
 
 def _data_and_space(args: argparse.Namespace):
-    data = create_dataset(args.data, **_parse_kv(args.data_arg, "--data-arg"))
+    data = create_dataset(args.data, **parse_key_values(args.data_arg, "--data-arg"))
     space = load_search_space(args.space, input_shape=data.input_shape)
     return data, space
 
@@ -112,11 +143,12 @@ def cmd_baselines(args: argparse.Namespace) -> None:
 
     data, space = _data_and_space(args)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    table = run_baselines(data, space, _config(args), args.out, arms, create_balancer(args.balancer))
+    config = _config(args)
+    table = run_baselines(data, space, config, args.out, arms, create_balancer(args.balancer))
     with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.4f}".format):
         print(table.to_string())
     print(
-        f"one seed ({args.seed}): these numbers have no interval, and differences smaller than the seed-to-seed "
+        f"one seed ({config.seed}): these numbers have no interval, and differences smaller than the seed-to-seed "
         "noise mean nothing; a study with seeds = [0, 1, 2] (nas-mtl study) reports intervals and a verdict"
     )
     print(f"tables: {Path(args.out) / 'baselines.csv'}")
@@ -125,10 +157,12 @@ def cmd_baselines(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     from .search import SEARCH_METHODS
 
+    method = SEARCH_METHODS.create(args.method)
+    config = config_from_args(method.config, args, CLI_DEFAULTS)
     data, space = _data_and_space(args)
     out = Path(args.out)
-    result = SEARCH_METHODS.create(args.method).run(args, data, space, out)
-    path = result.save(out, args.device)
+    result = method.run(data, space, config, out)
+    path = result.save(out, method.device(config))
     print(f"found ({result.method}, {result.seconds:.1f}s): {result.graph}")
     if result.candidates:
         print(f"{len(result.candidates)} candidate graph(s) in {out / 'candidates'}")
@@ -216,6 +250,7 @@ def _training_parser(
     p = sub.add_parser(name, help=help, description=help)
     _add_data_args(p, data=data, space=space)
     _add_train_args(p, epochs=epochs)
+    p.set_defaults(default_epochs=epochs)
     p.add_argument("--out", required=out is None, default=out, help="run folder (resumed if it exists)")
     return p
 
@@ -255,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp = methods.add_parser(name, help=method.help, description=method.help)
         _add_data_args(mp)
         mp.add_argument("--out", required=True, help="run folder (resumed if it exists)")
-        method.add_arguments(mp)
+        add_config_arguments(mp, method.config, f"{name} options", CLI_DEFAULTS)
         mp.set_defaults(func=cmd_search)
 
     p = sub.add_parser("worker", help="join a branch search (Optuna study) by name and run its trials")

@@ -21,7 +21,6 @@ stopped early still compares every arm on the seeds it finished.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import json
@@ -42,6 +41,8 @@ import torch
 from .balancing import create_balancer
 from .baselines import ARMS as BASELINE_ARMS
 from .baselines import primary_directions, train_graph
+from .config import build_config, to_options
+from .config import options as config_options
 from .data import MultiTaskData, create_dataset
 from .data.base import DATASETS
 from .graph import SharingGraph
@@ -127,10 +128,7 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         raise fail("space.name", "required (a search-space name or a .toml path)")
     if base_dir is not None and space.endswith(".toml") and not Path(space).is_absolute():
         space = str(base_dir / space)
-    try:
-        train = TrainConfig.from_dict(raw.get("train", {}), source=f"{source}: train")
-    except (TypeError, ValueError) as err:
-        raise fail("train", str(err)) from None
+    train = build_config(TrainConfig, raw.get("train", {}), where=lambda k: f"{source}: train.{k}")
     seeds = _seed_list(raw.get("seeds", [0]), "seeds", fail, low=None)
     search_seeds = None if "search_seeds" not in raw else _seed_list(raw["search_seeds"], "search_seeds", fail, low=0)
     balancers = raw.get("balancers", ["equal"])
@@ -169,8 +167,8 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
             shared = next((k for k in ("storage", "study") if k in options), None)
             if shared is not None:  # every search seed would join one Optuna study
                 raise fail(f"search.{name}.{shared}", "one per search: not with several search_seeds")
-        args = _method_args(name, options, f"{source}: search.{name}")  # validate now, not hours later
-        if search_seeds is not None and not hasattr(args, "seed"):
+        method_config(name, options, source)  # validate now, not hours later
+        if search_seeds is not None and "seed" not in _option_keys(name):
             raise fail("search_seeds", f"search method {name!r} has no seed option to set")
     return StudySpec(
         name=str(raw.get("name", Path(source).stem)),
@@ -228,48 +226,18 @@ def with_device(spec: StudySpec, device: str) -> StudySpec:
     )
 
 
-def _set_option(search: Mapping[str, Mapping[str, Any]], dest: str, value: Any) -> dict[str, dict[str, Any]]:
-    """Every method table with option ``dest`` set to ``value`` (tables of methods without it unchanged)."""
-    out = {}
-    for method, options in search.items():
-        has = dest in {a.dest for a in _method_parser(method)._actions}
-        out[method] = {**options, dest: value} if has else dict(options)
-    return out
+def _set_option(search: Mapping[str, Mapping[str, Any]], key: str, value: Any) -> dict[str, dict[str, Any]]:
+    """Every method table with option ``key`` set to ``value`` (tables of methods without it unchanged)."""
+    return {m: {**o, key: value} if key in _option_keys(m) else dict(o) for m, o in search.items()}
 
 
-def _method_parser(method: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"search {method}", exit_on_error=False, add_help=False)
-    SEARCH_METHODS.create(method).add_arguments(parser)
-    return parser
+def _option_keys(method: str) -> set[str]:
+    return {o.key for o in config_options(SEARCH_METHODS.create(method).config)}
 
 
-def _method_args(method: str, options: Mapping[str, Any], where: str) -> argparse.Namespace:
-    """A study's method table parsed by the method's own CLI parser (same defaults and checks)."""
-    parser = _method_parser(method)
-    argv: list[str] = []
-    known = {a.dest: a for a in parser._actions}
-    for key, value in options.items():
-        dest = key.replace("-", "_")
-        if dest not in known:
-            allowed = sorted(k for k in known if k != "help")
-            raise ValueError(f"{where}.{key}: unknown option; allowed: {', '.join(allowed)}")
-        flag = known[dest].option_strings[0]
-        if isinstance(value, bool):
-            if value != known[dest].default:
-                argv.append(flag)
-        elif isinstance(value, list):
-            argv += (
-                [flag, *map(str, value)] if known[dest].nargs not in (None, 1) else [flag, ",".join(map(str, value))]
-            )
-        else:
-            argv += [flag, str(value)]
-    try:
-        args, rest = parser.parse_known_args(argv)
-    except argparse.ArgumentError as err:
-        raise ValueError(f"{where}: {err}") from None
-    if rest:
-        raise ValueError(f"{where}: could not parse {rest}")
-    return args
+def method_config(method: str, table: Mapping[str, Any], source: str = "study") -> Any:
+    """The config of search ``method`` from a study's ``[search.METHOD]`` table (errors name the key)."""
+    return build_config(SEARCH_METHODS.create(method).config, table, where=lambda k: f"{source}: search.{method}.{k}")
 
 
 @dataclass(frozen=True)
@@ -306,7 +274,7 @@ def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = False, jobs
     data, space = _data_and_space(spec)
     with _Runner(spec, data, space, jobs, progress) as runner:
         show = progress and jobs == 1  # bars and search logs of parallel runs would interleave
-        search = spec.search if show else _set_option(spec.search, "no_progress", True)
+        search = _set_option(spec.search, "progress", show)
         found: dict[tuple[str, int], SearchResult | None] = {}
         todo: list[tuple[str, Mapping[str, Any], Path, str]] = []
         for method, options in search.items():
@@ -443,7 +411,7 @@ def seeds_of_search(spec: StudySpec, method: str) -> tuple[int, ...]:
     """The seeds ``method`` runs with in ``spec``: ``search_seeds``, or the method table's own ``seed``."""
     if spec.search_seeds is not None:
         return spec.search_seeds
-    return (getattr(_method_args(method, spec.search[method], f"{spec.source}: search.{method}"), "seed", 0),)
+    return (to_options(method_config(method, spec.search[method], spec.source)).get("seed", 0),)
 
 
 def _search_dir(run_dir: Path, method: str, seed: int, legacy: bool) -> Path:
@@ -490,12 +458,13 @@ def _finished_search(out: Path) -> SearchResult | None:
 def _run_search(
     method: str, options: Mapping[str, Any], out: Path, source: str, *, data: MultiTaskData, space: SearchSpace
 ) -> SearchResult:
-    args = _method_args(method, options, f"{source}: search.{method}")
+    runner = SEARCH_METHODS.create(method)
+    config = method_config(method, options, source)
     t0 = time.perf_counter()
-    result = SEARCH_METHODS.create(method).run(args, data, space, out)
+    result = runner.run(data, space, config, out)
     if result.seconds <= 0:
         result = SearchResult(result.method, result.graph, time.perf_counter() - t0, result.candidates, result.info)
-    result.save(out, getattr(args, "device", "cpu"))
+    result.save(out, runner.device(config))
     return result
 
 

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .balancing import Balancer, EqualWeights
+from .config import option
 from .data import MultiTaskData, iterate_batches
 from .environment import environment
 from .export import MODEL_MANIFEST, network_manifest
@@ -32,28 +33,48 @@ CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "none")
+DEVICES = ("auto", "cpu", "cuda")
+NONFINITE = ("raise", "skip")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; every field is validated with an error naming it."""
+    """Optimisation settings; every field is validated with an error naming it.
+
+    Args:
+        epochs: passes over the training set.
+        batch_size: samples per step (incomplete batches are dropped).
+        lr: learning rate.
+        weight_decay: the optimiser's weight decay.
+        optimizer: adam, adamw or sgd.
+        momentum: SGD momentum.
+        scheduler: cosine annealing over the epochs, or none.
+        seed: seeds the initialisation and the data order.
+        device: auto (CUDA when available), cpu or cuda.
+        eval_batch_size: samples per evaluation batch (no effect on the numbers).
+        on_nonfinite: what a NaN/inf task loss or gradient does: raise (stop with an error) or skip that step.
+        progress: print progress (a bar on a terminal, plain lines otherwise); the CLI turns it on.
+    """
 
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
-    optimizer: str = "adam"
+    optimizer: str = option("adam", choices=OPTIMIZERS)
     momentum: float = 0.9
-    scheduler: str = "cosine"
+    scheduler: str = option("cosine", choices=SCHEDULERS)
     seed: int = 0
-    device: str = "auto"
+    device: str = option("auto", choices=DEVICES)
     eval_batch_size: int = 512
-    on_nonfinite: str = "raise"
+    on_nonfinite: str = option("raise", choices=NONFINITE)
     progress: bool = False
-    """Print progress (a bar on a terminal, plain lines otherwise); the CLI turns it on."""
 
-    OPTIMIZERS = ("adam", "adamw", "sgd")
-    SCHEDULERS = ("cosine", "none")
-    DEVICES = ("auto", "cpu", "cuda")
-    NONFINITE = ("raise", "skip")
+    OPTIMIZERS = OPTIMIZERS
+    SCHEDULERS = SCHEDULERS
+    DEVICES = DEVICES
+    NONFINITE = NONFINITE
     RUNTIME_FIELDS = ("device", "progress")
     """Fields that may change between sessions of one run (resume on another device, without bars)."""
 

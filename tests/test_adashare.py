@@ -7,6 +7,7 @@ from timm.layers.norm_act import BatchNormAct2d
 
 from nas_mtl.backbones import create_backbone
 from nas_mtl.cli import main
+from nas_mtl.config import build_config
 from nas_mtl.data import create_dataset
 from nas_mtl.data.base import MultiTaskData, TensorMultiTaskDataset
 from nas_mtl.network import MultiTaskNetwork
@@ -53,7 +54,7 @@ def space() -> SearchSpace:
 def _config(**kw) -> AdaShareConfig:
     base = dict(epochs=2, warmup_epochs=0, batch_size=16, weight_steps=2, policy_steps=4, curriculum=False,
                 progress=False, device="cpu")  # fmt: skip
-    return AdaShareConfig(**{**base, **kw})
+    return build_config(AdaShareConfig, {**base, **kw})
 
 
 def _supernet(space: SearchSpace, seed: int = 0) -> AdaShareSupernet:
@@ -344,8 +345,7 @@ def test_killed_search_resumes_to_the_same_policy(data, space, tmp_path, monkeyp
 def test_search_returns_a_valid_graph_on_shapes():
     data = create_dataset("shapes", n_train=32, n_val=16, n_test=16, size=16, tasks="quadrant,size,mask")
     space = load_search_space("resnet_small", input_shape=data.input_shape)
-    cfg = AdaShareConfig(epochs=2, warmup_epochs=1, batch_size=16, weight_steps=1, policy_steps=1,
-                         hard_sampling=True, progress=False, device="cpu")  # fmt: skip
+    cfg = _config(warmup_epochs=1, weight_steps=1, policy_steps=1, hard_sampling=True, curriculum=True)
     result = adashare_search(data, space, cfg)
     graph = result.graph
     space.check_graph(graph)

@@ -13,7 +13,7 @@ from nas_mtl.data import create_dataset
 from nas_mtl.graph import SharingGraph, enumerate_trees
 from nas_mtl.network import MultiTaskNetwork
 from nas_mtl.search import SEARCH_METHODS, load_search_methods
-from nas_mtl.search.affinity import MEASURES, AffinityResult, affinity_search, measure_affinity
+from nas_mtl.search.affinity import MEASURES, AffinityConfig, AffinityResult, affinity_search, measure_affinity
 from nas_mtl.search.affinity_measures import (
     AffinityRecorder,
     centered_gram,
@@ -360,6 +360,12 @@ def test_plots_write_pngs(tmp_path):
 # ---------------------------------------------------------------------- measure, search, CLI
 TINY = dict(n_train=64, n_val=16, n_test=16, size=16, tasks="size,hue,chroma")
 CFG = TrainConfig(epochs=1, batch_size=16, lr=1e-2, progress=False, device="cpu")
+
+
+def _cfg(**kw) -> AffinityConfig:
+    return AffinityConfig(train=CFG, **kw)
+
+
 TINY_SPACE = """format = "nas_mtl.search_space/1"
 [backbone]
 name = "resnet_small"
@@ -380,7 +386,7 @@ def tiny(tmp_path_factory):
 
 def test_affinity_search_end_to_end_with_cache(tiny, tmp_path, monkeypatch):
     data, space, _ = tiny
-    result = affinity_search(data, space, CFG, tmp_path, ["gradcos", "rsa"], k=2, every=2, probe_size=8)
+    result = affinity_search(data, space, _cfg(measures=["gradcos", "rsa"], k=2, every=2, probe_size=8), tmp_path)
     assert result.method == "affinity" and result.info["branch_at"] == "stem"
     groups = result.info["measures"]["gradcos"]["groups"]
     assert result.graph == SharingGraph.from_groups(data.task_names, space.layers, groups, 0, space.skippable)
@@ -388,7 +394,7 @@ def test_affinity_search_end_to_end_with_cache(tiny, tmp_path, monkeypatch):
     # lookahead was recorded by the same training run as gradcos
     cached = AffinityResult.from_dict(json.loads((tmp_path / "affinity" / "lookahead.json").read_text()))
     assert cached.samples == 2 and cached.history.shape == (1, 3, 3)  # 4 steps, every 2nd measured
-    rsa = measure_affinity(data, space, CFG, tmp_path, "rsa", probe_size=8)
+    rsa = measure_affinity(data, space, _cfg(probe_size=8), tmp_path, "rsa")
     assert rsa.layers.shape == (len(space.layers), 3, 3) and np.allclose(rsa.layers[:, 0, 0], 1.0)
     assert all(g.meta["measure"] == "rsa" for g in result.candidates) and result.info["measures"]["rsa"]["samples"] == 8
     for name in ("gradcos_heatmap", "gradcos_dendrogram", "rsa_layers"):
@@ -399,13 +405,13 @@ def test_affinity_search_end_to_end_with_cache(tiny, tmp_path, monkeypatch):
 
     monkeypatch.setattr("nas_mtl.search.affinity.train_graph", no_training)
     monkeypatch.setattr("nas_mtl.search.affinity.train_single_tasks", no_training)
-    again = measure_affinity(data, space, CFG, tmp_path, "lookahead", every=2)
+    again = measure_affinity(data, space, _cfg(every=2), tmp_path, "lookahead")
     assert np.array_equal(again.matrix, cached.matrix)
     with pytest.raises(ValueError, match=r"different \['every'\]"):
-        measure_affinity(data, space, CFG, tmp_path, "gradcos", every=3)
+        measure_affinity(data, space, _cfg(every=3), tmp_path, "gradcos")
     other = create_dataset("shapes", **{**TINY, "seed": 1})  # same sizes, other images
     with pytest.raises(ValueError, match=r"different \['data'\]"):
-        measure_affinity(other, space, CFG, tmp_path, "rsa", probe_size=8)
+        measure_affinity(other, space, _cfg(probe_size=8), tmp_path, "rsa")
 
 
 def test_affinity_search_errors(tiny, tmp_path, monkeypatch):
@@ -418,19 +424,19 @@ def test_affinity_search_errors(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr("nas_mtl.search.affinity.train_graph", no_training)
     monkeypatch.setattr("nas_mtl.search.affinity.train_single_tasks", no_training)
     with pytest.raises(ValueError, match=r"k must be an integer in 1\.\.3"):
-        affinity_search(data, space, CFG, tmp_path, ["gradcos"], k=4)
+        affinity_search(data, space, _cfg(measures=["gradcos"], k=4), tmp_path)
     with pytest.raises(ValueError, match="method must be one of"):
-        affinity_search(data, space, CFG, tmp_path, ["gradcos"], grouping="kmeans")
+        affinity_search(data, space, _cfg(measures=["gradcos"], grouping="kmeans"), tmp_path)
     with pytest.raises(ValueError, match="params_budget: expected a number >= 1"):
-        affinity_search(data, space, CFG, tmp_path, ["rsa"], params_budget=0.5)
+        affinity_search(data, space, _cfg(measures=["rsa"], params_budget=0.5), tmp_path)
     with pytest.raises(ValueError, match="measure must be one of"):
-        measure_affinity(data, space, CFG, tmp_path, "tag")
+        measure_affinity(data, space, _cfg(), tmp_path, "tag")
     with pytest.raises(ValueError, match="measures"):
-        affinity_search(data, space, CFG, tmp_path, "lookahead")
+        affinity_search(data, space, _cfg(measures="lookahead"), tmp_path)
     with pytest.raises(ValueError, match="not branchable"):
-        affinity_search(data, space, CFG, tmp_path, ["gradcos"], branch_at="stem")
+        affinity_search(data, space, _cfg(measures=["gradcos"], branch_at="stem"), tmp_path)
     with pytest.raises(ValueError, match="branch_at"):
-        affinity_search(data, space, CFG, tmp_path, ["gradcos"], branch_at=99)
+        affinity_search(data, space, _cfg(measures=["gradcos"], branch_at=99), tmp_path)
 
 
 def test_cli_search_affinity(tiny, tmp_path, capsys):
@@ -444,7 +450,7 @@ def test_cli_search_affinity(tiny, tmp_path, capsys):
     summary = json.loads((tmp_path / "search.json").read_text())
     assert [tuple(g) for g in summary["info"]["measures"]["gradcos"]["groups"]] == list(graph.partition(3))
     assert main([*args, "--measure", "tag"]) == 2
-    assert "measures: expected a non-empty list" in capsys.readouterr().err
+    assert "error: --measure: affinity: measures must be a non-empty list" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- planted structure on shapes
@@ -460,7 +466,7 @@ def planted_recovery(seed: int, run_dir, n_train: int = 800, epochs: int = 3) ->
     assert tuple(tuple(g) for g in data.info["planted_groups"]) == SHAPES_PLANTED
     found = {}
     for measure in MEASURES:  # one hard-sharing run; the same single-task nets
-        result = measure_affinity(data, space, config, run_dir, measure, probe_size=150)
+        result = measure_affinity(data, space, AffinityConfig(train=config, probe_size=150), run_dir, measure)
         found[measure] = (group_tasks(result.matrix, data.task_names, k=3), group_tasks(result.matrix, data.task_names))
     return found
 

@@ -74,20 +74,20 @@ def test_unknown_names_and_missing_files(tmp_path, capsys):
     study.write_text('format = "nas_mtl.study/1"\n[data]\nname = "multidigits"\n[space]\nname = "resnet_small"\n'
                      "[search.branch]\nn_trials = 'many'\n")  # fmt: skip
     err = _error(["study", str(study)], capsys)
-    assert str(study) in err and "search.branch" in err and "n-trials" in err
+    assert f"{study}: search.branch.n_trials: expected an integer, got 'many'" in err
 
 
 def test_data_args_are_key_value_pairs_read_as_json(tmp_path, capsys):
-    from nas_mtl.cli import UserError, _parse_kv
+    from nas_mtl.cli import UserError, parse_key_values
 
-    assert _parse_kv(["n_train=32", "root=/tmp/x", "flag=true", "size=[2, 3]"], "--data-arg") == {
+    assert parse_key_values(["n_train=32", "root=/tmp/x", "flag=true", "size=[2, 3]"], "--data-arg") == {
         "n_train": 32,
         "root": "/tmp/x",
         "flag": True,
         "size": [2, 3],
     }
     with pytest.raises(UserError, match=r"--data-arg: expected KEY=VALUE, got 'n_train'"):
-        _parse_kv(["n_train"], "--data-arg")
+        parse_key_values(["n_train"], "--data-arg")
     base = ["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--space", "resnet_small"]
     assert "--data-arg" in _error([*base, "--data", "multidigits", "--data-arg", "=3"], capsys)
 

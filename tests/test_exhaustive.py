@@ -9,6 +9,7 @@ from nas_mtl.graph import SKIP, enumerate_trees
 from nas_mtl.search.branching import BranchSearchConfig, branch_search
 from nas_mtl.search.exhaustive import (
     TABLE,
+    ExhaustiveConfig,
     ScoreTable,
     candidate_graphs,
     count_candidates,
@@ -34,6 +35,7 @@ skippable = "auto"
 """
 TINY = TrainConfig(epochs=1, batch_size=32, device="cpu", progress=False)
 PROXY = ProxyConfig(warmstart=TINY, finetune=dataclasses.replace(TINY, epochs=2), reference="hard")
+EXHAUSTIVE = ExhaustiveConfig(proxy=PROXY)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,7 @@ def shapes(tmp_path_factory):
 def scored(shapes, tmp_path_factory):
     """The tiny space's 12 trees, all scored once (shared by the tests that only read the result)."""
     run_dir = tmp_path_factory.mktemp("exhaustive")
-    return exhaustive_search(*shapes, PROXY, run_dir), run_dir
+    return exhaustive_search(*shapes, EXHAUSTIVE, run_dir), run_dir
 
 
 @pytest.mark.parametrize("n_tasks", [1, 2, 3, 4])
@@ -92,14 +94,14 @@ def test_killed_run_resumes_scoring_only_the_rest(shapes, tmp_path, monkeypatch)
 
     monkeypatch.setattr(Proxy, "score", dying)
     with pytest.raises(KeyboardInterrupt):
-        exhaustive_search(*shapes, PROXY, tmp_path)
+        exhaustive_search(*shapes, EXHAUSTIVE, tmp_path)
     with (tmp_path / TABLE).open("a") as fh:
         fh.write('{"key": "0.0.0/0.1')  # the line being written when the process died
     done = list(calls)
     calls.clear()
     monkeypatch.setattr(Proxy, "score", lambda self, graph, report=None: calls.append(graph_key(graph)) or real(
         self, graph, report))  # fmt: skip
-    result = exhaustive_search(*shapes, PROXY, tmp_path)
+    result = exhaustive_search(*shapes, EXHAUSTIVE, tmp_path)
     assert len(calls) == 12 - 5 and not set(calls) & set(done)
     assert len(result.info["ranking"]) == 12
     assert len(ScoreTable(tmp_path / TABLE, score_header(shapes[0].task_names, shapes[1], PROXY, "trees"))) == 12
@@ -107,23 +109,23 @@ def test_killed_run_resumes_scoring_only_the_rest(shapes, tmp_path, monkeypatch)
 
 def test_rerun_with_another_proxy_is_refused(shapes, scored):
     _, run_dir = scored
-    other = dataclasses.replace(PROXY, subset=0.5)
+    other = ExhaustiveConfig(proxy=dataclasses.replace(PROXY, subset=0.5))
     with pytest.raises(ValueError, match="proxy"):
         exhaustive_search(*shapes, other, run_dir)
 
 
 def test_large_spaces_are_refused(shapes, tmp_path):
     with pytest.raises(ValueError, match="limit"):
-        exhaustive_search(*shapes, PROXY, tmp_path, kind="policies", limit=10)
+        exhaustive_search(*shapes, ExhaustiveConfig(proxy=PROXY, kind="policies", limit=10), tmp_path)
     with pytest.raises(ValueError, match="kind"):
-        exhaustive_search(*shapes, PROXY, tmp_path, kind="forests")
+        exhaustive_search(*shapes, ExhaustiveConfig(proxy=PROXY, kind="forests"), tmp_path)
 
 
 def test_policies_are_scored_with_the_same_proxy(tmp_path):
     data = create_dataset("shapes", n_train=64, n_val=32, n_test=32, size=16, tasks="quadrant,hue")
     (tmp_path / "tiny.toml").write_text(SPACE)
     space = load_search_space(tmp_path / "tiny.toml", input_shape=data.input_shape)
-    result = exhaustive_search(data, space, PROXY, tmp_path / "run", kind="policies")
+    result = exhaustive_search(data, space, ExhaustiveConfig(proxy=PROXY, kind="policies"), tmp_path / "run")
     assert len(result.info["ranking"]) == 16
     assert result.graph in set(candidate_graphs(data.task_names, space, "policies"))
     lines = (tmp_path / "run" / TABLE).read_text().splitlines()

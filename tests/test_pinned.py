@@ -41,13 +41,33 @@ STUDY = {
     "train": {"epochs": 1, "batch_size": 32, "device": "cpu"},
     "arms": {"baselines": ["single", "hard"]},
     "search": {
-        "adashare": {"epochs": 2, "warmup_epochs": 1, "batch_size": 16, "weight_steps": 2, "policy_steps": 2,
-                     "curriculum_speed": 1, "num_samples": 4, "device": "cpu"},  # fmt: skip
-        "branch": {"n_trials": 3, "sampler": "tpe", "warmstart_epochs": 1, "proxy_epochs": 1, "batch_size": 32,
-                   "reference": "hard", "device": "cpu"},  # fmt: skip
+        "adashare": {
+            "epochs": 2,
+            "warmup_epochs": 1,
+            "batch_size": 16,
+            "weight_steps": 2,
+            "policy_steps": 2,
+            "curriculum_speed": 1,
+            "num_samples": 4,
+            "device": "cpu",
+        },  # fmt: skip
+        "branch": {
+            "n_trials": 3,
+            "sampler": "tpe",
+            "warmstart_epochs": 1,
+            "proxy_epochs": 1,
+            "batch_size": 32,
+            "reference": "hard",
+            "device": "cpu",
+        },  # fmt: skip
         "affinity": {"measure": "lookahead,gradcos", "epochs": 1, "batch_size": 32, "every": 1, "device": "cpu"},
-        "exhaustive": {"warmstart_epochs": 1, "proxy_epochs": 1, "batch_size": 32, "reference": "hard",
-                       "device": "cpu"},  # fmt: skip
+        "exhaustive": {
+            "warmstart_epochs": 1,
+            "proxy_epochs": 1,
+            "batch_size": 32,
+            "reference": "hard",
+            "device": "cpu",
+        },  # fmt: skip
     },
 }
 VOLATILE = ("seconds", "elapsed", "env", "storage", "run_dir", "worker", "cost_in_hard_sharing_epochs")
@@ -74,7 +94,8 @@ def pinned_numbers(tmp: Path) -> dict[str, Any]:
     finally:
         torch.set_num_threads(before)
     searches = {
-        p.parent.parent.name: json.loads(p.read_text()) for p in sorted((tmp / "run" / "search").glob("*/*/search.json"))
+        p.parent.parent.name: json.loads(p.read_text())
+        for p in sorted((tmp / "run" / "search").glob("*/*/search.json"))
     }
     rows = sorted(rows, key=lambda r: (r["arm"], r["task"] or "", r["balancer"], r["seed"]))
     return _strip({"searches": searches, "rows": rows})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ class MultiTaskData:
     val: Dataset
     test: Dataset
     info: Mapping[str, Any] = field(default_factory=dict)
+    origin: Mapping[str, Any] | None = None
+    """How :func:`create_dataset` built it (``{"dataset": NAME, "kwargs": {...}}``): what another process needs
+    to build the same data (workers of a search); None for data made otherwise."""
 
     def __post_init__(self) -> None:
         names = [t.name for t in self.tasks]
@@ -123,7 +127,13 @@ def select_tasks(dataset: str, tasks: Sequence[TaskSpec], wanted: str | Sequence
 DATASETS: Registry[MultiTaskData] = Registry("dataset")
 register_dataset = DATASETS.register
 list_datasets = DATASETS.names
-create_dataset = DATASETS.create
+
+
+def create_dataset(name: str, **kwargs: Any) -> MultiTaskData:
+    """Build the registered dataset ``name`` with its options (errors name them); the data records them in
+    :attr:`MultiTaskData.origin`."""
+    data = DATASETS.create(name, **kwargs)
+    return dataclasses.replace(data, origin={"dataset": name, "kwargs": dict(kwargs)})
 
 
 def standardize(train: Tensor, *others: Tensor, dims: tuple[int, ...]) -> tuple[list[Tensor], Tensor, Tensor]:

@@ -1,12 +1,11 @@
 """Search methods: each turns (data, search space, budget) into a SharingGraph.
 
-A method registers a :class:`SearchMethod` (CLI arguments + a runner) under a name, so
-``nas-mtl search NAME`` and studies find it without editing the CLI.
+A method registers a :class:`SearchMethod` (a config dataclass + ``run(data, space, config, run_dir)``) under a
+name, so ``nas-mtl search NAME`` and studies find it, options included, without editing the CLI.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 from collections.abc import Callable, Mapping
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import to_options
 from ..data import MultiTaskData
 from ..environment import environment
 from ..graph import SharingGraph
@@ -64,17 +64,22 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class SearchMethod:
-    """A search method as the CLI and studies see it.
+    """A search method: its config class and its runner.
 
     Args:
-        add_arguments: adds the method's own options to its ``nas-mtl search NAME`` parser.
-        run: ``run(args, data, space, run_dir) -> SearchResult`` for parsed CLI arguments.
+        config: a frozen config dataclass (see :mod:`nas_mtl.config`): its fields are the method's options,
+            as study-file keys and ``nas-mtl search NAME`` flags, with help from its docstring's ``Args:``.
+        run: ``run(data, space, config, run_dir) -> SearchResult``; resumes what ``run_dir`` holds.
         help: one line for ``--help``.
     """
 
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace, MultiTaskData, SearchSpace, Path], SearchResult]
+    config: type
+    run: Callable[[MultiTaskData, SearchSpace, Any, Path], SearchResult]
     help: str = ""
+
+    def device(self, config: Any) -> str:
+        """The device ``config`` computes on (``cpu`` for a method without a device option)."""
+        return to_options(config).get("device", "cpu")
 
 
 SEARCH_METHODS: Registry[SearchMethod] = Registry("search method")

@@ -59,12 +59,11 @@ executions side by side.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +74,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..backbones import Backbone
+from ..config import nested, option, to_options
 from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
 from ..progress import progress
@@ -91,31 +91,46 @@ HISTORY = "policy_history.json"
 FINALS = ("sample", "argmax")
 
 
+TRAIN = TrainConfig(epochs=30, batch_size=64, weight_decay=1e-4)
+"""AdaShare's defaults of the training options it uses (:data:`TRAIN_OPTIONS`)."""
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "device", "progress")
+"""The :class:`~nas_mtl.train.TrainConfig` fields AdaShare reads; the others must keep their defaults."""
+
+
 @dataclass(frozen=True)
 class AdaShareConfig:
     """AdaShare search settings; defaults follow the reference code (see the module docstring).
 
     Args:
-        epochs: search rounds after the warm-up (one weight pass on train + one policy pass on val each).
+        train: ``epochs`` (search rounds after the warm-up: one weight pass on train + one policy pass on val
+            each), ``batch_size`` (samples per step in both phases; reference 16 at 321x321 crops), ``lr`` and
+            ``weight_decay`` (network weights: Adam(betas=(0.5, 0.999)) in the warm-up, SGD(momentum 0.9)
+            after), ``seed``, ``device`` and ``progress``.
         warmup_epochs: hard-sharing epochs before the policy is learned.
-        batch_size: samples per step in both phases (reference 16 at 321x321 crops).
-        lr, weight_decay: network weights (Adam(betas=(0.5, 0.999)) in the warm-up, SGD(momentum 0.9) after).
-        policy_lr, policy_weight_decay: Adam on the policy logits (the decay as an L2 term on active blocks).
-        tau, tau_decay: Gumbel-softmax temperature at round 0 and its factor per round.
-        sparsity, sharing: λ_sparsity and λ_sharing.
-        curriculum, curriculum_speed: learn one more block (from the last) every ``curriculum_speed`` rounds.
+        policy_lr: Adam learning rate of the policy logits.
+        policy_weight_decay: L2 term on the active blocks' policy logits.
+        tau: Gumbel-softmax temperature at round 0.
+        tau_decay: temperature factor per round.
+        sparsity: λ of the sparsity term.
+        sharing: λ of the sharing term.
+        curriculum: learn one more block (from the last) every ``curriculum_speed`` rounds.
+        curriculum_speed: rounds per extra block.
         hard_sampling: straight-through hard Gumbel samples instead of soft ones (reference: soft).
-        weight_steps, policy_steps: steps per phase of a round (None: one pass over the split).
-        final: "sample" (draw ``num_samples`` policies, keep the lowest validation loss) or "argmax".
-        task_weights: loss weight per task (the reference's ``lambdas``); missing tasks weigh 1.
-        seed, device, progress: as in :class:`~nas_mtl.train.TrainConfig`.
+        weight_steps: weight steps per round (none: one pass over the training set).
+        policy_steps: policy steps per round (none: one pass over the validation set).
+        final: sample (draw ``num_samples`` policies, keep the lowest validation loss) or argmax.
+        num_samples: policies drawn with final = sample.
+        task_weights: loss weight per task, TASK=W (the reference's ``lambdas``); missing tasks weigh 1.
     """
 
-    epochs: int = 30
+    train: TrainConfig = nested(
+        TRAIN, only=TRAIN_OPTIONS, helps={
+            "epochs": "search rounds after the warm-up (one weight pass on train + one policy pass on val each)",
+            "batch_size": "samples per step in both phases (reference 16 at 321x321 crops)",
+            "lr": "network weights' learning rate (Adam(betas=(0.5, 0.999)) in the warm-up, SGD(momentum 0.9) after)",
+        },
+    )  # fmt: skip
     warmup_epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
     policy_lr: float = 0.01
     policy_weight_decay: float = 5e-4
     tau: float = 5.0
@@ -127,12 +142,9 @@ class AdaShareConfig:
     hard_sampling: bool = False
     weight_steps: int | None = None
     policy_steps: int | None = None
-    final: str = "sample"
+    final: str = option("sample", choices=FINALS)
     num_samples: int = 8
-    task_weights: Mapping[str, float] = field(default_factory=dict)
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = False
+    task_weights: Mapping[str, float] = option(default_factory=dict, flags=("--task-weight",))
 
     def __post_init__(self) -> None:
         def fail(name: str, want: str) -> ValueError:
@@ -144,30 +156,35 @@ class AdaShareConfig:
         def is_num(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        for name, low in (("epochs", 1), ("warmup_epochs", 0), ("batch_size", 1), ("curriculum_speed", 1),
-                          ("num_samples", 1)):  # fmt: skip
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"adashare config: train must be a TrainConfig, got {type(self.train).__name__}")
+        unused = [f for f in TrainConfig.__dataclass_fields__ if f not in TRAIN_OPTIONS
+                  and getattr(self.train, f) != getattr(TRAIN, f)]  # fmt: skip
+        if unused:
+            raise ValueError(f"adashare config: train.{unused[0]} is not used by AdaShare (it uses {TRAIN_OPTIONS})")
+        if self.train.epochs < 1:
+            raise ValueError(f"adashare config: epochs must be an integer >= 1, got {self.train.epochs!r}")
+        for name, low in (("warmup_epochs", 0), ("curriculum_speed", 1), ("num_samples", 1)):
             if not is_int(getattr(self, name)) or getattr(self, name) < low:
                 raise fail(name, f"an integer >= {low}")
         for name in ("weight_steps", "policy_steps"):
             if getattr(self, name) is not None and (not is_int(getattr(self, name)) or getattr(self, name) < 1):
                 raise fail(name, "None (one pass) or an integer >= 1")
-        for name in ("lr", "policy_lr", "tau"):
+        for name in ("policy_lr", "tau"):
             if not is_num(getattr(self, name)) or getattr(self, name) <= 0:
                 raise fail(name, "a finite number > 0")
-        for name in ("weight_decay", "policy_weight_decay", "sparsity", "sharing"):
+        if self.train.lr <= 0:
+            raise ValueError(f"adashare config: lr must be a finite number > 0, got {self.train.lr!r}")
+        for name in ("policy_weight_decay", "sparsity", "sharing"):
             if not is_num(getattr(self, name)) or getattr(self, name) < 0:
                 raise fail(name, "a finite number >= 0")
         if not is_num(self.tau_decay) or not 0 < self.tau_decay <= 1:
             raise fail("tau_decay", "a number in (0, 1]")
-        for name in ("curriculum", "hard_sampling", "progress"):
+        for name in ("curriculum", "hard_sampling"):
             if not isinstance(getattr(self, name), bool):
                 raise fail(name, "true or false")
         if self.final not in FINALS:
             raise fail("final", f"one of {list(FINALS)}")
-        if not is_int(self.seed):
-            raise fail("seed", "an integer")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise fail("device", "one of ['auto', 'cpu', 'cuda']")
         if not isinstance(self.task_weights, Mapping) or not all(
             isinstance(k, str) and is_num(v) and v >= 0 for k, v in self.task_weights.items()
         ):
@@ -175,7 +192,8 @@ class AdaShareConfig:
         object.__setattr__(self, "task_weights", {k: float(v) for k, v in self.task_weights.items()})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The flat options (what the CLI and study files set; recorded in checkpoints and results)."""
+        return to_options(self)
 
     def tau_at(self, round_: int) -> float:
         """Gumbel temperature of search round ``round_`` (0-based)."""
@@ -472,17 +490,17 @@ class _Search:
             raise ValueError(f"dataset {data.name!r} inputs are {tuple(data.input_shape)} but space "
                              f"{space.name!r} expects {space.backbone.input_shape}")  # fmt: skip
         for split in ("train", "val"):
-            if len(getattr(data, split)) < config.batch_size:
-                raise ValueError(f"adashare config: batch_size {config.batch_size} exceeds the {split} split "
+            if len(getattr(data, split)) < config.train.batch_size:
+                raise ValueError(f"adashare config: batch_size {config.train.batch_size} exceeds the {split} split "
                                  f"({len(getattr(data, split))} samples)")  # fmt: skip
         self.data, self.space, self.config = data, space, config
-        self.device = resolve_device(config.device)
-        seed_everything(config.seed)
+        self.device = resolve_device(config.train.device)
+        seed_everything(config.train.seed)
         policy_layers = [i for i, name in enumerate(space.layers) if name in space.skippable]
         self.net = AdaShareSupernet(space.backbone, data.tasks, policy_layers).to(self.device)
         self.weights = [config.task_weights.get(t, 1.0) for t in data.task_names]
         self.blocks = tuple(space.layers[i] for i in policy_layers)
-        self.gumbel = torch.Generator().manual_seed(config.seed)
+        self.gumbel = torch.Generator().manual_seed(config.train.seed)
         self.policy_opt = torch.optim.Adam([self.net.logits], lr=config.policy_lr)
         self.weight_opt = self._weight_optimizer(search=False)  # replaced by SGD at search round 0
         self.epoch, self.elapsed, self.history = 0, 0.0, []
@@ -490,12 +508,12 @@ class _Search:
     def _weight_optimizer(self, search: bool) -> torch.optim.Optimizer:
         params, c = self.net.weight_parameters(), self.config
         if search:
-            return torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay)
-        return torch.optim.Adam(params, lr=c.lr, betas=(0.5, 0.999), weight_decay=c.weight_decay)
+            return torch.optim.SGD(params, lr=c.train.lr, momentum=0.9, weight_decay=c.train.weight_decay)
+        return torch.optim.Adam(params, lr=c.train.lr, betas=(0.5, 0.999), weight_decay=c.train.weight_decay)
 
     @property
     def total_epochs(self) -> int:
-        return self.config.warmup_epochs + self.config.epochs
+        return self.config.warmup_epochs + self.config.train.epochs
 
     def _validate_targets(self, x: Tensor, y: Mapping[str, Tensor]) -> None:
         """Each task's ``validate_target`` on one batch (ValueError naming the task), as ``train.py`` does."""
@@ -517,9 +535,9 @@ class _Search:
         mean per-task loss."""
         sums: dict[str, float] = dict.fromkeys(self.data.task_names, 0.0)
         n = 0
-        batches = _steps(split, self.config.batch_size, steps, seed)
-        total = steps if steps is not None else len(split) // self.config.batch_size
-        for i, (x, y) in enumerate(progress(batches, desc, self.config.progress, total=total)):
+        batches = _steps(split, self.config.train.batch_size, steps, seed)
+        total = steps if steps is not None else len(split) // self.config.train.batch_size
+        for i, (x, y) in enumerate(progress(batches, desc, self.config.train.progress, total=total)):
             if i == 0:
                 self._validate_targets(x, y)
             for k, v in step_fn(x, y, f"epoch {self.epoch + 1} {desc} step {i + 1}").items():
@@ -542,7 +560,7 @@ class _Search:
         c, e = self.config, self.epoch
         t0 = time.perf_counter()
         self.net.train()
-        seed = c.seed * 1_000_003 + 2 * e
+        seed = c.train.seed * 1_000_003 + 2 * e
         label = f"adashare {e + 1}/{self.total_epochs}"
         if e < c.warmup_epochs:
             hard_sharing = [None] * len(self.net.blocks)
@@ -627,7 +645,7 @@ class _Search:
         gates = self.net.fixed_gates(select)
         total, n = 0.0, 0
         n_val = len(self.data.val)  # batches of (nearly) equal size, so that their statistics are alike
-        size = math.ceil(n_val / math.ceil(n_val / max(self.config.batch_size, 256)))
+        size = math.ceil(n_val / math.ceil(n_val / max(self.config.train.batch_size, 256)))
         for i, (x, y) in enumerate(iterate_batches(self.data.val, size, shuffle=False)):
             if i == 0:
                 self._validate_targets(x, y)
@@ -645,12 +663,12 @@ class _Search:
         selected (their logits are still at the initial p = 0.5); a tie selects (the reference's argmax).
         """
         prob = self.net.select_prob()
-        learned = self.config.active_at(self.config.epochs - 1, len(self.blocks))
+        learned = self.config.active_at(self.config.train.epochs - 1, len(self.blocks))
         prob[: len(self.blocks) - learned] = 1.0
         if self.config.final == "argmax":
             policies = [(prob >= 0.5).tolist()]
         else:
-            generator = torch.Generator().manual_seed(self.config.seed)
+            generator = torch.Generator().manual_seed(self.config.train.seed)
             draws = [(torch.rand(prob.shape, generator=generator) < prob).tolist()
                      for _ in range(self.config.num_samples)]  # fmt: skip
             policies = [p for i, p in enumerate(draws) if p not in draws[:i]]
@@ -720,65 +738,10 @@ def adashare_search(
     return SearchResult("adashare", graphs[0].with_meta(select_prob=prob.tolist()), seconds, tuple(graphs[1:]), info)
 
 
-# ---------------------------------------------------------------------- CLI
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    d = AdaShareConfig()
-    g = p.add_argument_group("AdaShare (defaults: reference code, NYUv2 2-task)")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="search rounds after the warm-up")
-    g.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs, help="hard-sharing epochs first")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr, help="network weights learning rate")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--policy-lr", type=float, default=d.policy_lr)
-    g.add_argument("--policy-weight-decay", type=float, default=d.policy_weight_decay)
-    g.add_argument("--sparsity", type=float, default=d.sparsity, help="λ of the sparsity term")
-    g.add_argument("--sharing", type=float, default=d.sharing, help="λ of the sharing term")
-    g.add_argument("--tau", type=float, default=d.tau, help="initial Gumbel-softmax temperature")
-    g.add_argument("--tau-decay", type=float, default=d.tau_decay, help="temperature factor per round")
-    g.add_argument("--curriculum-speed", type=int, default=d.curriculum_speed, help="rounds per extra block")
-    g.add_argument("--no-curriculum", action="store_true", help="learn every block's decision from round 1")
-    g.add_argument("--hard-sampling", action="store_true", help="straight-through hard Gumbel samples")
-    g.add_argument("--weight-steps", type=int, default=None, help="weight steps per round (default: 1 pass)")
-    g.add_argument("--policy-steps", type=int, default=None, help="policy steps per round (default: 1 pass)")
-    g.add_argument("--final", choices=FINALS, default=d.final, help="how the final policy is taken")
-    g.add_argument("--num-samples", type=int, default=d.num_samples, help="policies drawn with --final sample")
-    g.add_argument("--task-weight", action="append", default=[], metavar="TASK=W[,TASK=W]",
-                   help="task loss weight (repeatable)")  # fmt: skip
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def _task_weights(items: Sequence[str]) -> dict[str, float]:
-    """``["a=2", "b=1,c=3"]`` -> ``{a: 2, b: 1, c: 3}`` (commas: a study file's list arrives as one item)."""
-    out = {}
-    for item in (part for entry in items for part in entry.split(",")):
-        task, sep, value = item.partition("=")
-        try:
-            out[task] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not task:
-            raise ValueError(f"--task-weight: expected TASK=NUMBER, got {item!r}")
-    return out
-
-
-def config_from_args(args: argparse.Namespace) -> AdaShareConfig:
-    return AdaShareConfig(
-        epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, policy_lr=args.policy_lr, policy_weight_decay=args.policy_weight_decay,
-        tau=args.tau, tau_decay=args.tau_decay, sparsity=args.sparsity, sharing=args.sharing,
-        curriculum=not args.no_curriculum, curriculum_speed=args.curriculum_speed, hard_sampling=args.hard_sampling,
-        weight_steps=args.weight_steps, policy_steps=args.policy_steps, final=args.final,
-        num_samples=args.num_samples, task_weights=_task_weights(args.task_weight), seed=args.seed,
-        device=args.device, progress=not args.no_progress,
-    )  # fmt: skip
-
-
 @register_search_method("adashare")
 def _method() -> SearchMethod:
     return SearchMethod(
-        add_arguments=_add_arguments,
-        run=lambda args, data, space, run_dir: adashare_search(data, space, config_from_args(args), run_dir),
+        AdaShareConfig,
+        adashare_search,
         help="AdaShare: differentiable select/skip policy per block and task (Sun et al. 2020)",
     )

@@ -28,11 +28,10 @@ Deviations from the papers:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 
 from ..balancing import create_balancer
 from ..baselines import train_graph, train_single_tasks
+from ..config import nested, option
 from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
 from ..space import SearchSpace
@@ -129,31 +129,78 @@ class AffinityResult:
         )
 
 
+@dataclass(frozen=True)
+class AffinityConfig:
+    """Settings of an affinity search.
+
+    Args:
+        train: the hard-sharing run that lookahead and gradcos are recorded in, and the single-task networks
+            rsa and cka compare.
+        measures: affinity measures (lookahead, gradcos, rsa, cka; comma-separated); the first gives the graph.
+        k: number of task groups (none: the best-scoring number).
+        grouping: how affinities become groups.
+        branch_at: branchable layer (name or index) where groups split (none: the first branchable one).
+        params_budget: rsa/cka trees: max backbone params in units of one backbone (1 = hard sharing).
+        min_split: rsa/cka trees: split a branch only where two tasks differ by more than this.
+        every: lookahead/gradcos: measure every N training steps.
+        lookahead_lr: lookahead SGD step (none: the training lr).
+        probe_size: rsa/cka: validation images compared.
+        balancer: loss balancer (a name, or NAME:KEY=VALUE,...) of the hard-sharing run.
+        plots: write the heatmap / dendrogram PNGs.
+    """
+
+    train: TrainConfig = nested(TrainConfig(epochs=5))
+    measures: tuple[str, ...] = option(("lookahead",), key="measure")
+    k: int | None = None
+    grouping: str = option("auto", choices=GROUPING_METHODS)
+    branch_at: int | str | None = None
+    params_budget: float = 2.0
+    min_split: float = 0.0
+    every: int = 1
+    lookahead_lr: float | None = None
+    probe_size: int = 200
+    balancer: str = "equal"
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"affinity: train must be a TrainConfig, got {type(self.train).__name__}")
+        measures = self.measures
+        if isinstance(measures, str) or not measures or any(m not in MEASURES for m in measures):
+            raise ValueError(f"affinity: measures must be a non-empty list from {list(MEASURES)}, got {measures!r}")
+        object.__setattr__(self, "measures", tuple(measures))
+        probe = self.probe_size
+        if isinstance(probe, bool) or not isinstance(probe, int) or probe < 3:
+            raise ValueError(f"affinity: probe_size must be an integer >= 3, got {probe!r}")
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"affinity: every must be an integer >= 1, got {self.every!r}")
+        check_params_budget(self.params_budget)
+        try:
+            create_balancer(self.balancer)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"affinity: balancer: {err}") from None
+
+
 def measure_affinity(
     data: MultiTaskData,
     space: SearchSpace,
-    config: TrainConfig,
+    config: AffinityConfig,
     run_dir: str | Path,
     measure: str = "lookahead",
-    every: int = 1,
-    lookahead_lr: float | None = None,
-    probe_size: int = 200,
-    balancer: str = "equal",
 ) -> AffinityResult:
     """Measure one task affinity, or load it from ``run_dir/affinity/MEASURE.json``.
 
-    "lookahead" and "gradcos" come from one hard-sharing training run (``config``; ``balancer``: a name
-    or spec such as ``"mgda:normalization=l2"``) with
-    an :class:`~.affinity_measures.AffinityRecorder` hook measuring every ``every`` steps with lookahead
-    step ``lookahead_lr`` (default: ``config.lr``); both are cached from that one run. The run itself
-    is not checkpointed (a killed measurement starts over). "rsa" and "cka" train one network per task
-    (``run_dir/single``, resumable) and compare their block outputs on the first ``probe_size``
-    validation images.
+    "lookahead" and "gradcos" come from one hard-sharing training run (``config.train`` and
+    ``config.balancer``) with an :class:`~.affinity_measures.AffinityRecorder` hook measuring every
+    ``config.every`` steps with lookahead step ``config.lookahead_lr`` (default: the training lr); both are
+    cached from that one run. The run itself is not checkpointed (a killed measurement starts over). "rsa"
+    and "cka" train one network per task (``run_dir/single``, resumable) and compare their block outputs on
+    the first ``config.probe_size`` validation images.
     """
     if measure not in MEASURES:
         raise ValueError(f"affinity: measure must be one of {list(MEASURES)}, got {measure!r}")
-    if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 3:
-        raise ValueError(f"affinity: probe_size must be an integer >= 3, got {probe_size!r}")
+    train, every, probe_size, balancer = config.train, config.every, config.probe_size, config.balancer
+    lookahead_lr = config.lookahead_lr
     folder = Path(run_dir) / AFFINITY_DIR
     training = measure in TRAINING_MEASURES
     settings: dict[str, Any] = {
@@ -164,9 +211,9 @@ def measure_affinity(
             "fingerprint": _fingerprint(data),
         },
         "tasks": list(data.task_names),
-        "config": config.identity(),
+        "config": train.identity(),
     }
-    lr = config.lr if lookahead_lr is None else lookahead_lr
+    lr = train.lr if lookahead_lr is None else lookahead_lr
     if training:
         settings |= {"every": every, "lookahead_lr": lr, "balancer": balancer}
     else:
@@ -175,9 +222,9 @@ def measure_affinity(
     if cached is not None:
         return cached
     if training:
-        results = _measure_training(data, space, config, every, lr, balancer)
+        results = _measure_training(data, space, train, every, lr, balancer)
     else:
-        results = {measure: _measure_representation(data, space, config, Path(run_dir), measure, probe_size)}
+        results = {measure: _measure_representation(data, space, train, Path(run_dir), measure, probe_size)}
     folder.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
         results[name] = replace(result, settings=settings)
@@ -268,23 +315,9 @@ def _branch_index(branch_at: int | str | None, space: SearchSpace) -> int:
 
 
 def affinity_search(
-    data: MultiTaskData,
-    space: SearchSpace,
-    config: TrainConfig,
-    run_dir: str | Path,
-    measures: Sequence[str] = ("lookahead",),
-    k: int | None = None,
-    grouping: str = "auto",
-    branch_at: int | str | None = None,
-    params_budget: float = 2.0,
-    min_split: float = 0.0,
-    every: int = 1,
-    lookahead_lr: float | None = None,
-    probe_size: int = 200,
-    balancer: str = "equal",
-    plots: bool = True,
+    data: MultiTaskData, space: SearchSpace, config: AffinityConfig, run_dir: str | Path
 ) -> SearchResult:
-    """Measure each affinity in ``measures``, group the tasks, and return the first measure's graph.
+    """Measure each affinity in ``config.measures``, group the tasks, and return the first measure's graph.
 
     A T x T measure (lookahead, gradcos) gives ``k`` groups (``grouping`` method) branching at
     ``branch_at`` (default: the first branchable layer); a layer-wise measure (rsa, cka) gives the
@@ -292,23 +325,21 @@ def affinity_search(
     from the layer-averaged similarity. The other measures' graphs are candidates. ``info`` holds, per
     measure, the groups, graph, matrix and costs; heatmaps and dendrograms go to ``run_dir/affinity``.
     """
-    if isinstance(measures, str) or not measures or any(m not in MEASURES for m in measures):
-        raise ValueError(f"measures: expected a non-empty list from {list(MEASURES)}, got {measures!r}")
-    index = _branch_index(branch_at, space)
+    k, grouping = config.k, config.grouping
+    index = _branch_index(config.branch_at, space)
     tasks = data.task_names
     check_grouping_args(len(tasks), k, grouping)  # before any training, not after
-    check_params_budget(params_budget)
     folder = Path(run_dir) / AFFINITY_DIR
     t0 = time.perf_counter()
     graphs: list[SharingGraph] = []
     info: dict[str, Any] = {"branch_at": space.layers[index], "k": k, "grouping": grouping, "measures": {}}
-    for m in dict.fromkeys(measures):
-        result = measure_affinity(data, space, config, run_dir, m, every, lookahead_lr, probe_size, balancer)
+    for m in dict.fromkeys(config.measures):
+        result = measure_affinity(data, space, config, run_dir, m)
         groups: Groups = group_tasks(result.matrix, tasks, k, grouping)
         if result.layers is None:
             graph = SharingGraph.from_groups(tasks, space.layers, groups, index, space.skippable)
         else:
-            graph = layerwise_tree(1.0 - result.layers, tasks, space, params_budget, min_split)
+            graph = layerwise_tree(1.0 - result.layers, tasks, space, config.params_budget, config.min_split)
         graph = graph.with_meta(name=f"affinity:{m}", measure=m)
         graphs.append(graph)
         info["measures"][m] = {
@@ -319,7 +350,7 @@ def affinity_search(
             "overhead_seconds": result.overhead_seconds,
             "samples": result.samples,
         }
-        if plots:
+        if config.plots:
             _plot(result, folder)
     return SearchResult(
         "affinity",
@@ -341,48 +372,13 @@ def _plot(result: AffinityResult, folder: Path) -> None:
         )
 
 
-# ---------------------------------------------------------------------- CLI
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..cli import _add_train_args
-
-    _add_train_args(p, epochs=5)
-    g = p.add_argument_group("affinity")
-    g.add_argument("--measure", default="lookahead",
-                   help=f"comma-separated measures ({', '.join(MEASURES)}); the first one gives the graph")  # fmt: skip
-    g.add_argument("--k", type=int, default=None, help="number of task groups (default: best-scoring number)")
-    g.add_argument("--grouping", choices=GROUPING_METHODS, default="auto", help="how affinities become groups")
-    g.add_argument("--branch-at", default=None,
-                   help="branchable layer (name or index) where groups split (default: first branchable)")  # fmt: skip
-    g.add_argument("--params-budget", type=float, default=2.0,
-                   help="rsa/cka trees: max backbone params in units of one backbone (1 = hard sharing)")  # fmt: skip
-    g.add_argument("--min-split", type=float, default=0.0,
-                   help="rsa/cka trees: split a branch only where two tasks differ by more than this")  # fmt: skip
-    g.add_argument("--every", type=int, default=1, help="lookahead/gradcos: measure every N training steps")
-    g.add_argument("--lookahead-lr", type=float, default=None, help="lookahead SGD step (default: --lr)")
-    g.add_argument("--probe-size", type=int, default=200, help="rsa/cka: validation images compared")
-    g.add_argument("--no-plots", action="store_true", help="skip the heatmap / dendrogram PNGs")
-
-
-def _run(args: argparse.Namespace, data: MultiTaskData, space: SearchSpace, run_dir: Path) -> SearchResult:
-    from ..cli import _config
-
-    branch_at = int(args.branch_at) if args.branch_at is not None and args.branch_at.isdigit() else args.branch_at
-    return affinity_search(
-        data, space, _config(args), run_dir,
-        measures=[m.strip() for m in args.measure.split(",") if m.strip()],
-        k=args.k, grouping=args.grouping, branch_at=branch_at, params_budget=args.params_budget,
-        min_split=args.min_split, every=args.every, lookahead_lr=args.lookahead_lr, probe_size=args.probe_size,
-        balancer=args.balancer, plots=not args.no_plots,
-    )  # fmt: skip
-
-
 @register_search_method("affinity")
 def _affinity_method() -> SearchMethod:
     return SearchMethod(
-        _add_arguments,
-        _run,
+        AffinityConfig,
+        affinity_search,
         help="task grouping from measured task affinity (TAG lookahead, gradient cosine, RSA/CKA trees)",
     )
 
 
-__all__ = ["MEASURES", "AffinityResult", "affinity_search", "measure_affinity"]
+__all__ = ["MEASURES", "AffinityConfig", "AffinityResult", "affinity_search", "measure_affinity"]

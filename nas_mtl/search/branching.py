@@ -33,7 +33,6 @@ killed while the others go on stays RUNNING (and counted) until the search is re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -58,23 +57,14 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from ..config import config_from_dict, nested, option
 from ..data import MultiTaskData, create_dataset
 from ..graph import SharingGraph
-from ..space import SearchSpace, find_search_space, load_search_space
+from ..space import SearchSpace, load_search_space
 from ..train import TrainConfig
 from . import SearchMethod, SearchResult, register_search_method
 from .exhaustive import count_trees
-from .proxy import (
-    OBJECTIVES,
-    Proxy,
-    ProxyConfig,
-    Scorer,
-    add_proxy_arguments,
-    config_from_dict,
-    graph_from_key,
-    graph_key,
-    proxy_config,
-)
+from .proxy import OBJECTIVES, Proxy, ProxyConfig, Scorer, graph_from_key, graph_key
 
 SAMPLERS: dict[str, Callable[[int | None, int], optuna.samplers.BaseSampler]] = {
     # conditional (define-by-run) space: group-decomposed multivariate TPE (Falkner et al. 2018; Optuna)
@@ -139,30 +129,33 @@ class BranchSearchConfig:
         proxy: how candidates are scored.
         n_trials: finished trials (complete + pruned, duplicates included) over all workers and sessions.
         objectives: ``("delta_m",)`` or Δm plus costs, e.g. ``("delta_m", "params")`` (a Pareto front).
-        sampler: a name in :data:`SAMPLERS` or ``"auto"``; pruner: a name in :data:`PRUNERS` or ``"auto"``.
+        sampler: a name in :data:`SAMPLERS`, or auto (tpe; nsga2 with several objectives).
+        pruner: a name in :data:`PRUNERS`, or auto (median; none with several objectives).
         seed: sampler seed (worker k of a parallel run uses ``seed + k``).
         storage: an Optuna storage URL (``sqlite:///...``, ``postgresql://...``) or ``journal:PATH`` (a
             JournalFileStorage, for several processes on one machine); None = ``sqlite:///RUN_DIR/study.db``.
         study_name: the study in the storage; workers join it by this name.
         top_k: single objective: how many of the best trees to return as candidates.
         duplicate_wait_s: how long a trial that drew a tree another worker is scoring waits for that score.
+        workers: processes on this machine (this one + ``workers - 1`` ``nas-mtl worker`` processes).
     """
 
-    proxy: ProxyConfig = ProxyConfig()
+    proxy: ProxyConfig = nested(ProxyConfig())
     n_trials: int = 50
     objectives: tuple[str, ...] = ("delta_m",)
-    sampler: str = "auto"
-    pruner: str = "auto"
+    sampler: str = option("auto", choices=("auto", *SAMPLERS))
+    pruner: str = option("auto", choices=("auto", *PRUNERS))
     seed: int = 0
     storage: str | None = None
-    study_name: str = "branch"
+    study_name: str = option("branch", key="study")
     top_k: int = 5
     duplicate_wait_s: float = 600.0
+    workers: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.proxy, ProxyConfig):
             raise TypeError(f"branch search config: proxy must be a ProxyConfig, got {type(self.proxy).__name__}")
-        for name, low in (("n_trials", 1), ("top_k", 1), ("seed", 0)):
+        for name, low in (("n_trials", 1), ("top_k", 1), ("seed", 0), ("workers", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"branch search config: {name} must be an integer >= {low}, got {value!r}")
@@ -216,7 +209,7 @@ class BranchSearchConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "branch search config") -> BranchSearchConfig:
-        return config_from_dict(cls, data, source, {"proxy": ProxyConfig.from_dict})
+        return config_from_dict(cls, data, source)
 
 
 @dataclass(frozen=True)
@@ -230,6 +223,14 @@ class Setup:
     dataset: str
     dataset_kwargs: Mapping[str, Any]
     space: str
+
+    @classmethod
+    def of(cls, data: MultiTaskData, space: SearchSpace) -> Setup | None:
+        """How to rebuild ``data`` and ``space`` in another process; None when either was not made from a
+        registry name and a file (data built in Python, a space not loaded from a file)."""
+        if data.origin is None or not Path(space.source).is_file():
+            return None
+        return cls(data.origin["dataset"], dict(data.origin["kwargs"]), str(Path(space.source).resolve()))
 
     def build(self) -> tuple[MultiTaskData, SearchSpace]:
         data = create_dataset(self.dataset, **dict(self.dataset_kwargs))
@@ -359,26 +360,29 @@ def branch_search(
     config: BranchSearchConfig,
     run_dir: str | Path,
     *,
-    workers: int = 1,
     setup: Setup | None = None,
     scorer: Scorer | None = None,
 ) -> SearchResult:
     """Search the trees of ``space`` (branching only at ``space.branchable``) for ``data``'s tasks.
 
     Creates or resumes the study (:func:`create_branch_study`) and runs trials until ``config.n_trials``
-    are finished. ``workers`` > 1 starts ``workers - 1`` ``nas-mtl worker`` processes beside this one
+    are finished. ``config.workers`` > 1 starts ``workers - 1`` ``nas-mtl worker`` processes beside this one
     (each with ``cpu_count // workers`` torch threads, logs in ``run_dir/workers``); they rebuild data and
-    space from ``setup``, which is then required.
+    space from ``setup`` (default: :meth:`Setup.of` ``data`` and ``space``), which is then required.
 
     Returns:
         graph: the best tree (highest Δm; with several objectives, the Pareto member with the highest Δm);
         candidates: the Pareto front (several objectives) or the ``top_k`` trees, best Δm first.
     """
     t0 = time.perf_counter()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    workers = config.workers
+    if workers > 1 and setup is None:
+        setup = Setup.of(data, space)
     if workers > 1 and (setup is None or scorer is not None):
-        raise ValueError("workers > 1 needs setup= (how workers rebuild the data and space) and the default proxy")
+        raise ValueError(
+            "workers > 1 needs setup= (how workers rebuild the data and space: data from create_dataset and a "
+            "space from a file give it) and the default proxy"
+        )
     objective, url, stale = _open(data, space, config, Path(run_dir), setup, scorer)
     with _WorkerProcesses(url, config, workers, Path(run_dir)):
         _optimize(objective)
@@ -614,45 +618,10 @@ def _result(objective: TreeObjective, url: str, seconds: float, stale: list[int]
     return SearchResult("branch", graphs[0], seconds, graphs, info)
 
 
-# ---------------------------------------------------------------------- command line
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("tree search (Optuna)")
-    g.add_argument("--n-trials", type=int, default=50, help="finished trials over all workers (resumed runs continue)")
-    g.add_argument("--objectives", default="delta_m",
-                   help=f"comma-separated, from {list(OBJECTIVES)}; two or more = Pareto front")  # fmt: skip
-    g.add_argument("--sampler", choices=["auto", *SAMPLERS], default="auto", help="auto: tpe, or nsga2 if multi")
-    g.add_argument("--pruner", choices=["auto", *PRUNERS], default="auto", help="auto: median, or none if multi")
-    g.add_argument("--storage", help="Optuna storage URL or journal:PATH (default sqlite:///OUT/study.db)")
-    g.add_argument("--study", default="branch", help="study name (workers join by it)")
-    g.add_argument("--workers", type=int, default=1, help="processes on this machine (this one + N-1 workers)")
-    g.add_argument("--top-k", type=int, default=5, help="single objective: best trees kept as candidates")
-    add_proxy_arguments(parser)
-
-
-def _run(args: argparse.Namespace, data: MultiTaskData, space: SearchSpace, run_dir: Path) -> SearchResult:
-    config = BranchSearchConfig(
-        proxy=proxy_config(args),
-        n_trials=args.n_trials,
-        objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
-        sampler=args.sampler,
-        pruner=args.pruner,
-        seed=args.seed,
-        storage=args.storage,
-        study_name=args.study,
-        top_k=args.top_k,
-    )
-    setup = None
-    if getattr(args, "data", None) is not None:  # `nas-mtl search` (a study's method table has no --data)
-        from ..cli import _parse_kv
-
-        setup = Setup(args.data, _parse_kv(args.data_arg, "--data-arg"), str(find_search_space(args.space).resolve()))
-    return branch_search(data, space, config, run_dir, workers=args.workers, setup=setup)
-
-
 @register_search_method("branch")
 def _method() -> SearchMethod:
     return SearchMethod(
-        add_arguments=_add_arguments,
-        run=_run,
+        BranchSearchConfig,
+        branch_search,
         help="Optuna tree search: TPE on Δm, or NSGA-II on Δm vs params/MACs; resumable, multi-process",
     )

@@ -8,7 +8,6 @@ table (:class:`ScoreTable`) that replays stored scores in place of the proxy.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -16,14 +15,16 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import nested, option
 from ..data import MultiTaskData
 from ..graph import SharingGraph, enumerate_trees
 from ..space import SearchSpace
 from . import SearchMethod, SearchResult, register_search_method
-from .proxy import Proxy, ProxyConfig, Report, Score, add_proxy_arguments, graph_from_key, graph_key, proxy_config
+from .proxy import Proxy, ProxyConfig, Report, Score, graph_from_key, graph_key
 
 KINDS = ("trees", "policies")
 """``trees``: every branched tree over the space's branchable layers (:func:`~nas_mtl.graph.enumerate_trees`);
@@ -154,24 +155,43 @@ class ScoreTable:
         return score
 
 
-def exhaustive_search(
-    data: MultiTaskData,
-    space: SearchSpace,
-    config: ProxyConfig,
-    run_dir: str | Path,
-    kind: str = "trees",
-    limit: int = 2000,
-    top_k: int = 5,
-) -> SearchResult:
-    """Score every candidate of ``kind`` with the proxy (resuming from ``run_dir/scores.jsonl``).
+@dataclass(frozen=True)
+class ExhaustiveConfig:
+    """Settings of an exhaustive search.
 
-    Refuses (ValueError) spaces with more than ``limit`` candidates. Returns the best graph, the ``top_k``
-    best as candidates, and in ``info`` the full ranking (``key``, Δm, params, MACs, seconds).
+    Args:
+        proxy: how candidates are scored (the same proxy as tree search).
+        kind: trees (every branched tree) or policies (every select/skip policy).
+        limit: refuse spaces with more candidates than this.
+        top_k: best graphs kept as candidates.
+    """
+
+    proxy: ProxyConfig = nested(ProxyConfig())
+    kind: str = option("trees", choices=KINDS)
+    limit: int = 2000
+    top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.proxy, ProxyConfig):
+            raise TypeError(f"exhaustive search: proxy must be a ProxyConfig, got {type(self.proxy).__name__}")
+        if self.kind not in KINDS:
+            raise ValueError(f"exhaustive search: kind must be one of {list(KINDS)}, got {self.kind!r}")
+        for name in ("limit", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"exhaustive search: {name} must be an integer >= 1, got {value!r}")
+
+
+def exhaustive_search(
+    data: MultiTaskData, space: SearchSpace, config: ExhaustiveConfig, run_dir: str | Path
+) -> SearchResult:
+    """Score every candidate of ``config.kind`` with the proxy (resuming from ``run_dir/scores.jsonl``).
+
+    Refuses (ValueError) spaces with more than ``config.limit`` candidates. Returns the best graph, the
+    ``top_k`` best as candidates, and in ``info`` the full ranking (``key``, Δm, params, MACs, seconds).
     """
     t0 = time.perf_counter()
-    for name, value in (("limit", limit), ("top_k", top_k)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"exhaustive search: {name} must be an integer >= 1, got {value!r}")
+    kind, limit, top_k = config.kind, config.limit, config.top_k
     tasks = data.task_names
     n = count_candidates(len(tasks), space, kind)
     if n > limit:
@@ -179,8 +199,8 @@ def exhaustive_search(
             f"exhaustive search: space {space.name!r} has {n:,} {kind} for {len(tasks)} tasks, above limit={limit:,}"
         )
     run_dir = Path(run_dir)
-    table = ScoreTable(run_dir / TABLE, score_header(tasks, space, config, kind))
-    proxy = Proxy.prepare(data, space, config, run_dir)
+    table = ScoreTable(run_dir / TABLE, score_header(tasks, space, config.proxy, kind))
+    proxy = Proxy.prepare(data, space, config.proxy, run_dir)
     for graph in candidate_graphs(tasks, space, kind):
         key = graph_key(graph)
         if key not in table:
@@ -209,20 +229,10 @@ def score_header(tasks: Sequence[str], space: SearchSpace, config: ProxyConfig, 
     return {"kind": kind, "tasks": list(tasks), "layers": list(space.layers), "proxy": config.to_dict()}
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("exhaustive search")
-    g.add_argument("--kind", choices=KINDS, default="trees", help="every tree, or every select/skip policy")
-    g.add_argument("--limit", type=int, default=2000, help="refuse spaces with more candidates than this")
-    g.add_argument("--top-k", type=int, default=5, help="best graphs kept as candidates")
-    add_proxy_arguments(parser)
-
-
 @register_search_method("exhaustive")
 def _method() -> SearchMethod:
     return SearchMethod(
-        add_arguments=_add_arguments,
-        run=lambda args, data, space, run_dir: exhaustive_search(
-            data, space, proxy_config(args), run_dir, args.kind, args.limit, args.top_k
-        ),
+        ExhaustiveConfig,
+        exhaustive_search,
         help="score every tree (or select/skip policy) of a small space with the search proxy: the ground truth",
     )

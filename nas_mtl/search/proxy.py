@@ -12,7 +12,6 @@ makes deduplication exact and lets a search be compared with the exhaustive grou
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,8 +21,9 @@ from typing import Any, Protocol
 
 import torch
 
-from ..balancing import create_balancer, list_balancers
+from ..balancing import create_balancer
 from ..baselines import primary_directions, train_graph, train_single_tasks
+from ..config import config_from_dict, nested, option
 from ..data import MultiTaskData, TensorMultiTaskDataset
 from ..graph import SKIP, SharingGraph
 from ..metrics import delta_m
@@ -55,6 +55,10 @@ def graph_from_key(
     return SharingGraph(tuple(tasks), tuple(layers), rows, frozenset(skippable))
 
 
+PROXY_TRAIN = ("epochs", "batch_size", "lr", "seed", "device")
+"""The training options a proxy exposes: epochs for each phase; batch size, lr, seed and device for both."""
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
     """How candidates are scored.
@@ -68,12 +72,19 @@ class ProxyConfig:
             ``"hard"`` = the warm-start model's own validation metrics (no extra training; Δm then reads
             "gain over hard sharing", a per-task re-weighting of the same quantity).
         subset: fraction of the training set used for fine-tuning (a fixed random subset).
-        balancer: loss balancer name for all proxy training.
+        balancer: loss balancer (a name, or NAME:KEY=VALUE,...) for all proxy training.
     """
 
-    warmstart: TrainConfig = TrainConfig(epochs=5, progress=False)
-    finetune: TrainConfig = TrainConfig(epochs=2, progress=False)
-    reference: str = "single"
+    warmstart: TrainConfig = nested(
+        TrainConfig(epochs=5), only=PROXY_TRAIN, rename={"epochs": "warmstart_epochs"},
+        helps={"warmstart_epochs": "epochs of the hard-sharing warm start", "seed": "training seed (and the "
+               "sampler seed of a tree search)"},
+    )  # fmt: skip
+    finetune: TrainConfig = nested(
+        TrainConfig(epochs=2), only=PROXY_TRAIN, rename={"epochs": "proxy_epochs"},
+        helps={"proxy_epochs": "fine-tuning epochs per candidate"},
+    )  # fmt: skip
+    reference: str = option("single", choices=REFERENCES)
     subset: float = 1.0
     balancer: str = "equal"
 
@@ -97,24 +108,7 @@ class ProxyConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "proxy config") -> ProxyConfig:
-        parse = TrainConfig.from_dict
-        return config_from_dict(cls, data, source, {"warmstart": parse, "finetune": parse})
-
-
-def config_from_dict(
-    cls: type, data: Mapping[str, Any], source: str, nested: Mapping[str, Callable[[Any, str], Any]]
-) -> Any:
-    """``cls(**data)`` for a config dataclass, rejecting unknown keys and parsing ``nested`` sub-configs given
-    as mappings (``nested[name](value, source)``); errors name ``source`` and the key."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    values = dict(data)
-    for name, parse in nested.items():
-        if isinstance(values.get(name), Mapping):
-            values[name] = parse(values[name], f"{source}: {name}")
-    return cls(**values)
+        return config_from_dict(cls, data, source)
 
 
 @dataclass(frozen=True)
@@ -251,31 +245,3 @@ def _subset(data: MultiTaskData, config: ProxyConfig) -> MultiTaskData:
     else:
         train_set = torch.utils.data.Subset(data.train, index.tolist())
     return dataclasses.replace(data, train=train_set)
-
-
-# ---------------------------------------------------------------------- command line
-def add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
-    """The proxy's options, shared by ``nas-mtl search branch`` and ``nas-mtl search exhaustive``."""
-    g = parser.add_argument_group("candidate proxy (warm start + fine-tune)")
-    g.add_argument("--warmstart-epochs", type=int, default=5, help="epochs of the hard-sharing warm start")
-    g.add_argument("--proxy-epochs", type=int, default=2, help="fine-tuning epochs per candidate")
-    g.add_argument("--reference", choices=REFERENCES, default="single",
-                   help="Δm reference: single-task networks, or the warm-start (hard-sharing) model")  # fmt: skip
-    g.add_argument("--subset", type=float, default=1.0, help="fraction of the training set for fine-tuning")
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--balancer", default="equal", help=f"loss balancer ({', '.join(list_balancers())})")
-    g.add_argument("--device", choices=TrainConfig.DEVICES, default="auto")
-    g.add_argument("--seed", type=int, default=0, help="training seed (and the search's sampler seed)")
-
-
-def proxy_config(args: argparse.Namespace) -> ProxyConfig:
-    """The :class:`ProxyConfig` described by :func:`add_proxy_arguments` options."""
-    base = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, progress=False)
-    return ProxyConfig(
-        warmstart=dataclasses.replace(base, epochs=args.warmstart_epochs),
-        finetune=dataclasses.replace(base, epochs=args.proxy_epochs),
-        reference=args.reference,
-        subset=args.subset,
-        balancer=args.balancer,
-    )
