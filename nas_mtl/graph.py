@@ -468,7 +468,7 @@ def enumerate_trees(
             yield []
             return
         head, *rest = partition
-        for split in _set_partitions(head):
+        for split in set_partitions(head):
             for tail in refinements(rest):
                 yield split + tail
 
@@ -485,13 +485,13 @@ def enumerate_trees(
         yield SharingGraph.branched(tasks, layers, parts)
 
 
-def _set_partitions(items: Sequence[str]) -> Iterator[list[list[str]]]:
+def set_partitions(items: Sequence[str]) -> Iterator[list[list[str]]]:
     """All set partitions of ``items`` (Bell-number many), groups in first-appearance order."""
     if not items:
         yield []
         return
     first, *rest = items
-    for sub in _set_partitions(rest):
+    for sub in set_partitions(rest):
         yield [[first], *sub]
         for i in range(len(sub)):
             yield [*sub[:i], [first, *sub[i]], *sub[i + 1 :]]

@@ -18,7 +18,8 @@ from matplotlib.transforms import ScaledTranslation  # noqa: E402
 from .graph import SKIP, SharingGraph  # noqa: E402
 
 
-def _finish(fig: Figure, path: str | Path | None) -> Figure:
+def save_figure(fig: Figure, path: str | Path | None) -> Figure:
+    """Tight layout; written to ``path`` (folders made, 120 dpi) and closed when a path is given."""
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def heatmap(
                     color="white" if light else "black")  # fmt: skip
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return _finish(fig, path) if path is not None or ax is None else fig
+    return save_figure(fig, path) if path is not None or ax is None else fig
 
 
 def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None = None, ax=None) -> Figure:
@@ -107,7 +108,7 @@ def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None 
     ax.set_xlim(-1.5, graph.num_layers + 0.8)
     ax.invert_yaxis()
     ax.set_title(title or "sharing graph")
-    return _finish(fig, path) if path is not None or ax is None else fig
+    return save_figure(fig, path) if path is not None or ax is None else fig
 
 
 def pareto_plot(
@@ -168,7 +169,7 @@ def pareto_plot(
         ax.annotate(
             text, (points[group[0]][1], points[group[0]][2]), xytext=offset, textcoords="offset points", fontsize=7
         )
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 _DODGE = 7.0
@@ -245,4 +246,4 @@ def history_plot(
     ax.grid(alpha=0.3)
     if complete or pruned:
         ax.legend(fontsize=7)
-    return _finish(fig, path)
+    return save_figure(fig, path)

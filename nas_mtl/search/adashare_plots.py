@@ -9,7 +9,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 
-from ..plots import _finish, heatmap
+from ..plots import heatmap, save_figure
 
 
 def plot_policy(
@@ -24,7 +24,7 @@ def plot_policy(
             for i, row in enumerate(prob)]  # fmt: skip
     title = "AdaShare p(select)" + ("\n✓ = final policy selects" if chosen is not None else "")
     fig = heatmap(prob, blocks, tasks, title, vmin=0.0, vmax=1.0, cell_text=text)
-    _finish(fig, path)
+    save_figure(fig, path)
     return Path(path)
 
 
@@ -54,5 +54,5 @@ def plot_policy_history(
         title = f"round {record['round']}  τ={record['tau']:.2f}  active={record['active_blocks']}"
         heatmap(record["select_prob"], blocks, tasks, title, vmin=0.0, vmax=1.0, ax=ax, cell_text=blank)
         ax.title.set_fontsize(8)
-    _finish(fig, path)
+    save_figure(fig, path)
     return Path(path)

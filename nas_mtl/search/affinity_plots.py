@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from scipy.cluster.hierarchy import dendrogram, linkage
 from scipy.spatial.distance import squareform
 
-from ..plots import _finish, heatmap
+from ..plots import heatmap, save_figure
 from .grouping import check_affinity, task_distance
 
 
@@ -47,7 +47,7 @@ def plot_dendrogram(
     dendrogram(linkage(squareform(distance), "average"), labels=list(tasks), ax=ax, leaf_rotation=45)
     ax.set_ylabel("max(affinity) - affinity")
     ax.set_title(title)
-    return _finish(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layer_affinities(
@@ -71,4 +71,4 @@ def plot_layer_affinities(
         heatmap(
             layers[n], tasks, tasks, name, fmt="{:.1f}", vmin=vmin, vmax=vmax, ax=fig.add_subplot(rows, cols, n + 1)
         )
-    return _finish(fig, path)
+    return save_figure(fig, path)

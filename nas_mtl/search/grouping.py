@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering, SpectralClustering
 
-from ..graph import SharingGraph, _set_partitions
+from ..graph import SharingGraph, set_partitions
 from ..space import SearchSpace
 
 GROUPING_METHODS = ("auto", "exact", "agglomerative", "spectral")
@@ -129,7 +129,7 @@ def group_tasks(
 
 
 def _partitions(items: Sequence[int]) -> Iterator[Partition]:
-    for p in _set_partitions(list(items)):
+    for p in set_partitions(list(items)):
         yield _canonical(p)
 
 
@@ -246,7 +246,7 @@ def _split_allowed(parent: Partition, child: Partition, dissimilarity: np.ndarra
 
 
 def _all_refinements(parent: Partition, _dissimilarity: np.ndarray) -> list[Partition]:
-    per_group = [list(_set_partitions(list(g))) for g in parent]
+    per_group = [list(set_partitions(list(g))) for g in parent]
     return [_canonical([g for split in combo for g in split]) for combo in itertools.product(*per_group)]
 
 

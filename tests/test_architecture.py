@@ -1,0 +1,70 @@
+"""The package's shape: the library never imports the command line, and modules import each other without cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+import nas_mtl
+
+ROOT = Path(nas_mtl.__file__).parent
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of every import statement in ``path``, function-level ones included."""
+    module, package = _module(path), path.name == "__init__.py"
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            name = node.module or ""
+            if node.level:
+                base = module.split(".") if package else module.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                name = ".".join([*base, *([node.module] if node.module else [])])
+            out.append((name, [a.name for a in node.names]))
+    return out
+
+
+def import_graph() -> nx.DiGraph:
+    """Module -> imported nas_mtl module (``from . import x`` of a submodule counts as importing it)."""
+    files = {_module(p): p for p in ROOT.rglob("*.py")}
+    graph = nx.DiGraph()
+    for module, path in files.items():
+        graph.add_node(module)
+        for name, names in _imports(path):
+            for target in [name, *(f"{name}.{n}" for n in names)]:
+                if target in files and target != module:
+                    graph.add_edge(module, target)
+    return graph
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert len(graph) > 30 and graph.has_edge("nas_mtl.study", "nas_mtl.search")  # the walk sees the package
+    assert list(nx.simple_cycles(graph)) == []
+
+
+def test_the_library_never_imports_the_command_line():
+    """Search methods and studies take config dataclasses; only ``nas_mtl.cli`` knows argparse."""
+    for path in ROOT.rglob("*.py"):
+        if path.name == "cli.py":
+            continue
+        names = {name for name, _ in _imports(path)}
+        assert "argparse" not in names and "nas_mtl.cli" not in names, path
+
+
+def test_no_module_imports_another_modules_private_names():
+    for path in ROOT.rglob("*.py"):
+        for name, names in _imports(path):
+            if name.startswith("nas_mtl"):
+                private = [n for n in names if n.startswith("_")]
+                assert not private, f"{_module(path)} imports {private} from {name}"
