@@ -73,8 +73,9 @@ class ReferenceStyle(nn.Module):
         return out
 
 
-def _gates(logits: torch.Tensor, layers: int, policy_layers, active: int, tau: float, seed: int, grad: bool,
-           hard: bool = False):  # fmt: skip
+def _gates(
+    logits: torch.Tensor, layers: int, policy_layers, active: int, tau: float, seed: int, grad: bool, hard: bool = False
+):
     """Gumbel-softmax select gates of the last ``active`` policy blocks (None: no decision); ``hard``: exact
     0/1 samples (the weight phase with the reference's ``hard_sampling``)."""
     start = len(policy_layers) - active
@@ -176,8 +177,13 @@ def main(argv=None) -> dict:
         y = {t.name: torch.randint(0, 10, (args.batch,), generator=g) for t in specs}
         hard = _hard_sharing_step(backbone, specs, x, y)
         every = len(policy_layers)
-        for active, phase in [(1, "weight step"), (1, "policy step"), (every, "weight step"), (every, "policy step"),
-                              (every, "weight (hard)")]:  # fmt: skip
+        for active, phase in [
+            (1, "weight step"),
+            (1, "policy step"),
+            (every, "weight step"),
+            (every, "policy step"),
+            (every, "weight (hard)"),
+        ]:
             torch.manual_seed(0)
             net = AdaShareSupernet(backbone, specs, policy_layers).train()
             ref = ReferenceStyle(net, backbone).train()
@@ -186,21 +192,39 @@ def main(argv=None) -> dict:
             loss_diff = abs(ours_fn() - ref_fn())  # same weights, same noise: same loss
             wall, cpu = _time_interleaved([ours_fn, ref_fn, hard], args.repeats)
             (ours, base, hard_ms), (ours_w, base_w, hard_w) = ([t * 1e3 for t in m] for m in (cpu, wall))
-            rows.append({"tasks": num_tasks, "phase": phase, "decided_blocks": f"{active}/{len(policy_layers)}",
-                         "ours_ms": ours, "reference_style_ms": base, "speedup": base / ours,
-                         "hard_sharing_step_ms": hard_ms, "ours_vs_hard_sharing": ours / hard_ms,
-                         "wall_ours_ms": ours_w, "wall_reference_style_ms": base_w, "wall_speedup": base_w / ours_w,
-                         "wall_hard_sharing_step_ms": hard_w, "loss_diff": loss_diff})  # fmt: skip
-    header = (f"{'T':>2} {'phase':<13} {'decided':>7} {'ours ms':>9} {'ref-style ms':>12} {'speedup':>8} "
-              f"{'hard-sharing ms':>15} {'ours/hard':>9} {'wall speedup':>12} {'loss diff':>9}")  # fmt: skip
-    print(f"AdaShare search step, resnet_small 3x32x32, batch {args.batch}, {args.threads} thread(s), "
-          f"torch {torch.__version__}, median of {args.repeats} (ms: process CPU time per step)")  # fmt: skip
+            rows.append(
+                {
+                    "tasks": num_tasks,
+                    "phase": phase,
+                    "decided_blocks": f"{active}/{len(policy_layers)}",
+                    "ours_ms": ours,
+                    "reference_style_ms": base,
+                    "speedup": base / ours,
+                    "hard_sharing_step_ms": hard_ms,
+                    "ours_vs_hard_sharing": ours / hard_ms,
+                    "wall_ours_ms": ours_w,
+                    "wall_reference_style_ms": base_w,
+                    "wall_speedup": base_w / ours_w,
+                    "wall_hard_sharing_step_ms": hard_w,
+                    "loss_diff": loss_diff,
+                }
+            )
+    header = (
+        f"{'T':>2} {'phase':<13} {'decided':>7} {'ours ms':>9} {'ref-style ms':>12} {'speedup':>8} "
+        f"{'hard-sharing ms':>15} {'ours/hard':>9} {'wall speedup':>12} {'loss diff':>9}"
+    )
+    print(
+        f"AdaShare search step, resnet_small 3x32x32, batch {args.batch}, {args.threads} thread(s), "
+        f"torch {torch.__version__}, median of {args.repeats} (ms: process CPU time per step)"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['tasks']:>2} {r['phase']:<13} {r['decided_blocks']:>7} {r['ours_ms']:>9.1f} "
-              f"{r['reference_style_ms']:>12.1f} {r['speedup']:>7.2f}x {r['hard_sharing_step_ms']:>15.1f} "
-              f"{r['ours_vs_hard_sharing']:>8.2f}x {r['wall_speedup']:>11.2f}x {r['loss_diff']:>9.1e}")  # fmt: skip
+        print(
+            f"{r['tasks']:>2} {r['phase']:<13} {r['decided_blocks']:>7} {r['ours_ms']:>9.1f} "
+            f"{r['reference_style_ms']:>12.1f} {r['speedup']:>7.2f}x {r['hard_sharing_step_ms']:>15.1f} "
+            f"{r['ours_vs_hard_sharing']:>8.2f}x {r['wall_speedup']:>11.2f}x {r['loss_diff']:>9.1e}"
+        )
     report = {
         "benchmark": "adashare",
         "backbone": "resnet_small (3x32x32, widths 16/32/64, depths 2/2/2)",

@@ -94,24 +94,41 @@ def main(argv=None) -> dict:
 
     half = [tasks[: len(tasks) // 2], tasks[len(tasks) // 2 :]]
     tree = SharingGraph.branched(tasks, layers, [[tasks]] * 3 + [half] * 2 + [[[t] for t in tasks]] * 2)
-    select = [[1] * len(tasks)] + [[int((layer + j) % 3 != 0) if layers[layer] in backbone.skippable else 1
-                                    for j in range(len(tasks))] for layer in range(1, len(layers))]  # fmt: skip
+    select = [[1] * len(tasks)] + [
+        [int((layer + j) % 3 != 0) if layers[layer] in backbone.skippable else 1 for j in range(len(tasks))]
+        for layer in range(1, len(layers))
+    ]
     policy = SharingGraph.from_policy(tasks, layers, select, skippable=backbone.skippable)
     x = torch.randn(args.batch, *backbone.input_shape)
     rows = []
 
     hard = MultiTaskNetwork(SharingGraph.hard_sharing(tasks, layers), backbone, heads())
     ours, ref = _time_pair(hard, HandWrittenHardSharing(hard), x, args.repeats)
-    rows.append({"case": "hard sharing", "ours_ms": ours * 1e3, "baseline": "hand-written nn.Module",
-                 "baseline_ms": ref * 1e3, "ratio": ours / ref, "target": "<= 1.05"})  # fmt: skip
+    rows.append(
+        {
+            "case": "hard sharing",
+            "ours_ms": ours * 1e3,
+            "baseline": "hand-written nn.Module",
+            "baseline_ms": ref * 1e3,
+            "ratio": ours / ref,
+            "target": "<= 1.05",
+        }
+    )
     for name, graph in (("branched tree", tree), ("AdaShare skip policy", policy)):
         net = MultiTaskNetwork(graph, backbone, heads())
         ours, ref = _time_pair(net, PerTaskExecutor(net), x, args.repeats)
         block_runs = sum(1 for n in graph.prefix_nodes() if n.copy != SKIP)
         per_task_runs = sum(1 for t in tasks for c in graph.path(t) if c != SKIP)
-        rows.append({"case": f"{name} ({block_runs} vs {per_task_runs} block runs)", "ours_ms": ours * 1e3,
-                     "baseline": "per-task execution", "baseline_ms": ref * 1e3, "ratio": ours / ref,
-                     "target": "< 1"})  # fmt: skip
+        rows.append(
+            {
+                "case": f"{name} ({block_runs} vs {per_task_runs} block runs)",
+                "ours_ms": ours * 1e3,
+                "baseline": "per-task execution",
+                "baseline_ms": ref * 1e3,
+                "ratio": ours / ref,
+                "target": "< 1",
+            }
+        )
 
     header = f"{'case':<46} {'ours ms':>9} {'baseline':<24} {'base ms':>9} {'ratio':>7}  target"
     print(

@@ -142,19 +142,21 @@ def main(argv=None) -> dict:
             regret = best - table.scores[graph_key(found.graph)].delta_m
             replays.append((regret, *_spent(replay, args.proxy_epochs), rank[graph_key(found.graph)]))
         regrets = [r[0] for r in replays]
-        rows.append({
-            **row,
-            "replays": {
-                "seeds": args.seeds,
-                "regret_mean": statistics.mean(regrets),
-                "regret_median": statistics.median(regrets),
-                "regret_max": max(regrets),
-                "hit_rate": sum(r == 0 for r in regrets) / len(regrets),
-                "found_rank_median": statistics.median(r[3] for r in replays),
-                "trees_trained_mean": statistics.mean(r[1] for r in replays),
-                "epoch_cost_ratio_mean": statistics.mean(r[2] for r in replays) / total_epochs,
-            },
-        })  # fmt: skip
+        rows.append(
+            {
+                **row,
+                "replays": {
+                    "seeds": args.seeds,
+                    "regret_mean": statistics.mean(regrets),
+                    "regret_median": statistics.median(regrets),
+                    "regret_max": max(regrets),
+                    "hit_rate": sum(r == 0 for r in regrets) / len(regrets),
+                    "found_rank_median": statistics.median(r[3] for r in replays),
+                    "trees_trained_mean": statistics.mean(r[1] for r in replays),
+                    "epoch_cost_ratio_mean": statistics.mean(r[2] for r in replays) / total_epochs,
+                },
+            }
+        )
 
     print(f"replays over {args.seeds} seeds ({n_trials} trials each; cost = fine-tuning epochs / exhaustive's):")
     print(

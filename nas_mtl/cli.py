@@ -84,17 +84,30 @@ CLI_DEFAULTS = {"progress": True}
 
 def _add_train_args(p: argparse.ArgumentParser, epochs: int = 10) -> None:
     add_config_arguments(p, TrainConfig, "training", {**CLI_DEFAULTS, "epochs": epochs})
-    p.add_argument("--balancer", default="equal", metavar="NAME[:KEY=VALUE,...]",
-                   help=f"loss balancer ({', '.join(list_balancers())}), e.g. mgda:normalization=l2")  # fmt: skip
+    p.add_argument(
+        "--balancer",
+        default="equal",
+        metavar="NAME[:KEY=VALUE,...]",
+        help=f"loss balancer ({', '.join(list_balancers())}), e.g. mgda:normalization=l2",
+    )
 
 
 def _add_data_args(p: argparse.ArgumentParser, data: str | None = None, space: str | None = None) -> None:
     g = p.add_argument_group("data and search space")
     g.add_argument("--data", required=data is None, default=data, help=f"dataset ({', '.join(list_datasets())})")
-    g.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="dataset option, e.g. n_train=2000 or root=/data/nyuv2 (repeatable)")  # fmt: skip
-    g.add_argument("--space", required=space is None, default=space,
-                   help=f"search space name or .toml path ({', '.join(list_search_spaces())})")  # fmt: skip
+    g.add_argument(
+        "--data-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. n_train=2000 or root=/data/nyuv2 (repeatable)",
+    )
+    g.add_argument(
+        "--space",
+        required=space is None,
+        default=space,
+        help=f"search space name or .toml path ({', '.join(list_search_spaces())})",
+    )
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -243,9 +256,14 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def _training_parser(
-    sub, name: str, help: str, out: str | None = None, data: str | None = None, space: str | None = None,
+    sub,
+    name: str,
+    help: str,
+    out: str | None = None,
+    data: str | None = None,
+    space: str | None = None,
     epochs: int = 10,
-) -> argparse.ArgumentParser:  # fmt: skip
+) -> argparse.ArgumentParser:
     """A sub-command that trains: data/space options, training options, ``--out`` (required without a default)."""
     p = sub.add_parser(name, help=help, description=help)
     _add_data_args(p, data=data, space=space)
@@ -257,8 +275,13 @@ def _training_parser(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nas-mtl", description="Neural architecture search for multi-task learning.")
-    parser.add_argument("--threads", dest="torch_threads", type=int, metavar="N",
-                        help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        dest="torch_threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = _training_parser(
@@ -294,8 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
         mp.set_defaults(func=cmd_search)
 
     p = sub.add_parser("worker", help="join a branch search (Optuna study) by name and run its trials")
-    p.add_argument("--storage", required=True, help="the study's storage URL (sqlite:///..., postgresql://...) "
-                   "or journal:PATH")  # fmt: skip
+    p.add_argument(
+        "--storage", required=True, help="the study's storage URL (sqlite:///..., postgresql://...) or journal:PATH"
+    )
     p.add_argument("--study", default="branch", help="study name")
     p.add_argument("--out", help="run folder holding the warm start (default: the one recorded in the study)")
     p.add_argument("--seed", type=int, help="sampler seed (default: random)")

@@ -134,11 +134,15 @@ def _walk(
         key = rename.get(f.name, f.metadata.get(KEY, f.name))
         out.append(
             Option(
-                key, ((*prefix, f.name),), hints[f.name], value, helps.get(key, docs.get(f.name, "")),
+                key,
+                ((*prefix, f.name),),
+                hints[f.name],
+                value,
+                helps.get(key, docs.get(f.name, "")),
                 f.metadata.get(CHOICES),
                 f.metadata.get(FLAGS, ()),
             )
-        )  # fmt: skip
+        )
     return out
 
 

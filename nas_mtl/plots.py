@@ -59,8 +59,7 @@ def heatmap(
         for j in range(matrix.shape[1]):
             light = (matrix[i, j] - lo) < 0.5 * (hi - lo) if hi > lo else True
             text = fmt.format(matrix[i, j]) if cell_text is None else cell_text[i][j]
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if light else "black")  # fmt: skip
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if light else "black")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return save_figure(fig, path) if path is not None or ax is None else fig

@@ -52,8 +52,16 @@ def space() -> SearchSpace:
 
 
 def _config(**kw) -> AdaShareConfig:
-    base = dict(epochs=2, warmup_epochs=0, batch_size=16, weight_steps=2, policy_steps=4, curriculum=False,
-                progress=False, device="cpu")  # fmt: skip
+    base = dict(
+        epochs=2,
+        warmup_epochs=0,
+        batch_size=16,
+        weight_steps=2,
+        policy_steps=4,
+        curriculum=False,
+        progress=False,
+        device="cpu",
+    )
     return build_config(AdaShareConfig, {**base, **kw})
 
 
@@ -115,8 +123,9 @@ def test_sharing_term_pulls_task_decisions_together_in_the_search(data, space, s
     with λ_sharing (asserted < 0.08) and stays >= 0.43 without (asserted > 0.25)."""
 
     def gaps(sharing: float) -> tuple[float, float]:
-        search = adashare._Search(data, space, _config(sparsity=0.0, sharing=sharing, policy_lr=0.03,
-                                                       policy_steps=30, seed=seed))  # fmt: skip
+        search = adashare._Search(
+            data, space, _config(sparsity=0.0, sharing=sharing, policy_lr=0.03, policy_steps=30, seed=seed)
+        )
         with torch.no_grad():  # task 0 selects every block (p ~ 0.95), task 1 skips them, task 2 undecided
             search.net.logits.copy_(torch.tensor([[1.5, -1.5], [-1.5, 1.5], [0.0, 0.0]]).expand(3, 3, 2))
         before = _mean_gap(search.net.select_prob())
@@ -331,8 +340,10 @@ def test_killed_search_resumes_to_the_same_policy(data, space, tmp_path, monkeyp
     monkeypatch.setattr(adashare, "save_atomic", real_save)
     resumed = adashare_search(data, space, cfg, tmp_path / "run")
     assert [h["epoch"] for h in resumed.info["history"]] == [1, 2, 3, 4]
-    final = [torch.load(d / adashare.CHECKPOINT, weights_only=False)["net"] for d in (tmp_path / "reference",
-                                                                                     tmp_path / "run")]  # fmt: skip
+    final = [
+        torch.load(d / adashare.CHECKPOINT, weights_only=False)["net"]
+        for d in (tmp_path / "reference", tmp_path / "run")
+    ]
     for key in final[0]:
         torch.testing.assert_close(final[0][key], final[1][key], rtol=0, atol=0)
     assert resumed.graph == reference.graph and resumed.info["policies"] == reference.info["policies"]
@@ -353,19 +364,50 @@ def test_search_returns_a_valid_graph_on_shapes():
     assert result.method == "adashare" and result.seconds > 0 and len(result.candidates) <= 7
     cost = result.info["cost_in_hard_sharing_epochs"]  # one warm-up epoch, two rounds, final scoring
     assert cost == pytest.approx(result.seconds / result.info["warmup_seconds"]) and cost > 1
-    assert all(c == 0 for layer, row in zip(graph.layers, graph.assignment) if layer not in space.skippable
-               for c in row)  # fmt: skip
+    assert all(
+        c == 0 for layer, row in zip(graph.layers, graph.assignment) if layer not in space.skippable for c in row
+    )
     out = MultiTaskNetwork.from_tasks(graph, space.backbone, data.tasks)(data.val.batch(torch.arange(4))[0])
     assert out["mask"].shape == (4, 2, 16, 16)
 
 
 def test_cli_search_adashare_on_multidigits(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["search", "adashare", "--data", "multidigits", "--data-arg", "n_train=32", "--data-arg", "n_val=16",
-               "--data-arg", "n_test=16", "--data-arg", "size=14", "--space", "resnet_small_deep", "--out", str(out),
-               "--epochs", "1", "--warmup-epochs", "1", "--batch-size", "16", "--weight-steps", "1",
-               "--policy-steps", "1", "--final", "argmax", "--task-weight", "left=2,right=0.5",  # a study's list
-               "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "search",
+            "adashare",
+            "--data",
+            "multidigits",
+            "--data-arg",
+            "n_train=32",
+            "--data-arg",
+            "n_val=16",
+            "--data-arg",
+            "n_test=16",
+            "--data-arg",
+            "size=14",
+            "--space",
+            "resnet_small_deep",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--weight-steps",
+            "1",
+            "--policy-steps",
+            "1",
+            "--final",
+            "argmax",
+            "--task-weight",
+            "left=2,right=0.5",  # a study's list
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     for name in ("graph.json", "search.json", "policy.png", "policy_epochs.png", adashare.HISTORY):
         assert (out / name).is_file(), name
@@ -377,9 +419,14 @@ def test_cli_search_adashare_on_multidigits(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"tau": 0}, "tau"), ({"final": "best"}, "final"), ({"weight_steps": 0}, "weight_steps"),
-     ({"tau_decay": 1.5}, "tau_decay"), ({"task_weights": {"a": -1}}, "task_weights")],
-)  # fmt: skip
+    [
+        ({"tau": 0}, "tau"),
+        ({"final": "best"}, "final"),
+        ({"weight_steps": 0}, "weight_steps"),
+        ({"tau_decay": 1.5}, "tau_decay"),
+        ({"task_weights": {"a": -1}}, "task_weights"),
+    ],
+)
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"adashare config: {field} must be"):
         AdaShareConfig(**kwargs)

@@ -309,10 +309,33 @@ def test_cli_search_with_workers_resumes_to_a_larger_budget(shapes, tmp_path):
     from nas_mtl.cli import main
 
     _, _, path = shapes
-    argv = ["search", "branch", "--data", "shapes", "--space", str(path), "--out", str(tmp_path), "--workers", "2",
-            "--sampler", "random", "--warmstart-epochs", "1", "--proxy-epochs", "2", "--batch-size", "32",
-            "--reference", "hard", "--device", "cpu", "--storage", f"journal:{tmp_path / 'study.journal'}",
-            *[f"--data-arg={k}={v}" for k, v in DATA.items()]]  # fmt: skip
+    argv = [
+        "search",
+        "branch",
+        "--data",
+        "shapes",
+        "--space",
+        str(path),
+        "--out",
+        str(tmp_path),
+        "--workers",
+        "2",
+        "--sampler",
+        "random",
+        "--warmstart-epochs",
+        "1",
+        "--proxy-epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--reference",
+        "hard",
+        "--device",
+        "cpu",
+        "--storage",
+        f"journal:{tmp_path / 'study.journal'}",
+        *[f"--data-arg={k}={v}" for k, v in DATA.items()],
+    ]
     assert main([*argv, "--n-trials", "6"]) == 0
     assert (tmp_path / "graph.json").is_file() and (tmp_path / "workers" / "worker-1.log").is_file()
     assert main([*argv, "--n-trials", "9"]) == 0

@@ -29,8 +29,9 @@ def test_every_command_has_help(argv, capsys):
     assert capsys.readouterr().out.startswith(f"usage: nas-mtl {' '.join(argv)}")
 
 
-@pytest.mark.parametrize("argv", [c for c in _commands() if c[0] in ("search", "train", "baselines", "quickstart")],
-                         ids=" ".join)  # fmt: skip
+@pytest.mark.parametrize(
+    "argv", [c for c in _commands() if c[0] in ("search", "train", "baselines", "quickstart")], ids=" ".join
+)
 def test_training_and_search_commands_take_device_and_seed(argv, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--help"])
@@ -71,8 +72,10 @@ def test_unknown_names_and_missing_files(tmp_path, capsys):
     assert "magic" in _error([*base, "--data", "multidigits", "--space", "resnet_small", "--balancer", "magic"], capsys)
     assert "nope.toml" in _error(["study", str(tmp_path / "nope.toml")], capsys)
     study = tmp_path / "s.toml"
-    study.write_text('format = "nas_mtl.study/1"\n[data]\nname = "multidigits"\n[space]\nname = "resnet_small"\n'
-                     "[search.branch]\nn_trials = 'many'\n")  # fmt: skip
+    study.write_text(
+        'format = "nas_mtl.study/1"\n[data]\nname = "multidigits"\n[space]\nname = "resnet_small"\n'
+        "[search.branch]\nn_trials = 'many'\n"
+    )
     err = _error(["study", str(study)], capsys)
     assert f"{study}: search.branch.n_trials: expected an integer, got 'many'" in err
 
@@ -102,8 +105,10 @@ def test_unknown_backbone_in_a_space_file(tmp_path, capsys):
 def test_debug_env_shows_the_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "nas_mtl.cli", "study", str(tmp_path / "nope.toml")],
-        capture_output=True, text=True, env={**os.environ, "NAS_MTL_DEBUG": "1"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NAS_MTL_DEBUG": "1"},
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
 
 

@@ -99,8 +99,9 @@ def test_killed_run_resumes_scoring_only_the_rest(shapes, tmp_path, monkeypatch)
         fh.write('{"key": "0.0.0/0.1')  # the line being written when the process died
     done = list(calls)
     calls.clear()
-    monkeypatch.setattr(Proxy, "score", lambda self, graph, report=None: calls.append(graph_key(graph)) or real(
-        self, graph, report))  # fmt: skip
+    monkeypatch.setattr(
+        Proxy, "score", lambda self, graph, report=None: calls.append(graph_key(graph)) or real(self, graph, report)
+    )
     result = exhaustive_search(*shapes, EXHAUSTIVE, tmp_path)
     assert len(calls) == 12 - 5 and not set(calls) & set(done)
     assert len(result.info["ranking"]) == 12
@@ -136,8 +137,9 @@ def test_bruteforce_search_over_the_table_finds_the_exhaustive_best(shapes, scor
     """A stored table replays as a scorer: an Optuna search over it has regret 0 once it has seen every tree."""
     result, run_dir = scored
     table = ScoreTable(run_dir / TABLE, score_header(shapes[0].task_names, shapes[1], PROXY, "trees"))
-    config = BranchSearchConfig(proxy=PROXY, n_trials=12, sampler="bruteforce", pruner="none",
-                                storage=f"journal:{tmp_path / 'j.journal'}")  # fmt: skip
+    config = BranchSearchConfig(
+        proxy=PROXY, n_trials=12, sampler="bruteforce", pruner="none", storage=f"journal:{tmp_path / 'j.journal'}"
+    )
     found = branch_search(*shapes, config, tmp_path, scorer=table)
     assert found.info["trials"]["trees_scored"] == 12
     assert found.graph.meta["delta_m"] == result.graph.meta["delta_m"]  # regret 0 (ties: any best tree)

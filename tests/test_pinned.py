@@ -50,7 +50,7 @@ STUDY = {
             "curriculum_speed": 1,
             "num_samples": 4,
             "device": "cpu",
-        },  # fmt: skip
+        },
         "branch": {
             "n_trials": 3,
             "sampler": "tpe",
@@ -59,7 +59,7 @@ STUDY = {
             "batch_size": 32,
             "reference": "hard",
             "device": "cpu",
-        },  # fmt: skip
+        },
         "affinity": {"measure": "lookahead,gradcos", "epochs": 1, "batch_size": 32, "every": 1, "device": "cpu"},
         "exhaustive": {
             "warmstart_epochs": 1,
@@ -67,7 +67,7 @@ STUDY = {
             "batch_size": 32,
             "reference": "hard",
             "device": "cpu",
-        },  # fmt: skip
+        },
     },
 }
 VOLATILE = ("seconds", "elapsed", "env", "storage", "run_dir", "worker", "cost_in_hard_sharing_epochs")

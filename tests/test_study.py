@@ -56,10 +56,13 @@ def finished(tmp_path_factory):
 def test_study_rows_and_report_tables_hold_the_same_numbers(finished):
     d, _, rows = finished
     assert sorted((r["arm"], r["task"], r["seed"]) for r in rows) == [
-        ("hard", None, 0), ("hard", None, 1),
-        ("single-task", "left", 0), ("single-task", "left", 1),
-        ("single-task", "right", 0), ("single-task", "right", 1),
-    ]  # fmt: skip
+        ("hard", None, 0),
+        ("hard", None, 1),
+        ("single-task", "left", 0),
+        ("single-task", "left", 1),
+        ("single-task", "right", 0),
+        ("single-task", "right", 1),
+    ]
     files = write_report(d / "run")
     runs = pd.read_csv(files["runs.csv"])
     summary = pd.read_csv(files["summary.csv"]).set_index(["arm", "balancer"])
@@ -240,8 +243,10 @@ batch_size = 32
     arms = {(r["arm"], r["balancer"]) for r in rows if r["arm"] != "single-task"}
     balancers = ("equal", "pcgrad", "mgda:normalization=loss")
     graphs = {r["arm"]: r["graph"]["assignment"] for r in rows}
-    shares = {a: any(len([c for c in row if c >= 0]) > len({c for c in row if c >= 0}) for row in g)
-              for a, g in graphs.items()}  # fmt: skip
+    shares = {
+        a: any(len([c for c in row if c >= 0]) > len({c for c in row if c >= 0}) for row in g)
+        for a, g in graphs.items()
+    }
     assert shares["hard"] and not shares["independent"]
     # a graph sharing nothing trains identically with every balancer: trained once, with equal weights
     assert arms == {(a, b) for a in graphs if a != "single-task" for b in (balancers if shares[a] else ["equal"])}

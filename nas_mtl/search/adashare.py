@@ -124,12 +124,14 @@ class AdaShareConfig:
     """
 
     train: TrainConfig = nested(
-        TRAIN, only=TRAIN_OPTIONS, helps={
+        TRAIN,
+        only=TRAIN_OPTIONS,
+        helps={
             "epochs": "search rounds after the warm-up (one weight pass on train + one policy pass on val each)",
             "batch_size": "samples per step in both phases (reference 16 at 321x321 crops)",
             "lr": "network weights' learning rate (Adam(betas=(0.5, 0.999)) in the warm-up, SGD(momentum 0.9) after)",
         },
-    )  # fmt: skip
+    )
     warmup_epochs: int = 5
     policy_lr: float = 0.01
     policy_weight_decay: float = 5e-4
@@ -158,8 +160,11 @@ class AdaShareConfig:
 
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"adashare config: train must be a TrainConfig, got {type(self.train).__name__}")
-        unused = [f for f in TrainConfig.__dataclass_fields__ if f not in TRAIN_OPTIONS
-                  and getattr(self.train, f) != getattr(TRAIN, f)]  # fmt: skip
+        unused = [
+            f
+            for f in TrainConfig.__dataclass_fields__
+            if f not in TRAIN_OPTIONS and getattr(self.train, f) != getattr(TRAIN, f)
+        ]
         if unused:
             raise ValueError(f"adashare config: train.{unused[0]} is not used by AdaShare (it uses {TRAIN_OPTIONS})")
         if self.train.epochs < 1:
@@ -482,17 +487,22 @@ class _Search:
     def __init__(self, data: MultiTaskData, space: SearchSpace, config: AdaShareConfig) -> None:
         unknown = sorted(set(config.task_weights) - set(data.task_names))
         if unknown:
-            raise ValueError(f"adashare config: task_weights names unknown task(s) {unknown}; tasks: "
-                             f"{list(data.task_names)}")  # fmt: skip
+            raise ValueError(
+                f"adashare config: task_weights names unknown task(s) {unknown}; tasks: {list(data.task_names)}"
+            )
         if not space.skippable:
             raise ValueError(f"search space {space.name!r} has no skippable blocks: AdaShare has nothing to learn")
         if tuple(data.input_shape) != tuple(space.backbone.input_shape):
-            raise ValueError(f"dataset {data.name!r} inputs are {tuple(data.input_shape)} but space "
-                             f"{space.name!r} expects {space.backbone.input_shape}")  # fmt: skip
+            raise ValueError(
+                f"dataset {data.name!r} inputs are {tuple(data.input_shape)} but space "
+                f"{space.name!r} expects {space.backbone.input_shape}"
+            )
         for split in ("train", "val"):
             if len(getattr(data, split)) < config.train.batch_size:
-                raise ValueError(f"adashare config: batch_size {config.train.batch_size} exceeds the {split} split "
-                                 f"({len(getattr(data, split))} samples)")  # fmt: skip
+                raise ValueError(
+                    f"adashare config: batch_size {config.train.batch_size} exceeds the {split} split "
+                    f"({len(getattr(data, split))} samples)"
+                )
         self.data, self.space, self.config = data, space, config
         self.device = resolve_device(config.train.device)
         seed_everything(config.train.seed)
@@ -521,8 +531,9 @@ class _Search:
             t.validate_target(y[t.name], x.shape[0])
 
     def _loss(self, x: Tensor, y: Mapping[str, Tensor], gates: Gates, where: str) -> tuple[Tensor, dict]:
-        losses = task_losses(self.net(x.to(self.device), gates), {k: v.to(self.device) for k, v in y.items()},
-                             self.data.tasks)  # fmt: skip
+        losses = task_losses(
+            self.net(x.to(self.device), gates), {k: v.to(self.device) for k, v in y.items()}, self.data.tasks
+        )
         values = dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))  # one host copy
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
@@ -564,8 +575,9 @@ class _Search:
         label = f"adashare {e + 1}/{self.total_epochs}"
         if e < c.warmup_epochs:
             hard_sharing = [None] * len(self.net.blocks)
-            train_loss = self._phase(self.data.train, None, seed, f"{label} warm-up",
-                                     self._weight_step(lambda: hard_sharing))  # fmt: skip
+            train_loss = self._phase(
+                self.data.train, None, seed, f"{label} warm-up", self._weight_step(lambda: hard_sharing)
+            )
             record = {"phase": "warmup", "train_loss": train_loss}
         else:
             r = e - c.warmup_epochs
@@ -576,8 +588,9 @@ class _Search:
             def gates(grad: bool) -> Gates:
                 return self.net.sample_gates(tau, active, c.hard_sampling, self.gumbel, grad)
 
-            train_loss = self._phase(self.data.train, c.weight_steps, seed, f"{label} weights",
-                                     self._weight_step(lambda: gates(False)))  # fmt: skip
+            train_loss = self._phase(
+                self.data.train, c.weight_steps, seed, f"{label} weights", self._weight_step(lambda: gates(False))
+            )
 
             def policy_step(x, y, where):
                 total, losses = self._loss(x, y, gates(True), where)
@@ -595,12 +608,23 @@ class _Search:
             finally:
                 for p in weights:
                     p.requires_grad_(True)
-            record = {"phase": "search", "round": r + 1, "tau": tau, "active_blocks": active,
-                      "train_loss": train_loss, "val_loss": val_loss}  # fmt: skip
+            record = {
+                "phase": "search",
+                "round": r + 1,
+                "tau": tau,
+                "active_blocks": active,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+            }
         self.elapsed += time.perf_counter() - t0
         self.epoch += 1
-        record = {"epoch": self.epoch, **record, "select_prob": self.net.select_prob().tolist(),
-                  "seconds": time.perf_counter() - t0, "elapsed": self.elapsed}  # fmt: skip
+        record = {
+            "epoch": self.epoch,
+            **record,
+            "select_prob": self.net.select_prob().tolist(),
+            "seconds": time.perf_counter() - t0,
+            "elapsed": self.elapsed,
+        }
         self.history.append(record)
         return record
 
@@ -608,14 +632,25 @@ class _Search:
     def _identity(self) -> dict[str, Any]:
         free = ("epochs", "final", "num_samples", *TrainConfig.RUNTIME_FIELDS)  # may change between resumes
         c = {k: v for k, v in self.config.to_dict().items() if k not in free}
-        return {"tasks": list(self.data.task_names), "layers": list(self.space.layers),
-                "blocks": list(self.blocks), "config": c}  # fmt: skip
+        return {
+            "tasks": list(self.data.task_names),
+            "layers": list(self.space.layers),
+            "blocks": list(self.blocks),
+            "config": c,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"identity": self._identity(), "epoch": self.epoch, "elapsed": self.elapsed,
-                "history": self.history, "net": self.net.state_dict(), "weight_opt": self.weight_opt.state_dict(),
-                "policy_opt": self.policy_opt.state_dict(), "gumbel": self.gumbel.get_state(),
-                "rng": torch.get_rng_state()}  # fmt: skip
+        return {
+            "identity": self._identity(),
+            "epoch": self.epoch,
+            "elapsed": self.elapsed,
+            "history": self.history,
+            "net": self.net.state_dict(),
+            "weight_opt": self.weight_opt.state_dict(),
+            "policy_opt": self.policy_opt.state_dict(),
+            "gumbel": self.gumbel.get_state(),
+            "rng": torch.get_rng_state(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any], source: Path) -> None:
         saved, now = state["identity"], self._identity()
@@ -669,8 +704,9 @@ class _Search:
             policies = [(prob >= 0.5).tolist()]
         else:
             generator = torch.Generator().manual_seed(self.config.train.seed)
-            draws = [(torch.rand(prob.shape, generator=generator) < prob).tolist()
-                     for _ in range(self.config.num_samples)]  # fmt: skip
+            draws = [
+                (torch.rand(prob.shape, generator=generator) < prob).tolist() for _ in range(self.config.num_samples)
+            ]
             policies = [p for i, p in enumerate(draws) if p not in draws[:i]]
         scored = [{"select": p, "val_loss": self.val_loss(p)} for p in policies]
         return sorted(scored, key=lambda s: s["val_loss"])
@@ -678,8 +714,9 @@ class _Search:
     def graph(self, select: Sequence[Sequence[bool]], **meta: Any) -> SharingGraph:
         by_layer = dict(zip(self.net.policy_layers, select))
         rows = [by_layer.get(i, [True] * len(self.data.task_names)) for i in range(len(self.space.layers))]
-        return SharingGraph.from_policy(self.data.task_names, self.space.layers, rows, self.space.skippable
-                                        ).with_meta(method="adashare", **meta)  # fmt: skip
+        return SharingGraph.from_policy(self.data.task_names, self.space.layers, rows, self.space.skippable).with_meta(
+            method="adashare", **meta
+        )
 
 
 def adashare_search(
@@ -711,8 +748,10 @@ def adashare_search(
         search.run_epoch()
         if run_dir is not None:
             save_atomic(search.state_dict(), ckpt)
-            write_json_atomic({"tasks": list(data.task_names), "blocks": list(search.blocks),
-                               "history": search.history}, run_dir / HISTORY)  # fmt: skip
+            write_json_atomic(
+                {"tasks": list(data.task_names), "blocks": list(search.blocks), "history": search.history},
+                run_dir / HISTORY,
+            )
     t0 = time.perf_counter()
     ranked = search.final_policies()
     prob = search.net.select_prob()

@@ -20,8 +20,10 @@ def plot_policy(
     chosen: Sequence[Sequence[bool]] | None = None,
 ) -> Path:
     """Heatmap of select probabilities ``prob[block][task]``; ``chosen`` marks the final policy (✓ select)."""
-    text = [[f"{p:.2f}" + ("" if chosen is None else " ✓" if chosen[i][j] else " ✗") for j, p in enumerate(row)]
-            for i, row in enumerate(prob)]  # fmt: skip
+    text = [
+        [f"{p:.2f}" + ("" if chosen is None else " ✓" if chosen[i][j] else " ✗") for j, p in enumerate(row)]
+        for i, row in enumerate(prob)
+    ]
     title = "AdaShare p(select)" + ("\n✓ = final policy selects" if chosen is not None else "")
     fig = heatmap(prob, blocks, tasks, title, vmin=0.0, vmax=1.0, cell_text=text)
     save_figure(fig, path)
@@ -45,8 +47,9 @@ def plot_policy_history(
         shown = shown[: max_panels - 1] + [rounds[-1]]
     cols = min(4, len(shown))
     rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(rows, cols, squeeze=False,
-                             figsize=(cols * (1.6 + 0.6 * len(tasks)), rows * (1.0 + 0.4 * len(blocks))))  # fmt: skip
+    fig, axes = plt.subplots(
+        rows, cols, squeeze=False, figsize=(cols * (1.6 + 0.6 * len(tasks)), rows * (1.0 + 0.4 * len(blocks)))
+    )
     for ax in axes.flat[len(shown) :]:
         ax.set_axis_off()
     blank = [[""] * len(tasks) for _ in blocks]

@@ -292,9 +292,15 @@ def _measure_representation(
     overhead = time.perf_counter() - t0
     train_seconds = sum(res.train_seconds for _, res in singles.values())  # also right when reused from disk
     return AffinityResult(
-        measure, data.task_names, layers.mean(0), train_seconds + overhead, overhead, x.shape[0],
-        layers=layers, layer_names=space.layers,
-    )  # fmt: skip
+        measure,
+        data.task_names,
+        layers.mean(0),
+        train_seconds + overhead,
+        overhead,
+        x.shape[0],
+        layers=layers,
+        layer_names=space.layers,
+    )
 
 
 def _branch_index(branch_at: int | str | None, space: SearchSpace) -> int:

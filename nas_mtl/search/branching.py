@@ -558,10 +558,22 @@ class _WorkerProcesses:
         for k in range(1, self.n):
             log = self.run_dir / "workers" / f"worker-{k}.log"
             cmd = [
-                sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", self.url,
-                "--study", self.config.study_name, "--out", str(self.run_dir), "--seed", str(self.config.seed + k),
-                "--threads", str(share), "--exit-with-parent",
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "nas_mtl.cli",
+                "worker",
+                "--storage",
+                self.url,
+                "--study",
+                self.config.study_name,
+                "--out",
+                str(self.run_dir),
+                "--seed",
+                str(self.config.seed + k),
+                "--threads",
+                str(share),
+                "--exit-with-parent",
+            ]
             with log.open("w") as fh:
                 self.procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), log))
 

@@ -76,14 +76,20 @@ class ProxyConfig:
     """
 
     warmstart: TrainConfig = nested(
-        TrainConfig(epochs=5), only=PROXY_TRAIN, rename={"epochs": "warmstart_epochs"},
-        helps={"warmstart_epochs": "epochs of the hard-sharing warm start", "seed": "training seed (and the "
-               "sampler seed of a tree search)"},
-    )  # fmt: skip
+        TrainConfig(epochs=5),
+        only=PROXY_TRAIN,
+        rename={"epochs": "warmstart_epochs"},
+        helps={
+            "warmstart_epochs": "epochs of the hard-sharing warm start",
+            "seed": "training seed (and the sampler seed of a tree search)",
+        },
+    )
     finetune: TrainConfig = nested(
-        TrainConfig(epochs=2), only=PROXY_TRAIN, rename={"epochs": "proxy_epochs"},
+        TrainConfig(epochs=2),
+        only=PROXY_TRAIN,
+        rename={"epochs": "proxy_epochs"},
         helps={"proxy_epochs": "fine-tuning epochs per candidate"},
-    )  # fmt: skip
+    )
     reference: str = option("single", choices=REFERENCES)
     subset: float = 1.0
     balancer: str = "equal"
@@ -215,9 +221,13 @@ class Proxy:
                     report(len(curve), curve[-1])
 
         result = train(
-            network, self._train_data, cfg, create_balancer(self.config.balancer), desc=graph_key(graph),
+            network,
+            self._train_data,
+            cfg,
+            create_balancer(self.config.balancer),
+            desc=graph_key(graph),
             step_hooks=[on_step],
-        )  # fmt: skip
+        )
         curve.append(self.delta_m(result.val))
         cost = network.cost()
         return Score(curve[-1], tuple(curve), result.val, result.test, cost.params, cost.macs, time.perf_counter() - t0)
