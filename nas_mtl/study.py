@@ -47,9 +47,10 @@ from .data import MultiTaskData, create_dataset
 from .data.base import DATASETS
 from .graph import SharingGraph
 from .processes import exit_with_parent
+from .runs import write_json_atomic
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
-from .train import TrainConfig, write_json_atomic
+from .train import TrainConfig
 
 T = TypeVar("T")
 

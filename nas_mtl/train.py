@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +22,7 @@ from .environment import environment
 from .export import MODEL_MANIFEST, network_manifest
 from .network import MultiTaskNetwork
 from .progress import progress
+from .runs import RUNTIME_KEYS, check_settings, load_checkpoint, save_atomic, write_json_atomic
 
 Metrics = dict[str, dict[str, float]]
 """``{task: {metric: value}}``."""
@@ -75,7 +73,7 @@ class TrainConfig:
     SCHEDULERS = SCHEDULERS
     DEVICES = DEVICES
     NONFINITE = NONFINITE
-    RUNTIME_FIELDS = ("device", "progress")
+    RUNTIME_FIELDS = tuple(sorted(RUNTIME_KEYS))
     """Fields that may change between sessions of one run (resume on another device, without bars)."""
 
     def __post_init__(self) -> None:
@@ -217,28 +215,6 @@ def _make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.opti
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def _replace_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file beside ``path``, then rename it over ``path``: a killed process never leaves
-    half a file, and concurrent writers (workers of one search) each rename their own temporary file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` atomically (see :func:`_replace_atomic`)."""
-    _replace_atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    """JSON (indented) to ``path`` atomically (see :func:`_replace_atomic`)."""
-    _replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
-
-
 def train(
     network: MultiTaskNetwork,
     data: MultiTaskData,
@@ -250,8 +226,8 @@ def train(
 ) -> TrainResult:
     """Train ``network`` on ``data.train``, evaluate on val/test; checkpoint each epoch in ``run_dir``.
 
-    With ``run_dir``, an existing checkpoint there is resumed (same graph, balancer spec and config required,
-    except ``epochs`` may grow) and the result is written to ``run_dir/result.json``. A non-finite task loss
+    With ``run_dir``, an existing checkpoint there is resumed (same graph, balancer spec and config required:
+    :func:`~nas_mtl.runs.check_settings`) and the result is written to ``run_dir/result.json``. A non-finite task loss
     or gradient (checked after the balancer, which may raise it itself) raises ``FloatingPointError``
     naming the task or parameters (config ``on_nonfinite="raise"``) before any weight is touched, or
     skips that step with a warning (``"skip"``); finished epochs stay in the checkpoint.
@@ -291,7 +267,7 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = run_dir / CHECKPOINT
         if ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location=device, weights_only=True)
+            state = load_checkpoint(ckpt_path, device)
             _check_resumable(state, network, config, balancer, ckpt_path)
             network.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -420,16 +396,8 @@ def _check_gradients(network: MultiTaskNetwork, balancer: Balancer) -> None:
 def _check_resumable(
     state: Mapping[str, Any], network: MultiTaskNetwork, config: TrainConfig, balancer: Balancer, path: Path
 ) -> None:
-    if state.get("graph") != network.graph.to_dict():
-        raise ValueError(f"{path}: checkpoint was written for a different sharing graph; use a new run folder")
-    saved = {k: v for k, v in state.get("config", {}).items() if k not in TrainConfig.RUNTIME_FIELDS}
-    now = config.identity()
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        raise ValueError(f"{path}: checkpoint config differs in {diff}; use a new run folder or the same settings")
-    saved_balancer = state.get("balancer_spec")  # absent in checkpoints written before it was recorded
-    if saved_balancer is not None and saved_balancer != balancer.spec:
-        raise ValueError(
-            f"{path}: checkpoint was written with balancer {saved_balancer!r}, this run uses {balancer.spec!r}; "
-            f"use a new run folder or the same balancer"
-        )
+    saved = {"graph": state.get("graph"), "config": state.get("config", {}), "balancer": state.get("balancer_spec")}
+    now = {"graph": network.graph.to_dict(), "config": config.to_dict(), "balancer": balancer.spec}
+    if saved["balancer"] is None:  # checkpoints written before the balancer was recorded
+        now["balancer"] = None
+    check_settings(saved, now, path, "checkpoint")

@@ -407,10 +407,12 @@ def test_affinity_search_end_to_end_with_cache(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr("nas_mtl.search.affinity.train_single_tasks", no_training)
     again = measure_affinity(data, space, _cfg(every=2), tmp_path, "lookahead")
     assert np.array_equal(again.matrix, cached.matrix)
-    with pytest.raises(ValueError, match=r"different \['every'\]"):
+    with pytest.raises(
+        ValueError, match=r"cached affinity was made with other settings: every \(2 -> 3\); use a new run folder"
+    ):
         measure_affinity(data, space, _cfg(every=3), tmp_path, "gradcos")
     other = create_dataset("shapes", **{**TINY, "seed": 1})  # same sizes, other images
-    with pytest.raises(ValueError, match=r"different \['data'\]"):
+    with pytest.raises(ValueError, match=r"other settings: data\.fingerprint \("):
         measure_affinity(other, space, _cfg(probe_size=8), tmp_path, "rsa")
 
 

@@ -18,8 +18,9 @@ from ..data import MultiTaskData
 from ..environment import environment
 from ..graph import SharingGraph
 from ..registry import Registry
+from ..runs import write_json_atomic
 from ..space import SearchSpace
-from ..train import resolve_device, write_json_atomic
+from ..train import resolve_device
 
 
 @dataclass(frozen=True)

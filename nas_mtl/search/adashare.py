@@ -78,9 +78,10 @@ from ..config import nested, option, to_options
 from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
 from ..progress import progress
+from ..runs import check_settings, load_checkpoint, save_atomic, write_json_atomic
 from ..space import SearchSpace
 from ..tasks import TaskSpec
-from ..train import TrainConfig, resolve_device, save_atomic, seed_everything, write_json_atomic
+from ..train import TrainConfig, resolve_device, seed_everything
 from . import SearchMethod, SearchResult, register_search_method
 
 SELECT, SKIP = 0, 1
@@ -653,11 +654,7 @@ class _Search:
         }
 
     def load_state_dict(self, state: Mapping[str, Any], source: Path) -> None:
-        saved, now = state["identity"], self._identity()
-        diff = sorted(k for k in now if k != "config" and saved.get(k) != now[k])
-        diff += sorted(f"config.{k}" for k in now["config"] if saved["config"].get(k) != now["config"][k])
-        if diff:
-            raise ValueError(f"{source}: checkpoint differs in {diff}; use a new run folder or the same settings")
+        check_settings(state["identity"], self._identity(), source, "checkpoint")
         self.net.load_state_dict(state["net"])
         self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], list(state["history"])
         self.weight_opt = self._weight_optimizer(search=self.epoch > self.config.warmup_epochs)
@@ -743,7 +740,7 @@ def adashare_search(
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt = run_dir / CHECKPOINT
         if ckpt.exists():
-            search.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), ckpt)
+            search.load_state_dict(load_checkpoint(ckpt), ckpt)
     while search.epoch < search.total_epochs:
         search.run_epoch()
         if run_dir is not None:

@@ -43,8 +43,9 @@ from ..baselines import train_graph, train_single_tasks
 from ..config import nested, option
 from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
+from ..runs import check_settings, write_json_atomic
 from ..space import SearchSpace
-from ..train import TrainConfig, write_json_atomic
+from ..train import TrainConfig
 from . import SearchMethod, SearchResult, register_search_method
 from .affinity_measures import (
     REPRESENTATION_MEASURES,
@@ -245,9 +246,7 @@ def _load_cached(path: Path, settings: Mapping[str, Any]) -> AffinityResult | No
     if not path.is_file():
         return None
     result = AffinityResult.from_dict(json.loads(path.read_text()))
-    diff = sorted(k for k in set(settings) | set(result.settings) if settings.get(k) != result.settings.get(k))
-    if diff:
-        raise ValueError(f"{path}: cached affinity was measured with different {diff}; use a new run folder")
+    check_settings(result.settings, settings, path, "cached affinity")
     return result
 
 

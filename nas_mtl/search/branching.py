@@ -60,8 +60,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from ..config import config_from_dict, nested, option
 from ..data import MultiTaskData, create_dataset
 from ..graph import SharingGraph
+from ..runs import check_settings
 from ..space import SearchSpace, load_search_space
-from ..train import TrainConfig
 from . import SearchMethod, SearchResult, register_search_method
 from .exhaustive import count_trees
 from .proxy import OBJECTIVES, Proxy, ProxyConfig, Scorer, graph_from_key, graph_key
@@ -509,22 +509,8 @@ def _check_record(
         if study.get_trials(deepcopy=False):
             raise ValueError(f"study {study.study_name!r} has trials but no {STUDY_ATTR!r} record; use another study")
         return want
-    diff = sorted(k for k in want if _comparable(k, record.get(k)) != _comparable(k, want[k]))
-    if diff:
-        raise ValueError(
-            f"study {study.study_name!r} was created with different {diff}; use a new run folder or --study name"
-        )
+    check_settings({k: record.get(k) for k in want}, want, f"study {study.study_name!r}", "search")
     return dict(record)
-
-
-def _comparable(key: str, value: Any) -> Any:
-    """A record entry without what may change between sessions of one study (TrainConfig.RUNTIME_FIELDS)."""
-    if key != "proxy" or not isinstance(value, Mapping):
-        return value
-    return {
-        k: {f: x for f, x in v.items() if f not in TrainConfig.RUNTIME_FIELDS} if isinstance(v, Mapping) else v
-        for k, v in value.items()
-    }
 
 
 def _fail_running(study: optuna.Study, storage: BaseStorage) -> list[int]:

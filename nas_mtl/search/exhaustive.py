@@ -22,6 +22,7 @@ from typing import Any
 from ..config import nested, option
 from ..data import MultiTaskData
 from ..graph import SharingGraph, enumerate_trees
+from ..runs import check_settings
 from ..space import SearchSpace
 from . import SearchMethod, SearchResult, register_search_method
 from .proxy import Proxy, ProxyConfig, Report, Score, graph_from_key, graph_key
@@ -117,9 +118,7 @@ class ScoreTable:
                 fh.write("\n")
         lines = text.splitlines()
         stored = json.loads(lines[0]) if lines else {}
-        diff = sorted(k for k in set(stored) | set(self.header) if stored.get(k) != self.header.get(k))
-        if diff:
-            raise ValueError(f"{self.path}: scored with different {diff}; use a new run folder")
+        check_settings(stored, self.header, self.path, "score table")
         for line in lines[1:]:
             try:
                 entry = json.loads(line)

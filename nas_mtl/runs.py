@@ -1,0 +1,108 @@
+"""The run-folder protocol every training run, search and study follows.
+
+- **Settings recorded once, compared with one error.** What a run's results depend on is recorded with them
+  (a checkpoint's ``config``, a study's record, a score table's header, a cached measurement's ``settings``);
+  resuming compares it with the current settings through :func:`check_settings`, which names every differing
+  key with both values. Keys in :data:`RUNTIME_KEYS` (the device, progress output) may change between
+  sessions and are never compared.
+- **Atomic writes.** Files are written to a temporary name beside their path and renamed over it
+  (:func:`save_atomic`, :func:`write_json_atomic`): a killed process never leaves half a file, and several
+  writers (workers of one search) never mix theirs.
+- **Save / restore.** Checkpoints are plain ``torch.save`` dicts read back with :func:`load_checkpoint`
+  (tensors and containers only, ``weights_only``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RUNTIME_KEYS = frozenset({"device", "progress"})
+"""Settings that may change between sessions of one run at any depth (resume on another device, without bars)."""
+
+
+def replace_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it over ``path``: a killed process never leaves
+    half a file, and concurrent writers (workers of one search) each rename their own temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (see :func:`replace_atomic`)."""
+    replace_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_json_atomic(data: Any, path: str | Path) -> None:
+    """JSON (indented) to ``path`` atomically (see :func:`replace_atomic`)."""
+    replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint written by :func:`save_atomic`, tensors mapped to ``device``."""
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def settings_diff(
+    saved: Mapping[str, Any], now: Mapping[str, Any], ignore: Collection[str] = RUNTIME_KEYS, prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, saved value, current value)`` for every leaf that differs, recursing into mappings;
+    keys named in ``ignore`` are skipped at any depth, a key missing on one side reads as None."""
+    out = []
+    for key in sorted(set(saved) | set(now), key=str):
+        if key in ignore:
+            continue
+        old, new = saved.get(key), now.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            out += settings_diff(old, new, ignore, f"{prefix}{key}.")
+        elif old != new and not (_is_seq(old) and _is_seq(new) and list(old) == list(new)):
+            out.append((f"{prefix}{key}", old, new))
+    return out
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def check_settings(
+    saved: Mapping[str, Any],
+    now: Mapping[str, Any],
+    source: str | Path,
+    what: str = "run",
+    ignore: Collection[str] = RUNTIME_KEYS,
+) -> None:
+    """Raise ValueError when the settings recorded in ``source`` differ from ``now``: one line naming each
+    differing key with both values (long values by name only)."""
+    diff = settings_diff(saved, now, ignore)
+    if diff:
+        shown = ", ".join(f"{key} ({_short(old)} -> {_short(new)})" for key, old, new in diff)
+        raise ValueError(
+            f"{source}: this {what} was made with other settings: {shown}; use a new run folder or the same settings"
+        )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{type(value).__name__} of {len(value)}" if hasattr(value, "__len__") else "…"
+
+
+__all__ = [
+    "RUNTIME_KEYS",
+    "check_settings",
+    "load_checkpoint",
+    "replace_atomic",
+    "save_atomic",
+    "settings_diff",
+    "write_json_atomic",
+]
