@@ -152,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_baselines(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .baselines import run_baselines
+    from .study import run_baselines
 
     data, space = _data_and_space(args)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]

@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
 import torch
 
-from .balancing import create_balancer
+from .balancing import Balancer, EqualWeights, create_balancer
 from .baselines import ARMS as BASELINE_ARMS
 from .baselines import primary_directions, train_graph
 from .config import build_config, to_options
@@ -46,11 +47,12 @@ from .config import options as config_options
 from .data import MultiTaskData, create_dataset
 from .data.base import DATASETS
 from .graph import SharingGraph
+from .metrics import delta_m
 from .processes import exit_with_parent
 from .runs import write_json_atomic
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
-from .train import TrainConfig
+from .train import Metrics, TrainConfig
 
 T = TypeVar("T")
 
@@ -252,7 +254,14 @@ class Arm:
     search_seed: int | None = None  # set for a searched arm: the seed of the search that found ``graph``
 
 
-def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = False, jobs: int = 1) -> list[dict[str, Any]]:
+def run_study(
+    spec: StudySpec,
+    run_dir: str | Path,
+    progress: bool = False,
+    jobs: int = 1,
+    data: MultiTaskData | None = None,
+    space: SearchSpace | None = None,
+) -> list[dict[str, Any]]:
     """Run (or resume) every search and arm of ``spec``; returns the result rows (seed by seed).
 
     Finished searches and arm runs are read back here; only the others run, in this process or in ``jobs``
@@ -265,6 +274,8 @@ def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = False, jobs
             run: ``jobs=2`` on 2 threads gives bitwise the rows of ``jobs=1`` on 1 thread. A failed run stops
             the others (finished runs and epochs stay on disk) and its error is raised here. Workers are
             spawned: a script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
+        data, space: the study's data and search space when already built (default: built from ``spec``);
+            with them, runs stay in this process (``jobs`` must be 1).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
@@ -272,7 +283,10 @@ def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = False, jobs
     run_dir.mkdir(parents=True, exist_ok=True)
     if spec.source != "<memory>" and Path(spec.source).is_file():
         shutil.copyfile(spec.source, run_dir / "study.toml")
-    data, space = _data_and_space(spec)
+    if (data is None) != (space is None) or (data is not None and jobs > 1):
+        raise ValueError("run_study: give data and space together, and only with jobs=1 (workers build their own)")
+    if data is None:
+        data, space = _data_and_space(spec)
     with _Runner(spec, data, space, jobs, progress) as runner:
         show = progress and jobs == 1  # bars and search logs of parallel runs would interleave
         search = _set_option(spec.search, "progress", show)
@@ -311,6 +325,64 @@ def run_study(spec: StudySpec, run_dir: str | Path, progress: bool = False, jobs
         for (k, _), row in zip(todo_arms, runner.map(_run_arm, [job for _, job in todo_arms], labels)):
             rows[k] = row
     return rows
+
+
+def run_baselines(
+    data: MultiTaskData,
+    space: SearchSpace,
+    config: TrainConfig,
+    run_dir: str | Path,
+    arms: Sequence[str] = ("single", "hard"),
+    balancer: Balancer | None = None,
+) -> pd.DataFrame:
+    """Train the baseline arms (one seed: ``config.seed``) and tabulate test metrics, Δm vs single-task, params
+    and MACs; also written to ``run_dir/baselines.csv`` and ``.json``.
+
+    The arms run as a study of baselines only (:func:`run_study`, the same runner and folder
+    layout ``arms/ARM/BALANCER/seedS``), so a killed run resumes where it stopped, finished arms are read
+    back, and ``nas-mtl report RUN_DIR`` works on the folder. Single-task networks are always trained: they
+    are the reference of Δm.
+    """
+    unknown = sorted(set(arms) - set(BASELINE_ARMS))
+    if unknown:
+        raise ValueError(f"arms: unknown {unknown}; allowed: {list(BASELINE_ARMS)}")
+    spec = StudySpec(
+        name="baselines",
+        data=dict(data.origin or {"name": data.name}),
+        space=space.source,
+        train=config,
+        seeds=(config.seed,),
+        balancers=((balancer or EqualWeights()).spec,),
+        baselines=tuple(dict.fromkeys(["single", *arms])),
+    )
+    rows = run_study(spec, run_dir, progress=config.progress, data=data, space=space)
+    single_rows = [r for r in rows if r["arm"] == "single-task"]
+    single: Metrics = {r["task"]: r["test"][r["task"]] for r in single_rows}
+    table = []
+    if "single" in arms:
+        params, macs = sum(r["params"] for r in single_rows), sum(r["macs"] for r in single_rows)
+        seconds = sum(r["train_seconds"] for r in single_rows)
+        table.append(_baseline_row("single-task", single, single, data, params, macs, seconds))
+    for r in rows:
+        if r["arm"] != "single-task":
+            table.append(_baseline_row(r["arm"], r["test"], single, data, r["params"], r["macs"], r["train_seconds"]))
+    frame = pd.DataFrame(table).set_index("arm")
+    frame.to_csv(Path(run_dir) / "baselines.csv")
+    (Path(run_dir) / "baselines.json").write_text(json.dumps(frame.reset_index().to_dict(orient="records"), indent=1))
+    return frame
+
+
+def _baseline_row(
+    arm: str, test: Metrics, single: Metrics, data: MultiTaskData, params: int, macs: int, seconds: float
+) -> dict:
+    directions = primary_directions(data)
+    row: dict = {"arm": arm}
+    for t, d in directions.items():
+        metric = next(iter(d))
+        row[f"{t}.{metric}"] = test[t][metric]
+    row["delta_m_%"] = delta_m(test, single, directions)
+    row["params"], row["MMACs"], row["train_s"] = params, macs / 1e6, seconds
+    return row
 
 
 def _data_and_space(spec: StudySpec) -> tuple[MultiTaskData, SearchSpace]:

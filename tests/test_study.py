@@ -395,3 +395,35 @@ def test_a_failing_parallel_run_stops_the_study_with_its_own_error(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite loss .* last checkpoint kept at"):
         run_study(spec, tmp_path / "run", progress=False, jobs=2)
     assert multiprocessing.active_children() == []
+
+
+def test_baselines_run_as_a_study_and_match_a_direct_training(tmp_path, capsys, monkeypatch):
+    """``nas-mtl baselines`` is a study of baselines only: the study's folder layout and runner, read back on a
+    rerun; its hard-sharing row is bitwise the metrics of training that graph directly."""
+    from nas_mtl.baselines import train_graph
+    from nas_mtl.cli import main
+    from nas_mtl.data import create_dataset
+    from nas_mtl.space import load_search_space
+    from nas_mtl.train import TrainConfig
+
+    out = tmp_path / "base"
+    data_args = {"n_train": 64, "n_val": 32, "n_test": 32, "size": 16}
+    argv = ["baselines", "--data", "multidigits", "--space", "resnet_small", "--out", str(out), "--epochs", "1"]
+    argv += ["--batch-size", "32", "--no-progress", "--arms", "single,hard", "--device", "cpu", "--seed", "1"]
+    argv += [f"--data-arg={k}={v}" for k, v in data_args.items()]
+    assert main(argv) == 0, capsys.readouterr().err
+    table = pd.read_csv(out / "baselines.csv", index_col="arm")
+    assert list(table.index) == ["single-task", "hard"] and table.loc["single-task", "delta_m_%"] == 0
+    hard = json.loads((out / "arms" / "hard" / "equal" / "seed1" / "row.json").read_text())
+    data = create_dataset("multidigits", **data_args)
+    space = load_search_space("resnet_small", input_shape=data.input_shape)
+    config = TrainConfig(epochs=1, batch_size=32, device="cpu", seed=1)
+    _, direct = train_graph(space.hard_sharing(data.task_names), data, space, config)
+    assert hard["test"] == direct.test and table.loc["hard", "left.accuracy"] == direct.test["left"]["accuracy"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished baseline was retrained")
+
+    monkeypatch.setattr("nas_mtl.study.train_graph", no_training)
+    assert main(argv) == 0
+    assert pd.read_csv(out / "baselines.csv", index_col="arm").equals(table)
