@@ -5,8 +5,9 @@
 
 The reference code (github.com/sunxm2357/AdaShare, ``models/deeplab_resnet.py``, ``MTL2.forward``) runs the
 whole backbone once per task per step, every block gated by that task's Gumbel-softmax sample
-(``fx * p_select + residual * p_skip``). Our :class:`~nas_mtl.search.adashare.AdaShareSupernet` runs the blocks
-without a decision once for all tasks and every other block once on the task streams stacked along the batch.
+(``fx * p_select + residual * p_skip``). Our executor (:class:`~nas_mtl.network.MultiTaskNetwork` under gates, inside
+:class:`~nas_mtl.search.adashare.AdaShareSupernet`) runs the blocks without a decision once for all tasks and every
+other block once on the task streams stacked along the batch.
 
 Rows (median over interleaved repeats, order rotated; one step = forward + backward + optimiser step on the
 same batch, weights and logits; times are process CPU time, robust on a shared machine with one thread, the
@@ -16,8 +17,8 @@ wall-clock speedup is printed too):
   weights frozen, loss + λ terms), at the first curriculum stage (only the last block decided, 1/4) and with
   every block decided (4/4, the rest of the search);
 * weight (hard): the weight step with the reference's ``hard_sampling`` (exact 0/1 samples): the reference
-  still computes every block for every task and multiplies by 0 or 1, our executor skips skipped blocks and
-  runs equal select/skip prefixes once.
+  still computes every block for every task and multiplies by 0 or 1, our executor runs the policy's sharing
+  graph: skipped blocks not at all, equal select/skip prefixes once (one call per unique prefix).
 
 Baseline: the reference's execution on the same modules with plain BatchNorm (one call per task: per-task
 batch statistics, as our per-stream BatchNorm), without its multiplications by the constant gates of
@@ -52,7 +53,8 @@ class ReferenceStyle(nn.Module):
     def __init__(self, net: AdaShareSupernet, backbone) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(backbone.build())  # plain BatchNorm
-        self.blocks.load_state_dict(net.blocks.state_dict())
+        for block, source in zip(self.blocks, net.blocks):
+            block.load_state_dict(source.state_dict())
         self.neck = backbone.neck
         self.heads = copy.deepcopy(net.heads)
         self.logits = nn.Parameter(net.logits.detach().clone())
@@ -92,7 +94,7 @@ def _gates(
 def _steps(model: nn.Module, specs, x, y, active: int, config: AdaShareConfig) -> dict[str, Callable[[], float]]:
     """The weight step and the policy step of ``model`` (either execution); each returns the task loss."""
     weights = model.weight_parameters()
-    weight_opt = torch.optim.SGD(weights, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    weight_opt = torch.optim.SGD(weights, lr=config.train.lr, momentum=0.9, weight_decay=config.train.weight_decay)
     policy_opt = torch.optim.Adam([model.logits], lr=config.policy_lr)
     layers, policy_layers = len(model.blocks), model.policy_layers
     calls = {"n": 0}

@@ -61,3 +61,11 @@ def train_single_tasks(
         graph = SharingGraph.hard_sharing([t], space.layers, space.skippable).with_meta(name=f"single:{t}")
         out[t] = train_graph(graph, data, space, config, balancer, Path(run_dir) / t)
     return out
+
+
+__all__ = [
+    "ARMS",
+    "primary_directions",
+    "train_graph",
+    "train_single_tasks",
+]

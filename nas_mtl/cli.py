@@ -390,3 +390,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = [
+    "CLI_DEFAULTS",
+    "EXIT_RUNTIME_ERROR",
+    "EXIT_USER_ERROR",
+    "UserError",
+    "add_config_arguments",
+    "build_parser",
+    "config_from_args",
+    "flag_name",
+    "main",
+    "parse_key_values",
+]

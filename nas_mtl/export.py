@@ -187,3 +187,16 @@ def _export_onnx(
 
 def _max_diff(got: Sequence[torch.Tensor], expected: Sequence[torch.Tensor]) -> float:
     return max(float((g - e).abs().max()) for g, e in zip(got, expected, strict=True))
+
+
+__all__ = [
+    "FORMATS",
+    "MANIFEST_FORMAT",
+    "MODEL_MANIFEST",
+    "export_network",
+    "export_run",
+    "load_exported",
+    "network_from_manifest",
+    "network_manifest",
+    "save_weights",
+]

@@ -495,3 +495,16 @@ def set_partitions(items: Sequence[str]) -> Iterator[list[list[str]]]:
         yield [[first], *sub]
         for i in range(len(sub)):
             yield [*sub[:i], [first, *sub[i]], *sub[i + 1 :]]
+
+
+__all__ = [
+    "Cost",
+    "FORMAT",
+    "GraphError",
+    "PrefixNode",
+    "SKIP",
+    "SharingGraph",
+    "canonicalize",
+    "enumerate_trees",
+    "set_partitions",
+]

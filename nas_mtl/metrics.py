@@ -40,3 +40,8 @@ def delta_m(
             per_task += change if higher else -change
         total += per_task / len(directions)
     return 100.0 * total / len(higher_is_better)
+
+
+__all__ = [
+    "delta_m",
+]

@@ -7,10 +7,15 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from timm.layers.norm_act import BatchNormAct2d
+from torch import Tensor, nn
 
 from .backbones import Backbone, count_macs
 from .graph import SKIP, Cost, GraphError, SharingGraph
+
+Gates = Sequence[Tensor | None]
+"""One entry per layer: None (every task runs the block) or the (T,) select gates of the tasks (AdaShare)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,8 @@ class MultiTaskNetwork(nn.Module):
                     self.heads[i] = _copy.deepcopy(inherit.heads[inherit.graph.tasks.index(t)])
         self.path_stats = _path_statistics(graph, self.blocks)
         self._register_load_state_dict_pre_hook(self._fill_path_statistics)
-        self._plans: dict[frozenset[str], tuple[tuple[_Step, ...], tuple[tuple[int, int], ...]]] = {}
+        self._plans: dict[tuple, tuple[tuple[_Step, ...], tuple[tuple[int, int], ...]]] = {}
+        self._norms: list[list[nn.Module]] | None = None  # stream-aware BatchNorm layers, made by the first gates
 
     @classmethod
     def from_tasks(
@@ -118,11 +124,19 @@ class MultiTaskNetwork(nn.Module):
                     state_dict[target] = state_dict[source].clone()
 
     # ------------------------------------------------------------------ execution
-    def _plan(self, tasks: frozenset[str]) -> tuple[tuple[_Step, ...], tuple[tuple[int, int], ...]]:
-        """Steps (one per prefix-trie node needed by ``tasks``) and (slot, head index) outputs."""
-        if tasks in self._plans:
-            return self._plans[tasks]
-        nodes = self.graph.prefix_nodes()
+    def _plan(
+        self, tasks: frozenset[str], graph: SharingGraph
+    ) -> tuple[tuple[_Step, ...], tuple[tuple[int, int], ...]]:
+        """Steps (one per prefix-trie node of ``graph`` needed by ``tasks``) and (slot, head index) outputs.
+
+        ``graph`` is this network's graph (prefixes keep their own statistics, :attr:`path_stats`) or a policy
+        over its blocks (gates: statistics shared).
+        """
+        own = graph is self.graph
+        key = (tasks, graph.assignment, own)
+        if key in self._plans:
+            return self._plans[key]
+        nodes = graph.prefix_nodes()
         keep = [i for i, n in enumerate(nodes) if tasks.intersection(n.tasks)]
         last_reader = {nodes[i].parent: i for i in keep}
         steps = tuple(
@@ -132,14 +146,14 @@ class MultiTaskNetwork(nn.Module):
                 nodes[i].layer,
                 nodes[i].copy,
                 last_reader[nodes[i].parent] == i and nodes[i].parent >= 0,
-                str(i) if str(i) in self.path_stats else None,
-                self._stat_names(str(i)),
+                str(i) if own and str(i) in self.path_stats else None,
+                self._stat_names(str(i)) if own else (),
             )
             for i in keep
         )
-        leaf_of = {t: i for i in keep if nodes[i].layer == self.graph.num_layers - 1 for t in nodes[i].tasks}
-        heads = tuple((leaf_of[t], j) for j, t in enumerate(self.graph.tasks) if t in tasks)
-        self._plans[tasks] = (steps, heads)
+        leaf_of = {t: i for i in keep if nodes[i].layer == graph.num_layers - 1 for t in nodes[i].tasks}
+        heads = tuple((leaf_of[t], j) for j, t in enumerate(graph.tasks) if t in tasks)
+        self._plans[key] = (steps, heads)
         return steps, heads
 
     def _stat_names(self, key: str) -> tuple[tuple[str, str], ...]:
@@ -148,17 +162,36 @@ class MultiTaskNetwork(nn.Module):
             return ()
         return tuple((name, name.replace("__", ".")) for name in self.path_stats[key]._buffers)
 
-    def forward(self, x: torch.Tensor, tasks: Collection[str] | None = None) -> dict[str, torch.Tensor]:
-        """Run the graph on a batch; returns ``{task: head output}`` for ``tasks`` (default: all)."""
+    def forward(
+        self, x: torch.Tensor, tasks: Collection[str] | None = None, gates: Gates | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Run the graph on a batch; returns ``{task: head output}`` for ``tasks`` (default: all).
+
+        ``gates`` (AdaShare's select/skip decisions, see :data:`Gates`) turn the network into a supernet: task
+        t's activation after a gated layer l is ``h + g[t] (block_l(h) − h)``. Gates need a network whose
+        every layer has one copy (e.g. ``space.hard_sharing(tasks)``), and return every task. Exact 0/1 gates
+        without gradient are a policy: they run as the :class:`~nas_mtl.graph.SharingGraph` of that policy
+        (``SharingGraph.from_policy``, each shared prefix once). Other gates (soft ones, or hard ones whose
+        gradient is needed) give each task its own stream from the first gated layer on: all streams run in
+        one call per block, interleaved along the batch, with BatchNorm statistics per stream
+        (:func:`stream_norms`), exactly as if each ran alone. Running statistics are shared by all paths
+        under gates (one update per stream, in stream order), as in the AdaShare reference.
+        """
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(
                 f"input: expected shape (B, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
             )
+        if gates is not None:
+            return self._gated_forward(x, gates)
         wanted = frozenset(self.graph.tasks if tasks is None else tasks)
         unknown = wanted - set(self.graph.tasks)
         if unknown:
             raise ValueError(f"tasks: unknown {sorted(unknown)}; network tasks are {list(self.graph.tasks)}")
-        steps, heads = self._plan(wanted)
+        return self._run_graph(x, self.graph, wanted)
+
+    def _run_graph(self, x: torch.Tensor, graph: SharingGraph, wanted: frozenset[str]) -> dict[str, torch.Tensor]:
+        """The prefix trie of ``graph`` (this network's, or a policy over its blocks) for the tasks ``wanted``."""
+        steps, heads = self._plan(wanted, graph)
         slots: dict[int, torch.Tensor] = {}
         for s in steps:
             h = x if s.parent < 0 else slots[s.parent]
@@ -173,7 +206,56 @@ class MultiTaskNetwork(nn.Module):
                 own = {name: held[key] for key, name in s.stat_names}
                 slots[s.node] = torch.func.functional_call(self.blocks[s.layer][s.copy], own, (h,))
         features = {slot: self.neck(slots[slot]) for slot in {slot for slot, _ in heads}}
-        return {self.graph.tasks[j]: self.heads[j](features[slot]) for slot, j in heads}
+        return {graph.tasks[j]: self.heads[j](features[slot]) for slot, j in heads}
+
+    # ------------------------------------------------------------------ gates (AdaShare)
+    def _gated_forward(self, x: Tensor, gates: Gates) -> dict[str, Tensor]:
+        if len(gates) != self.graph.num_layers:
+            raise ValueError(f"gates: expected {self.graph.num_layers} entries (one per layer), got {len(gates)}")
+        if any(len(row) != 1 for row in self.blocks):
+            raise ValueError("gates: need a network with one copy of every block (e.g. a hard-sharing graph)")
+        n = len(self.graph.tasks)
+        fixed = [g for g in gates if g is not None and not g.requires_grad]
+        values = torch.stack(fixed).tolist() if fixed else []  # one device-to-host copy
+        if len(fixed) == sum(g is not None for g in gates) and all(v in (0.0, 1.0) for row in values for v in row):
+            rows = iter(values)
+            select = [[True] * n if g is None else [v == 1.0 for v in next(rows)] for g in gates]
+            policy = SharingGraph.from_policy(self.graph.tasks, self.graph.layers, select, self.graph.skippable)
+            return self._run_graph(x, policy, frozenset(self.graph.tasks))
+        norms = self._stream_norms()
+        try:
+            return self._streamed_forward(x, gates, norms)
+        finally:  # a norm outside a streamed forward is a plain one
+            for layer_norms in norms:
+                for norm in layer_norms:
+                    norm.streams = 1
+
+    def _streamed_forward(self, x: Tensor, gates: Gates, norms: list[list[nn.Module]]) -> dict[str, Tensor]:
+        n = len(self.graph.tasks)
+        h, streams = x, 1  # streams: 1 (every task on one stream) until the first gated layer, then one per task
+        for layer, gate in enumerate(gates):
+            for norm in norms[layer]:
+                norm.streams = streams
+            y = self.blocks[layer][0](h)
+            if gate is None:
+                h = y
+                continue
+            if streams == 1 and n > 1:  # from here on each task has its own stream
+                h, y = _select_streams(h, 1, [0] * n), _select_streams(y, 1, [0] * n)
+                streams = n
+            hv, yv = _unstack(h, streams), _unstack(y, streams)
+            g = gate.view(1, -1, *([1] * (h.dim() - 1)))
+            h = (hv + g * (yv - hv)).reshape(h.shape)
+        features = _unstack(self.neck(h), streams).unbind(dim=1)  # backward: one stack, not G slice copies
+        if streams == 1:
+            features = features * n
+        return {t: self.heads[j](features[j].contiguous()) for j, t in enumerate(self.graph.tasks)}
+
+    def _stream_norms(self) -> list[list[nn.Module]]:
+        """Each layer's stream-aware BatchNorm layers (converted on first use: :func:`stream_norms`)."""
+        if self._norms is None:
+            self._norms = [stream_norms(row[0]) for row in self.blocks]
+        return self._norms
 
     # ------------------------------------------------------------------ structure
     def parameter_groups(self) -> dict[frozenset[str], list[nn.Parameter]]:
@@ -201,6 +283,141 @@ class MultiTaskNetwork(nn.Module):
         head_macs = {t: count_macs(h, fmap) for t, h in zip(self.graph.tasks, self.heads)}
         self.train(was_training)
         return self.graph.cost(costs.params, costs.macs, head_params, head_macs)
+
+
+def _unstack(h: Tensor, streams: int) -> Tensor:
+    """(B * streams, ...) interleaved -> (B, streams, ...) view."""
+    return h.reshape(-1, streams, *h.shape[1:])
+
+
+def _select_streams(h: Tensor, streams: int, index: Sequence[int]) -> Tensor:
+    """The interleaved streams ``index`` (in that order, repeats allowed) of ``h``."""
+    return _unstack(h, streams)[:, list(index)].reshape(-1, *h.shape[1:])
+
+
+# ---------------------------------------------------------------------- stream-aware BatchNorm
+class _StreamNorm:
+    """Mixin for a BatchNorm class: the batch holds ``streams`` interleaved streams (row ``b * streams + s`` is
+    sample b of stream s). In training each stream is normalised with its own batch statistics and the
+    running statistics get one update per stream, in stream order: exactly as if each stream ran alone.
+
+    One ``F.batch_norm`` call on the (B, streams * C, ...) view does it without copies: the layout makes
+    every (stream, channel) pair a channel of its own. :meth:`_after_norm` then applies whatever the class's
+    own forward does after its batch norm (per sample, so on all streams at once).
+    """
+
+    streams: int = 1
+
+    def _after_norm(self, y: Tensor) -> Tensor:
+        return y
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.streams
+        running = self.training and self.track_running_stats
+        if s == 1 or not (running or not self.track_running_stats):  # eval: running stats, per sample
+            return super().forward(x)
+        rest = x.shape[2:]
+        if self.momentum is None:  # cumulative average: run the streams one by one
+            view = x.reshape(-1, s, x.shape[1], *rest)
+            alone = super().forward
+            return torch.stack([alone(view[:, i]) for i in range(s)], dim=1).reshape(x.shape)
+        mean = var = None
+        if running:
+            self.num_batches_tracked.add_(s)
+            mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        weight = None if self.weight is None else self.weight.repeat(s)
+        bias = None if self.bias is None else self.bias.repeat(s)
+        y = F.batch_norm(x.reshape(-1, s * x.shape[1], *rest), mean, var, weight, bias, True, self.momentum, self.eps)
+        if running:
+            with torch.no_grad():
+                _fold_updates(self.running_mean, mean, s, self.momentum)
+                _fold_updates(self.running_var, var, s, self.momentum)
+        # not a view of y for autograd: blocks apply in-place ops (ReLU, +=) to their norms' outputs, which on
+        # a view would cost a CopySlices copy and non-contiguous gradients in the backward
+        return self._after_norm(torch.ops.aten._unsafe_view(y, x.shape))
+
+
+def _fold_updates(running: Tensor, updated: Tensor, streams: int, momentum: float) -> None:
+    """Replace ``running`` by ``streams`` sequential momentum updates, given each one applied alone
+    (``updated[s] = (1 - m) running + m stat_s``)."""
+    keep = 1.0 - momentum
+    steps = updated.view(streams, -1) - keep * running
+    decay = keep ** torch.arange(streams - 1, -1, -1, dtype=running.dtype, device=running.device)
+    running.mul_(keep**streams).add_((decay[:, None] * steps).sum(dim=0))
+
+
+class StreamBatchNorm1d(_StreamNorm, nn.BatchNorm1d):
+    """:class:`torch.nn.BatchNorm1d` over interleaved streams (see :func:`stream_norms`)."""
+
+
+class StreamBatchNorm2d(_StreamNorm, nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` over interleaved streams (see :func:`stream_norms`)."""
+
+
+class StreamBatchNorm3d(_StreamNorm, nn.BatchNorm3d):
+    """:class:`torch.nn.BatchNorm3d` over interleaved streams (see :func:`stream_norms`)."""
+
+
+class StreamBatchNormAct2d(_StreamNorm, BatchNormAct2d):
+    """timm's ``BatchNormAct2d`` over interleaved streams: batch norm, then ``self.drop``, then ``self.act``."""
+
+    def _after_norm(self, y: Tensor) -> Tensor:
+        return self.act(self.drop(y))
+
+
+_STREAM_CLASSES: dict[object, type] = {
+    nn.BatchNorm1d.forward: StreamBatchNorm1d,
+    BatchNormAct2d.forward: StreamBatchNormAct2d,
+}
+"""Stream class by the norm's ``forward`` (torch's 1d/2d/3d share one): only forwards known to be reproduced."""
+
+
+def stream_norms(module: nn.Module) -> list[nn.Module]:
+    """Replace every BatchNorm layer of ``module`` by its stream-aware twin (:class:`StreamBatchNorm2d`, ...) and
+    return them; the twins hold the same parameter and buffer tensors under the same state-dict keys, like
+    :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`. With ``streams = 1`` a twin is the layer itself.
+
+    Raises TypeError (before replacing any) for a BatchNorm subclass with a forward of its own, which a twin
+    cannot reproduce exactly.
+    """
+    found = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if any(name == "" for name, _ in found):
+        raise ValueError("stream_norms: pass the module that holds the BatchNorm layer, not the layer itself")
+    plan = []
+    for name, m in found:
+        if isinstance(m, _StreamNorm):
+            plan.append((name, m, None))
+            continue
+        cls = _STREAM_CLASSES.get(type(m).forward)
+        if cls is StreamBatchNorm1d:
+            cls = {1: StreamBatchNorm1d, 2: StreamBatchNorm2d, 3: StreamBatchNorm3d}.get(_dims(m), StreamBatchNorm2d)
+        if cls is None:
+            raise TypeError(
+                f"BatchNorm subclass {type(m).__module__}.{type(m).__qualname__} has its own forward, which the "
+                f"stream-aware BatchNorm cannot reproduce exactly; supported: torch's BatchNorm1d/2d/3d and timm's "
+                f"BatchNormAct2d"
+            )
+        plan.append((name, m, cls))
+    out = []
+    for name, m, cls in plan:
+        if cls is None:
+            out.append(m)
+            continue
+        twin = cls.__new__(cls)
+        nn.Module.__init__(twin)
+        twin.__dict__.update({k: v for k, v in m.__dict__.items() if k != "training"})
+        twin.training = m.training
+        path, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(path) if path else module, attr, twin)
+        out.append(twin)
+    return out
+
+
+def _dims(norm: nn.Module) -> int:
+    for cls, d in ((nn.BatchNorm1d, 1), (nn.BatchNorm2d, 2), (nn.BatchNorm3d, 3)):
+        if isinstance(norm, cls):
+            return d
+    return 2
 
 
 def _path_statistics(graph: SharingGraph, blocks: nn.ModuleList) -> nn.ModuleDict:
@@ -252,3 +469,14 @@ def _source_block(
             raise GraphError(f"inherit: source network runs no copy of layer {graph.layers[layer]!r}")
         src_copy = max(set(row), key=row.count)
     return source.blocks[layer][src_copy]
+
+
+__all__ = [
+    "Gates",
+    "MultiTaskNetwork",
+    "StreamBatchNorm1d",
+    "StreamBatchNorm2d",
+    "StreamBatchNorm3d",
+    "StreamBatchNormAct2d",
+    "stream_norms",
+]

@@ -246,3 +246,13 @@ def history_plot(
     if complete or pruned:
         ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+__all__ = [
+    "draw_topology",
+    "heatmap",
+    "history_plot",
+    "pareto_front",
+    "pareto_plot",
+    "save_figure",
+]

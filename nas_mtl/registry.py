@@ -51,3 +51,8 @@ class Registry(Generic[T]):
         except TypeError as err:
             raise TypeError(f"{self.kind} {name!r}: {err}; parameters: {list(signature.parameters)}") from None
         return self._factories[name](**kwargs)
+
+
+__all__ = [
+    "Registry",
+]

@@ -143,3 +143,15 @@ def _layer_list(value: Any, names: tuple[str, ...], allowed: tuple[str, ...], ke
         if v not in allowed:
             raise fail(key, f"block {v!r} is not allowed here (allowed: {list(allowed)})")
     return tuple(n for n in names if n in value)
+
+
+__all__ = [
+    "ENV_DIRS",
+    "FORMAT",
+    "SearchSpace",
+    "find_search_space",
+    "list_search_spaces",
+    "load_search_space",
+    "parse_search_space",
+    "search_space_dirs",
+]

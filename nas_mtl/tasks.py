@@ -516,3 +516,21 @@ def _histogram_median(hist: Tensor, width: float) -> float:
     k = int(torch.searchsorted(cum, torch.tensor(total / 2, dtype=cum.dtype)))
     before = float(cum[k - 1]) if k > 0 else 0.0
     return (k + (total / 2 - before) / float(hist[k])) * width
+
+
+__all__ = [
+    "ANGLE_BIN_DEGREES",
+    "ClassificationTask",
+    "DenseHead",
+    "DenseRegressionTask",
+    "MetricMeter",
+    "MultiLabelTask",
+    "RegressionTask",
+    "SegmentationTask",
+    "Stats",
+    "SurfaceNormalTask",
+    "TASK_KINDS",
+    "TaskSpec",
+    "create_task",
+    "pooled_head",
+]

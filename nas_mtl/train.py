@@ -401,3 +401,22 @@ def _check_resumable(
     if saved["balancer"] is None:  # checkpoints written before the balancer was recorded
         now["balancer"] = None
     check_settings(saved, now, path, "checkpoint")
+
+
+__all__ = [
+    "CHECKPOINT",
+    "DEVICES",
+    "Metrics",
+    "NONFINITE",
+    "OPTIMIZERS",
+    "RESULT",
+    "SCHEDULERS",
+    "StepContext",
+    "StepHook",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "resolve_device",
+    "seed_everything",
+    "train",
+]

@@ -68,3 +68,28 @@ def test_no_module_imports_another_modules_private_names():
             if name.startswith("nas_mtl"):
                 private = [n for n in names if n.startswith("_")]
                 assert not private, f"{_module(path)} imports {private} from {name}"
+
+
+def test_every_module_lists_its_public_names():
+    """``__all__`` everywhere, naming only what the module defines or re-exports (each name resolves)."""
+    import importlib
+
+    for path in ROOT.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        listed = [
+            node.value
+            for node in tree.body
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+        ]
+        assert listed, f"{path}: no __all__"
+        module = importlib.import_module(_module(path))
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert not missing, f"{path}: __all__ names {missing}, which it does not define"
+
+
+def test_the_readme_module_table_covers_every_module():
+    readme = (ROOT.parent / "README.md").read_text()
+    table = readme.split("## What is where", 1)[1].split("\n## ", 1)[0]
+    for path in ROOT.rglob("*.py"):
+        if path.name != "__init__.py":
+            assert path.name in table, f"README's module table misses {path}"

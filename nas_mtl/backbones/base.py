@@ -146,3 +146,15 @@ BACKBONES: Registry[Backbone] = Registry("backbone")
 register_backbone = BACKBONES.register
 list_backbones = BACKBONES.names
 create_backbone = BACKBONES.create
+
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BlockInfo",
+    "LayerCosts",
+    "count_macs",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+]

@@ -89,3 +89,9 @@ def resnet_small(
         make_blocks,
         config=dict(in_chans=in_chans, input_size=[h, w], widths=list(widths), depths=list(depths)),
     )
+
+
+__all__ = [
+    "BasicBlock",
+    "resnet_small",
+]

@@ -282,3 +282,14 @@ def timm_vit(
     patch_size=8, depth=4, embed_dim=64, num_heads=2)``.
     """
     return _timm_backbone("timm_vit", model, in_chans, input_size, timm_kwargs)
+
+
+__all__ = [
+    "TimmTrunk",
+    "TokensToMap",
+    "ViTEmbed",
+    "timm_efficientnet",
+    "timm_resnet",
+    "timm_trunk",
+    "timm_vit",
+]

@@ -122,3 +122,14 @@ def create_balancer(spec: str, **kwargs: Any) -> Balancer:
     if both:
         raise ValueError(f"balancer {spec!r}: option(s) {both} given both in the spec and as keywords")
     return BALANCERS.create(name, **options, **kwargs)
+
+
+__all__ = [
+    "BALANCERS",
+    "Balancer",
+    "create_balancer",
+    "list_balancers",
+    "parse_balancer",
+    "parse_key_value",
+    "register_balancer",
+]

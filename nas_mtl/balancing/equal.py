@@ -20,3 +20,8 @@ class EqualWeights(Balancer):
     def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
         torch.stack(list(losses.values())).sum().backward()
         return dict.fromkeys(losses, 1.0)
+
+
+__all__ = [
+    "EqualWeights",
+]

@@ -243,3 +243,18 @@ class GroupedGradientBalancer(Balancer):
                 best = (len(s.group.tasks), s.matrix.shape[1])
                 report = {**dict.fromkeys(loss, 1.0), **dict(zip(s.group.tasks, reported.tolist()))}
         return report
+
+
+__all__ = [
+    "GRAM_CHUNK",
+    "GroupedGradientBalancer",
+    "ParamGroup",
+    "accumulate",
+    "check_multitask",
+    "gram64",
+    "gram_of",
+    "loss_values",
+    "parameter_groups",
+    "stack_rows",
+    "task_gradients",
+]

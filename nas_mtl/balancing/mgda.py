@@ -215,3 +215,14 @@ class MGDA(GroupedGradientBalancer):
 def mgda_ub(normalization: str = "none") -> MGDA:
     """MGDA-UB: MGDA with gradients w.r.t. the shared representation (``MGDA(mode="ub")``)."""
     return MGDA(mode="ub", normalization=normalization)
+
+
+__all__ = [
+    "MGDA",
+    "MODES",
+    "NORMALIZATIONS",
+    "mgda_ub",
+    "mgda_weights",
+    "normalizers",
+    "shared_trunk",
+]

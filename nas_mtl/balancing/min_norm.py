@@ -140,3 +140,11 @@ def _certified_active_set(g: np.ndarray, support: list[int]) -> np.ndarray | Non
             return None
         s = sorted([*s, r])
     return None
+
+
+__all__ = [
+    "MAX_ITER",
+    "STOP_CRIT",
+    "min_norm_2",
+    "min_norm_weights",
+]

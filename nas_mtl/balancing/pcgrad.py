@@ -93,3 +93,9 @@ class PCGrad(GroupedGradientBalancer):
         orders = torch.rand(n, n, generator=self._generator).argsort(dim=1).numpy()
         w = pcgrad_weights(gram, orders)
         return w, w
+
+
+__all__ = [
+    "PCGrad",
+    "pcgrad_weights",
+]

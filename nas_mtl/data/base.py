@@ -144,3 +144,19 @@ def standardize(train: Tensor, *others: Tensor, dims: tuple[int, ...]) -> tuple[
     mean = train.mean(dim=dims, keepdim=True)
     std = train.std(dim=dims, keepdim=True).clamp_min(1e-8)
     return [(x - mean) / std for x in (train, *others)], mean, std
+
+
+__all__ = [
+    "Batch",
+    "DATASETS",
+    "MultiTaskData",
+    "TensorMultiTaskDataset",
+    "check_ints",
+    "create_dataset",
+    "iterate_batches",
+    "list_datasets",
+    "register_dataset",
+    "select_names",
+    "select_tasks",
+    "standardize",
+]

@@ -87,3 +87,10 @@ def multidigits(
             "class_names": {t: [str(i) for i in range(10)] for t in ("left", "right")},
         },
     )
+
+
+__all__ = [
+    "SOURCE_FRACTIONS",
+    "SPLITS",
+    "multidigits",
+]

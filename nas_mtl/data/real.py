@@ -309,3 +309,17 @@ def celeba(
         **splits,
         info={"root": str(root), "attributes": list(names), "sizes": {k: len(v) for k, v in splits.items()}},
     )
+
+
+__all__ = [
+    "ATTR_FILE",
+    "CelebADataset",
+    "IMAGE_DIR",
+    "IMAGE_FOLDER",
+    "NpyFolderDataset",
+    "PARTITIONS",
+    "PARTITION_FILE",
+    "celeba",
+    "cityscapes",
+    "nyuv2",
+]

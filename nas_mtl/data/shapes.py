@@ -175,3 +175,15 @@ def shapes(
             "normalization": {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()},
         },
     )
+
+
+__all__ = [
+    "CLASS_NAMES",
+    "DISTANCE_OFFSET",
+    "NOISE_STD",
+    "PLANTED_GROUPS",
+    "SPLITS",
+    "STANDARDIZED",
+    "TASKS",
+    "shapes",
+]

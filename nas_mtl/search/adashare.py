@@ -41,25 +41,25 @@ iterations) and its choice of the "best" policy checkpoint by test-set metrics. 
 size 64 vs 16) are scaled down for CPU; for budgets of a few hundred policy steps, raise ``policy_lr`` and
 lower ``tau_decay`` (the reference takes ~8000 policy steps and ~300 temperature decays).
 
-Execution (why it is faster than the reference, which runs the whole backbone once per task per step):
-all streams of activations live in one tensor, interleaved along the batch (row ``b * G + s`` is sample b of
-stream s), and every block runs once per step on all of them. Blocks without a decision yet (the curriculum's
-early blocks, the non-skippable ones before the first decision) run once for all tasks. At a decided block
-with soft gates, or hard gates whose gradient is needed, every task continues on its own stream (the gradient
-of task t's gate needs ``block(h_t) − h_t``, so sharing a stream would merge gate gradients); hard gates
-without gradient (weight phase with ``hard_sampling``, final scoring) keep tasks with equal select/skip
-prefixes in one stream and skip skipped blocks, exactly what :class:`~nas_mtl.network.MultiTaskNetwork` runs.
+Execution: the supernet is a :class:`~nas_mtl.network.MultiTaskNetwork` with one copy of every block, run
+under gates (``network(x, gates=...)``), the executor every retrained graph uses too. Why it is faster than the
+reference, which runs the whole backbone once per task per step: blocks without a decision yet (the curriculum's
+early blocks, the non-skippable ones before the first decision) run once for all tasks; from the first decided
+block on, with soft gates or hard gates whose gradient is needed, every task continues on its own stream (the
+gradient of task t's gate needs ``block(h_t) − h_t``, so sharing a stream would merge gate gradients), all
+streams interleaved along the batch in one tensor so that a block runs once per step on all of them. Hard gates
+without gradient (weight phase with ``hard_sampling``, final scoring) are a policy, run as its
+:class:`~nas_mtl.graph.SharingGraph`: equal select/skip prefixes once, skipped blocks not at all.
 BatchNorm: the reference runs each task through the shared backbone in a separate call, so its BN layers
 share affine parameters and running statistics but normalise each task's activations with that task's
-batch statistics. :class:`_PerStreamBatchNorm` does the same in one call per layer, which keeps batching
-exact (timm's ``BatchNormAct2d`` included: its dropout and activation follow the norm; a BatchNorm subclass
-with another forward of its own is rejected with a TypeError). ``benchmarks/adashare.py`` measures both
-executions side by side.
+batch statistics. The stream-aware twins of :func:`~nas_mtl.network.stream_norms` do the same in one call per
+layer, which keeps batching exact (timm's ``BatchNormAct2d`` included: its dropout and activation follow the
+norm; a BatchNorm subclass with another forward of its own is rejected with a TypeError).
+``benchmarks/adashare.py`` measures both executions side by side.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -69,7 +69,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers.norm_act import BatchNormAct2d
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -77,6 +76,7 @@ from ..backbones import Backbone
 from ..config import nested, option, to_options
 from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
+from ..network import Gates, MultiTaskNetwork
 from ..progress import progress
 from ..runs import check_settings, load_checkpoint, save_atomic, write_json_atomic
 from ..space import SearchSpace
@@ -238,100 +238,10 @@ def policy_regularizer(logits: Tensor, active: int, config: AdaShareConfig) -> T
 
 
 # ---------------------------------------------------------------------- supernet
-class _PerStreamBatchNorm:
-    """Mixin for a BatchNorm class: the batch holds ``streams`` interleaved streams (row ``b * streams + s`` is
-    sample b of stream s). In training each stream is normalised with its own batch statistics and the
-    running statistics get one update per stream, in stream order: exactly as if each stream ran alone.
-
-    One ``F.batch_norm`` call on the (B, streams * C, ...) view does it without copies: the layout makes
-    every (stream, channel) pair a channel of its own. :meth:`_after_norm` then applies whatever the class's
-    own forward does after its batch norm (per sample, so on all streams at once).
-    """
-
-    streams: int = 1
-
-    def _after_norm(self, y: Tensor) -> Tensor:
-        return y
-
-    def forward(self, x: Tensor) -> Tensor:
-        s = self.streams
-        running = self.training and self.track_running_stats
-        if s == 1 or not (running or not self.track_running_stats):  # eval: running stats, per sample
-            return super().forward(x)
-        rest = x.shape[2:]
-        if self.momentum is None:  # cumulative average: run the streams one by one
-            view = x.reshape(-1, s, x.shape[1], *rest)
-            alone = super().forward
-            return torch.stack([alone(view[:, i]) for i in range(s)], dim=1).reshape(x.shape)
-        mean = var = None
-        if running:
-            self.num_batches_tracked.add_(s)
-            mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
-        weight = None if self.weight is None else self.weight.repeat(s)
-        bias = None if self.bias is None else self.bias.repeat(s)
-        y = F.batch_norm(x.reshape(-1, s * x.shape[1], *rest), mean, var, weight, bias, True, self.momentum, self.eps)
-        if running:
-            with torch.no_grad():
-                _fold_updates(self.running_mean, mean, s, self.momentum)
-                _fold_updates(self.running_var, var, s, self.momentum)
-        # not a view of y for autograd: blocks apply in-place ops (ReLU, +=) to their norms' outputs, which on
-        # a view would cost a CopySlices copy and non-contiguous gradients in the backward
-        return self._after_norm(torch.ops.aten._unsafe_view(y, x.shape))
-
-
-class _PerStreamBatchNormAct(_PerStreamBatchNorm):
-    """:class:`_PerStreamBatchNorm` for timm's ``BatchNormAct2d``: batch norm, then ``self.drop``, then ``self.act``."""
-
-    def _after_norm(self, y: Tensor) -> Tensor:
-        return self.act(self.drop(y))
-
-
-_PER_STREAM_MIXINS = {
-    nn.modules.batchnorm._BatchNorm.forward: _PerStreamBatchNorm,
-    BatchNormAct2d.forward: _PerStreamBatchNormAct,
-}
-"""Per-stream mixin by the norm class's ``forward``: only forwards known to be exactly reproduced."""
-
-
-def _fold_updates(running: Tensor, updated: Tensor, streams: int, momentum: float) -> None:
-    """Replace ``running`` by ``streams`` sequential momentum updates, given each one applied alone
-    (``updated[s] = (1 - m) running + m stat_s``)."""
-    keep = 1.0 - momentum
-    steps = updated.view(streams, -1) - keep * running
-    decay = keep ** torch.arange(streams - 1, -1, -1, dtype=running.dtype, device=running.device)
-    running.mul_(keep**streams).add_((decay[:, None] * steps).sum(dim=0))
-
-
-@functools.cache
-def _per_stream_class(cls: type) -> type:
-    mixin = _PER_STREAM_MIXINS.get(cls.forward)
-    if mixin is None:
-        raise TypeError(
-            f"adashare: BatchNorm subclass {cls.__module__}.{cls.__qualname__} has its own forward, which the "
-            f"per-stream BatchNorm cannot reproduce exactly; supported: torch's BatchNorm1d/2d/3d and timm's "
-            f"BatchNormAct2d"
-        )
-    return type(f"PerStream{cls.__name__}", (mixin, cls), {})
-
-
-def _per_stream_norms(block: nn.Module) -> list[nn.Module]:
-    """Turn ``block``'s BatchNorm layers into per-stream ones in place (same parameters and state keys).
-
-    Raises TypeError (before changing any) for a BatchNorm subclass whose forward is not known to be reproduced
-    exactly.
-    """
-    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m, cls in [(m, _per_stream_class(type(m))) for m in norms]:
-        m.__class__ = cls
-    return norms
-
-
-Gates = Sequence[Tensor | None]
-"""One entry per backbone layer: None (every task runs the block) or the (T,) select gates of the tasks."""
-
-
 class AdaShareSupernet(nn.Module):
-    """One copy of every backbone block, task heads and the policy logits (S skippable blocks, T tasks, 2).
+    """The search's network: a :class:`~nas_mtl.network.MultiTaskNetwork` with one copy of every backbone block
+    (hard sharing), run under gates (``network(x, gates=...)``), and the policy logits (S skippable blocks, T
+    tasks, 2).
 
     A task's activation after block l is ``h + u[l, t] (block_l(h) − h)``: the block when u = 1, the skip
     when u = 0 (the reference's ``fx * p_select + residual * p_skip``).
@@ -341,15 +251,25 @@ class AdaShareSupernet(nn.Module):
         super().__init__()
         self.tasks = tuple(t.name for t in tasks)
         self.policy_layers = tuple(policy_layers)
-        self.blocks = nn.ModuleList(backbone.build())
-        self._norms = [_per_stream_norms(b) for b in self.blocks]
-        self.neck = backbone.neck
-        self.heads = nn.ModuleList(t.build_head(backbone.feature_shape, backbone.input_shape[1:]) for t in tasks)
+        skippable = [backbone.layer_names[i] for i in self.policy_layers]
+        graph = SharingGraph.hard_sharing(self.tasks, backbone.layer_names, skippable)
+        blocks = backbone.build()  # blocks first, then heads: the initialisation order of the original supernet
+        heads = {t.name: t.build_head(backbone.feature_shape, backbone.input_shape[1:]) for t in tasks}
+        self.network = MultiTaskNetwork(graph, backbone, heads, inherit=blocks)
         # init_method "equal": both logits 0.5, p_select = 0.5
         self.logits = nn.Parameter(torch.full((len(self.policy_layers), len(self.tasks), 2), 0.5))
 
+    @property
+    def blocks(self) -> list[nn.Module]:
+        """The backbone blocks, one per layer."""
+        return [row[0] for row in self.network.blocks]
+
+    @property
+    def heads(self) -> nn.ModuleList:
+        return self.network.heads
+
     def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.named_parameters() if name != "logits"]
+        return list(self.network.parameters())
 
     def select_prob(self) -> Tensor:
         """(S, T) probability that task t selects policy block s."""
@@ -369,95 +289,21 @@ class AdaShareSupernet(nn.Module):
         if hard:  # exact 0/1 without gradient, so that the forward can share prefixes and skip blocks
             one_hot = (soft > 0.5).to(soft.dtype)
             gates = one_hot - soft.detach() + soft if grad else one_hot
-        out: list[Tensor | None] = [None] * len(self.blocks)
+        out: list[Tensor | None] = [None] * len(self.network.blocks)
         for row, layer in enumerate(self.policy_layers[start:]):
             out[layer] = gates[row]
         return out
 
     def fixed_gates(self, select: Sequence[Sequence[bool]]) -> Gates:
         """Hard 0/1 gates of a policy ``select[s][t]`` over the policy blocks."""
-        out: list[Tensor | None] = [None] * len(self.blocks)
+        out: list[Tensor | None] = [None] * len(self.network.blocks)
         for row, layer in zip(select, self.policy_layers):
             out[layer] = torch.tensor([float(bool(s)) for s in row], device=self.logits.device)
         return out
 
-    def _run(self, layer: int, h: Tensor, streams: int) -> Tensor:
-        """Block ``layer`` on ``streams`` interleaved streams in one call (BatchNorm statistics per stream)."""
-        for norm in self._norms[layer]:
-            norm.streams = streams
-        return self.blocks[layer](h)
-
     def forward(self, x: Tensor, gates: Gates) -> dict[str, Tensor]:
-        """Head outputs ``{task: prediction}`` under ``gates`` (see :data:`Gates`).
-
-        The activations of all streams live in one tensor, interleaved (row ``b * G + s``: sample b of stream
-        s), with ``members[s]`` the tasks of stream s; a block runs once on all of them.
-        """
-        if len(gates) != len(self.blocks):
-            raise ValueError(f"gates: expected {len(self.blocks)} entries (one per layer), got {len(gates)}")
-        per_task = [(t,) for t in range(len(self.tasks))]
-        h, members = x, [tuple(range(len(self.tasks)))]
-        # the values of the gates without gradient, all in one device-to-host copy: exact 0/1 ones take the hard path
-        fixed = [g for g in gates if g is not None and not g.requires_grad]
-        values = iter(torch.stack(fixed).tolist() if fixed else ())
-        for layer, gate in enumerate(gates):
-            chosen = next(values) if gate is not None and not gate.requires_grad else None
-            if gate is None:
-                h = self._run(layer, h, len(members))
-            elif chosen is not None and all(v in (0.0, 1.0) for v in chosen):
-                h, members = self._hard_step(layer, h, members, chosen)
-            else:  # soft gates, or hard ones whose gradient is needed: one stream per task from here on
-                y = self._run(layer, h, len(members))
-                if members != per_task:
-                    owner = [next(s for s, ts in enumerate(members) if t in ts) for t in range(len(self.tasks))]
-                    h, y = _select_streams(h, len(members), owner), _select_streams(y, len(members), owner)
-                    members = per_task
-                hv, yv = _unstack(h, len(members)), _unstack(y, len(members))
-                g = gate.view(1, -1, *([1] * (h.dim() - 1)))
-                h = (hv + g * (yv - hv)).reshape(h.shape)
-        features = _unstack(self.neck(h), len(members)).unbind(dim=1)  # backward: one stack, not G slice copies
-        out: dict[str, Tensor] = {}
-        for ts, f in zip(members, features):
-            f = f.contiguous()
-            for t in ts:
-                out[self.tasks[t]] = self.heads[t](f)
-        return {t: out[t] for t in self.tasks}
-
-    def _hard_step(
-        self, layer: int, h: Tensor, members: list[tuple[int, ...]], chosen: list[float]
-    ) -> tuple[Tensor, list[tuple[int, ...]]]:
-        """Exact 0/1 gates: split each stream into its skipping and its selecting tasks; the block runs once
-        on the streams with a selecting task, the skipping ones keep their activation."""
-        runs = [s for s, ts in enumerate(members) if any(chosen[t] for t in ts)]
-        y = None
-        if runs:
-            y = self._run(layer, h if len(runs) == len(members) else _select_streams(h, len(members), runs), len(runs))
-        new_members, sources = [], []
-        for s, ts in enumerate(members):
-            skip, run = tuple(t for t in ts if not chosen[t]), tuple(t for t in ts if chosen[t])
-            if skip:
-                new_members.append(skip)
-                sources.append((False, s))
-            if run:
-                new_members.append(run)
-                sources.append((True, runs.index(s)))
-        if all(from_y for from_y, _ in sources) and len(runs) == len(members):
-            return y, new_members
-        if not runs:
-            return h, new_members
-        hv, yv = _unstack(h, len(members)), _unstack(y, len(runs))
-        parts = [yv[:, i] if from_y else hv[:, i] for from_y, i in sources]
-        return torch.stack(parts, dim=1).reshape(-1, *h.shape[1:]), new_members
-
-
-def _unstack(h: Tensor, streams: int) -> Tensor:
-    """(B * streams, ...) interleaved -> (B, streams, ...) view."""
-    return h.reshape(-1, streams, *h.shape[1:])
-
-
-def _select_streams(h: Tensor, streams: int, index: Sequence[int]) -> Tensor:
-    """The interleaved streams ``index`` (in that order, repeats allowed) of ``h``."""
-    return _unstack(h, streams)[:, list(index)].reshape(-1, *h.shape[1:])
+        """Head outputs ``{task: prediction}`` under ``gates`` (see :meth:`MultiTaskNetwork.forward`)."""
+        return self.network(x, gates=gates)
 
 
 def task_losses(
@@ -781,3 +627,20 @@ def _method() -> SearchMethod:
         adashare_search,
         help="AdaShare: differentiable select/skip policy per block and task (Sun et al. 2020)",
     )
+
+
+__all__ = [
+    "AdaShareConfig",
+    "AdaShareSupernet",
+    "CHECKPOINT",
+    "FINALS",
+    "HISTORY",
+    "TRAIN",
+    "TRAIN_OPTIONS",
+    "adashare_search",
+    "depth_weights",
+    "policy_regularizer",
+    "sharing_loss",
+    "sparsity_loss",
+    "task_losses",
+]

@@ -59,3 +59,9 @@ def plot_policy_history(
         ax.title.set_fontsize(8)
     save_figure(fig, path)
     return Path(path)
+
+
+__all__ = [
+    "plot_policy",
+    "plot_policy_history",
+]

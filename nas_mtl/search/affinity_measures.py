@@ -236,3 +236,19 @@ def layer_similarity(features: Sequence[Sequence[Tensor]], measure: str) -> np.n
             for j in range(i + 1, num_tasks):
                 out[layer, i, j] = out[layer, j, i] = compare(summaries[i], summaries[j])
     return out
+
+
+__all__ = [
+    "AffinityRecorder",
+    "REPRESENTATION_MEASURES",
+    "TRAINING_MEASURES",
+    "centered_gram",
+    "cosine_matrix",
+    "layer_features",
+    "layer_similarity",
+    "linear_cka",
+    "lookahead_affinity",
+    "rdm",
+    "rsa_similarity",
+    "shared_parameters",
+]

@@ -72,3 +72,10 @@ def plot_layer_affinities(
             layers[n], tasks, tasks, name, fmt="{:.1f}", vmin=vmin, vmax=vmax, ax=fig.add_subplot(rows, cols, n + 1)
         )
     return save_figure(fig, path)
+
+
+__all__ = [
+    "plot_affinity",
+    "plot_dendrogram",
+    "plot_layer_affinities",
+]

@@ -623,3 +623,25 @@ def _method() -> SearchMethod:
         branch_search,
         help="Optuna tree search: TPE on Δm, or NSGA-II on Δm vs params/MACs; resumable, multi-process",
     )
+
+
+__all__ = [
+    "BranchSearchConfig",
+    "CLAIMED",
+    "FINISHED",
+    "GRACE_S",
+    "HEARTBEAT_S",
+    "POLL_S",
+    "PRUNERS",
+    "SAMPLERS",
+    "STUDY_ATTR",
+    "STUDY_FORMAT",
+    "Setup",
+    "TreeObjective",
+    "branch_search",
+    "create_branch_study",
+    "open_storage",
+    "plot_history",
+    "run_worker",
+    "suggest_tree",
+]

@@ -235,3 +235,17 @@ def _method() -> SearchMethod:
         exhaustive_search,
         help="score every tree (or select/skip policy) of a small space with the search proxy: the ground truth",
     )
+
+
+__all__ = [
+    "ExhaustiveConfig",
+    "KINDS",
+    "ScoreTable",
+    "TABLE",
+    "TABLE_FORMAT",
+    "candidate_graphs",
+    "count_candidates",
+    "count_trees",
+    "exhaustive_search",
+    "score_header",
+]

@@ -257,3 +257,20 @@ def _clustering_refinements(parent: Partition, dissimilarity: np.ndarray) -> lis
         label = {i: n for n, g in enumerate(_agglomerative(-dissimilarity, k)) for i in g}
         options.add(_canonical([[i for i in g if label[i] == n] for g in parent for n in range(k)]))
     return sorted(options)
+
+
+__all__ = [
+    "EXACT_MAX_TASKS",
+    "GROUPING_METHODS",
+    "Groups",
+    "Partition",
+    "TREE_EXACT_MAX_TASKS",
+    "check_affinity",
+    "check_grouping_args",
+    "check_params_budget",
+    "clustering_cost",
+    "group_tasks",
+    "layerwise_tree",
+    "partition_score",
+    "task_distance",
+]

@@ -255,3 +255,17 @@ def _subset(data: MultiTaskData, config: ProxyConfig) -> MultiTaskData:
     else:
         train_set = torch.utils.data.Subset(data.train, index.tolist())
     return dataclasses.replace(data, train=train_set)
+
+
+__all__ = [
+    "OBJECTIVES",
+    "PROXY_TRAIN",
+    "Proxy",
+    "ProxyConfig",
+    "REFERENCES",
+    "Report",
+    "Score",
+    "Scorer",
+    "graph_from_key",
+    "graph_key",
+]
