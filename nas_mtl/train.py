@@ -215,30 +215,247 @@ def _make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.opti
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
-def train(
-    network: MultiTaskNetwork,
-    data: MultiTaskData,
-    config: TrainConfig = TrainConfig(),
-    balancer: Balancer | None = None,
-    run_dir: str | Path | None = None,
-    desc: str = "train",
-    step_hooks: Sequence[StepHook] = (),
-) -> TrainResult:
-    """Train ``network`` on ``data.train``, evaluate on val/test; checkpoint each epoch in ``run_dir``.
+@dataclass(frozen=True)
+class EpochContext:
+    """What an epoch hook sees, after the epoch's validation and before its checkpoint.
+
+    ``record`` is the epoch's history entry (``epoch`` 1-based, ``train_loss``, ``val`` metrics, ``seconds``);
+    a hook may return a mapping of JSON values to add to it.
+    """
+
+    network: MultiTaskNetwork
+    epoch: int
+    record: Mapping[str, Any]
+
+
+EpochHook = Callable[[EpochContext], Mapping[str, Any] | None]
+
+
+class Trainer:
+    """One training run in parts: :meth:`restore` a checkpoint, :meth:`prepare` the balancer, :meth:`run_epoch`
+    (repeatable) and :meth:`save`, :meth:`close`, :meth:`finish`; :meth:`fit` (and :func:`train`) run them all.
+
+    Args:
+        network: the network to train (moved to ``config.device``).
+        data: trained on ``data.train``, validated on ``data.val`` every epoch, tested on ``data.test``.
+        config: the optimisation settings.
+        balancer: combines the task losses (default: their sum).
+        run_dir: checkpoint, result and manifest folder (None: nothing written).
+        desc: progress label.
+        step_hooks: see every step (:class:`StepContext`).
+        epoch_hooks: see every finished epoch (:class:`EpochContext`); may add to its history record.
+        state: objects with ``state_dict`` / ``load_state_dict`` (e.g. a search's own state) saved in the
+            checkpoint under their names and restored with it.
+    """
+
+    def __init__(
+        self,
+        network: MultiTaskNetwork,
+        data: MultiTaskData,
+        config: TrainConfig = TrainConfig(),
+        balancer: Balancer | None = None,
+        run_dir: str | Path | None = None,
+        desc: str = "train",
+        step_hooks: Sequence[StepHook] = (),
+        epoch_hooks: Sequence[EpochHook] = (),
+        state: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.network, self.data, self.config, self.desc = network, data, config, desc
+        self.balancer = balancer or EqualWeights()
+        self.step_hooks, self.epoch_hooks, self.state = tuple(step_hooks), tuple(epoch_hooks), dict(state or {})
+        self.device = resolve_device(config.device)
+        self.env = environment(self.device)  # what this session's numbers depend on (checkpoints, result.json)
+        network.to(self.device)
+        self.specs = [t for t in data.tasks if t.name in network.tasks]
+        _check_data(network, data, config, self.specs)
+        self.optimizer = _make_optimizer(network, config)
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(config.epochs, 1))
+            if config.scheduler == "cosine"
+            else None
+        )
+        self.history: list[dict[str, Any]] = []
+        self.epoch, self.elapsed, self.skipped = 0, 0.0, 0
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.checkpoint = None if self.run_dir is None else self.run_dir / CHECKPOINT
+        self._balancer_state: dict[str, Any] = {}
+
+    def fit(self) -> TrainResult:
+        """Restore, train the remaining epochs (checkpointing each), finish: the whole run."""
+        self.restore()
+        self.prepare()
+        try:
+            while self.epoch < self.config.epochs:
+                self.run_epoch()
+                self.save()
+        finally:
+            self.close()  # also when training stops with an error
+        return self.finish()
+
+    def restore(self) -> bool:
+        """Resume from the run folder's checkpoint, if any (same graph, balancer and config required:
+        :func:`~nas_mtl.runs.check_settings`); returns whether one was found."""
+        if self.checkpoint is None:
+            return False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.checkpoint.exists():
+            return False
+        state = load_checkpoint(self.checkpoint, self.device)
+        _check_resumable(state, self.network, self.config, self.balancer, self.checkpoint)
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.epoch, self.history = state["epoch"], list(state["history"])
+        self.elapsed, self.skipped = state["elapsed"], state.get("skipped", 0)
+        self._balancer_state = state.get("balancer", {})
+        for name, obj in self.state.items():
+            obj.load_state_dict(state["extra"][name])
+        if self.epoch < self.config.epochs:  # a finished run is only evaluated
+            _warn_if_environment_changed(state.get("env"), self.env, self.checkpoint)
+        return True
+
+    def prepare(self) -> None:
+        """Attach the balancer to the network (with its restored state); :meth:`close` detaches it."""
+        self.balancer.prepare(self.network)
+        if self._balancer_state:
+            self.balancer.load_state_dict(self._balancer_state)
+
+    def close(self) -> None:
+        self.balancer.detach()
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch on ``data.train``, validate, run the epoch hooks; returns the history record.
+
+        A non-finite task loss or gradient (checked after the balancer, which may raise it itself) raises
+        ``FloatingPointError`` naming the task or parameters (config ``on_nonfinite="raise"``) before any
+        weight is touched, or skips that step with a warning (``"skip"``).
+        """
+        network, config, device, epoch = self.network, self.config, self.device, self.epoch
+        t0 = time.perf_counter()
+        network.train()
+        order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        sums: dict[str, float] = dict.fromkeys(network.tasks, 0.0)
+        seen = 0
+        batches = iterate_batches(self.data.train, config.batch_size, shuffle=True, generator=order, drop_last=True)
+        steps = len(self.data.train) // config.batch_size
+        bar = progress(batches, f"{self.desc} {epoch + 1}/{config.epochs}", config.progress, total=steps)
+        skipping = config.on_nonfinite == "skip"
+        for step, (x, y) in enumerate(bar):
+            x = x.to(device)
+            # a skipped step must not leave its batch in the BatchNorm running statistics either
+            kept_buffers = [b.detach().clone() for b in network.buffers()] if skipping else None
+            out = network(x)
+            losses = {}
+            for t in self.specs:
+                target = y[t.name].to(device)
+                if step == 0:
+                    t.validate_target(target, x.shape[0])
+                losses[t.name] = t.loss(out[t.name], target)
+            bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
+            problem = f"non-finite loss for task(s) {bad}" if bad else None
+            if problem is None:
+                for hook in self.step_hooks:
+                    hook(StepContext(network, x, y, losses, epoch, step))
+                self.optimizer.zero_grad(set_to_none=True)
+                try:
+                    balanced_backward(self.balancer, losses, network)
+                except FloatingPointError as err:
+                    problem = str(err)
+            if problem is not None:
+                where = f"epoch {epoch + 1} step {step + 1}"
+                if config.on_nonfinite == "raise":
+                    kept = f"; last checkpoint kept at {self.checkpoint}" if self.checkpoint else ""
+                    raise FloatingPointError(f"{problem} at {where}{kept}")
+                warnings.warn(f"skipping step: {problem} at {where}", stacklevel=2)
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for buf, old in zip(network.buffers(), kept_buffers):
+                        buf.copy_(old)
+                self.skipped += 1
+                continue
+            self.optimizer.step()
+            for k, v in losses.items():
+                sums[k] += float(v.detach()) * x.shape[0]
+            seen += x.shape[0]
+            if config.progress:
+                bar.set_postfix(loss=f"{sum(float(v.detach()) for v in losses.values()):.3f}")
+        if self.scheduler is not None:
+            self.scheduler.step()
+        val = evaluate(network, self.data.val, self.specs, config.eval_batch_size, device)
+        self.elapsed += time.perf_counter() - t0
+        train_loss = {k: v / max(seen, 1) for k, v in sums.items()}
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": self.elapsed}
+        for hook in self.epoch_hooks:
+            record.update(hook(EpochContext(network, epoch + 1, record)) or {})
+        self.history.append(record)
+        self.epoch += 1
+        return record
+
+    def save(self) -> None:
+        """Checkpoint the run (atomically) in its run folder; nothing without one."""
+        if self.checkpoint is None:
+            return
+        save_atomic(
+            {
+                "epoch": self.epoch,
+                "model": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "rng": torch.get_rng_state(),
+                "balancer": self.balancer.state_dict(),
+                "balancer_spec": self.balancer.spec,
+                "history": self.history,
+                "elapsed": self.elapsed,
+                "skipped": self.skipped,
+                "graph": self.network.graph.to_dict(),
+                "config": self.config.to_dict(),
+                "env": self.env,
+                **({"extra": {name: obj.state_dict() for name, obj in self.state.items()}} if self.state else {}),
+            },
+            self.checkpoint,
+        )
+
+    def finish(self) -> TrainResult:
+        """Evaluate on the test set (validation: the last epoch's) and write the run folder's results."""
+        c = self.config
+        if self.history:
+            val = self.history[-1]["val"]
+        else:
+            val = evaluate(self.network, self.data.val, self.specs, c.eval_batch_size, self.device)
+        test = evaluate(self.network, self.data.test, self.specs, c.eval_batch_size, self.device)
+        result = TrainResult(val, test, tuple(self.history), self.elapsed, self.skipped, env=self.env)
+        if self.run_dir is not None:
+            self.network.graph.save(self.run_dir / "graph.json")
+            write_json_atomic(network_manifest(self.network, self.specs), self.run_dir / MODEL_MANIFEST)
+            write_json_atomic(result.to_dict(), self.run_dir / RESULT)
+        return result
+
+
+def train(*args: Any, **kwargs: Any) -> TrainResult:
+    """Train ``network`` on ``data.train``, evaluate on val/test; checkpoint each epoch in ``run_dir``:
+    ``Trainer(network, data, config, balancer, run_dir, desc, step_hooks, epoch_hooks).fit()`` (see
+    :class:`Trainer` for the arguments).
 
     With ``run_dir``, an existing checkpoint there is resumed (same graph, balancer spec and config required:
-    :func:`~nas_mtl.runs.check_settings`) and the result is written to ``run_dir/result.json``. A non-finite task loss
-    or gradient (checked after the balancer, which may raise it itself) raises ``FloatingPointError``
-    naming the task or parameters (config ``on_nonfinite="raise"``) before any weight is touched, or
-    skips that step with a warning (``"skip"``); finished epochs stay in the checkpoint.
-    ``step_hooks`` observe every step (see :class:`StepContext`), e.g. to measure task affinity.
-    The balancer is prepared on ``network`` before the first step and detached after the last.
+    :func:`~nas_mtl.runs.check_settings`) and the result is written to ``run_dir/result.json``; finished
+    epochs stay in the checkpoint whatever stops the run. ``step_hooks`` observe every step (see
+    :class:`StepContext`, e.g. to measure task affinity), ``epoch_hooks`` every epoch (:class:`EpochContext`,
+    e.g. to report a score). The balancer is prepared on ``network`` before the first step and detached after
+    the last.
     """
-    balancer = balancer or EqualWeights()
-    device = resolve_device(config.device)
-    env = environment(device)  # what this session's numbers depend on (checkpoints and result.json)
-    network.to(device)
-    specs = [t for t in data.tasks if t.name in network.tasks]
+    return Trainer(*args, **kwargs).fit()
+
+
+def balanced_backward(balancer: Balancer, losses: Mapping[str, torch.Tensor], network: MultiTaskNetwork) -> None:
+    """``balancer.backward`` then a check of the gradients: FloatingPointError naming the parameters whose
+    gradient has a NaN/inf (the balancer may raise it itself, naming the task)."""
+    balancer.backward(losses, network)
+    _check_gradients(network, balancer)
+
+
+def _check_data(network: MultiTaskNetwork, data: MultiTaskData, config: TrainConfig, specs: Sequence) -> None:
     missing = sorted(set(network.tasks) - {t.name for t in specs})
     if missing:
         raise ValueError(f"dataset {data.name!r} has no task(s) {missing}; it has {list(data.task_names)}")
@@ -252,122 +469,6 @@ def train(
             f"batch_size: {config.batch_size} is larger than the {len(data.train)} training samples of "
             f"{data.name!r} (incomplete batches are dropped, so no step would be taken)"
         )
-    optimizer = _make_optimizer(network, config)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
-        if config.scheduler == "cosine"
-        else None
-    )
-    history: list[dict[str, Any]] = []
-    start_epoch, elapsed, skipped = 0, 0.0, 0
-    balancer_state: dict[str, Any] = {}
-    ckpt_path = None
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_path = run_dir / CHECKPOINT
-        if ckpt_path.exists():
-            state = load_checkpoint(ckpt_path, device)
-            _check_resumable(state, network, config, balancer, ckpt_path)
-            network.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if scheduler is not None and state.get("scheduler"):
-                scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"])
-            start_epoch, history = state["epoch"], list(state["history"])
-            elapsed, skipped = state["elapsed"], state.get("skipped", 0)
-            balancer_state = state.get("balancer", {})
-            if start_epoch < config.epochs:  # a finished run is only evaluated
-                _warn_if_environment_changed(state.get("env"), env, ckpt_path)
-    balancer.prepare(network)
-    if balancer_state:
-        balancer.load_state_dict(balancer_state)
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            t0 = time.perf_counter()
-            network.train()
-            order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            sums: dict[str, float] = dict.fromkeys(network.tasks, 0.0)
-            seen = 0
-            batches = iterate_batches(data.train, config.batch_size, shuffle=True, generator=order, drop_last=True)
-            steps = len(data.train) // config.batch_size
-            bar = progress(batches, f"{desc} {epoch + 1}/{config.epochs}", config.progress, total=steps)
-            skipping = config.on_nonfinite == "skip"
-            for step, (x, y) in enumerate(bar):
-                x = x.to(device)
-                # a skipped step must not leave its batch in the BatchNorm running statistics either
-                kept_buffers = [b.detach().clone() for b in network.buffers()] if skipping else None
-                out = network(x)
-                losses = {}
-                for t in specs:
-                    target = y[t.name].to(device)
-                    if step == 0:
-                        t.validate_target(target, x.shape[0])
-                    losses[t.name] = t.loss(out[t.name], target)
-                bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
-                problem = f"non-finite loss for task(s) {bad}" if bad else None
-                if problem is None:
-                    for hook in step_hooks:
-                        hook(StepContext(network, x, y, losses, epoch, step))
-                    optimizer.zero_grad(set_to_none=True)
-                    try:
-                        balancer.backward(losses, network)
-                        _check_gradients(network, balancer)
-                    except FloatingPointError as err:
-                        problem = str(err)
-                if problem is not None:
-                    where = f"epoch {epoch + 1} step {step + 1}"
-                    if config.on_nonfinite == "raise":
-                        kept = f"; last checkpoint kept at {ckpt_path}" if ckpt_path else ""
-                        raise FloatingPointError(f"{problem} at {where}{kept}")
-                    warnings.warn(f"skipping step: {problem} at {where}", stacklevel=2)
-                    optimizer.zero_grad(set_to_none=True)
-                    with torch.no_grad():
-                        for buf, old in zip(network.buffers(), kept_buffers):
-                            buf.copy_(old)
-                    skipped += 1
-                    continue
-                optimizer.step()
-                for k, v in losses.items():
-                    sums[k] += float(v.detach()) * x.shape[0]
-                seen += x.shape[0]
-                if config.progress:
-                    bar.set_postfix(loss=f"{sum(float(v.detach()) for v in losses.values()):.3f}")
-            if scheduler is not None:
-                scheduler.step()
-            val = evaluate(network, data.val, specs, config.eval_batch_size, device)
-            elapsed += time.perf_counter() - t0
-            train_loss = {k: v / max(seen, 1) for k, v in sums.items()}
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": elapsed})
-            if ckpt_path is not None:
-                save_atomic(
-                    {
-                        "epoch": epoch + 1,
-                        "model": network.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                        "rng": torch.get_rng_state(),
-                        "balancer": balancer.state_dict(),
-                        "balancer_spec": balancer.spec,
-                        "history": history,
-                        "elapsed": elapsed,
-                        "skipped": skipped,
-                        "graph": network.graph.to_dict(),
-                        "config": config.to_dict(),
-                        "env": env,
-                    },
-                    ckpt_path,
-                )
-    finally:
-        balancer.detach()  # also when training stops with an error
-    val = history[-1]["val"] if history else evaluate(network, data.val, specs, config.eval_batch_size, device)
-    test = evaluate(network, data.test, specs, config.eval_batch_size, device)
-    result = TrainResult(val, test, tuple(history), elapsed, skipped, env=env)
-    if run_dir is not None:
-        network.graph.save(run_dir / "graph.json")
-        write_json_atomic(network_manifest(network, specs), run_dir / MODEL_MANIFEST)
-        write_json_atomic(result.to_dict(), run_dir / RESULT)
-    return result
 
 
 def _warn_if_environment_changed(saved: Mapping[str, Any] | None, now: Mapping[str, Any], path: Path) -> None:

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -461,3 +462,49 @@ def test_search_rejects_unknown_task_weights_and_spaces_without_skips(data, spac
     no_skip = SearchSpace("flat", space.backbone, space.layers, ())
     with pytest.raises(ValueError, match="no skippable blocks"):
         adashare_search(data, no_skip, _config())
+
+
+def test_a_balancer_takes_over_the_weight_updates_and_only_them(data, space):
+    """balancer = NAME: every weight step (warm-up and weight phase) goes through the balancer, with the task
+    losses weighted by task_weights, on the supernet's shared parameter groups; policy steps never do."""
+    from nas_mtl.balancing import Balancer, list_balancers, register_balancer
+
+    calls: list[tuple[frozenset, dict[str, float]]] = []
+    if "recording-test" not in list_balancers():
+
+        @register_balancer("recording-test")
+        class Recording(Balancer):
+            name = "recording-test"
+
+            def prepare(self, network):
+                self.groups = frozenset(network.parameter_groups())
+                return super().prepare(network)
+
+            def backward(self, losses, network):
+                calls.append((self.groups, {k: float(v.detach()) for k, v in losses.items()}))
+                sum(losses.values()).backward()
+                return dict.fromkeys(losses, 1.0)
+
+    weights = {"sign": 2.0, "level": 0.5}
+    cfg = _config(epochs=2, warmup_epochs=1, weight_steps=2, policy_steps=3, task_weights=weights)
+    plain = adashare_search(data, space, cfg)
+    balanced = adashare_search(data, space, dataclasses.replace(cfg, balancer="recording-test"))
+    # warm-up: one pass of 64 // 16 = 4 steps; two rounds of 2 weight steps; no policy step
+    assert len(calls) == 4 + 2 * 2
+    assert all(frozenset(t for g in groups for t in g) == {"sign", "level", "parity"} for groups, _ in calls)
+    weighted = calls[0][1]
+    calls.clear()
+    adashare_search(data, space, dataclasses.replace(cfg, balancer="recording-test", task_weights={}))
+    unweighted = calls[0][1]  # the same first step (same init and batch) without weights
+    for task in ("sign", "level", "parity"):
+        assert weighted[task] == pytest.approx(weights.get(task, 1.0) * unweighted[task], rel=1e-6)
+    # a balancer that sums is the plain weighted sum: the same search (up to summation order)
+    for a, b in zip(plain.info["history"], balanced.info["history"]):
+        for t in a["train_loss"]:
+            assert a["train_loss"][t] == pytest.approx(b["train_loss"][t], rel=1e-4)
+    for name in ("mgda", "pcgrad"):  # the real ones run on the supernet's parameter groups
+        found = adashare_search(data, space, dataclasses.replace(cfg, balancer=name))
+        space.check_graph(found.graph)
+        assert found.info["history"] != plain.info["history"]
+    with pytest.raises(ValueError, match="adashare config: balancer: "):
+        dataclasses.replace(cfg, balancer="magic")

@@ -21,16 +21,10 @@ from nas_mtl.study import parse_study, run_study
 
 PINNED = Path(__file__).parent / "data" / "pinned_study.json"
 THREADS = 1
-SPACE = """
-format = "nas_mtl.search_space/1"
-[backbone]
-name = "resnet_small"
-widths = [4]
-depths = [3]
-[layers]
-branchable = ["s0.b1", "s0.b2"]
-skippable = ["s0.b1", "s0.b2"]
-"""
+SPACE = {
+    "backbone": {"name": "resnet_small", "widths": [4], "depths": [3]},
+    "layers": {"branchable": ["s0.b1", "s0.b2"], "skippable": ["s0.b1", "s0.b2"]},
+}
 STUDY = {
     "format": "nas_mtl.study/1",
     "name": "pinned",
@@ -85,7 +79,10 @@ def _strip(value: Any) -> Any:
 
 def pinned_numbers(tmp: Path) -> dict[str, Any]:
     """Run the tiny study in ``tmp`` (at :data:`THREADS` threads) and return its results without times."""
-    (tmp / "space.toml").write_text(SPACE)
+    lines = ['format = "nas_mtl.search_space/1"']
+    for table, values in SPACE.items():  # JSON strings, numbers and lists are TOML too
+        lines += [f"[{table}]", *(f"{k} = {json.dumps(v)}" for k, v in values.items())]
+    (tmp / "space.toml").write_text("\n".join(lines) + "\n")
     spec = parse_study({**STUDY, "space": {"name": str(tmp / "space.toml")}}, source="pinned")
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)

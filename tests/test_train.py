@@ -265,3 +265,58 @@ def test_resuming_with_another_thread_count_warns_and_names_the_change(tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # finished: read back and evaluated, whatever the threads
         train(_net(), _data(), CFG, run_dir=tmp_path)
+
+
+def test_epoch_hooks_see_the_end_of_epoch_network_and_extend_the_history():
+    from nas_mtl.train import evaluate
+
+    data, seen = _data(), []
+
+    def hook(ctx):
+        seen.append(evaluate(ctx.network, data.val, TASKS, device="cpu"))
+        assert ctx.record["val"] == seen[-1] and ctx.record["epoch"] == ctx.epoch
+        return {"mark": 10 * ctx.epoch}
+
+    result = train(_net(), data, CFG, epoch_hooks=[hook])
+    assert [h["mark"] for h in result.history] == [10, 20, 30] and len(seen) == 3
+    assert result.val == seen[-1]  # the last epoch's validation is the result's
+
+
+def test_trainer_parts_checkpoint_extra_state_and_resume_bitwise(tmp_path):
+    """restore / run_epoch / save by hand, with a state of the caller's in the checkpoint: stopping after one
+    epoch and resuming in a new Trainer gives bitwise the weights of train() run straight through."""
+    from nas_mtl.train import Trainer
+
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def state_dict(self):
+            return {"n": self.n}
+
+        def load_state_dict(self, state):
+            self.n = state["n"]
+
+    data, counter = _data(), Counter()
+    first = Trainer(_net(), data, CFG, run_dir=tmp_path / "run", state={"counter": counter})
+    assert first.restore() is False
+    first.prepare()
+    first.run_epoch()
+    counter.n = 7
+    first.save()
+    first.close()
+    again = Trainer(_net(1), data, CFG, run_dir=tmp_path / "run", state={"counter": Counter()})
+    assert again.restore() is True and again.epoch == 1
+    restored = again.state["counter"]
+    assert restored.n == 7
+    again.prepare()
+    while again.epoch < CFG.epochs:
+        again.run_epoch()
+        again.save()
+    again.close()
+    resumed = again.finish()
+    straight_net = _net()
+    straight = train(straight_net, data, CFG)
+    assert resumed.test == straight.test
+    for a, b in zip(again.network.state_dict().values(), straight_net.state_dict().values()):
+        assert torch.equal(a, b)

@@ -73,6 +73,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..backbones import Backbone
+from ..balancing import create_balancer
 from ..config import nested, option, to_options
 from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
@@ -81,7 +82,7 @@ from ..progress import progress
 from ..runs import check_settings, load_checkpoint, save_atomic, write_json_atomic
 from ..space import SearchSpace
 from ..tasks import TaskSpec
-from ..train import TrainConfig, resolve_device, seed_everything
+from ..train import TrainConfig, balanced_backward, resolve_device, seed_everything
 from . import SearchMethod, SearchResult, register_search_method
 
 SELECT, SKIP = 0, 1
@@ -122,6 +123,9 @@ class AdaShareConfig:
         final: sample (draw ``num_samples`` policies, keep the lowest validation loss) or argmax.
         num_samples: policies drawn with final = sample.
         task_weights: loss weight per task, TASK=W (the reference's ``lambdas``); missing tasks weigh 1.
+        balancer: how the weight updates (warm-up and weight phase) combine the weighted task losses: equal
+            (their sum, the reference), or any loss balancer (NAME or NAME:KEY=VALUE,..., e.g. mgda or pcgrad) on
+            the shared parameters; the policy logits always follow the weighted sum plus the regularisers.
     """
 
     train: TrainConfig = nested(
@@ -148,6 +152,7 @@ class AdaShareConfig:
     final: str = option("sample", choices=FINALS)
     num_samples: int = 8
     task_weights: Mapping[str, float] = option(default_factory=dict, flags=("--task-weight",))
+    balancer: str = "equal"
 
     def __post_init__(self) -> None:
         def fail(name: str, want: str) -> ValueError:
@@ -196,6 +201,10 @@ class AdaShareConfig:
         ):
             raise fail("task_weights", "a mapping task -> finite number >= 0")
         object.__setattr__(self, "task_weights", {k: float(v) for k, v in self.task_weights.items()})
+        try:
+            create_balancer(self.balancer)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"adashare config: balancer: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """The flat options (what the CLI and study files set; recorded in checkpoints and results)."""
@@ -359,6 +368,10 @@ class _Search:
         self.blocks = tuple(space.layers[i] for i in policy_layers)
         self.gumbel = torch.Generator().manual_seed(config.train.seed)
         self.policy_opt = torch.optim.Adam([self.net.logits], lr=config.policy_lr)
+        # None: the reference's weighted sum; else a balancer on the weight updates (detached by close())
+        self.balancer = (
+            None if config.balancer == "equal" else create_balancer(config.balancer).prepare(self.net.network)
+        )
         self.weight_opt = self._weight_optimizer(search=False)  # replaced by SGD at search round 0
         self.epoch, self.elapsed, self.history = 0, 0.0, []
 
@@ -377,7 +390,10 @@ class _Search:
         for t in self.data.tasks:
             t.validate_target(y[t.name], x.shape[0])
 
-    def _loss(self, x: Tensor, y: Mapping[str, Tensor], gates: Gates, where: str) -> tuple[Tensor, dict]:
+    def _loss(
+        self, x: Tensor, y: Mapping[str, Tensor], gates: Gates, where: str
+    ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
+        """The weighted total, the per-task values (checked finite) and the per-task loss tensors."""
         losses = task_losses(
             self.net(x.to(self.device), gates), {k: v.to(self.device) for k, v in y.items()}, self.data.tasks
         )
@@ -386,7 +402,7 @@ class _Search:
         if bad:
             raise FloatingPointError(f"adashare: non-finite loss for task(s) {bad} at {where}")
         total = sum(w * losses[t] for w, t in zip(self.weights, self.data.task_names))
-        return total, values
+        return total, values, losses
 
     def _phase(self, split: Dataset, steps: int | None, seed: int, desc: str, step_fn) -> dict[str, float]:
         """Run ``step_fn(x, y, where) -> per-task losses`` over batches (targets of the first one validated);
@@ -405,11 +421,18 @@ class _Search:
 
     def _weight_step(self, gates_fn):
         def step(x, y, where):
-            total, losses = self._loss(x, y, gates_fn(), where)
+            total, values, losses = self._loss(x, y, gates_fn(), where)
             self.weight_opt.zero_grad(set_to_none=True)
-            total.backward()
+            if self.balancer is None:
+                total.backward()
+            else:
+                weighted = {t: w * losses[t] for w, t in zip(self.weights, self.data.task_names)}
+                try:
+                    balanced_backward(self.balancer, weighted, self.net.network)
+                except FloatingPointError as err:
+                    raise FloatingPointError(f"adashare: {err} at {where}") from None
             self.weight_opt.step()
-            return losses
+            return values
 
         return step
 
@@ -440,7 +463,7 @@ class _Search:
             )
 
             def policy_step(x, y, where):
-                total, losses = self._loss(x, y, gates(True), where)
+                total, losses, _ = self._loss(x, y, gates(True), where)
                 total = total + policy_regularizer(self.net.logits, active, c)
                 self.policy_opt.zero_grad(set_to_none=True)
                 total.backward()
@@ -496,6 +519,7 @@ class _Search:
             "weight_opt": self.weight_opt.state_dict(),
             "policy_opt": self.policy_opt.state_dict(),
             "gumbel": self.gumbel.get_state(),
+            "balancer": self.balancer.state_dict() if self.balancer is not None else {},
             "rng": torch.get_rng_state(),
         }
 
@@ -506,6 +530,8 @@ class _Search:
         self.weight_opt = self._weight_optimizer(search=self.epoch > self.config.warmup_epochs)
         self.weight_opt.load_state_dict(state["weight_opt"])
         self.policy_opt.load_state_dict(state["policy_opt"])
+        if self.balancer is not None and state.get("balancer"):
+            self.balancer.load_state_dict(state["balancer"])
         self.gumbel.set_state(state["gumbel"])
         torch.set_rng_state(state["rng"])
 
@@ -527,7 +553,7 @@ class _Search:
         for i, (x, y) in enumerate(iterate_batches(self.data.val, size, shuffle=False)):
             if i == 0:
                 self._validate_targets(x, y)
-            loss, _ = self._loss(x, y, gates, "final scoring")
+            loss, _, _ = self._loss(x, y, gates, "final scoring")
             total += float(loss) * x.shape[0]
             n += x.shape[0]
         for b, old in zip(self.net.buffers(), saved):
@@ -581,20 +607,24 @@ def adashare_search(
 
     search = _Search(data, space, config)
     ckpt = None
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = run_dir / CHECKPOINT
-        if ckpt.exists():
-            search.load_state_dict(load_checkpoint(ckpt), ckpt)
-    while search.epoch < search.total_epochs:
-        search.run_epoch()
+    try:
         if run_dir is not None:
-            save_atomic(search.state_dict(), ckpt)
-            write_json_atomic(
-                {"tasks": list(data.task_names), "blocks": list(search.blocks), "history": search.history},
-                run_dir / HISTORY,
-            )
+            run_dir = Path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt = run_dir / CHECKPOINT
+            if ckpt.exists():
+                search.load_state_dict(load_checkpoint(ckpt), ckpt)
+        while search.epoch < search.total_epochs:
+            search.run_epoch()
+            if run_dir is not None:
+                save_atomic(search.state_dict(), ckpt)
+                write_json_atomic(
+                    {"tasks": list(data.task_names), "blocks": list(search.blocks), "history": search.history},
+                    run_dir / HISTORY,
+                )
+    finally:
+        if search.balancer is not None:
+            search.balancer.detach()
     t0 = time.perf_counter()
     ranked = search.final_policies()
     prob = search.net.select_prob()

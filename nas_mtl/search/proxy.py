@@ -29,7 +29,7 @@ from ..graph import SKIP, SharingGraph
 from ..metrics import delta_m
 from ..network import MultiTaskNetwork
 from ..space import SearchSpace
-from ..train import Metrics, StepContext, TrainConfig, evaluate, resolve_device, seed_everything, train
+from ..train import EpochContext, Metrics, TrainConfig, seed_everything, train
 
 REFERENCES = ("single", "hard")
 OBJECTIVES = {"delta_m": "maximize", "params": "minimize", "macs": "minimize"}
@@ -214,11 +214,10 @@ class Proxy:
         network = MultiTaskNetwork.from_tasks(graph, self.space.backbone, self.data.tasks, inherit=self.network)
         curve: list[float] = []
 
-        def on_step(ctx: StepContext) -> None:  # first step of a new epoch: score the previous one
-            if ctx.epoch > len(curve):
-                curve.append(self._val_delta_m(ctx.network))
-                if report is not None:
-                    report(len(curve), curve[-1])
+        def on_epoch(ctx: EpochContext) -> None:  # Δm of the epoch's validation metrics (already evaluated)
+            curve.append(self.delta_m(ctx.record["val"]))
+            if report is not None and ctx.epoch < cfg.epochs:
+                report(ctx.epoch, curve[-1])
 
         result = train(
             network,
@@ -226,16 +225,10 @@ class Proxy:
             cfg,
             create_balancer(self.config.balancer),
             desc=graph_key(graph),
-            step_hooks=[on_step],
+            epoch_hooks=[on_epoch],
         )
-        curve.append(self.delta_m(result.val))
         cost = network.cost()
         return Score(curve[-1], tuple(curve), result.val, result.test, cost.params, cost.macs, time.perf_counter() - t0)
-
-    def _val_delta_m(self, network: MultiTaskNetwork) -> float:
-        cfg = self.config.finetune
-        metrics = evaluate(network, self.data.val, self.data.tasks, cfg.eval_batch_size, resolve_device(cfg.device))
-        return self.delta_m(metrics)
 
 
 def _subset(data: MultiTaskData, config: ProxyConfig) -> MultiTaskData:
