@@ -16,6 +16,7 @@ from .balancing.base import parse_key_value
 from .config import build_config, options
 from .data import create_dataset, list_datasets
 from .graph import SharingGraph
+from .runs import run_lock
 from .space import SearchSpace, list_search_spaces, load_search_space
 from .train import TrainConfig
 
@@ -141,7 +142,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     graph = _graph_arg(args.graph, space, data.task_names)
     balancer = create_balancer(args.balancer)
     out = Path(args.out)
-    net, result = train_graph(graph, data, space, _config(args), balancer, out)
+    with run_lock(out):
+        net, result = train_graph(graph, data, space, _config(args), balancer, out)
     cost = net.cost()
     print(f"graph: {graph}")
     print(f"params: {cost.params:,}  MACs/sample: {cost.macs:,}  train time: {result.train_seconds:.1f}s")
@@ -174,8 +176,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     config = config_from_args(method.config, args, CLI_DEFAULTS)
     data, space = _data_and_space(args)
     out = Path(args.out)
-    result = method.run(data, space, config, out)
-    path = result.save(out, method.device(config))
+    with run_lock(out):
+        result = method.run(data, space, config, out)
+        path = result.save(out, method.device(config))
     print(f"found ({result.method}, {result.seconds:.1f}s): {result.graph}")
     if result.candidates:
         print(f"{len(result.candidates)} candidate graph(s) in {out / 'candidates'}")

@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-NESTED = "nas_mtl.nested"
-KEY = "nas_mtl.key"
-CHOICES = "nas_mtl.choices"
-FLAGS = "nas_mtl.flags"
+_NESTED = "nas_mtl.nested"
+_KEY = "nas_mtl.key"
+_CHOICES = "nas_mtl.choices"
+_FLAGS = "nas_mtl.flags"
 
 _NOT_SET = object()
 
@@ -44,7 +44,7 @@ def nested(
     """A field holding the config dataclass ``default``, whose options (``only`` these, keys ``rename``-d, help
     lines replaced by ``helps`` by key) appear flat among the options of the class that holds it."""
     spec = (tuple(only) if only is not None else None, dict(rename or {}), dict(helps or {}))
-    return dataclasses.field(default=default, metadata={NESTED: spec})
+    return dataclasses.field(default=default, metadata={_NESTED: spec})
 
 
 def option(
@@ -60,11 +60,11 @@ def option(
     default comes from ``default_factory``."""
     metadata: dict[str, Any] = {}
     if key is not None:
-        metadata[KEY] = key
+        metadata[_KEY] = key
     if choices is not None:
-        metadata[CHOICES] = tuple(choices)
+        metadata[_CHOICES] = tuple(choices)
     if flags:
-        metadata[FLAGS] = tuple(flags)
+        metadata[_FLAGS] = tuple(flags)
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -128,10 +128,10 @@ def _walk(
         if only is not None and f.name not in only:
             continue
         value = getattr(default, f.name)
-        if NESTED in f.metadata:
-            out += _walk(hints[f.name], (*prefix, f.name), value, *f.metadata[NESTED])
+        if _NESTED in f.metadata:
+            out += _walk(hints[f.name], (*prefix, f.name), value, *f.metadata[_NESTED])
             continue
-        key = rename.get(f.name, f.metadata.get(KEY, f.name))
+        key = rename.get(f.name, f.metadata.get(_KEY, f.name))
         out.append(
             Option(
                 key,
@@ -139,8 +139,8 @@ def _walk(
                 hints[f.name],
                 value,
                 helps.get(key, docs.get(f.name, "")),
-                f.metadata.get(CHOICES),
-                f.metadata.get(FLAGS, ()),
+                f.metadata.get(_CHOICES),
+                f.metadata.get(_FLAGS, ()),
             )
         )
     return out

@@ -17,6 +17,7 @@ from torch import nn
 from .backbones import create_backbone
 from .graph import SharingGraph
 from .network import MultiTaskNetwork
+from .runs import load_checkpoint, read_json
 from .tasks import TaskSpec
 
 MANIFEST_FORMAT = "nas_mtl.network/1"
@@ -89,7 +90,7 @@ def load_exported(out_dir: str | Path) -> MultiTaskNetwork:
     path = out_dir / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(f"no manifest.json in {out_dir}")
-    manifest = json.loads(path.read_text())
+    manifest = read_json(path, "export manifest", (), "export the run again")
     network = network_from_manifest(manifest, source=str(path))
     weights = out_dir / manifest.get("files", {}).get("weights", "weights.safetensors")
     if not weights.is_file():
@@ -105,9 +106,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, formats: Sequence[str] 
     for path in (manifest_path, ckpt):
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir}: not a finished training run ({path.name} missing)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path, "model manifest", (), f"retrain the run in {run_dir}")
     network = network_from_manifest(manifest, source=str(manifest_path))
-    network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    network.load_state_dict(load_checkpoint(ckpt)["model"])
     tasks = [TaskSpec.from_dict(t) for t in manifest["tasks"]]
     return export_network(network, tasks, out_dir, formats)
 

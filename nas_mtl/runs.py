@@ -8,6 +8,10 @@
 - **Atomic writes.** Files are written to a temporary name beside their path and renamed over it
   (:func:`save_atomic`, :func:`write_json_atomic`): a killed process never leaves half a file, and several
   writers (workers of one search) never mix theirs.
+- **One process per run folder.** :func:`run_lock` holds an exclusive lock on ``RUN_DIR/.lock`` while a
+  command runs there; a second process gets a one-line error naming the holder. The operating system drops
+  the lock when its process dies, so a killed run never blocks the next one (which says whose lock it took
+  over). Workers of one search coordinate through the Optuna storage instead.
 - **Save / restore.** Checkpoints are plain ``torch.save`` dicts read back with :func:`load_checkpoint`
   (tensors and containers only, ``weights_only``).
 """
@@ -16,8 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +57,81 @@ def write_json_atomic(data: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A checkpoint written by :func:`save_atomic`, tensors mapped to ``device``."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """A checkpoint written by :func:`save_atomic`, tensors mapped to ``device``; a damaged one (truncated, not a
+    checkpoint) raises ValueError naming the file and what to do."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a damaged file
+        raise ValueError(
+            f"{path}: damaged checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "delete it to restart that run from its beginning"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a nas_mtl checkpoint (a {type(state).__name__}); delete it to restart that run")
+    return state
+
+
+def read_json(path: str | Path, what: str, required: Collection[str] = (), action: str = "delete it") -> Any:
+    """The JSON in ``path``; a damaged file (not JSON, truncated, or an object without the ``required`` keys)
+    raises ValueError naming the file, what is wrong and the ``action`` that repairs the run folder."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: damaged {what} (not JSON: {err}); {action}") from None
+    missing = [k for k in required if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path}: damaged {what} (no {', '.join(missing)}); {action}")
+    return data
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the exclusive lock of ``run_dir`` (created if missing) for the ``with`` block.
+
+    Raises ValueError naming the holder's PID and host when another process holds it. A lock file left by
+    a process that died (the lock itself died with it) is taken over with a message on stderr. Without
+    ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    path = Path(run_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise ValueError(
+                f"{run_dir}: in use by {holder}; wait for it to finish or stop it (one process per run folder)"
+            ) from None
+        fh.seek(0)
+        left = fh.read().strip()
+        if left:  # its holder was killed: the lock went with it, the note stayed
+            print(f"nas-mtl: {run_dir}: taking over the lock of {left} (no longer running)", file=sys.stderr)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fh.seek(0)
+            fh.truncate()  # a clean exit leaves no note
+            fh.flush()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    finally:
+        fh.close()
 
 
 def settings_diff(
@@ -98,10 +178,13 @@ def _short(value: Any) -> str:
 
 
 __all__ = [
+    "LOCK",
     "RUNTIME_KEYS",
     "check_settings",
     "load_checkpoint",
+    "read_json",
     "replace_atomic",
+    "run_lock",
     "save_atomic",
     "settings_diff",
     "write_json_atomic",

@@ -26,6 +26,7 @@ import inspect
 import json
 import multiprocessing
 import queue
+import re
 import shutil
 import signal
 import sys
@@ -49,7 +50,7 @@ from .data.base import DATASETS
 from .graph import SharingGraph
 from .metrics import delta_m
 from .processes import exit_with_parent
-from .runs import write_json_atomic
+from .runs import check_settings, read_json, run_lock, write_json_atomic
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
 from .train import Metrics, TrainConfig
@@ -59,6 +60,9 @@ T = TypeVar("T")
 FORMAT = "nas_mtl.study/1"
 ROW = "row.json"
 SEARCH_DONE = "search.json"
+STUDY_RECORD = "study.json"
+ROW_KEYS = ("arm", "task", "balancer", "seed", "graph", "test", "val", "params", "macs", "train_seconds", "primary")
+"""What every row.json holds (reports read them)."""
 _KEYS = (
     "format",
     "name",
@@ -173,8 +177,14 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         method_config(name, options, source)  # validate now, not hours later
         if search_seeds is not None and "seed" not in _option_keys(name):
             raise fail("search_seeds", f"search method {name!r} has no seed option to set")
+    name = raw.get("name", Path(source).stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
+        raise fail(
+            "name",
+            f"expected a name (letters, digits, '.', '_', '-'; the default run folder is runs/NAME), got {name!r}",
+        )
     return StudySpec(
-        name=str(raw.get("name", Path(source).stem)),
+        name=name,
         data=data,
         space=space,
         train=train,
@@ -279,14 +289,55 @@ def run_study(
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if spec.source != "<memory>" and Path(spec.source).is_file():
-        shutil.copyfile(spec.source, run_dir / "study.toml")
     if (data is None) != (space is None) or (data is not None and jobs > 1):
         raise ValueError("run_study: give data and space together, and only with jobs=1 (workers build their own)")
-    if data is None:
-        data, space = _data_and_space(spec)
+    run_dir = Path(run_dir)
+    with run_lock(run_dir):
+        if data is None:
+            data, space = _data_and_space(spec)
+        _record_settings(spec, space, run_dir)  # refuses a folder made with other settings, before any run
+        if spec.source != "<memory>" and Path(spec.source).is_file():
+            shutil.copyfile(spec.source, run_dir / "study.toml")
+        return _run_locked(spec, run_dir, progress, jobs, data, space)
+
+
+def _record_settings(spec: StudySpec, space: SearchSpace, run_dir: Path) -> None:
+    """Write what the study's results depend on to ``RUN_DIR/study.json``, or check it against the record there.
+
+    Data, search space, training settings and each search's options must be the record's (runtime keys such as
+    the device aside); seeds, search seeds, balancers, baselines and new search methods may be added, as they
+    only add runs. The record then grows by what was added.
+    """
+    now = json.loads(json.dumps(_study_settings(spec, space)))  # tuples -> lists, as stored
+    path = run_dir / STUDY_RECORD
+    if path.is_file():
+        saved = read_json(path, "study record", ("settings",), f"delete it only if {run_dir} was made with this study")
+        old = saved["settings"]
+        both = {m: now["search"][m] for m in now["search"] if m in old.get("search", {})}
+        check_settings({**old, "search": {m: old["search"][m] for m in both}}, {**now, "search": both}, path, "study")
+        now["search"] = {**old.get("search", {}), **now["search"]}
+    write_json_atomic({"format": FORMAT, "settings": now}, path)
+
+
+def _study_settings(spec: StudySpec, space: SearchSpace) -> dict[str, Any]:
+    return {
+        "data": dict(spec.data),
+        "space": {
+            "name": space.name,
+            "backbone": space.backbone.name,
+            "backbone_config": dict(space.backbone.config),
+            "layers": list(space.layers),
+            "branchable": list(space.branchable),
+            "skippable": list(space.skippable),
+        },
+        "train": {k: v for k, v in spec.train.identity().items() if k != "seed"},  # arms set their own seeds
+        "search": {m: to_options(method_config(m, o, spec.source)) for m, o in spec.search.items()},
+    }
+
+
+def _run_locked(
+    spec: StudySpec, run_dir: Path, progress: bool, jobs: int, data: MultiTaskData, space: SearchSpace
+) -> list[dict[str, Any]]:
     with _Runner(spec, data, space, jobs, progress) as runner:
         show = progress and jobs == 1  # bars and search logs of parallel runs would interleave
         search = _set_option(spec.search, "progress", show)
@@ -523,7 +574,7 @@ def _finished_search(out: Path) -> SearchResult | None:
     done = out / SEARCH_DONE
     if not done.is_file():
         return None
-    summary = json.loads(done.read_text())
+    summary = read_json(done, "search result", ("method", "seconds", "graph"), f"delete {out} to rerun that search")
     graph = SharingGraph.from_dict(summary["graph"], source=str(done))
     return SearchResult(summary["method"], graph, summary["seconds"], info=summary.get("info", {}))
 
@@ -556,7 +607,7 @@ def _finished_row(out: Path, arm: Arm) -> dict[str, Any] | None:
     """The row of the arm run finished earlier in ``out``, or None; refused when it trained another graph."""
     if not (out / ROW).is_file():
         return None
-    row = json.loads((out / ROW).read_text())
+    row = read_json(out / ROW, "result row", ROW_KEYS, f"delete {out} to retrain that run")
     if SharingGraph.from_dict(row["graph"], source=str(out / ROW)) != arm.graph:  # equality ignores meta
         searched = f" (search seed {arm.search_seed})" if arm.search_seed is not None else ""
         raise ValueError(
@@ -622,10 +673,25 @@ def slug(name: str) -> str:
 
 def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every finished arm run's row under ``run_dir`` (what a report is built from)."""
-    rows = [json.loads(p.read_text()) for p in sorted(Path(run_dir).glob(f"arms/**/{ROW}"))]
+    rows = [
+        read_json(p, "result row", ROW_KEYS, f"delete {p.parent} to retrain that run (nas-mtl study)")
+        for p in sorted(Path(run_dir).glob(f"arms/**/{ROW}"))
+    ]
     if not rows:
         raise ValueError(f"{run_dir}: no finished arm runs (arms/**/{ROW}); run `nas-mtl study` first")
     return rows
 
 
-__all__ = ["Arm", "StudySpec", "load_rows", "load_study", "parse_study", "run_study", "seeds_of_search", "with_device"]
+__all__ = [
+    "Arm",
+    "StudySpec",
+    "load_rows",
+    "load_study",
+    "method_config",
+    "parse_study",
+    "run_baselines",
+    "run_study",
+    "seeds_of_search",
+    "slug",
+    "with_device",
+]

@@ -80,7 +80,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
-                raise ValueError(f"train config: {name} must be a positive integer, got {value!r}")
+                want = "an integer >= 0 (0: evaluate only)" if name == "epochs" else "a positive integer"
+                raise ValueError(f"train config: {name} must be {want}, got {value!r}")
         for name in ("lr", "weight_decay", "momentum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -301,7 +302,7 @@ class Trainer:
         if not self.checkpoint.exists():
             return False
         state = load_checkpoint(self.checkpoint, self.device)
-        _check_resumable(state, self.network, self.config, self.balancer, self.checkpoint)
+        _check_resumable(state, self.network, self.data, self.config, self.balancer, self.checkpoint)
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
@@ -366,7 +367,8 @@ class Trainer:
             if problem is not None:
                 where = f"epoch {epoch + 1} step {step + 1}"
                 if config.on_nonfinite == "raise":
-                    kept = f"; last checkpoint kept at {self.checkpoint}" if self.checkpoint else ""
+                    saved = self.checkpoint is not None and self.checkpoint.exists()
+                    kept = f"; last checkpoint kept at {self.checkpoint}" if saved else ""
                     raise FloatingPointError(f"{problem} at {where}{kept}")
                 warnings.warn(f"skipping step: {problem} at {where}", stacklevel=2)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -410,6 +412,7 @@ class Trainer:
                 "elapsed": self.elapsed,
                 "skipped": self.skipped,
                 "graph": self.network.graph.to_dict(),
+                "data": data_identity(self.data),
                 "config": self.config.to_dict(),
                 "env": self.env,
                 **({"extra": {name: obj.state_dict() for name, obj in self.state.items()}} if self.state else {}),
@@ -446,6 +449,17 @@ def train(*args: Any, **kwargs: Any) -> TrainResult:
     the last.
     """
     return Trainer(*args, **kwargs).fit()
+
+
+def data_identity(data: MultiTaskData) -> dict[str, Any]:
+    """What a training run's numbers depend on in ``data``: how it was made (:attr:`MultiTaskData.origin`),
+    its tasks and split sizes (recorded in checkpoints; a resume on other data is refused)."""
+    return {
+        "name": data.name,
+        "origin": None if data.origin is None else dict(data.origin),
+        "tasks": list(data.task_names),
+        "sizes": [len(data.train), len(data.val), len(data.test)],
+    }
 
 
 def balanced_backward(balancer: Balancer, losses: Mapping[str, torch.Tensor], network: MultiTaskNetwork) -> None:
@@ -495,18 +509,32 @@ def _check_gradients(network: MultiTaskNetwork, balancer: Balancer) -> None:
 
 
 def _check_resumable(
-    state: Mapping[str, Any], network: MultiTaskNetwork, config: TrainConfig, balancer: Balancer, path: Path
+    state: Mapping[str, Any],
+    network: MultiTaskNetwork,
+    data: MultiTaskData,
+    config: TrainConfig,
+    balancer: Balancer,
+    path: Path,
 ) -> None:
-    saved = {"graph": state.get("graph"), "config": state.get("config", {}), "balancer": state.get("balancer_spec")}
-    now = {"graph": network.graph.to_dict(), "config": config.to_dict(), "balancer": balancer.spec}
-    if saved["balancer"] is None:  # checkpoints written before the balancer was recorded
-        now["balancer"] = None
+    saved = {
+        "graph": state.get("graph"),
+        "data": state.get("data"),
+        "config": state.get("config", {}),
+        "balancer": state.get("balancer_spec"),
+    }
+    now = {"graph": network.graph.to_dict(), "data": data_identity(data), "config": config.to_dict()}
+    now["balancer"] = balancer.spec
+    for key in ("data", "balancer"):  # checkpoints written before these were recorded
+        if saved[key] is None:
+            now[key] = None
     check_settings(saved, now, path, "checkpoint")
 
 
 __all__ = [
     "CHECKPOINT",
     "DEVICES",
+    "EpochContext",
+    "EpochHook",
     "Metrics",
     "NONFINITE",
     "OPTIMIZERS",
@@ -516,6 +544,9 @@ __all__ = [
     "StepHook",
     "TrainConfig",
     "TrainResult",
+    "Trainer",
+    "balanced_backward",
+    "data_identity",
     "evaluate",
     "resolve_device",
     "seed_everything",

@@ -29,7 +29,6 @@ Deviations from the papers:
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,7 @@ from ..baselines import train_graph, train_single_tasks
 from ..config import nested, option
 from ..data import MultiTaskData, iterate_batches
 from ..graph import SharingGraph
-from ..runs import check_settings, write_json_atomic
+from ..runs import check_settings, read_json, write_json_atomic
 from ..space import SearchSpace
 from ..train import TrainConfig
 from . import SearchMethod, SearchResult, register_search_method
@@ -245,7 +244,8 @@ def _fingerprint(data: MultiTaskData, n: int = 16) -> str:
 def _load_cached(path: Path, settings: Mapping[str, Any]) -> AffinityResult | None:
     if not path.is_file():
         return None
-    result = AffinityResult.from_dict(json.loads(path.read_text()))
+    keys = ("measure", "tasks", "matrix", "seconds", "overhead_seconds", "samples")
+    result = AffinityResult.from_dict(read_json(path, "cached affinity", keys, "delete it to measure again"))
     check_settings(result.settings, settings, path, "cached affinity")
     return result
 

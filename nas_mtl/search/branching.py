@@ -56,6 +56,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
+from sqlalchemy.engine import URL
 
 from ..config import config_from_dict, nested, option
 from ..data import MultiTaskData, create_dataset
@@ -235,6 +236,11 @@ class Setup:
     def build(self) -> tuple[MultiTaskData, SearchSpace]:
         data = create_dataset(self.dataset, **dict(self.dataset_kwargs))
         return data, load_search_space(self.space, input_shape=data.input_shape)
+
+
+def sqlite_url(path: str | Path) -> str:
+    """The SQLAlchemy URL of the SQLite file ``path``, escaped (a ``?`` or ``%`` in a folder name stays a name)."""
+    return URL.create("sqlite", database=str(Path(path).resolve())).render_as_string(hide_password=False)
 
 
 def open_storage(url: str) -> BaseStorage:
@@ -434,7 +440,7 @@ def _open(
 ) -> tuple[TreeObjective, str, list[int]]:
     """:func:`create_branch_study`; returns the objective (with the study), the storage URL, the stale trials."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    url = config.storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    url = config.storage or sqlite_url(run_dir / "study.db")
     storage = open_storage(url)
     study = optuna.create_study(
         storage=storage, study_name=config.study_name, directions=config.directions, load_if_exists=True
@@ -643,5 +649,6 @@ __all__ = [
     "open_storage",
     "plot_history",
     "run_worker",
+    "sqlite_url",
     "suggest_tree",
 ]

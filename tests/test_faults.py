@@ -1,0 +1,200 @@
+"""Run folders that never lie: changed settings, a second process, odd paths and damaged files each give a
+one-line error naming the file (exit code 2) before any training, and lose no finished work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from nas_mtl.cli import main
+from nas_mtl.runs import LOCK, run_lock
+
+STUDY = """
+format = "nas_mtl.study/1"
+name = "faults"
+seeds = [0]
+balancers = ["equal"]
+
+[data]
+name = "multidigits"
+n_train = 64
+n_val = 32
+n_test = 32
+size = 16
+
+[space]
+name = "resnet_small"
+
+[train]
+epochs = 1
+batch_size = 32
+device = "cpu"
+
+[arms]
+baselines = ["single", "hard"]
+
+[search.affinity]
+measure = "gradcos"
+epochs = 1
+batch_size = 32
+device = "cpu"
+plots = false
+"""
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("nas-mtl: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny study: rows, a search result, an affinity cache, training checkpoints."""
+    root = tmp_path_factory.mktemp("faults")
+    (root / "study.toml").write_text(STUDY)
+    assert main(["study", str(root / "study.toml"), "--out", str(root / "run"), "--no-progress"]) == 0
+    return root
+
+
+@pytest.fixture
+def study(finished, tmp_path):
+    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "study.toml", tmp_path / "run"
+
+
+def _no_training(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained although the run folder should have been refused first")
+
+    monkeypatch.setattr("nas_mtl.study.train_graph", refuse)
+    monkeypatch.setattr("nas_mtl.search.affinity.train_graph", refuse)
+
+
+def test_a_study_resumed_with_other_settings_is_refused_naming_each_key(study, capsys, monkeypatch):
+    path, run = study
+    _no_training(monkeypatch)
+    path.write_text(
+        STUDY.replace("n_train = 64", "n_train = 32").replace(
+            "epochs = 1\nbatch_size = 32\ndevice", "epochs = 2\nbatch_size = 32\ndevice", 1
+        )
+    )
+    err = _error(["study", str(path), "--out", str(run)], capsys)
+    assert f"{run / 'study.json'}: this study was made with other settings: data.n_train (64 -> 32)" in err
+    assert "train.epochs (1 -> 2)" in err and "use a new run folder or the same settings" in err
+    assert "n_train = 64" in (run / "study.toml").read_text()  # the folder still describes its results
+    path.write_text(STUDY.replace('measure = "gradcos"', 'measure = "lookahead"'))
+    assert "search.affinity.measure (['gradcos'] -> ['lookahead'])" in _error(
+        ["study", str(path), "--out", str(run)], capsys
+    )
+
+
+def test_added_seeds_and_a_device_change_are_a_resume(study, capsys):
+    path, run = study
+    path.write_text(STUDY.replace("seeds = [0]", "seeds = [0, 1]"))
+    assert main(["study", str(path), "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert (run / "arms" / "hard" / "equal" / "seed1" / "row.json").is_file()
+
+
+def _train_argv(out) -> list[str]:
+    common = ["--epochs", "1", "--batch-size", "32", "--no-progress", "--device", "cpu"]
+    return ["train", "--data", "multidigits", "--space", "resnet_small", "--out", str(out), *common]
+
+
+def test_training_resumed_on_other_data_is_refused(tmp_path, capsys):
+    argv = [*_train_argv(tmp_path), "--data-arg", "n_train=64", "--data-arg", "n_val=32", "--data-arg", "size=16"]
+    assert main([*argv, "--data-arg", "n_test=32"]) == 0
+    err = _error([*argv, "--data-arg", "n_test=48"], capsys)
+    changed = "this checkpoint was made with other settings: data.origin.kwargs.n_test (32 -> 48)"
+    assert f"{tmp_path / 'checkpoint.pt'}: {changed}" in err
+
+
+def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(study, capsys):
+    path, run = study
+    with run_lock(run):
+        err = _error(["study", str(path), "--out", str(run)], capsys)
+        assert f"{run}: in use by pid " in err and "one process per run folder" in err
+    code = textwrap.dedent(f"""
+        from nas_mtl.runs import run_lock
+        import os
+        with run_lock({str(run)!r}):
+            os._exit(9)  # killed: the lock dies with the process, its note stays
+    """)
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert "pid" in (run / LOCK).read_text()
+    assert main(["study", str(path), "--out", str(run), "--no-progress"]) == 0
+    assert "taking over the lock of pid" in capsys.readouterr().err and (run / LOCK).read_text() == ""
+
+
+def test_paths_with_url_characters_stay_paths(tmp_path):
+    from nas_mtl.search.branching import open_storage, sqlite_url
+
+    for name in ("we?ird", "we?other", "per%41cent"):
+        folder = tmp_path / name
+        folder.mkdir()
+        open_storage(sqlite_url(folder / "study.db"))
+        assert (folder / "study.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["per%41cent", "we?ird", "we?other"]
+
+
+def corrupt(path, how: str) -> None:
+    """Fault injection: ``truncate`` (half the bytes), ``empty``, ``garbage`` (not the format at all)."""
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "garbage": b"\x00\xffnot a file"}[how])
+
+
+@pytest.mark.parametrize("how", ["truncate", "empty", "garbage"])
+@pytest.mark.parametrize(
+    ("relative", "what", "action"),
+    [
+        ("arms/hard/equal/seed0/row.json", "damaged result row", "to retrain that run"),
+        ("search/affinity/search.json", "damaged search result", "to rerun that search"),
+        ("search/affinity/affinity/gradcos.json", "damaged cached affinity", "delete it to measure again"),
+        ("study.json", "damaged study record", "delete it only if"),
+    ],
+)
+def test_a_damaged_file_names_itself_and_the_repair_before_any_training(
+    study, capsys, monkeypatch, relative, what, action, how
+):
+    path, run = study
+    target = run / relative
+    if not target.is_file():  # search folders carry the search seed
+        target = next(run.glob(relative.replace("search/affinity/", "search/affinity/*/")))
+    corrupt(target, how)
+    _no_training(monkeypatch)
+    if relative.endswith("gradcos.json"):  # the cache is read when the search reruns
+        (target.parent.parent / "search.json").unlink()
+    err = _error(["study", str(path), "--out", str(run)], capsys)
+    assert f"{target}: {what}" in err and action in err
+
+
+def test_a_row_of_the_wrong_shape_is_refused_before_any_training_and_by_report(study, capsys, monkeypatch):
+    path, run = study
+    row = run / "arms" / "hard" / "equal" / "seed0" / "row.json"
+    row.write_text(json.dumps({k: v for k, v in json.loads(row.read_text()).items() if k != "primary"}))
+    _no_training(monkeypatch)
+    assert f"{row}: damaged result row (no primary)" in _error(["study", str(path), "--out", str(run)], capsys)
+    assert f"{row}: damaged result row (no primary)" in _error(["report", str(run)], capsys)
+
+
+@pytest.mark.parametrize("how", ["truncate", "garbage"])
+def test_a_damaged_checkpoint_is_one_line_for_train_and_export(tmp_path, capsys, how):
+    argv = _train_argv(tmp_path / "r") + [f"--data-arg={k}=32" for k in ("n_val", "n_test")]
+    argv += ["--data-arg", "n_train=64", "--data-arg", "size=16"]
+    assert main(argv) == 0
+    corrupt(tmp_path / "r" / "checkpoint.pt", how)
+    for command in (argv, ["export", str(tmp_path / "r"), "--out", str(tmp_path / "e")]):
+        err = _error(command, capsys)
+        assert f"{tmp_path / 'r' / 'checkpoint.pt'}: damaged checkpoint" in err and "delete it" in err
+
+
+@pytest.mark.parametrize("name", ["../../etc/evil", "/abs", "a/b", ""])
+def test_a_study_name_is_a_name_not_a_path(tmp_path, capsys, name):
+    (tmp_path / "s.toml").write_text(STUDY.replace('name = "faults"', f"name = {json.dumps(name)}"))
+    assert "name: expected a name" in _error(["study", str(tmp_path / "s.toml")], capsys)
