@@ -377,10 +377,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.torch_threads)
     try:
         args.func(args)
-    except (UserError, ValueError, TypeError, FileNotFoundError) as err:
+    except (UserError, ValueError, TypeError, OSError) as err:  # OSError: a bad path (a file, read-only, ...)
         if os.environ.get("NAS_MTL_DEBUG"):
             raise
         print(f"nas-mtl: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except MemoryError:
+        if os.environ.get("NAS_MTL_DEBUG"):
+            raise
+        print("nas-mtl: error: out of memory (smaller data sizes or batch sizes?)", file=sys.stderr)
         return EXIT_USER_ERROR
     except FloatingPointError as err:
         print(f"nas-mtl: training stopped: {err}", file=sys.stderr)

@@ -198,3 +198,52 @@ def test_a_damaged_checkpoint_is_one_line_for_train_and_export(tmp_path, capsys,
 def test_a_study_name_is_a_name_not_a_path(tmp_path, capsys, name):
     (tmp_path / "s.toml").write_text(STUDY.replace('name = "faults"', f"name = {json.dumps(name)}"))
     assert "name: expected a name" in _error(["study", str(tmp_path / "s.toml")], capsys)
+
+
+def test_bad_places_and_sizes_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    argv = ["--data-arg", "n_train=64", "--data-arg", "n_val=32", "--data-arg", "n_test=32", "--data-arg", "size=16"]
+    for out in (file, file / "below"):  # --out is a file, or lies under one
+        assert str(file) in _error([*_train_argv(out), *argv], capsys)
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert "study 'nope' not found in" in _error(["worker", "--storage", url, "--study", "nope"], capsys)
+
+    def huge(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr("nas_mtl.cli.create_dataset", huge)
+    assert "out of memory" in _error([*_train_argv(tmp_path / "m"), *argv], capsys)
+
+
+def test_a_resumed_search_reports_the_cost_of_all_its_sessions(study, capsys):
+    """Affinity: a rerun that reads its measurement from the cache costs what the measurement cost."""
+    path, run = study
+    done = next(run.glob("search/affinity/*/search.json"))
+    first = json.loads(done.read_text())["seconds"]
+    measured = json.loads((done.parent / "affinity" / "gradcos.json").read_text())["seconds"]
+    done.unlink()
+    assert main(["study", str(path), "--out", str(run), "--no-progress"]) == 0
+    again = json.loads(done.read_text())
+    assert again["seconds"] >= measured > 10 * again["info"]["session_seconds"] and first >= measured
+
+
+def test_a_resumed_tree_search_adds_its_sessions(tmp_path):
+    from nas_mtl.data import create_dataset
+    from nas_mtl.search.branching import BranchSearchConfig, branch_search
+    from nas_mtl.search.proxy import Score
+    from nas_mtl.space import load_search_space
+
+    class Slow:
+        def score(self, graph, report=None):
+            import time
+
+            time.sleep(0.3)
+            return Score(0.0, (0.0,), {}, {}, 1, 1, 0.3)
+
+    data = create_dataset("multidigits", n_train=32, n_val=16, n_test=16, size=16)
+    space = load_search_space("resnet_small", input_shape=data.input_shape)
+    config = BranchSearchConfig(n_trials=2, sampler="bruteforce")
+    first = branch_search(data, space, config, tmp_path, scorer=Slow())
+    second = branch_search(data, space, BranchSearchConfig(n_trials=3, sampler="bruteforce"), tmp_path, scorer=Slow())
+    assert first.seconds >= 0.6 and second.seconds >= first.seconds + 0.3

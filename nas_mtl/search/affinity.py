@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -338,8 +338,10 @@ def affinity_search(
     t0 = time.perf_counter()
     graphs: list[SharingGraph] = []
     info: dict[str, Any] = {"branch_at": space.layers[index], "k": k, "grouping": grouping, "measures": {}}
+    measured: list[AffinityResult] = []
     for m in dict.fromkeys(config.measures):
         result = measure_affinity(data, space, config, run_dir, m)
+        measured.append(result)
         groups: Groups = group_tasks(result.matrix, tasks, k, grouping)
         if result.layers is None:
             graph = SharingGraph.from_groups(tasks, space.layers, groups, index, space.skippable)
@@ -357,13 +359,23 @@ def affinity_search(
         }
         if config.plots:
             _plot(result, folder)
+    info["session_seconds"] = time.perf_counter() - t0
     return SearchResult(
         "affinity",
         graphs[0],
-        time.perf_counter() - t0,
+        _total_seconds(measured, info["session_seconds"]),
         candidates=tuple(dict.fromkeys(g for g in graphs[1:] if g != graphs[0])),
         info=info,
     )
+
+
+def _total_seconds(measured: Sequence[AffinityResult], session: float) -> float:
+    """The search's cost over all sessions: each measurement's recorded time (lookahead and gradcos share one
+    training run; rsa and cka share the single-task networks), at least this session's wall time."""
+    training = max((r.seconds for r in measured if r.measure in TRAINING_MEASURES), default=0.0)
+    representation = [r for r in measured if r.measure not in TRAINING_MEASURES]
+    nets = max((r.seconds - r.overhead_seconds for r in representation), default=0.0)
+    return max(session, training + nets + sum(r.overhead_seconds for r in representation))
 
 
 def _plot(result: AffinityResult, folder: Path) -> None:

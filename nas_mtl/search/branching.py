@@ -88,6 +88,8 @@ PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
 STUDY_ATTR = "nas_mtl"
 """Study user attr holding everything a worker needs to join (format :data:`STUDY_FORMAT`)."""
 STUDY_FORMAT = "nas_mtl.branch_study/1"
+SECONDS_ATTR = "nas_mtl_seconds"
+"""Study user attr: wall seconds of the search's sessions so far (the result's cost adds them up)."""
 HEARTBEAT_S = 30
 GRACE_S = 120
 """RDB storages: workers write a heartbeat every HEARTBEAT_S; a RUNNING trial silent for GRACE_S is failed."""
@@ -392,7 +394,11 @@ def branch_search(
     objective, url, stale = _open(data, space, config, Path(run_dir), setup, scorer)
     with _WorkerProcesses(url, config, workers, Path(run_dir)):
         _optimize(objective)
-    result = _result(objective, url, time.perf_counter() - t0, stale)
+    # the search's cost over all its sessions (a resumed study adds this session's wall time to the record)
+    before = float(objective.study.user_attrs.get(SECONDS_ATTR, 0.0))
+    total = before + time.perf_counter() - t0
+    objective.study.set_user_attr(SECONDS_ATTR, total)
+    result = _result(objective, url, total, stale)
     plot_history(objective.study, Path(run_dir) / "history.png")
     return result
 
@@ -472,7 +478,11 @@ def run_worker(
     trained into) ``run_dir``, by default the run folder recorded in the study. Returns the trials run here.
     """
     handle = open_storage(storage)
-    study = optuna.load_study(study_name=study_name, storage=handle)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=handle)
+    except KeyError:  # optuna: "Record does not exist."
+        known = [s.study_name for s in optuna.get_all_study_summaries(handle)]
+        raise ValueError(f"study {study_name!r} not found in {storage!r}; studies there: {known}") from None
     record = study.user_attrs.get(STUDY_ATTR)
     if not isinstance(record, Mapping) or record.get("format") != STUDY_FORMAT:
         raise ValueError(f"study {study_name!r} in {storage!r} was not created by nas-mtl search branch")

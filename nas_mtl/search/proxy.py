@@ -172,6 +172,8 @@ class Proxy:
     network: MultiTaskNetwork
     reference: Metrics
     _train_data: MultiTaskData = field(repr=False)
+    setup_seconds: float = 0.0
+    """Training time of the warm start and the single-task references (over all sessions of the run folder)."""
 
     @classmethod
     def prepare(
@@ -189,17 +191,19 @@ class Proxy:
         hard = space.hard_sharing(data.task_names).with_meta(name="warmstart")
         network, result = train_graph(hard, data, space, config.warmstart, balancer, run_dir / "warmstart")
         directions = primary_directions(data)
+        seconds = result.train_seconds
         if reference is None:
             if config.reference == "hard":
                 val = result.val
             else:
                 singles = train_single_tasks(data, space, config.warmstart, run_dir / "single", balancer)
                 val = {t: res.val[t] for t, (_, res) in singles.items()}
+                seconds += sum(res.train_seconds for _, res in singles.values())
             reference = {t: {m: float(val[t][m]) for m in d} for t, d in directions.items()}
         missing = sorted(set(directions) - set(reference))
         if missing:
             raise ValueError(f"proxy reference: no metrics for task(s) {missing}")
-        return cls(data, space, config, network, dict(reference), _subset(data, config))
+        return cls(data, space, config, network, dict(reference), _subset(data, config), seconds)
 
     def delta_m(self, metrics: Metrics) -> float:
         """Δm (%) of ``metrics`` against the reference, over each task's primary metric."""
