@@ -14,37 +14,20 @@ import pytest
 from nas_mtl.cli import main
 from nas_mtl.runs import LOCK, run_lock
 
-STUDY = """
-format = "nas_mtl.study/1"
-name = "faults"
-seeds = [0]
-balancers = ["equal"]
-
-[data]
-name = "multidigits"
-n_train = 64
-n_val = 32
-n_test = 32
-size = 16
-
-[space]
-name = "resnet_small"
-
-[train]
-epochs = 1
-batch_size = 32
-device = "cpu"
-
-[arms]
-baselines = ["single", "hard"]
-
-[search.affinity]
-measure = "gradcos"
-epochs = 1
-batch_size = 32
-device = "cpu"
-plots = false
-"""
+STUDY_TABLES = {
+    "": {"format": "nas_mtl.study/1", "name": "faults", "seeds": [0], "balancers": ["equal"]},
+    "data": {"name": "multidigits", "n_train": 64, "n_val": 32, "n_test": 32, "size": 16},
+    "space": {"name": "resnet_small"},
+    "train": {"epochs": 1, "batch_size": 32, "device": "cpu"},
+    "arms": {"baselines": ["single", "hard"]},
+    "search.affinity": {"measure": "gradcos", "epochs": 1, "batch_size": 32, "device": "cpu", "plots": False},
+}
+STUDY = "\n".join(
+    line
+    for table, values in STUDY_TABLES.items()
+    for line in ([f"[{table}]"] if table else []) + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+)
+"""The study file (JSON values are TOML values here): edited as text by the tests below."""
 
 
 def _error(argv, capsys) -> str:
