@@ -14,6 +14,9 @@ from torch import Tensor, nn
 from .backbones import Backbone, count_macs
 from .graph import SKIP, Cost, GraphError, SharingGraph
 
+PLAN_CACHE = 256
+"""Execution plans kept for policies run under gates (the network's own graph's plans are always kept)."""
+
 Gates = Sequence[Tensor | None]
 """One entry per layer: None (every task runs the block) or the (T,) select gates of the tasks (AdaShare)."""
 
@@ -153,6 +156,8 @@ class MultiTaskNetwork(nn.Module):
         )
         leaf_of = {t: i for i in keep if nodes[i].layer == graph.num_layers - 1 for t in nodes[i].tasks}
         heads = tuple((leaf_of[t], j) for j, t in enumerate(graph.tasks) if t in tasks)
+        if not own and len(self._plans) >= PLAN_CACHE:  # hard-sampled policies: many, each used briefly
+            self._plans = {k: v for k, v in self._plans.items() if k[2]}
         self._plans[key] = (steps, heads)
         return steps, heads
 
@@ -474,6 +479,7 @@ def _source_block(
 __all__ = [
     "Gates",
     "MultiTaskNetwork",
+    "PLAN_CACHE",
     "StreamBatchNorm1d",
     "StreamBatchNorm2d",
     "StreamBatchNorm3d",
