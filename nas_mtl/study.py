@@ -295,6 +295,13 @@ def run_study(
     with run_lock(run_dir):
         if data is None:
             data, space = _data_and_space(spec)
+        for method, options in spec.search.items():  # options that cannot work on this data, before any run
+            runner = SEARCH_METHODS.create(method)
+            if runner.check is not None:
+                try:
+                    runner.check(data, space, method_config(method, options, spec.source))
+                except ValueError as err:
+                    raise ValueError(f"{spec.source}: search.{method}: {err}") from None
         _record_settings(spec, space, run_dir)  # refuses a folder made with other settings, before any run
         if spec.source != "<memory>" and Path(spec.source).is_file():
             shutil.copyfile(spec.source, run_dir / "study.toml")

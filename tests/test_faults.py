@@ -230,3 +230,26 @@ def test_a_resumed_tree_search_adds_its_sessions(tmp_path):
     first = branch_search(data, space, config, tmp_path, scorer=Slow())
     second = branch_search(data, space, BranchSearchConfig(n_trials=3, sampler="bruteforce"), tmp_path, scorer=Slow())
     assert first.seconds >= 0.6 and second.seconds >= first.seconds + 0.3
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[search.adashare]\ntask_weights = {nope = 2.0}\n", "search.adashare: adashare config: task_weights names"),
+        ("[search.branch]\nsubset = 0.1\nbatch_size = 32\n", "search.branch: proxy config: subset 0.1 keeps 6 of 64"),
+        (
+            "[search.exhaustive]\nlimit = 2\nbatch_size = 32\n",
+            "search.exhaustive: exhaustive search: space 'resnet_small' has 7 trees",
+        ),
+    ],
+)
+def test_every_search_is_checked_against_the_data_before_any_training(tmp_path, capsys, monkeypatch, table, message):
+    """Options that only fail on this data (an unknown task, too small a subset, too large a space) stop the study
+    before the baselines and the earlier searches train, not hours later."""
+    (tmp_path / "s.toml").write_text(STUDY + "\n" + table)
+    _no_training(monkeypatch)
+    assert message in _error(["study", str(tmp_path / "s.toml"), "--out", str(tmp_path / "run")], capsys)
+    (tmp_path / "s.toml").write_text(STUDY.replace('"gradcos"', '"gradcos"\nbranch_at = "stem"'))
+    assert "search.affinity: branch_at: layer 'stem' is not branchable" in _error(
+        ["study", str(tmp_path / "s.toml"), "--out", str(tmp_path / "run2")], capsys
+    )

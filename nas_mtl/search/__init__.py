@@ -72,11 +72,14 @@ class SearchMethod:
             as study-file keys and ``nas-mtl search NAME`` flags, with help from its docstring's ``Args:``.
         run: ``run(data, space, config, run_dir) -> SearchResult``; resumes what ``run_dir`` holds.
         help: one line for ``--help``.
+        check: ``check(data, space, config)`` raises ValueError for options that cannot work on this data and
+            space (a study calls it for every search before it trains anything); None: nothing to check.
     """
 
     config: type
     run: Callable[[MultiTaskData, SearchSpace, Any, Path], SearchResult]
     help: str = ""
+    check: Callable[[MultiTaskData, SearchSpace, Any], None] | None = None
 
     def device(self, config: Any) -> str:
         """The device ``config`` computes on (``cpu`` for a method without a device option)."""

@@ -337,28 +337,33 @@ def _steps(dataset: Dataset, batch_size: int, steps: int | None, seed: int) -> I
             return
 
 
+def check_adashare(data: MultiTaskData, space: SearchSpace, config: AdaShareConfig) -> None:
+    """ValueError if ``config`` cannot run on ``data`` and ``space`` (checked before a study trains anything)."""
+    unknown = sorted(set(config.task_weights) - set(data.task_names))
+    if unknown:
+        raise ValueError(
+            f"adashare config: task_weights names unknown task(s) {unknown}; tasks: {list(data.task_names)}"
+        )
+    if not space.skippable:
+        raise ValueError(f"search space {space.name!r} has no skippable blocks: AdaShare has nothing to learn")
+    if tuple(data.input_shape) != tuple(space.backbone.input_shape):
+        raise ValueError(
+            f"dataset {data.name!r} inputs are {tuple(data.input_shape)} but space "
+            f"{space.name!r} expects {space.backbone.input_shape}"
+        )
+    for split in ("train", "val"):
+        if len(getattr(data, split)) < config.train.batch_size:
+            raise ValueError(
+                f"adashare config: batch_size {config.train.batch_size} exceeds the {split} split "
+                f"({len(getattr(data, split))} samples)"
+            )
+
+
 class _Search:
     """The state of one search: supernet, optimisers, RNGs, history; one method per epoch kind."""
 
     def __init__(self, data: MultiTaskData, space: SearchSpace, config: AdaShareConfig) -> None:
-        unknown = sorted(set(config.task_weights) - set(data.task_names))
-        if unknown:
-            raise ValueError(
-                f"adashare config: task_weights names unknown task(s) {unknown}; tasks: {list(data.task_names)}"
-            )
-        if not space.skippable:
-            raise ValueError(f"search space {space.name!r} has no skippable blocks: AdaShare has nothing to learn")
-        if tuple(data.input_shape) != tuple(space.backbone.input_shape):
-            raise ValueError(
-                f"dataset {data.name!r} inputs are {tuple(data.input_shape)} but space "
-                f"{space.name!r} expects {space.backbone.input_shape}"
-            )
-        for split in ("train", "val"):
-            if len(getattr(data, split)) < config.train.batch_size:
-                raise ValueError(
-                    f"adashare config: batch_size {config.train.batch_size} exceeds the {split} split "
-                    f"({len(getattr(data, split))} samples)"
-                )
+        check_adashare(data, space, config)
         self.data, self.space, self.config = data, space, config
         self.device = resolve_device(config.train.device)
         seed_everything(config.train.seed)
@@ -655,6 +660,7 @@ def _method() -> SearchMethod:
     return SearchMethod(
         AdaShareConfig,
         adashare_search,
+        check=check_adashare,
         help="AdaShare: differentiable select/skip policy per block and task (Sun et al. 2020)",
     )
 
@@ -668,6 +674,7 @@ __all__ = [
     "TRAIN",
     "TRAIN_OPTIONS",
     "adashare_search",
+    "check_adashare",
     "depth_weights",
     "policy_regularizer",
     "sharing_loss",

@@ -302,6 +302,16 @@ def _measure_representation(
     )
 
 
+def check_affinity_search(data: MultiTaskData, space: SearchSpace, config: AffinityConfig) -> None:
+    """ValueError if ``config`` cannot run on ``data`` and ``space`` (checked before a study trains anything)."""
+    _branch_index(config.branch_at, space)
+    check_grouping_args(len(data.task_names), config.k, config.grouping)
+    if len(data.train) < config.train.batch_size:
+        raise ValueError(
+            f"affinity: batch_size {config.train.batch_size} exceeds the {len(data.train)} training samples"
+        )
+
+
 def _branch_index(branch_at: int | str | None, space: SearchSpace) -> int:
     """Layer index where groups get their own branches: a branchable layer's name or index."""
     if branch_at is None:
@@ -331,9 +341,9 @@ def affinity_search(
     measure, the groups, graph, matrix and costs; heatmaps and dendrograms go to ``run_dir/affinity``.
     """
     k, grouping = config.k, config.grouping
+    check_affinity_search(data, space, config)  # before any training, not after
     index = _branch_index(config.branch_at, space)
     tasks = data.task_names
-    check_grouping_args(len(tasks), k, grouping)  # before any training, not after
     folder = Path(run_dir) / AFFINITY_DIR
     t0 = time.perf_counter()
     graphs: list[SharingGraph] = []
@@ -394,8 +404,16 @@ def _affinity_method() -> SearchMethod:
     return SearchMethod(
         AffinityConfig,
         affinity_search,
+        check=check_affinity_search,
         help="task grouping from measured task affinity (TAG lookahead, gradient cosine, RSA/CKA trees)",
     )
 
 
-__all__ = ["MEASURES", "AffinityConfig", "AffinityResult", "affinity_search", "measure_affinity"]
+__all__ = [
+    "MEASURES",
+    "AffinityConfig",
+    "AffinityResult",
+    "affinity_search",
+    "check_affinity_search",
+    "measure_affinity",
+]

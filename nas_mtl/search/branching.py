@@ -65,7 +65,7 @@ from ..runs import check_settings
 from ..space import SearchSpace, load_search_space
 from . import SearchMethod, SearchResult, register_search_method
 from .exhaustive import count_trees
-from .proxy import OBJECTIVES, Proxy, ProxyConfig, Scorer, graph_from_key, graph_key
+from .proxy import OBJECTIVES, Proxy, ProxyConfig, Scorer, check_proxy, graph_from_key, graph_key
 
 SAMPLERS: dict[str, Callable[[int | None, int], optuna.samplers.BaseSampler]] = {
     # conditional (define-by-run) space: group-decomposed multivariate TPE (Falkner et al. 2018; Optuna)
@@ -637,6 +637,7 @@ def _method() -> SearchMethod:
     return SearchMethod(
         BranchSearchConfig,
         branch_search,
+        check=lambda data, space, config: check_proxy(data, config.proxy),
         help="Optuna tree search: TPE on Δm, or NSGA-II on Δm vs params/MACs; resumable, multi-process",
     )
 

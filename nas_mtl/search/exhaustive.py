@@ -25,7 +25,7 @@ from ..graph import SharingGraph, enumerate_trees
 from ..runs import check_settings
 from ..space import SearchSpace
 from . import SearchMethod, SearchResult, register_search_method
-from .proxy import Proxy, ProxyConfig, Report, Score, graph_from_key, graph_key
+from .proxy import Proxy, ProxyConfig, Report, Score, check_proxy, graph_from_key, graph_key
 
 KINDS = ("trees", "policies")
 """``trees``: every branched tree over the space's branchable layers (:func:`~nas_mtl.graph.enumerate_trees`);
@@ -231,11 +231,22 @@ def score_header(tasks: Sequence[str], space: SearchSpace, config: ProxyConfig, 
     return {"kind": kind, "tasks": list(tasks), "layers": list(space.layers), "proxy": config.to_dict()}
 
 
+def _check(data: MultiTaskData, space: SearchSpace, config: ExhaustiveConfig) -> None:
+    check_proxy(data, config.proxy)
+    n = count_candidates(len(data.task_names), space, config.kind)
+    if n > config.limit:
+        raise ValueError(
+            f"exhaustive search: space {space.name!r} has {n:,} {config.kind} for {len(data.task_names)} tasks, "
+            f"above limit={config.limit:,}"
+        )
+
+
 @register_search_method("exhaustive")
 def _method() -> SearchMethod:
     return SearchMethod(
         ExhaustiveConfig,
         exhaustive_search,
+        check=_check,
         help="score every tree (or select/skip policy) of a small space with the search proxy: the ground truth",
     )
 

@@ -235,15 +235,24 @@ class Proxy:
         return Score(curve[-1], tuple(curve), result.val, result.test, cost.params, cost.macs, time.perf_counter() - t0)
 
 
-def _subset(data: MultiTaskData, config: ProxyConfig) -> MultiTaskData:
-    """``data`` with a fixed random ``config.subset`` of its training set (at least one batch)."""
+def check_proxy(data: MultiTaskData, config: ProxyConfig) -> None:
+    """ValueError if the proxy cannot train on ``data`` (checked before a study trains anything)."""
     n = len(data.train)
     k = round(config.subset * n)
+    if n < config.warmstart.batch_size:
+        raise ValueError(f"proxy config: batch_size {config.warmstart.batch_size} exceeds the {n} training samples")
     if k < config.finetune.batch_size:
         raise ValueError(
             f"proxy config: subset {config.subset} keeps {k} of {n} training samples, fewer than "
             f"finetune.batch_size={config.finetune.batch_size} (training drops incomplete batches)"
         )
+
+
+def _subset(data: MultiTaskData, config: ProxyConfig) -> MultiTaskData:
+    """``data`` with a fixed random ``config.subset`` of its training set (at least one batch)."""
+    check_proxy(data, config)
+    n = len(data.train)
+    k = round(config.subset * n)
     if k == n:
         return data
     index = torch.randperm(n, generator=torch.Generator().manual_seed(config.finetune.seed))[:k].sort().values
@@ -264,5 +273,6 @@ __all__ = [
     "Score",
     "Scorer",
     "graph_from_key",
+    "check_proxy",
     "graph_key",
 ]
