@@ -7,6 +7,7 @@ registry name and arguments, the task specs, the input shape and the sharing gra
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from torch import nn
 from .backbones import create_backbone
 from .graph import SharingGraph
 from .network import MultiTaskNetwork
-from .runs import load_checkpoint, read_json
+from .runs import load_checkpoint, read_json, replace_atomic
 from .tasks import TaskSpec
 
 MANIFEST_FORMAT = "nas_mtl.network/1"
@@ -74,7 +75,11 @@ def save_weights(network: MultiTaskNetwork, tasks: Sequence[TaskSpec], out_dir: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
-    save_file(state, str(out_dir / "weights.safetensors"), metadata={"format": MANIFEST_FORMAT})
+    path = out_dir / "weights.safetensors"
+    replace_atomic(path, lambda tmp: save_file(state, str(tmp), metadata={"format": MANIFEST_FORMAT}))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; the export's other files follow the umask
     network.graph.save(out_dir / "graph.json")
     manifest = network_manifest(network, tasks)
     manifest["files"] = {"weights": "weights.safetensors", "graph": "graph.json"}

@@ -91,3 +91,10 @@ def test_export_errors(tmp_path, exported):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other/1"}))
     with pytest.raises(ValueError, match="format: expected 'nas_mtl.network/1'"):
         load_exported(tmp_path)
+
+
+def test_exported_files_share_one_file_mode(exported):
+    """safetensors writes its file 0600; the export's files all follow the umask (0644 under umask 022)."""
+    _, out, _ = exported
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert len(set(modes.values())) == 1, modes
