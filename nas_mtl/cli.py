@@ -367,13 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import torch
+
     args = build_parser().parse_args(argv)
     if args.torch_threads is not None:
         if args.torch_threads < 1:
             print(f"nas-mtl: error: --threads: expected a positive integer, got {args.torch_threads}", file=sys.stderr)
             return EXIT_USER_ERROR
-        import torch
-
         torch.set_num_threads(args.torch_threads)
     try:
         args.func(args)
@@ -382,10 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"nas-mtl: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except MemoryError:
+    except (MemoryError, torch.OutOfMemoryError) as err:  # host or GPU memory
         if os.environ.get("NAS_MTL_DEBUG"):
             raise
-        print("nas-mtl: error: out of memory (smaller data sizes or batch sizes?)", file=sys.stderr)
+        where = "GPU" if isinstance(err, torch.OutOfMemoryError) else "host"
+        print(f"nas-mtl: error: out of {where} memory (smaller data sizes or batch sizes?)", file=sys.stderr)
         return EXIT_USER_ERROR
     except FloatingPointError as err:
         print(f"nas-mtl: training stopped: {err}", file=sys.stderr)

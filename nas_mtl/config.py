@@ -207,10 +207,23 @@ def build_config(
     try:
         return _replace(config, changes)
     except (TypeError, ValueError) as err:  # the dataclass's own check: name the key its message names
-        names = {o.key: {o.key, *(p[-1] for p in o.paths)} for o in by_key.values() if o.key in values}
-        named = [k for k, n in names.items() if any(re.search(rf"\b{re.escape(x)}\b", str(err)) for x in n)]
-        prefix = where(named[0]) if named else where("").rstrip(".-").strip()
+        prefix = where(_key_named(err, [by_key[k] for k in values])) if values else ""
+        prefix = prefix or where("").rstrip(".-").strip()
         raise ValueError(f"{prefix}: {err}" if prefix else str(err)) from None
+
+
+def _key_named(err: Exception, given: Sequence[Option]) -> str:
+    """The given option a dataclass's error message names: the one whose longest dotted path suffix
+    (``finetune.epochs`` before ``epochs``) or key appears in it; "" when none does."""
+    best, score = "", 0
+    for opt in given:
+        for path in opt.paths:
+            for n in range(len(path), 0, -1):
+                if n > score and re.search(rf"\b{re.escape('.'.join(path[-n:]))}\b", str(err)):
+                    best, score = opt.key, n
+        if score == 0 and re.search(rf"\b{re.escape(opt.key)}\b", str(err)):
+            best, score = opt.key, 1
+    return best
 
 
 def _replace(config: Any, changes: Mapping[tuple[str, ...], Any]) -> Any:

@@ -227,7 +227,7 @@ class MultiTaskNetwork(nn.Module):
             select = [[True] * n if g is None else [v == 1.0 for v in next(rows)] for g in gates]
             policy = SharingGraph.from_policy(self.graph.tasks, self.graph.layers, select, self.graph.skippable)
             return self._run_graph(x, policy, frozenset(self.graph.tasks))
-        norms = self._stream_norms()
+        norms = self.stream_norms()
         try:
             return self._streamed_forward(x, gates, norms)
         finally:  # a norm outside a streamed forward is a plain one
@@ -256,8 +256,9 @@ class MultiTaskNetwork(nn.Module):
             features = features * n
         return {t: self.heads[j](features[j].contiguous()) for j, t in enumerate(self.graph.tasks)}
 
-    def _stream_norms(self) -> list[list[nn.Module]]:
-        """Each layer's stream-aware BatchNorm layers (converted on first use: :func:`stream_norms`)."""
+    def stream_norms(self) -> list[list[nn.Module]]:
+        """Each layer's stream-aware BatchNorm layers, converted on the first call (:func:`stream_norms`; gated
+        forwards call it); TypeError for a BatchNorm subclass whose forward a twin cannot reproduce."""
         if self._norms is None:
             self._norms = [stream_norms(row[0]) for row in self.blocks]
         return self._norms

@@ -311,15 +311,19 @@ def run_study(
 def _record_settings(spec: StudySpec, space: SearchSpace, run_dir: Path) -> None:
     """Write what the study's results depend on to ``RUN_DIR/study.json``, or check it against the record there.
 
-    Data, search space, training settings and each search's options must be the record's (runtime keys such as
-    the device aside); seeds, search seeds, balancers, baselines and new search methods may be added, as they
-    only add runs. The record then grows by what was added.
+    Once a search or an arm run has finished, data, search space, training settings and each search's options
+    must be the record's (runtime keys such as the device aside); seeds, search seeds, balancers, baselines and
+    new search methods may be added, as they only add runs. The record then grows by what was added. Before
+    anything finished (e.g. a study stopped by a mistake in its file), the record is replaced.
     """
     now = json.loads(json.dumps(_study_settings(spec, space)))  # tuples -> lists, as stored
     path = run_dir / STUDY_RECORD
-    if path.is_file():
+    finished = any(run_dir.glob(f"arms/**/{ROW}")) or any(run_dir.glob(f"search/**/{SEARCH_DONE}"))
+    if path.is_file() and finished:  # while nothing finished, a corrected study file simply replaces the record
         saved = read_json(path, "study record", ("settings",), f"delete it only if {run_dir} was made with this study")
         old = saved["settings"]
+        if not isinstance(old, Mapping):
+            raise ValueError(f"{path}: damaged study record (settings is not a table); restore it or use a new folder")
         both = {m: now["search"][m] for m in now["search"] if m in old.get("search", {})}
         check_settings({**old, "search": {m: old["search"][m] for m in both}}, {**now, "search": both}, path, "study")
         now["search"] = {**old.get("search", {}), **now["search"]}
@@ -414,6 +418,14 @@ def run_baselines(
         baselines=tuple(dict.fromkeys(["single", *arms])),
     )
     rows = run_study(spec, run_dir, progress=config.progress, data=data, space=space)
+    # one row per arm (and task): graphs without shared parameters also train with "equal" (identical for the
+    # built-in balancers); keep the requested balancer's row where there is one
+    chosen: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = (r["arm"], r["task"])
+        if key not in chosen or r["balancer"] == spec.balancers[0]:
+            chosen[key] = r
+    rows = list(chosen.values())
     single_rows = [r for r in rows if r["arm"] == "single-task"]
     single: Metrics = {r["task"]: r["test"][r["task"]] for r in single_rows}
     table = []

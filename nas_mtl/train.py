@@ -312,6 +312,8 @@ class Trainer:
         self.elapsed, self.skipped = state["elapsed"], state.get("skipped", 0)
         self._balancer_state = state.get("balancer", {})
         for name, obj in self.state.items():
+            if name not in state.get("extra", {}):
+                raise ValueError(f"{self.checkpoint}: no {name!r} state in this checkpoint; use a new run folder")
             obj.load_state_dict(state["extra"][name])
         if self.epoch < self.config.epochs:  # a finished run is only evaluated
             _warn_if_environment_changed(state.get("env"), self.env, self.checkpoint)

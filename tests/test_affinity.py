@@ -439,6 +439,11 @@ def test_affinity_search_errors(tiny, tmp_path, monkeypatch):
         affinity_search(data, space, _cfg(measures=["gradcos"], branch_at="stem"), tmp_path)
     with pytest.raises(ValueError, match="branch_at"):
         affinity_search(data, space, _cfg(measures=["gradcos"], branch_at=99), tmp_path)
+    from nas_mtl.search.affinity import check_affinity_search
+
+    check_affinity_search(data, space, _cfg(branch_at="1"))  # a study file's "1": the layer index, as on the CLI
+    with pytest.raises(ValueError, match="layer 'stem' is not branchable"):
+        check_affinity_search(data, space, _cfg(branch_at="0"))
 
 
 def test_cli_search_affinity(tiny, tmp_path, capsys):

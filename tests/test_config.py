@@ -13,6 +13,7 @@ from nas_mtl.config import build_config, field_docs, nested, option, options, to
 from nas_mtl.search import SEARCH_METHODS, load_search_methods
 from nas_mtl.search.adashare import AdaShareConfig
 from nas_mtl.search.branching import BranchSearchConfig
+from nas_mtl.search.exhaustive import ExhaustiveConfig
 from nas_mtl.search.proxy import ProxyConfig
 from nas_mtl.study import method_config, parse_study
 from nas_mtl.train import TrainConfig
@@ -180,6 +181,12 @@ def test_adashare_takes_the_training_options_it_uses_from_train_config():
     with pytest.raises(ValueError, match="train.optimizer is not used by AdaShare"):
         AdaShareConfig(train=TrainConfig(optimizer="sgd"))
     assert AdaShareConfig().to_dict()["epochs"] == 30  # the recorded form stays flat
+
+
+def test_a_check_of_a_nested_field_names_the_key_that_set_it():
+    """Both epochs keys end in "epochs": the message names finetune.epochs, so proxy_epochs is to blame."""
+    with pytest.raises(ValueError, match=r"^X\.proxy_epochs: proxy config: finetune\.epochs must be >= 1"):
+        build_config(ExhaustiveConfig, {"warmstart_epochs": 0, "proxy_epochs": 0}, where=lambda k: f"X.{k}")
 
 
 def test_a_study_file_error_names_file_table_and_key():

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from nas_mtl.cli import main
 from nas_mtl.runs import LOCK, run_lock
@@ -196,7 +197,13 @@ def test_bad_places_and_sizes_are_one_line_errors(tmp_path, capsys, monkeypatch)
         raise MemoryError
 
     monkeypatch.setattr("nas_mtl.cli.create_dataset", huge)
-    assert "out of memory" in _error([*_train_argv(tmp_path / "m"), *argv], capsys)
+    assert "out of host memory" in _error([*_train_argv(tmp_path / "m"), *argv], capsys)
+
+    def gpu(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr("nas_mtl.cli.create_dataset", gpu)  # a RuntimeError, not a MemoryError
+    assert "out of GPU memory" in _error([*_train_argv(tmp_path / "g"), *argv], capsys)
 
 
 def test_a_resumed_search_reports_the_cost_of_all_its_sessions(study, capsys):
@@ -253,3 +260,13 @@ def test_every_search_is_checked_against_the_data_before_any_training(tmp_path, 
     assert "search.affinity: branch_at: layer 'stem' is not branchable" in _error(
         ["study", str(tmp_path / "s.toml"), "--out", str(tmp_path / "run2")], capsys
     )
+
+
+def test_a_study_stopped_by_a_mistake_in_its_file_accepts_the_corrected_file(tmp_path, capsys):
+    """Nothing finished yet: the record is replaced, not enforced (a typo must not lock the folder)."""
+    bad = STUDY.replace("n_train = 64", "n_train = 16")  # fewer samples than a batch: the baselines fail
+    (tmp_path / "s.toml").write_text(bad)
+    assert "batch_size" in _error(["study", str(tmp_path / "s.toml"), "--out", str(tmp_path / "run")], capsys)
+    (tmp_path / "s.toml").write_text(STUDY)
+    assert main(["study", str(tmp_path / "s.toml"), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "study.json").read_text())["settings"]["data"]["n_train"] == 64

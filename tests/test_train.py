@@ -320,3 +320,19 @@ def test_trainer_parts_checkpoint_extra_state_and_resume_bitwise(tmp_path):
     assert resumed.test == straight.test
     for a, b in zip(again.network.state_dict().values(), straight_net.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_without_the_callers_state_is_refused_by_name(tmp_path):
+    from nas_mtl.train import Trainer
+
+    train(_net(), _data(), CFG, run_dir=tmp_path)
+
+    class Stateful:
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: no 'search' state in this checkpoint; use a new run"):
+        Trainer(_net(), _data(), CFG, run_dir=tmp_path, state={"search": Stateful()}).restore()

@@ -265,6 +265,7 @@ class AdaShareSupernet(nn.Module):
         blocks = backbone.build()  # blocks first, then heads: the initialisation order of the original supernet
         heads = {t.name: t.build_head(backbone.feature_shape, backbone.input_shape[1:]) for t in tasks}
         self.network = MultiTaskNetwork(graph, backbone, heads, inherit=blocks)
+        self.network.stream_norms()  # stream-aware BatchNorm now: an unsupported norm fails here, not mid-search
         # init_method "equal": both logits 0.5, p_select = 0.5
         self.logits = nn.Parameter(torch.full((len(self.policy_layers), len(self.tasks), 2), 0.5))
 
@@ -529,6 +530,11 @@ class _Search:
         }
 
     def load_state_dict(self, state: Mapping[str, Any], source: Path) -> None:
+        if not any(k.startswith("network.") for k in state.get("net", {})):
+            raise ValueError(
+                f"{source}: an AdaShare checkpoint of an earlier nas_mtl version (before the shared executor); "
+                "delete it to restart the search"
+            )
         check_settings(state["identity"], self._identity(), source, "checkpoint")
         self.net.load_state_dict(state["net"])
         self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], list(state["history"])

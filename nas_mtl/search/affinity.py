@@ -318,6 +318,8 @@ def _branch_index(branch_at: int | str | None, space: SearchSpace) -> int:
         if not space.branchable:
             raise ValueError(f"branch_at: search space {space.name!r} has no branchable layer")
         return space.layers.index(space.branchable[0])
+    if isinstance(branch_at, str) and branch_at.isdigit() and branch_at not in space.layers:
+        branch_at = int(branch_at)  # "2" from a study file or a flag: a layer index, as before typed configs
     index = space.layers.index(branch_at) if branch_at in space.layers else branch_at
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(space.layers):
         raise ValueError(f"branch_at: expected a layer name or index, got {branch_at!r}; layers: {list(space.layers)}")
