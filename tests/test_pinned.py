@@ -55,9 +55,9 @@ STUDY = {
             "device": "cpu",
         },
         "affinity": {"measure": "lookahead,gradcos", "epochs": 1, "batch_size": 32, "every": 1, "device": "cpu"},
-        "exhaustive": {
+        "exhaustive": {  # two fine-tuning epochs: the per-epoch curve a pruner reads is pinned too
             "warmstart_epochs": 1,
-            "proxy_epochs": 1,
+            "proxy_epochs": 2,
             "batch_size": 32,
             "reference": "hard",
             "device": "cpu",
@@ -95,7 +95,9 @@ def pinned_numbers(tmp: Path) -> dict[str, Any]:
         for p in sorted((tmp / "run" / "search").glob("*/*/search.json"))
     }
     rows = sorted(rows, key=lambda r: (r["arm"], r["task"] or "", r["balancer"], r["seed"]))
-    return _strip({"searches": searches, "rows": rows})
+    table = next((tmp / "run" / "search" / "exhaustive").glob("*/scores.jsonl")).read_text().splitlines()[1:]
+    curves = {e["key"]: e["score"]["curve"] for e in map(json.loads, table)}
+    return _strip({"searches": searches, "rows": rows, "curves": curves})
 
 
 def _env() -> dict[str, Any]:
@@ -110,7 +112,7 @@ def test_a_tiny_study_gives_the_pinned_numbers(tmp_path):
     if changed:
         pytest.skip(f"pinned in another environment ({changed}); regenerate with python {Path(__file__).name}")
     got = pinned_numbers(tmp_path)
-    for kind in ("searches", "rows"):
+    for kind in ("searches", "rows", "curves"):
         assert json.dumps(got[kind], sort_keys=True) == json.dumps(pinned[kind], sort_keys=True), kind
 
 

@@ -29,7 +29,7 @@ from ..graph import SKIP, SharingGraph
 from ..metrics import delta_m
 from ..network import MultiTaskNetwork
 from ..space import SearchSpace
-from ..train import EpochContext, Metrics, TrainConfig, seed_everything, train
+from ..train import Metrics, StepContext, TrainConfig, evaluate, resolve_device, seed_everything, train
 
 REFERENCES = ("single", "hard")
 OBJECTIVES = {"delta_m": "maximize", "params": "minimize", "macs": "minimize"}
@@ -209,6 +209,11 @@ class Proxy:
         """Δm (%) of ``metrics`` against the reference, over each task's primary metric."""
         return delta_m(metrics, self.reference, primary_directions(self.data))
 
+    def _val_delta_m(self, network: MultiTaskNetwork) -> float:
+        cfg = self.config.finetune
+        metrics = evaluate(network, self.data.val, self.data.tasks, cfg.eval_batch_size, resolve_device(cfg.device))
+        return self.delta_m(metrics)
+
     def score(self, graph: SharingGraph, report: Report | None = None) -> Score:
         """Inherit from the warm start, fine-tune, and score ``graph`` (see the module doc)."""
         self.space.check_graph(graph)
@@ -218,10 +223,15 @@ class Proxy:
         network = MultiTaskNetwork.from_tasks(graph, self.space.backbone, self.data.tasks, inherit=self.network)
         curve: list[float] = []
 
-        def on_epoch(ctx: EpochContext) -> None:  # Δm of the epoch's validation metrics (already evaluated)
-            curve.append(self.delta_m(ctx.record["val"]))
-            if report is not None and ctx.epoch < cfg.epochs:
-                report(ctx.epoch, curve[-1])
+        def on_step(ctx: StepContext) -> None:
+            # the first step of a new epoch scores the previous one. Its forward has already moved the BatchNorm
+            # running statistics by one batch; the end-of-epoch validation train() records differs by that, and
+            # could replace this extra evaluation, but would change which trials a pruner stops (kept as it was:
+            # searches stay bitwise what they were)
+            if ctx.epoch > len(curve):
+                curve.append(self._val_delta_m(ctx.network))
+                if report is not None:
+                    report(len(curve), curve[-1])
 
         result = train(
             network,
@@ -229,8 +239,9 @@ class Proxy:
             cfg,
             create_balancer(self.config.balancer),
             desc=graph_key(graph),
-            epoch_hooks=[on_epoch],
+            step_hooks=[on_step],
         )
+        curve.append(self.delta_m(result.val))
         cost = network.cost()
         return Score(curve[-1], tuple(curve), result.val, result.test, cost.params, cost.macs, time.perf_counter() - t0)
 
