@@ -28,6 +28,8 @@ Metrics = dict[str, dict[str, float]]
 """``{task: {metric: value}}``."""
 
 CHECKPOINT = "checkpoint.pt"
+DIVERGENCE = 100.0
+"""A task's epoch loss over this many times its first step's (and above 1) is reported as diverging."""
 RESULT = "result.json"
 
 
@@ -280,6 +282,8 @@ class Trainer:
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.checkpoint = None if self.run_dir is None else self.run_dir / CHECKPOINT
         self._balancer_state: dict[str, Any] = {}
+        self._first_losses: dict[str, float] | None = None
+        self._warned = False
 
     def fit(self) -> TrainResult:
         """Restore, train the remaining epochs (checkpointing each), finish: the whole run."""
@@ -380,6 +384,8 @@ class Trainer:
                 self.skipped += 1
                 continue
             self.optimizer.step()
+            if self._first_losses is None:  # the reference a diverging run is told from (this session's first step)
+                self._first_losses = {k: float(v.detach()) for k, v in losses.items()}
             for k, v in losses.items():
                 sums[k] += float(v.detach()) * x.shape[0]
             seen += x.shape[0]
@@ -390,12 +396,30 @@ class Trainer:
         val = evaluate(network, self.data.val, self.specs, config.eval_batch_size, device)
         self.elapsed += time.perf_counter() - t0
         train_loss = {k: v / max(seen, 1) for k, v in sums.items()}
+        self._warn_if_diverging(train_loss, epoch + 1)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": self.elapsed}
         for hook in self.epoch_hooks:
             record.update(hook(EpochContext(network, epoch + 1, record)) or {})
         self.history.append(record)
         self.epoch += 1
         return record
+
+    def _warn_if_diverging(self, train_loss: Mapping[str, float], epoch: int) -> None:
+        """Warn (once per run) when a task's mean training loss is over DIVERGENCE times its first step's and
+        above 1: training diverges (e.g. Adam at lr 1e6 ends at losses ~1e13 and chance-level metrics)."""
+        if self._warned or not self._first_losses:
+            return
+        for task, value in train_loss.items():
+            first = self._first_losses.get(task, math.inf)
+            if value > 1 and value > DIVERGENCE * first:
+                warnings.warn(
+                    f"{self.desc}: task {task!r} mean training loss {value:.3g} in epoch {epoch} is "
+                    f"{value / first:.3g} times its first step's ({first:.3g}): training diverges "
+                    f"(learning rate {self.config.lr} too high?)",
+                    stacklevel=3,
+                )
+                self._warned = True
+                return
 
     def save(self) -> None:
         """Checkpoint the run (atomically) in its run folder; nothing without one."""

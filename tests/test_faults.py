@@ -270,3 +270,23 @@ def test_a_study_stopped_by_a_mistake_in_its_file_accepts_the_corrected_file(tmp
     (tmp_path / "s.toml").write_text(STUDY)
     assert main(["study", str(tmp_path / "s.toml"), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "run" / "study.json").read_text())["settings"]["data"]["n_train"] == 64
+
+
+@pytest.mark.parametrize("how", ["truncate", "empty", "garbage"])
+def test_a_damaged_score_table_names_itself_and_damaged_entries_are_scored_again(tmp_path, how):
+    from nas_mtl.search.exhaustive import ScoreTable
+    from nas_mtl.search.proxy import Score
+
+    path = tmp_path / "scores.jsonl"
+    table = ScoreTable(path, {"kind": "trees"})
+    table.add("0.0", Score(1.0, (1.0,), {}, {}, 1, 1, 0.1))
+    table.add("0.1", Score(2.0, (2.0,), {}, {}, 1, 1, 0.1))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], '{"key": "0.0", "score": 3}', lines[2]]) + "\n")  # a bad entry
+    assert set(ScoreTable(path, {"kind": "trees"}).scores) == {"0.1"}  # the other is scored again
+    if how == "truncate":  # inside the header line
+        path.write_text(lines[0][: len(lines[0]) // 2])
+    else:
+        corrupt(path, how)
+    with pytest.raises(ValueError, match=rf"{path}: damaged score table \(no header line\); delete it"):
+        ScoreTable(path, {"kind": "trees"})

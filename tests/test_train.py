@@ -336,3 +336,14 @@ def test_a_checkpoint_without_the_callers_state_is_refused_by_name(tmp_path):
 
     with pytest.raises(ValueError, match=r"checkpoint\.pt: no 'search' state in this checkpoint; use a new run"):
         Trainer(_net(), _data(), CFG, run_dir=tmp_path, state={"search": Stateful()}).restore()
+
+
+def test_diverging_training_is_reported_and_normal_training_is_not():
+    """Adam at lr 1e6 ends at huge losses and chance-level metrics; it used to finish without a word."""
+    import dataclasses
+
+    with pytest.warns(UserWarning, match=r"task '\w+' mean training loss .* training diverges \(learning rate"):
+        train(_net(), _data(), dataclasses.replace(CFG, lr=1e6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(_net(), _data(), CFG)

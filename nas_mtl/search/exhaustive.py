@@ -22,7 +22,7 @@ from typing import Any
 from ..config import nested, option
 from ..data import MultiTaskData
 from ..graph import SharingGraph, enumerate_trees
-from ..runs import check_settings
+from ..runs import check_settings, replace_atomic
 from ..space import SearchSpace
 from . import SearchMethod, SearchResult, register_search_method
 from .proxy import Proxy, ProxyConfig, Report, Score, check_proxy, graph_from_key, graph_key
@@ -110,21 +110,26 @@ class ScoreTable:
         self.scores: dict[str, Score] = {}
         if not self.path.is_file():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.header) + "\n")
+            replace_atomic(self.path, lambda tmp: tmp.write_text(json.dumps(self.header) + "\n"))
             return
-        text = self.path.read_text()
+        text = self.path.read_text(errors="replace")
+        lines = text.splitlines()
+        try:
+            stored = json.loads(lines[0]) if lines else None
+        except json.JSONDecodeError:
+            stored = None
+        if not isinstance(stored, dict) or stored.get("format") != TABLE_FORMAT:
+            raise ValueError(f"{self.path}: damaged score table (no header line); delete it to score the graphs again")
+        check_settings(stored, self.header, self.path, "score table")
         if not text.endswith("\n"):  # a killed run's partial last line: start the next entry on a new line
             with self.path.open("a") as fh:
                 fh.write("\n")
-        lines = text.splitlines()
-        stored = json.loads(lines[0]) if lines else {}
-        check_settings(stored, self.header, self.path, "score table")
         for line in lines[1:]:
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:  # the line a killed run was writing
+                self.scores[entry["key"]] = Score.from_dict(entry["score"])
+            except (json.JSONDecodeError, KeyError, TypeError):  # a line a killed run was writing: scored again
                 continue
-            self.scores[entry["key"]] = Score.from_dict(entry["score"])
 
     def __len__(self) -> int:
         return len(self.scores)
