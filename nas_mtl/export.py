@@ -6,7 +6,6 @@ registry name and arguments, the task specs, the input shape and the sharing gra
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 from .backbones import create_backbone
 from .graph import SharingGraph
 from .network import MultiTaskNetwork
-from .runs import load_checkpoint, read_json, replace_atomic
+from .runs import load_checkpoint, read_json, replace_atomic, write_json_atomic
 from .tasks import TaskSpec
 
 MANIFEST_FORMAT = "nas_mtl.network/1"
@@ -83,7 +82,7 @@ def save_weights(network: MultiTaskNetwork, tasks: Sequence[TaskSpec], out_dir: 
     network.graph.save(out_dir / "graph.json")
     manifest = network_manifest(network, tasks)
     manifest["files"] = {"weights": "weights.safetensors", "graph": "graph.json"}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json_atomic(manifest, out_dir / "manifest.json")
     return out_dir / "manifest.json"
 
 
@@ -161,7 +160,7 @@ def export_network(
     if "onnx" in formats:
         report["max_abs_diff"]["onnx"] = _export_onnx(wrapper, example, inputs, expected, out_dir / "model.onnx")
         report["files"]["onnx"] = "model.onnx"
-    (out_dir / "export.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json_atomic(report, out_dir / "export.json")
     return report
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import networkx as nx
 
+from .runs import replace_atomic
+
 SKIP = -1
 """Assignment value meaning "task skips this block" (identity; only on skippable blocks)."""
 
@@ -252,7 +254,8 @@ class SharingGraph:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(self.to_json() + "\n")
+        text = self.to_json() + "\n"
+        replace_atomic(path, lambda tmp: tmp.write_text(text))
         return path
 
     @classmethod

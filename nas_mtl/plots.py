@@ -16,14 +16,16 @@ from matplotlib.ticker import EngFormatter  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
 from .graph import SKIP, SharingGraph  # noqa: E402
+from .runs import replace_atomic  # noqa: E402
 
 
 def save_figure(fig: Figure, path: str | Path | None) -> Figure:
     """Tight layout; written to ``path`` (folders made, 120 dpi) and closed when a path is given."""
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png"))
         plt.close(fig)
     return fig
 

@@ -33,6 +33,7 @@ from scipy import stats
 from .graph import SharingGraph
 from .metrics import delta_m
 from .plots import draw_topology, pareto_plot
+from .runs import replace_atomic
 from .search.proxy import graph_key
 from .study import load_rows, slug
 
@@ -590,7 +591,7 @@ def _search_figures(run_dir: Path, figures: Path) -> list[_Figure]:
     for png, parts in zip(pngs, where):
         shown = parts if short[f"{parts[0]}_{parts[-1]}"] > 1 else (parts[0], parts[-1])
         target = figures / ("search_" + "_".join(map(slug, shown)))
-        shutil.copyfile(png, target)
+        replace_atomic(target, lambda tmp, png=png: shutil.copyfile(png, tmp))
         out.append(_Figure(f"{' '.join(shown[:-1])}: {png.stem}", target.name))
     return out
 
@@ -611,10 +612,10 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     runs = runs_table(rows)
     summary = summary_table(runs)
     files = {name: out_dir / name for name in ("runs.csv", "summary.csv", "paired.csv", "report.md", "report.html")}
-    runs.to_csv(files["runs.csv"], index=False)
-    summary.to_csv(files["summary.csv"])
+    replace_atomic(files["runs.csv"], lambda tmp: runs.to_csv(tmp, index=False))
+    replace_atomic(files["summary.csv"], lambda tmp: summary.to_csv(tmp))
     paired = paired_table(runs)
-    paired.to_csv(files["paired.csv"], index=False)
+    replace_atomic(files["paired.csv"], lambda tmp: paired.to_csv(tmp, index=False))
 
     points = [(_name(k), float(r["params"]), float(r["delta_m"])) for k, r in summary.iterrows()]
     intervals = list(zip(summary["delta_m ci_low"], summary["delta_m ci_high"]))
@@ -626,8 +627,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
 
     title = _study_title(run_dir)
     sections = _sections(runs, rows, summary, paired, shown)
-    files["report.md"].write_text(_markdown(title, sections))
-    files["report.html"].write_text(_html(title, sections))
+    markdown, page = _markdown(title, sections), _html(title, sections)
+    replace_atomic(files["report.md"], lambda tmp: tmp.write_text(markdown))
+    replace_atomic(files["report.html"], lambda tmp: tmp.write_text(page))
     return files
 
 

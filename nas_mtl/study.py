@@ -50,7 +50,7 @@ from .data.base import DATASETS
 from .graph import SharingGraph
 from .metrics import delta_m
 from .processes import exit_with_parent
-from .runs import check_settings, read_json, run_lock, write_json_atomic
+from .runs import check_settings, read_json, replace_atomic, run_lock, write_json_atomic
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
 from .train import Metrics, TrainConfig
@@ -304,7 +304,7 @@ def run_study(
                     raise ValueError(f"{spec.source}: search.{method}: {err}") from None
         _record_settings(spec, space, run_dir)  # refuses a folder made with other settings, before any run
         if spec.source != "<memory>" and Path(spec.source).is_file():
-            shutil.copyfile(spec.source, run_dir / "study.toml")
+            replace_atomic(run_dir / "study.toml", lambda tmp: shutil.copyfile(spec.source, tmp))
         return _run_locked(spec, run_dir, progress, jobs, data, space)
 
 
@@ -437,8 +437,8 @@ def run_baselines(
         if r["arm"] != "single-task":
             table.append(_baseline_row(r["arm"], r["test"], single, data, r["params"], r["macs"], r["train_seconds"]))
     frame = pd.DataFrame(table).set_index("arm")
-    frame.to_csv(Path(run_dir) / "baselines.csv")
-    (Path(run_dir) / "baselines.json").write_text(json.dumps(frame.reset_index().to_dict(orient="records"), indent=1))
+    replace_atomic(Path(run_dir) / "baselines.csv", lambda tmp: frame.to_csv(tmp))
+    write_json_atomic(frame.reset_index().to_dict(orient="records"), Path(run_dir) / "baselines.json")
     return frame
 
 

@@ -290,3 +290,31 @@ def test_a_damaged_score_table_names_itself_and_damaged_entries_are_scored_again
         corrupt(path, how)
     with pytest.raises(ValueError, match=rf"{path}: damaged score table \(no header line\); delete it"):
         ScoreTable(path, {"kind": "trees"})
+
+
+def test_a_folder_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    """Root ignores permission bits, so an unwritable (read-only, immutable) folder is simulated by the error the
+    operating system gives there."""
+    from pathlib import Path
+
+    real = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    argv = ["--data-arg", "n_train=64", "--data-arg", "n_val=32", "--data-arg", "n_test=32", "--data-arg", "size=16"]
+    err = _error([*_train_argv(tmp_path / "locked"), *argv], capsys)
+    assert "Permission denied" in err and str(tmp_path / "locked") in err
+
+
+def test_a_damaged_model_manifest_is_one_line_for_export(tmp_path, capsys):
+    argv = _train_argv(tmp_path / "r") + [f"--data-arg={k}=32" for k in ("n_val", "n_test")]
+    argv += ["--data-arg", "n_train=64", "--data-arg", "size=16"]
+    assert main(argv) == 0
+    manifest = tmp_path / "r" / "model.json"
+    corrupt(manifest, "truncate")
+    err = _error(["export", str(tmp_path / "r"), "--out", str(tmp_path / "e")], capsys)
+    assert f"{manifest}: damaged model manifest (not JSON" in err and "retrain the run" in err
