@@ -318,3 +318,39 @@ def test_a_damaged_model_manifest_is_one_line_for_export(tmp_path, capsys):
     corrupt(manifest, "truncate")
     err = _error(["export", str(tmp_path / "r"), "--out", str(tmp_path / "e")], capsys)
     assert f"{manifest}: damaged model manifest (not JSON" in err and "retrain the run" in err
+
+
+def test_a_tree_search_in_a_folder_with_url_characters_keeps_its_study_there(tmp_path, capsys):
+    out = tmp_path / "we?ird %41"
+    argv = ["search", "branch", "--data", "multidigits", "--space", "resnet_small", "--out", str(out)]
+    argv += ["--data-arg", "n_train=64", "--data-arg", "n_val=32", "--data-arg", "n_test=32", "--data-arg", "size=16"]
+    argv += ["--n-trials", "1", "--warmstart-epochs", "1", "--proxy-epochs", "1", "--batch-size", "32"]
+    assert main([*argv, "--reference", "hard", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert (out / "study.db").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_the_epochs_message_says_what_is_allowed():
+    from nas_mtl.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"epochs must be an integer >= 0 \(0: evaluate only\), got -1"):
+        TrainConfig(epochs=-1)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        TrainConfig(batch_size=0)
+
+
+def test_a_resumed_exhaustive_search_reports_the_cost_of_what_it_read_back(tmp_path):
+    import dataclasses
+
+    from nas_mtl.data import create_dataset
+    from nas_mtl.search.exhaustive import ExhaustiveConfig, exhaustive_search
+    from nas_mtl.search.proxy import ProxyConfig
+    from nas_mtl.space import load_search_space
+    from nas_mtl.train import TrainConfig
+
+    data = create_dataset("multidigits", n_train=64, n_val=32, n_test=32, size=16)
+    space = load_search_space("resnet_small", input_shape=data.input_shape)
+    tiny = TrainConfig(epochs=1, batch_size=32, device="cpu")
+    config = ExhaustiveConfig(proxy=ProxyConfig(warmstart=tiny, finetune=tiny, reference="hard"))
+    first = exhaustive_search(data, space, config, tmp_path)
+    again = exhaustive_search(data, space, dataclasses.replace(config), tmp_path)  # everything read back
+    assert again.seconds == first.seconds > 10 * again.info["session_seconds"]
