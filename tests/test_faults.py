@@ -215,7 +215,7 @@ def test_a_resumed_search_reports_the_cost_of_all_its_sessions(study, capsys):
     done.unlink()
     assert main(["study", str(path), "--out", str(run), "--no-progress"]) == 0
     again = json.loads(done.read_text())
-    assert again["seconds"] >= measured > 10 * again["info"]["session_seconds"] and first >= measured
+    assert again["seconds"] >= measured > again["info"]["session_seconds"] and first >= measured
 
 
 def test_a_resumed_tree_search_adds_its_sessions(tmp_path):
@@ -353,4 +353,4 @@ def test_a_resumed_exhaustive_search_reports_the_cost_of_what_it_read_back(tmp_p
     config = ExhaustiveConfig(proxy=ProxyConfig(warmstart=tiny, finetune=tiny, reference="hard"))
     first = exhaustive_search(data, space, config, tmp_path)
     again = exhaustive_search(data, space, dataclasses.replace(config), tmp_path)  # everything read back
-    assert again.seconds == first.seconds > 10 * again.info["session_seconds"]
+    assert again.seconds == first.seconds > again.info["session_seconds"]
