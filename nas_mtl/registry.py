@@ -1,12 +1,92 @@
-"""Name -> factory registries, the extension points of nas_mtl (like timm's ``create_model``)."""
+"""Name -> factory registries, the extension points of nas_mtl (like timm's ``create_model``).
+
+A name is one of:
+
+- a registered name (``register`` decorator inside nas_mtl or in the user's own code);
+- an **entry point** of an installed package, in the registry's group (e.g. ``nas_mtl.datasets``): a project
+  declares ``[project.entry-points."nas_mtl.datasets"] mydata = "my_pkg.data:make"`` and ``mydata`` works
+  everywhere, ``nas-mtl list`` included;
+- a **reference** to a factory in the user's code, ``module.path:function`` (imported with the current folder on
+  the path, like ``python -m``) or ``path/to/file.py:function`` (a file; relative paths are resolved against the
+  folder of the study or search-space file that names them).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
 import inspect
+import os
+import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+_REFERENCE = re.compile(r"^(?P<target>[^:]+):(?P<attr>[A-Za-z_]\w*)$")
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def is_reference(name: object) -> bool:
+    """Whether ``name`` is ``module.path:function`` or ``path/file.py:function``."""
+    m = _REFERENCE.match(name) if isinstance(name, str) else None
+    return bool(m) and (m["target"].endswith(".py") or bool(_MODULE.match(m["target"])))
+
+
+def resolve_reference(name: str, base_dir: str | Path | None) -> str:
+    """``name`` with a relative ``file.py`` path made absolute against ``base_dir`` (other names unchanged)."""
+    m = _REFERENCE.match(name)
+    if not is_reference(name) or not m["target"].endswith(".py") or base_dir is None:
+        return name
+    path = Path(m["target"])
+    return name if path.is_absolute() else f"{(Path(base_dir) / path).resolve()}:{m['attr']}"
+
+
+def load_reference(name: str, kind: str) -> Callable:
+    """The factory a reference names; ValueError naming the reference, the file or module, and what is wrong."""
+    m = _REFERENCE.match(name)
+    target, attr = m["target"], m["attr"]
+    try:
+        if target.endswith(".py"):
+            path = Path(target).resolve()
+            if not path.is_file():
+                raise ValueError(f"{kind} {name!r}: file not found: {path}")
+            module_name = f"nas_mtl_user_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}_{path.stem}"
+            module = sys.modules.get(module_name)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[module_name]
+                    raise
+        else:
+            try:
+                module = importlib.import_module(target)
+            except ModuleNotFoundError as err:
+                if err.name is None or not target.startswith(err.name) or os.getcwd() in sys.path:
+                    raise
+                sys.path.append(os.getcwd())  # `nas-mtl` (a console script) does not put the current folder on it
+                module = importlib.import_module(target)
+    except ValueError:
+        raise
+    except ModuleNotFoundError as err:
+        raise ValueError(
+            f"{kind} {name!r}: no module {err.name!r} (run from the folder that holds it, add it to PYTHONPATH, or "
+            "install it)"
+        ) from None
+    except Exception as err:
+        raise ValueError(f"{kind} {name!r}: importing {target} failed: {type(err).__name__}: {err}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ValueError(f"{kind} {name!r}: {target} has no function {attr!r}")
+    return factory
 
 
 class Registry(Generic[T]):
@@ -14,10 +94,11 @@ class Registry(Generic[T]):
 
     Args:
         kind: what is registered ("backbone", "dataset", ...), used in error messages.
+        group: the entry-point group installed packages register in (e.g. ``nas_mtl.datasets``).
     """
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, kind: str, group: str | None = None) -> None:
+        self.kind, self.group = kind, group
         self._factories: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -31,28 +112,64 @@ class Registry(Generic[T]):
 
         return deco
 
+    def _entry_points(self) -> dict[str, importlib.metadata.EntryPoint]:
+        if self.group is None:
+            return {}
+        return {ep.name: ep for ep in importlib.metadata.entry_points(group=self.group)}
+
     def names(self) -> list[str]:
-        return sorted(self._factories)
+        """Registered names and installed packages' entry points."""
+        return sorted(set(self._factories) | set(self._entry_points()))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._factories
+        return name in self._factories or name in self._entry_points()
+
+    def is_user_code(self, name: str) -> bool:
+        """Whether ``name`` is a reference or an entry point (code outside nas_mtl)."""
+        return name not in self._factories and (is_reference(name) or name in self._entry_points())
+
+    def factory(self, name: str) -> Callable[..., T]:
+        """The factory of ``name`` (see the module doc); ValueError for an unknown name or a bad reference."""
+        if name in self._factories:
+            return self._factories[name]
+        if is_reference(name):
+            return load_reference(name, self.kind)
+        entry = self._entry_points().get(name)
+        if entry is not None:
+            try:
+                return entry.load()
+            except Exception as err:
+                raise ValueError(
+                    f"{self.kind} {name!r}: entry point {entry.value!r} failed to load: {type(err).__name__}: {err}"
+                ) from None
+        raise ValueError(
+            f"unknown {self.kind} {name!r}; known: {', '.join(self.names())} (or MODULE:FUNCTION, FILE.py:FUNCTION)"
+        )
 
     def signature(self, name: str) -> inspect.Signature:
         """The keyword arguments ``create(name, ...)`` accepts (ValueError for an unknown name)."""
-        if name not in self._factories:
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
-        return inspect.signature(self._factories[name])
+        return inspect.signature(self.factory(name))
 
     def create(self, name: str, **kwargs) -> T:
-        """Build ``name``; unknown names and bad keyword arguments raise errors naming them."""
-        signature = self.signature(name)
+        """Build ``name``; unknown names and bad keyword arguments raise errors naming them. A factory of the
+        user's (reference, entry point) that fails raises ValueError naming it and its error."""
+        factory = self.factory(name)
+        signature = inspect.signature(factory)
         try:
             signature.bind(**kwargs)
         except TypeError as err:
             raise TypeError(f"{self.kind} {name!r}: {err}; parameters: {list(signature.parameters)}") from None
-        return self._factories[name](**kwargs)
+        if not self.is_user_code(name):
+            return factory(**kwargs)
+        try:
+            return factory(**kwargs)
+        except Exception as err:
+            raise ValueError(f"{self.kind} {name!r} failed: {type(err).__name__}: {err}") from None
 
 
 __all__ = [
     "Registry",
+    "is_reference",
+    "load_reference",
+    "resolve_reference",
 ]

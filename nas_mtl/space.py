@@ -11,6 +11,7 @@ from typing import Any
 
 from .backbones import Backbone, create_backbone
 from .graph import SharingGraph
+from .registry import resolve_reference
 
 FORMAT = "nas_mtl.search_space/1"
 ENV_DIRS = "NAS_MTL_SEARCH_SPACES"
@@ -114,8 +115,9 @@ def parse_search_space(
             have = kwargs.setdefault(key, want)
             if (list(have) if isinstance(have, (list, tuple)) else have) != want:
                 raise fail(f"backbone.{key}", f"{have!r} does not match the dataset's {want!r}")
+    base = Path(source).parent if Path(source).is_file() else None
     try:
-        backbone = create_backbone(bb["name"], **kwargs)
+        backbone = create_backbone(resolve_reference(bb["name"], base), **kwargs)  # FILE.py relative to this file
     except (ValueError, TypeError) as err:
         raise fail("backbone", str(err)) from None
     layers_tbl = data.get("layers", {})

@@ -50,6 +50,7 @@ from .data.base import DATASETS
 from .graph import SharingGraph
 from .metrics import delta_m
 from .processes import exit_with_parent
+from .registry import resolve_reference
 from .runs import check_settings, read_json, replace_atomic, run_lock, write_json_atomic
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
@@ -128,7 +129,8 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
             raise fail(key, "expected a table")
     data = dict(raw.get("data", {}))
     if not isinstance(data.get("name"), str):
-        raise fail("data.name", "required (a dataset name, e.g. 'multidigits')")
+        raise fail("data.name", "required (a dataset name, e.g. 'multidigits', or MODULE:FUNCTION / FILE.py:FUNCTION)")
+    data["name"] = resolve_reference(data["name"], base_dir)  # a FILE.py relative to the study file
     _check_dataset_keys(data, fail)  # checked now, not when the run starts (building the data is slow)
     space = raw.get("space", {}).get("name")
     if not isinstance(space, str):
@@ -215,9 +217,10 @@ def _seed_list(seeds: Any, key: str, fail: Callable[[str, str], ValueError], low
 def _check_dataset_keys(data: Mapping[str, Any], fail: Callable[[str, str], ValueError]) -> None:
     """Raise ``fail`` naming ``data.KEY`` when the [data] table does not fit the dataset factory's signature."""
     name = data["name"]
-    if name not in DATASETS:
-        raise fail("data.name", f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}")
-    signature = DATASETS.signature(name)
+    try:
+        signature = DATASETS.signature(name)  # a registered name, an entry point, or MODULE:FUNCTION / FILE.py:FUNCTION
+    except ValueError as err:
+        raise fail("data.name", str(err)) from None
     accepted = ", ".join(["name", *signature.parameters])
     kwargs = {k: v for k, v in data.items() if k != "name"}
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())

@@ -142,7 +142,7 @@ class Backbone:
         return f"Backbone({self.name!r}, blocks={len(self)}, skippable={len(self.skippable)}, input={self.input_shape})"
 
 
-BACKBONES: Registry[Backbone] = Registry("backbone")
+BACKBONES: Registry[Backbone] = Registry("backbone", group="nas_mtl.backbones")
 register_backbone = BACKBONES.register
 list_backbones = BACKBONES.names
 create_backbone = BACKBONES.create

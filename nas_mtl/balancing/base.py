@@ -61,7 +61,7 @@ class Balancer(ABC):
         """Populate gradients from ``losses`` (``{task: scalar}``); return the task weights used."""
 
 
-BALANCERS: Registry[Balancer] = Registry("balancer")
+BALANCERS: Registry[Balancer] = Registry("balancer", group="nas_mtl.balancers")
 register_balancer = BALANCERS.register
 list_balancers = BALANCERS.names
 

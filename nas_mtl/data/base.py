@@ -124,15 +124,18 @@ def select_tasks(dataset: str, tasks: Sequence[TaskSpec], wanted: str | Sequence
     return tuple(by_name[w] for w in select_names(dataset, "tasks", wanted, list(by_name)))
 
 
-DATASETS: Registry[MultiTaskData] = Registry("dataset")
+DATASETS: Registry[MultiTaskData] = Registry("dataset", group="nas_mtl.datasets")
 register_dataset = DATASETS.register
 list_datasets = DATASETS.names
 
 
 def create_dataset(name: str, **kwargs: Any) -> MultiTaskData:
-    """Build the registered dataset ``name`` with its options (errors name them); the data records them in
+    """Build dataset ``name`` (registered, an entry point of ``nas_mtl.datasets``, or ``MODULE:FUNCTION`` /
+    ``FILE.py:FUNCTION`` in the user's code) with its options (errors name them); the data records them in
     :attr:`MultiTaskData.origin`."""
     data = DATASETS.create(name, **kwargs)
+    if not isinstance(data, MultiTaskData):
+        raise ValueError(f"dataset {name!r}: the factory returned a {type(data).__name__}, not a MultiTaskData")
     return dataclasses.replace(data, origin={"dataset": name, "kwargs": dict(kwargs)})
 
 
