@@ -49,7 +49,9 @@ def network_from_manifest(manifest: Mapping[str, Any], source: str = "manifest")
         if key not in manifest:
             raise ValueError(f"{source}: missing key {key!r}")
     bb = manifest["backbone"]
-    backbone = create_backbone(bb["name"], **bb.get("config", {}))
+    # the exported weights replace any pretrained ones: the file they came from is not needed here
+    config = {k: v for k, v in bb.get("config", {}).items() if k != "weights"}
+    backbone = create_backbone(bb["name"], **config)
     tasks = [TaskSpec.from_dict(t) for t in manifest["tasks"]]
     graph = SharingGraph.from_dict(manifest["graph"], source=f"{source}: graph")
     return MultiTaskNetwork.from_tasks(graph, backbone, tasks)

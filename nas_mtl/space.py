@@ -116,6 +116,8 @@ def parse_search_space(
             if (list(have) if isinstance(have, (list, tuple)) else have) != want:
                 raise fail(f"backbone.{key}", f"{have!r} does not match the dataset's {want!r}")
     base = Path(source).parent if Path(source).is_file() else None
+    if isinstance(kwargs.get("weights"), str) and base is not None and not Path(kwargs["weights"]).is_absolute():
+        kwargs["weights"] = str(base / kwargs["weights"])  # a weights file relative to the search-space file
     try:
         backbone = create_backbone(resolve_reference(bb["name"], base), **kwargs)  # FILE.py relative to this file
     except (ValueError, TypeError) as err:

@@ -189,3 +189,38 @@ def test_bad_arguments(name, kwargs, match):
 def test_unknown_timm_kwarg_names_the_backbone():
     with pytest.raises(TypeError, match="timm_resnet: timm.create_model"):
         create_backbone("timm_resnet", embed_dim=3)
+
+
+def test_pretrained_weights_from_a_local_file(tmp_path):
+    """Every block copy starts from the file's parameters; a file for another model names its first bad key."""
+    import safetensors.torch
+    import torch
+
+    from nas_mtl.backbones.timm_models import timm_trunk
+    from nas_mtl.space import load_search_space
+
+    config = dict(model="resnet18", in_chans=3, input_size=[32, 32])
+    torch.manual_seed(123)
+    source = timm_trunk("timm_resnet", **config).model  # stands in for a downloaded checkpoint
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    safetensors.torch.save_file({**state, "fc.weight": torch.zeros(10, 512)}, str(tmp_path / "r18.safetensors"))
+    torch.save({"state_dict": state}, tmp_path / "r18.pth")
+    for name in ("r18.safetensors", "r18.pth"):
+        bb = create_backbone("timm_resnet", **config, weights=str(tmp_path / name))
+        for _ in range(2):  # two copies, both pretrained
+            built = torch.nn.Sequential(*bb.build())
+            for (key, p), q in zip(built.state_dict().items(), [state[k] for k in source.state_dict()]):
+                assert torch.equal(p, q), key
+    (tmp_path / "space.toml").write_text(
+        'format = "nas_mtl.search_space/1"\n[backbone]\nname = "timm_resnet"\nmodel = "resnet18"\n'
+        'weights = "r18.safetensors"\n'  # relative to the space file
+    )
+    space = load_search_space(tmp_path / "space.toml", input_shape=(3, 32, 32))
+    assert torch.equal(space.backbone.build()[0][0].weight, state["conv1.weight"])
+    torch.save({k: v for k, v in state.items() if k != "layer2.0.conv1.weight"}, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"partial\.pth: no 'layer2\.0\.conv1\.weight' for this model"):
+        create_backbone("timm_resnet", **config, weights=str(tmp_path / "partial.pth")).build()
+    with pytest.raises(ValueError, match=r"'conv1\.weight' is \(64, 3, 7, 7\) in the file, \(64, 1, 7, 7\) in the"):
+        create_backbone("timm_resnet", **{**config, "in_chans": 1}, weights=str(tmp_path / "r18.pth")).build()
+    with pytest.raises(ValueError, match="weights: file not found"):
+        create_backbone("timm_resnet", **config, weights=str(tmp_path / "nope.pth"))

@@ -7,9 +7,11 @@ the blocks in order reproduces ``forward_features`` exactly.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -185,8 +187,8 @@ def _create_trunk(
     for key in _RESERVED_KWARGS:
         if key in timm_kwargs:
             raise ValueError(
-                f"{family.name}: {key}={timm_kwargs[key]!r} is not accepted: weights are always freshly "
-                "initialised (pretrained=False) on CPU and the image size comes from input_size"
+                f"{family.name}: {key}={timm_kwargs[key]!r} is not accepted: nothing is downloaded (pretrained "
+                "weights come from a local file: weights=PATH) and the image size comes from input_size"
             )
     extra = {"img_size": size} if family.takes_img_size else {}
     try:
@@ -211,7 +213,8 @@ def _create_trunk(
 
 
 def timm_trunk(backbone: str, **config: Any) -> TimmTrunk:
-    """A freshly initialised timm model split into blocks, for a registered timm backbone's ``config``.
+    """A timm model split into blocks, for a registered timm backbone's ``config``: freshly initialised, or with
+    the local ``weights`` file's parameters.
 
     ``timm_trunk(bb.name, **bb.config)`` builds what ``bb.build()`` returns, together with the timm model
     the blocks came from.
@@ -224,14 +227,72 @@ def timm_trunk(backbone: str, **config: Any) -> TimmTrunk:
         model, in_chans, input_size = config.pop("model"), config.pop("in_chans"), config.pop("input_size")
     except KeyError as err:
         raise ValueError(f"{backbone}: config lacks {err.args[0]!r}") from None
-    return _create_trunk(family, model, in_chans, input_size, config, device="cpu")
+    weights = config.pop("weights", None)
+    trunk = _create_trunk(family, model, in_chans, input_size, config, device="cpu")
+    if weights is not None:
+        load_weights(trunk.model, weights)
+    return trunk
 
 
-def _timm_backbone(backbone: str, model: str, in_chans: int, input_size: Sequence[int], timm_kwargs: dict) -> Backbone:
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local weights file into ``model`` (no download): ``.safetensors``, or a ``torch.save`` state dict
+    (plain, or under ``state_dict`` / ``model``), as timm and torchvision publish them. Keys the model lacks
+    (a classifier head) are ignored; a parameter or buffer the file lacks, or one of another shape, raises
+    ValueError naming the file and the first such key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights: file not found: {path}")
+    state = _read_weights(str(path.resolve()), path.stat().st_mtime_ns)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ValueError(f"weights {path}: no {missing[0]!r}{more} for this model (another architecture?)")
+    for key, tensor in own.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"weights {path}: {key!r} is {tuple(state[key].shape)} in the file, {tuple(tensor.shape)} in the "
+                "model (in_chans or model options?)"
+            )
+    model.load_state_dict({k: state[k] for k in own})
+
+
+@functools.lru_cache(maxsize=4)
+def _read_weights(path: str, mtime_ns: int) -> dict[str, torch.Tensor]:
+    """The file's tensors, read once per file version (every block copy of a network loads them)."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state: Any = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"weights {path}: not a weights file ({type(err).__name__}: {err})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights {path}: expected a state dict of tensors")
+    return state
+
+
+def _timm_backbone(
+    backbone: str,
+    model: str,
+    in_chans: int,
+    input_size: Sequence[int],
+    timm_kwargs: dict,
+    weights: str | None = None,
+) -> Backbone:
     # the structure comes from a parameter-free probe on the meta device (fast even for large models)
     probe = _create_trunk(_FAMILIES[backbone], model, in_chans, input_size, timm_kwargs, device="meta")
     h, w = input_size
     config = dict(model=model, in_chans=in_chans, input_size=[h, w], **timm_kwargs)
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ValueError(f"weights: file not found: {weights}")
+        config["weights"] = str(Path(weights).resolve())
 
     def make_blocks() -> list[nn.Module]:
         return list(timm_trunk(backbone, **config).modules)
@@ -241,14 +302,20 @@ def _timm_backbone(backbone: str, model: str, in_chans: int, input_size: Sequenc
 
 @register_backbone("timm_resnet")
 def timm_resnet(
-    model: str = "resnet18", in_chans: int = 3, input_size: Sequence[int] = (64, 64), **timm_kwargs: Any
+    model: str = "resnet18",
+    in_chans: int = 3,
+    input_size: Sequence[int] = (64, 64),
+    weights: str | None = None,
+    **timm_kwargs: Any,
 ) -> Backbone:
     """A timm ResNet (resnet18/26/34/50, resnext, seresnet, ...): ``stem``, residual blocks ``layer{k}.{i}``.
 
     A block is skippable iff it has no downsample projection (identity shortcut, shape-preserving).
     ``timm_kwargs`` go to ``timm.create_model``; the features are the final (B, C, H/32, W/32) map.
+    ``weights``: a local file of pretrained parameters every block copy starts from (:func:`load_weights`;
+    in a search-space file, relative to it).
     """
-    return _timm_backbone("timm_resnet", model, in_chans, input_size, timm_kwargs)
+    return _timm_backbone("timm_resnet", model, in_chans, input_size, timm_kwargs, weights)
 
 
 @register_backbone("timm_efficientnet")
@@ -256,6 +323,7 @@ def timm_efficientnet(
     model: str = "efficientnet_b0",
     in_chans: int = 3,
     input_size: Sequence[int] = (64, 64),
+    weights: str | None = None,
     **timm_kwargs: Any,
 ) -> Backbone:
     """A timm EfficientNet / MobileNetV2 / MobileNetV3: ``stem``, ``blocks.{stage}.{i}``, ``head_conv``.
@@ -264,7 +332,7 @@ def timm_efficientnet(
     MobileNetV3's features end at its last block (its conv_head follows global pooling). A block is
     skippable iff timm set ``has_skip``.
     """
-    return _timm_backbone("timm_efficientnet", model, in_chans, input_size, timm_kwargs)
+    return _timm_backbone("timm_efficientnet", model, in_chans, input_size, timm_kwargs, weights)
 
 
 @register_backbone("timm_vit")
@@ -272,6 +340,7 @@ def timm_vit(
     model: str = "vit_tiny_patch16_224",
     in_chans: int = 3,
     input_size: Sequence[int] = (64, 64),
+    weights: str | None = None,
     **timm_kwargs: Any,
 ) -> Backbone:
     """A timm ViT (Dosovitskiy et al. 2021) at ``img_size=input_size``: ``embed``, ``blocks.{i}``, ``norm``.
@@ -281,7 +350,7 @@ def timm_vit(
     the patch tokens to a (B, D, H/patch, W/patch) map. E.g. ``timm_vit(input_size=(32, 32),
     patch_size=8, depth=4, embed_dim=64, num_heads=2)``.
     """
-    return _timm_backbone("timm_vit", model, in_chans, input_size, timm_kwargs)
+    return _timm_backbone("timm_vit", model, in_chans, input_size, timm_kwargs, weights)
 
 
 __all__ = [
@@ -292,4 +361,5 @@ __all__ = [
     "timm_resnet",
     "timm_trunk",
     "timm_vit",
+    "load_weights",
 ]
