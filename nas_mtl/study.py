@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import torch
 
-from .balancing import Balancer, EqualWeights, create_balancer
+from .balancing import Balancer, EqualWeights, create_balancer, parse_balancer
 from .baselines import ARMS as BASELINE_ARMS
 from .baselines import primary_directions, train_graph
 from .config import build_config, to_options
@@ -143,6 +143,10 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
     balancers = raw.get("balancers", ["equal"])
     if not isinstance(balancers, list) or not balancers:
         raise fail("balancers", f"expected a non-empty list, got {balancers!r}")
+    try:  # a FILE.py:FUNCTION balancer relative to the study file
+        balancers = [_resolve_balancer(b, base_dir) for b in balancers]
+    except (TypeError, ValueError) as err:
+        raise fail("balancers", str(err)) from None
     seen: dict[str, str] = {}
     for b in balancers:
         try:
@@ -198,6 +202,13 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         source=source,
         search_seeds=search_seeds,
     )
+
+
+def _resolve_balancer(spec: str, base_dir: Path | None) -> str:
+    """``spec`` with the file of a ``FILE.py:FUNCTION`` balancer made absolute against ``base_dir``."""
+    name, _ = parse_balancer(spec)
+    resolved = resolve_reference(name, base_dir)
+    return spec if resolved == name else resolved + spec.strip()[len(name) :]
 
 
 def _seed_list(seeds: Any, key: str, fail: Callable[[str, str], ValueError], low: int | None) -> tuple[int, ...]:

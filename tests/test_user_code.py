@@ -3,12 +3,14 @@ and the command line, with one-line errors for bad references; nothing of the us
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
 
 from nas_mtl.cli import main
 from nas_mtl.data import create_dataset, list_datasets
+from nas_mtl.study import load_rows
 
 FACTORY = '''
 import torch
@@ -45,7 +47,11 @@ def project(tmp_path, monkeypatch):
     (tmp_path / "my_pkg" / "data.py").write_text(FACTORY)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    return tmp_path
+    for name in [m for m in sys.modules if m == "my_pkg" or m.startswith("my_pkg.")]:  # another test's project
+        monkeypatch.delitem(sys.modules, name)
+    yield tmp_path
+    for name in [m for m in sys.modules if m == "my_pkg" or m.startswith("my_pkg.")]:
+        del sys.modules[name]
 
 
 def test_a_dataset_by_module_or_file_reference(project):
@@ -140,3 +146,49 @@ def test_an_installed_packages_entry_point_is_a_dataset_name(project, capsys):
     assert "mine" in list_datasets()
     assert create_dataset("mine", n_train=32).task_names == ("sign", "level")
     assert main(["list"]) == 0 and "mine" in capsys.readouterr().out
+
+
+BALANCER = '''
+from nas_mtl.balancing import EqualWeights
+
+
+class Scaled(EqualWeights):
+    """Equal weights times beta: a user's balancer with an option."""
+
+    name = "scaled"
+    shared_only = False
+
+    def __init__(self, beta: float = 1.0) -> None:
+        self.beta = beta
+
+    def options(self):
+        return {"beta": self.beta}
+
+    def backward(self, losses, network):
+        (self.beta * sum(losses.values())).backward()
+        return dict.fromkeys(losses, self.beta)
+
+
+def make(beta: float = 1.0) -> Scaled:
+    return Scaled(beta)
+'''
+
+
+def test_a_balancer_by_reference_with_options_in_the_cli_and_a_study(project, capsys, tmp_path_factory):
+    from nas_mtl.balancing import create_balancer
+
+    (project / "my_pkg" / "bal.py").write_text(BALANCER)
+    made = create_balancer("my_pkg.bal:make:beta=0.5")
+    assert made.spec == "scaled:beta=0.5" and made.beta == 0.5
+    assert create_balancer(f"{project / 'my_pkg' / 'bal.py'}:make").beta == 1.0
+    assert create_balancer("mgda:normalization=l2").spec.startswith("mgda:")  # registered names keep their syntax
+    (project / "space.toml").write_text(SPACE)
+    (project / "study.toml").write_text(
+        STUDY.replace("seeds = [0]", 'seeds = [0]\nbalancers = ["equal", "my_pkg/bal.py:make:beta=0.5"]')
+    )
+    out = tmp_path_factory.mktemp("elsewhere") / "run"
+    assert main(["study", str(project / "study.toml"), "--out", str(out), "--no-progress"]) == 0
+    rows = {(r["arm"], r["balancer"].rsplit("/", 1)[-1]) for r in load_rows(out)}
+    assert ("hard", "bal.py:make:beta=0.5") in rows and ("hard", "equal") in rows
+    with pytest.raises(ValueError, match="balancer 'my_pkg.bal:nope': my_pkg.bal has no function 'nope'"):
+        create_balancer("my_pkg.bal:nope")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
@@ -94,11 +95,16 @@ def parse_balancer(spec: str) -> tuple[str, dict[str, Any]]:
     """Split a balancer spec ``"NAME"`` or ``"NAME:KEY=VALUE[,KEY=VALUE...]"`` into name and options.
 
     Values are read as JSON where they parse (``seed=3`` -> 3), else kept as strings
-    (``normalization=loss+``), e.g. ``"mgda:normalization=l2"``, ``"pcgrad:seed=1"``.
+    (``normalization=loss+``), e.g. ``"mgda:normalization=l2"``, ``"pcgrad:seed=1"``. NAME may be a reference
+    to the user's factory, ``MODULE:FUNCTION`` or ``FILE.py:FUNCTION``, options after a second colon
+    (``"my_pkg.balancers:make:beta=0.5"``).
     """
     if not isinstance(spec, str):
         raise TypeError(f"balancer: expected a name such as 'mgda' or 'mgda:normalization=l2', got {spec!r}")
-    name, _, rest = spec.partition(":")
+    name, sep, rest = spec.partition(":")
+    function, _, options_text = rest.partition(":")
+    if sep and name.strip() not in BALANCERS and re.fullmatch(r"[A-Za-z_]\w*", function.strip()):
+        name, rest = f"{name.strip()}:{function.strip()}", options_text  # a reference, then its options
     options: dict[str, Any] = {}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         pair = parse_key_value(item)
