@@ -43,8 +43,8 @@ from torch import nn
 from nas_mtl.backbones import create_backbone
 from nas_mtl.graph import SharingGraph
 from nas_mtl.network import MultiTaskNetwork
-from nas_mtl.search.adashare import SELECT, AdaShareConfig, AdaShareSupernet, policy_regularizer, task_losses
-from nas_mtl.tasks import ClassificationTask
+from nas_mtl.search.adashare import SELECT, AdaShareConfig, AdaShareSupernet, policy_regularizer
+from nas_mtl.tasks import ClassificationTask, labelled_losses
 
 
 class ReferenceStyle(nn.Module):
@@ -102,7 +102,7 @@ def _steps(model: nn.Module, specs, x, y, active: int, config: AdaShareConfig) -
     def loss(grad: bool, hard: bool = False) -> torch.Tensor:
         calls["n"] += 1  # same noise for both executions at the same call count
         gates = _gates(model.logits, layers, policy_layers, active, config.tau, calls["n"], grad, hard)
-        return sum(task_losses(model(x, gates), y, specs).values())
+        return sum(labelled_losses(model(x, gates), y, specs)[0].values())
 
     def weight_step(hard: bool = False) -> float:
         total = loss(grad=False, hard=hard)
@@ -149,7 +149,7 @@ def _hard_sharing_step(backbone, specs, x, y) -> Callable[[], float]:
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
 
     def step() -> float:
-        total = sum(task_losses(net(x), y, specs).values())
+        total = sum(labelled_losses(net(x), y, specs)[0].values())
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()

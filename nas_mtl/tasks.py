@@ -5,6 +5,13 @@ Dense losses and metrics follow the NYUv2 conventions of MTAN (Liu et al., "End-
 Learning with Attention", CVPR 2019) and LibMTL: depth pixels whose target is 0 in every channel and
 normal pixels whose target has norm 0 are invalid; mIoU comes from one confusion matrix over the
 whole evaluation set.
+
+Missing labels: a sample may lack a target for some tasks. Integer targets mark it with the task's
+``ignore_index`` (-1 by default), floating targets with NaN (per entry: a multi-label sample may lack some
+labels only); dense tasks keep their invalid-pixel conventions too. Losses average over the labelled entries
+of the batch only (0, with zero gradient, when there are none) and metrics count labelled entries only, so a
+task's numbers equal those computed on its labelled samples alone. :func:`labelled_losses` leaves a task
+without any label in a batch out of that step (no gradient; balancers see only the other tasks).
 """
 
 from __future__ import annotations
@@ -12,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -51,9 +58,15 @@ class MetricMeter:
             self._sums[key] = self._sums[key] + value if key in self._sums else value
 
     def compute(self) -> dict[str, float]:
-        """Metrics over every batch seen so far."""
+        """Metrics over every batch seen so far.
+
+        Raises:
+            ValueError: nothing seen, or (with a ``labelled`` count among the stats) no labelled sample.
+        """
         if not self._sums:
             raise ValueError("metric meter: compute() called before any update()")
+        if "labelled" in self._sums and not self._sums["labelled"] > 0:
+            raise ValueError("no labelled sample in the evaluation set: its metrics are undefined")
         return self._finalize(self._sums)
 
 
@@ -105,9 +118,14 @@ class TaskSpec(ABC):
     one primary), ``DENSE`` (per-pixel output at the input size), ``UNIT`` (L2-normalised output),
     ``TARGET_INTEGER`` (int64 targets, else floating) and ``TARGET_LAYOUT`` (the target's dimensions:
     B batch, C ``out_channels``, H and W any size).
+
+    Args:
+        name: the task's name (unique in a dataset).
+        metric: the primary metric (what Δm and the searches use); default the kind's first metric.
     """
 
     name: str
+    metric: str | None = field(default=None, kw_only=True)
 
     kind: ClassVar[str] = ""
     METRICS: ClassVar[dict[str, bool]] = {}
@@ -124,6 +142,10 @@ class TaskSpec(ABC):
                 value, low = getattr(self, f.name), 2 if f.name == "num_classes" else 1
                 if not _is_int(value) or value < low:
                     raise ValueError(f"task {self.name!r}: {f.name} must be an integer >= {low}, not {value!r}")
+        if self.metric is not None and self.metric not in self.METRICS:
+            raise ValueError(
+                f"task {self.name!r} ({self.kind}): metric must be one of {list(self.METRICS)}, got {self.metric!r}"
+            )
 
     # --- what subclasses provide -------------------------------------------------------------
     @property
@@ -133,7 +155,11 @@ class TaskSpec(ABC):
 
     @abstractmethod
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        """Scalar training loss of one batch (mean over its samples / valid pixels)."""
+        """Scalar training loss of one batch: mean over its labelled samples / valid pixels, 0 without any."""
+
+    @abstractmethod
+    def labelled(self, target: Tensor) -> Tensor:
+        """(B,) bool: which samples of a batch carry a label for this task (at least one labelled entry)."""
 
     @abstractmethod
     def _stats(self, pred: Tensor, target: Tensor) -> Stats:
@@ -171,11 +197,16 @@ class TaskSpec(ABC):
 
     @property
     def primary_metric(self) -> str:
-        return next(iter(self.METRICS))
+        return self.metric or next(iter(self.METRICS))
 
     def new_meter(self) -> MetricMeter:
-        """A fresh accumulator of this task's metrics over an evaluation set."""
-        return MetricMeter(self._stats, self._finalize)
+        """A fresh accumulator of this task's metrics over an evaluation set (labelled samples only; computing
+        it raises when the set had none)."""
+
+        def stats(pred: Tensor, target: Tensor) -> Stats:
+            return {**self._stats(pred, target), "labelled": self.labelled(target).sum()}
+
+        return MetricMeter(stats, self._finalize)
 
     def validate_target(self, target: Tensor, batch_size: int) -> None:
         """Raise ValueError naming the task when ``target`` has the wrong shape, dtype or values."""
@@ -196,8 +227,11 @@ class TaskSpec(ABC):
             raise ValueError(f"task {self.name!r} ({self.kind}): {problem}")
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"kind": ..., field: value, ...}`` (JSON-ready); inverse of :meth:`from_dict`."""
-        return {"kind": self.kind, **dataclasses.asdict(self)}
+        """``{"kind": ..., field: value, ...}`` (JSON-ready; ``metric`` only when set); inverse of :meth:`from_dict`."""
+        fields = dataclasses.asdict(self)
+        if fields["metric"] is None:
+            del fields["metric"]
+        return {"kind": self.kind, **fields}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskSpec:
@@ -249,6 +283,25 @@ def create_task(kind: str, name: str, **kwargs: Any) -> TaskSpec:
         raise TypeError(f"task kind {kind!r}: {err}; fields: {allowed}") from None
 
 
+def _fill_nan(target: Tensor) -> Tensor:
+    """``target`` with missing (NaN) entries as 0: masked out, they must not turn gradients into NaN."""
+    return torch.where(torch.isnan(target), torch.zeros_like(target), target)
+
+
+def _per_sample(mask: Tensor) -> Tensor:
+    """(B,) bool: samples with at least one True entry in ``mask`` (B, ...)."""
+    return mask.reshape(mask.shape[0], -1).any(dim=1)
+
+
+def _check_ignore_index(spec: TaskSpec, ignore_index: int, num_classes: int) -> None:
+    if not _is_int(ignore_index):
+        raise ValueError(f"task {spec.name!r}: ignore_index must be an integer, not {ignore_index!r}")
+    if 0 <= ignore_index < num_classes:
+        raise ValueError(
+            f"task {spec.name!r}: ignore_index {ignore_index} is a class id; use a value outside [0, {num_classes - 1}]"
+        )
+
+
 def _class_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> str | None:
     values = target if ignore_index is None else target[target != ignore_index]
     if values.numel() and (int(values.min()) < 0 or int(values.max()) >= num_classes):
@@ -264,26 +317,40 @@ def _class_range(target: Tensor, num_classes: int, ignore_index: int | None = No
 @_register("classification")
 @dataclass(frozen=True)
 class ClassificationTask(TaskSpec):
-    """Single-label classification: cross-entropy; accuracy. Targets int64 (B,) in [0, num_classes)."""
+    """Single-label classification: cross-entropy; accuracy. Targets int64 (B,) in [0, num_classes), or
+    ``ignore_index`` for a sample without a label."""
 
     num_classes: int
+    ignore_index: int = -1
     METRICS: ClassVar[dict[str, bool]] = {"accuracy": True}
     TARGET_INTEGER: ClassVar[bool] = True
     TARGET_LAYOUT: ClassVar[str] = "B"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_ignore_index(self, self.ignore_index, self.num_classes)
 
     @property
     def out_channels(self) -> int:
         return self.num_classes
 
     def _check_values(self, target: Tensor) -> str | None:
-        return _class_range(target, self.num_classes)
+        return _class_range(target, self.num_classes, self.ignore_index)
+
+    def labelled(self, target: Tensor) -> Tensor:
+        return target != self.ignore_index
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(pred, target)
+        valid = self.labelled(target)
+        if bool(valid.all()):
+            return F.cross_entropy(pred, target)
+        total = F.cross_entropy(pred, target, ignore_index=self.ignore_index, reduction="sum")
+        return total / valid.sum().clamp_min(1)
 
     def _stats(self, pred: Tensor, target: Tensor) -> Stats:
-        correct = (pred.argmax(dim=1) == target).sum()
-        return {"correct": correct, "count": torch.tensor(target.numel())}
+        valid = self.labelled(target)
+        correct = ((pred.argmax(dim=1) == target) & valid).sum()
+        return {"correct": correct, "count": valid.sum()}
 
     def _finalize(self, sums: Stats) -> dict[str, float]:
         return {"accuracy": float(sums["correct"] / sums["count"])}
@@ -294,8 +361,8 @@ class ClassificationTask(TaskSpec):
 class MultiLabelTask(TaskSpec):
     """Several binary labels per image: BCE with logits; mean per-label accuracy and macro F1.
 
-    Targets float (B, num_labels) in {0, 1}; a logit > 0 predicts 1. F1 of a label with no positive
-    target nor prediction counts as 0 (scikit-learn's ``zero_division=0``).
+    Targets float (B, num_labels) in {0, 1}, NaN for a missing label; a logit > 0 predicts 1. F1 of a label
+    with no positive target nor prediction counts as 0 (scikit-learn's ``zero_division=0``).
     """
 
     num_labels: int
@@ -306,21 +373,29 @@ class MultiLabelTask(TaskSpec):
         return self.num_labels
 
     def _check_values(self, target: Tensor) -> str | None:
-        if target.numel() and ((target != 0) & (target != 1)).any():
-            return "multi-label targets must be 0 or 1"
+        if target.numel() and ((target != 0) & (target != 1) & ~torch.isnan(target)).any():
+            return "multi-label targets must be 0 or 1 (NaN: missing)"
         return None
 
+    def labelled(self, target: Tensor) -> Tensor:
+        return _per_sample(~torch.isnan(target))
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype))
+        valid = ~torch.isnan(target)
+        if bool(valid.all()):
+            return F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype))
+        each = F.binary_cross_entropy_with_logits(pred, _fill_nan(target).to(pred.dtype), reduction="none")
+        return torch.where(valid, each, torch.zeros_like(each)).sum() / valid.sum().clamp_min(1)
 
     def _stats(self, pred: Tensor, target: Tensor) -> Stats:
+        valid = ~torch.isnan(target)
         p, t = pred > 0, target > 0.5
         return {
-            "tp": (p & t).sum(0),
-            "fp": (p & ~t).sum(0),
-            "fn": (~p & t).sum(0),
-            "correct": (p == t).sum(),
-            "count": torch.tensor(t.numel()),
+            "tp": (p & t & valid).sum(0),
+            "fp": (p & ~t & valid).sum(0),
+            "fn": (~p & t & valid).sum(0),
+            "correct": ((p == t) & valid).sum(),
+            "count": valid.sum(),
         }
 
     def _finalize(self, sums: Stats) -> dict[str, float]:
@@ -331,7 +406,8 @@ class MultiLabelTask(TaskSpec):
 @_register("regression")
 @dataclass(frozen=True)
 class RegressionTask(TaskSpec):
-    """Image-level regression: MSE loss; MAE and RMSE over all outputs. Targets float (B, num_outputs)."""
+    """Image-level regression: MSE loss; MAE and RMSE over all outputs. Targets float (B, num_outputs), NaN
+    for a missing value."""
 
     num_outputs: int = 1
     METRICS: ClassVar[dict[str, bool]] = {"mae": False, "rmse": False}
@@ -340,11 +416,19 @@ class RegressionTask(TaskSpec):
     def out_channels(self) -> int:
         return self.num_outputs
 
+    def labelled(self, target: Tensor) -> Tensor:
+        return _per_sample(~torch.isnan(target))
+
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        return F.mse_loss(pred, target.to(pred.dtype))
+        valid = ~torch.isnan(target)
+        if bool(valid.all()):
+            return F.mse_loss(pred, target.to(pred.dtype))
+        sq = (pred - _fill_nan(target).to(pred.dtype)).square()
+        return torch.where(valid, sq, torch.zeros_like(sq)).sum() / valid.sum().clamp_min(1)
 
     def _stats(self, pred: Tensor, target: Tensor) -> Stats:
-        diff = pred.double() - target.double()
+        valid = ~torch.isnan(target)
+        diff = pred.double()[valid] - target.double()[valid]
         return {"abs": diff.abs().sum(), "sq": diff.square().sum(), "count": torch.tensor(diff.numel())}
 
     def _finalize(self, sums: Stats) -> dict[str, float]:
@@ -372,13 +456,7 @@ class SegmentationTask(TaskSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not _is_int(self.ignore_index):
-            raise ValueError(f"task {self.name!r}: ignore_index must be an integer, not {self.ignore_index!r}")
-        if 0 <= self.ignore_index < self.num_classes:
-            raise ValueError(
-                f"task {self.name!r}: ignore_index {self.ignore_index} is a class id; "
-                f"use a value outside [0, {self.num_classes - 1}]"
-            )
+        _check_ignore_index(self, self.ignore_index, self.num_classes)
 
     @property
     def out_channels(self) -> int:
@@ -386,6 +464,9 @@ class SegmentationTask(TaskSpec):
 
     def _check_values(self, target: Tensor) -> str | None:
         return _class_range(target, self.num_classes, self.ignore_index)
+
+    def labelled(self, target: Tensor) -> Tensor:
+        return _per_sample(target != self.ignore_index)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid = (target != self.ignore_index).sum()
@@ -413,8 +494,8 @@ class DenseRegressionTask(TaskSpec):
     """Per-pixel regression (depth-like): L1 over valid pixels; absolute and relative error.
 
     Targets float (B, num_outputs, H, W). A pixel is valid when its target summed over channels is
-    non-zero (MTAN's depth convention). ``rel_err`` = mean |pred - target| / |target| over valid
-    entries with a non-zero target.
+    non-zero (MTAN's depth convention) and no channel is NaN. ``rel_err`` = mean |pred - target| / |target|
+    over valid entries with a non-zero target.
     """
 
     num_outputs: int = 1
@@ -429,11 +510,15 @@ class DenseRegressionTask(TaskSpec):
     @staticmethod
     def _valid(target: Tensor) -> Tensor:
         """(B, C, H, W) bool: valid pixel, broadcast over channels."""
-        return (target.sum(dim=1, keepdim=True) != 0).expand_as(target)
+        finite = ~torch.isnan(target).any(dim=1, keepdim=True)
+        return (finite & (_fill_nan(target).sum(dim=1, keepdim=True) != 0)).expand_as(target)
+
+    def labelled(self, target: Tensor) -> Tensor:
+        return _per_sample(self._valid(target))
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid = self._valid(target)
-        err = (pred - target.to(pred.dtype)).abs()
+        err = (pred - _fill_nan(target).to(pred.dtype)).abs()
         return torch.where(valid, err, torch.zeros_like(err)).sum() / valid.sum().clamp_min(1)
 
     def _stats(self, pred: Tensor, target: Tensor) -> Stats:
@@ -460,7 +545,7 @@ class DenseRegressionTask(TaskSpec):
 class SurfaceNormalTask(TaskSpec):
     """Surface normals: unit 3-vector per pixel; loss 1 - cosine similarity over valid pixels.
 
-    Targets float (B, 3, H, W); a pixel is valid when its target has non-zero norm. Metrics are the
+    Targets float (B, 3, H, W); a pixel is valid when its target has non-zero norm and no NaN. Metrics are the
     angle between prediction and target in degrees (MTAN / Eigen & Fergus 2015): mean, median
     (from a histogram of :data:`ANGLE_BIN_DEGREES` bins, so memory stays constant) and the fraction
     of pixels within 11.25 degrees.
@@ -478,9 +563,12 @@ class SurfaceNormalTask(TaskSpec):
     @staticmethod
     def _cosine(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Cosine similarity at valid pixels (1-D) and the (B, H, W) validity mask."""
-        valid = target.norm(dim=1) > 0
-        cos = (F.normalize(pred, dim=1) * F.normalize(target, dim=1)).sum(dim=1)
+        valid = target.norm(dim=1) > 0  # False where a channel is NaN
+        cos = (F.normalize(pred, dim=1) * F.normalize(_fill_nan(target), dim=1)).sum(dim=1)
         return cos[valid], valid
+
+    def labelled(self, target: Tensor) -> Tensor:
+        return _per_sample(target.norm(dim=1) > 0)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         cos, valid = self._cosine(pred, target.to(pred.dtype))
@@ -505,6 +593,22 @@ class SurfaceNormalTask(TaskSpec):
             "median_angle": _histogram_median(sums["hist"], ANGLE_BIN_DEGREES),
             "within_11_25": float(_ratio(sums["within"], n)),
         }
+
+
+def labelled_losses(
+    out: Mapping[str, Tensor], targets: Mapping[str, Tensor], specs: Sequence[TaskSpec]
+) -> tuple[dict[str, Tensor], dict[str, int]]:
+    """Each task's loss on one batch, for the tasks with a label in it, and every task's labelled-sample count.
+
+    A task with no labelled sample in the batch is left out of the losses (count 0): it gets no gradient from
+    this step and balancers combine the other tasks only.
+    """
+    losses, counts = {}, {}
+    for t in specs:
+        counts[t.name] = int(t.labelled(targets[t.name]).sum())
+        if counts[t.name]:
+            losses[t.name] = t.loss(out[t.name], targets[t.name])
+    return losses, counts
 
 
 def _histogram_median(hist: Tensor, width: float) -> float:
@@ -532,5 +636,6 @@ __all__ = [
     "TASK_KINDS",
     "TaskSpec",
     "create_task",
+    "labelled_losses",
     "pooled_head",
 ]

@@ -23,6 +23,7 @@ from .export import MODEL_MANIFEST, network_manifest
 from .network import MultiTaskNetwork
 from .progress import progress
 from .runs import RUNTIME_KEYS, check_settings, load_checkpoint, save_atomic, write_json_atomic
+from .tasks import labelled_losses
 
 Metrics = dict[str, dict[str, float]]
 """``{task: {metric: value}}``."""
@@ -206,7 +207,13 @@ def evaluate(
             t.validate_target(target, x.shape[0])
             meters[t.name].update(out[t.name], target)
     network.train(was_training)
-    return {name: meter.compute() for name, meter in meters.items()}
+    metrics = {}
+    for name, meter in meters.items():
+        try:
+            metrics[name] = meter.compute()
+        except ValueError as err:
+            raise ValueError(f"task {name!r}: {err}") from None
+    return metrics
 
 
 def _make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -344,7 +351,7 @@ class Trainer:
         network.train()
         order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         sums: dict[str, float] = dict.fromkeys(network.tasks, 0.0)
-        seen = 0
+        seen: dict[str, int] = dict.fromkeys(network.tasks, 0)  # labelled samples per task
         batches = iterate_batches(self.data.train, config.batch_size, shuffle=True, generator=order, drop_last=True)
         steps = len(self.data.train) // config.batch_size
         bar = progress(batches, f"{self.desc} {epoch + 1}/{config.epochs}", config.progress, total=steps)
@@ -354,12 +361,13 @@ class Trainer:
             # a skipped step must not leave its batch in the BatchNorm running statistics either
             kept_buffers = [b.detach().clone() for b in network.buffers()] if skipping else None
             out = network(x)
-            losses = {}
-            for t in self.specs:
-                target = y[t.name].to(device)
-                if step == 0:
-                    t.validate_target(target, x.shape[0])
-                losses[t.name] = t.loss(out[t.name], target)
+            targets = {t.name: y[t.name].to(device) for t in self.specs}
+            if step == 0:
+                for t in self.specs:
+                    t.validate_target(targets[t.name], x.shape[0])
+            losses, counts = labelled_losses(out, targets, self.specs)
+            if not losses:  # no task has a label in this batch: nothing to learn from it
+                continue
             bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
             problem = f"non-finite loss for task(s) {bad}" if bad else None
             if problem is None:
@@ -387,15 +395,15 @@ class Trainer:
             if self._first_losses is None:  # the reference a diverging run is told from (this session's first step)
                 self._first_losses = {k: float(v.detach()) for k, v in losses.items()}
             for k, v in losses.items():
-                sums[k] += float(v.detach()) * x.shape[0]
-            seen += x.shape[0]
+                sums[k] += float(v.detach()) * counts[k]
+                seen[k] += counts[k]
             if config.progress:
                 bar.set_postfix(loss=f"{sum(float(v.detach()) for v in losses.values()):.3f}")
         if self.scheduler is not None:
             self.scheduler.step()
         val = evaluate(network, self.data.val, self.specs, config.eval_batch_size, device)
         self.elapsed += time.perf_counter() - t0
-        train_loss = {k: v / max(seen, 1) for k, v in sums.items()}
+        train_loss = {k: v / max(seen[k], 1) for k, v in sums.items()}
         self._warn_if_diverging(train_loss, epoch + 1)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": self.elapsed}
         for hook in self.epoch_hooks:

@@ -20,10 +20,9 @@ from nas_mtl.search.adashare import (
     depth_weights,
     policy_regularizer,
     sharing_loss,
-    task_losses,
 )
 from nas_mtl.space import SearchSpace, load_search_space
-from nas_mtl.tasks import ClassificationTask, RegressionTask
+from nas_mtl.tasks import ClassificationTask, RegressionTask, labelled_losses
 from nas_mtl.train import seed_everything
 
 TASKS = (ClassificationTask("sign", 2), RegressionTask("level", 1), ClassificationTask("parity", 2))
@@ -153,7 +152,7 @@ def test_curriculum_gives_gradient_only_to_the_last_blocks(data, space):
         net = _supernet(space)
         gates = net.sample_gates(2.0, active, False, torch.Generator().manual_seed(0), grad=True)
         assert [g is not None for g in gates] == [layer in net.policy_layers[3 - active :] for layer in range(5)]
-        loss = sum(task_losses(net(x, gates), y, TASKS).values()) + policy_regularizer(net.logits, active, cfg)
+        loss = sum(labelled_losses(net(x, gates), y, TASKS)[0].values()) + policy_regularizer(net.logits, active, cfg)
         loss.backward()
         grad = net.logits.grad.abs().sum(dim=(1, 2))
         assert (grad[: 3 - active] == 0).all() and (grad[3 - active :] > 0).all(), (active, grad)
@@ -195,7 +194,7 @@ def test_policy_scoring_uses_batch_statistics_and_keeps_running_ones(data, space
     search.net.train()  # the same loss by hand: batch statistics, every sample of the split in one batch
     x, y = data.val.batch(torch.arange(len(data.val)))
     with torch.no_grad():
-        expected = sum(task_losses(search.net(x, search.net.fixed_gates(select)), y, TASKS).values())
+        expected = sum(labelled_losses(search.net(x, search.net.fixed_gates(select)), y, TASKS)[0].values())
     # the same float32 forward; only the sum of the three positive task losses may round differently
     assert score == pytest.approx(float(expected), rel=len(TASKS) * torch.finfo(torch.float32).eps)
 

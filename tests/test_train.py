@@ -21,8 +21,8 @@ def _split(n: int, seed: int, poison: bool = False) -> TensorMultiTaskDataset:
     x = 0.3 * torch.randn(n, 1, 8, 8, generator=g) + level.view(n, 1, 1, 1)
     x[quadrant == 1, :, :4, :4] += 2.0  # "sign" = a bright top-left quadrant
     targets = {"sign": quadrant, "level": level.view(n, 1).clone()}
-    if poison:
-        targets["level"][5] = float("nan")
+    if poison:  # a NaN input (a NaN target would be a missing label)
+        x[5] = float("nan")
     return TensorMultiTaskDataset(x, targets)
 
 

@@ -81,7 +81,7 @@ from ..network import Gates, MultiTaskNetwork
 from ..progress import progress
 from ..runs import check_settings, load_checkpoint, save_atomic, write_json_atomic
 from ..space import SearchSpace
-from ..tasks import TaskSpec
+from ..tasks import TaskSpec, labelled_losses
 from ..train import TrainConfig, balanced_backward, resolve_device, seed_everything
 from . import SearchMethod, SearchResult, register_search_method
 
@@ -316,13 +316,6 @@ class AdaShareSupernet(nn.Module):
         return self.network(x, gates=gates)
 
 
-def task_losses(
-    out: Mapping[str, Tensor], targets: Mapping[str, Tensor], specs: Sequence[TaskSpec]
-) -> dict[str, Tensor]:
-    """``{task: loss}`` of one batch (each spec's own loss)."""
-    return {t.name: t.loss(out[t.name], targets[t.name]) for t in specs}
-
-
 # ---------------------------------------------------------------------- the search
 def _steps(dataset: Dataset, batch_size: int, steps: int | None, seed: int) -> Iterator:
     """``steps`` shuffled batches (None: one pass), passes reshuffled by a generator seeded with ``seed``."""
@@ -400,21 +393,22 @@ class _Search:
         self, x: Tensor, y: Mapping[str, Tensor], gates: Gates, where: str
     ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
         """The weighted total, the per-task values (checked finite) and the per-task loss tensors."""
-        losses = task_losses(
-            self.net(x.to(self.device), gates), {k: v.to(self.device) for k, v in y.items()}, self.data.tasks
-        )
+        targets = {k: v.to(self.device) for k, v in y.items()}
+        losses, _ = labelled_losses(self.net(x.to(self.device), gates), targets, self.data.tasks)
+        if not losses:  # no task has a label in this batch
+            return torch.zeros((), device=self.device), {}, {}
         values = dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))  # one host copy
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
             raise FloatingPointError(f"adashare: non-finite loss for task(s) {bad} at {where}")
-        total = sum(w * losses[t] for w, t in zip(self.weights, self.data.task_names))
+        total = sum(w * losses[t] for w, t in zip(self.weights, self.data.task_names) if t in losses)
         return total, values, losses
 
     def _phase(self, split: Dataset, steps: int | None, seed: int, desc: str, step_fn) -> dict[str, float]:
         """Run ``step_fn(x, y, where) -> per-task losses`` over batches (targets of the first one validated);
         mean per-task loss."""
         sums: dict[str, float] = dict.fromkeys(self.data.task_names, 0.0)
-        n = 0
+        n = dict.fromkeys(self.data.task_names, 0)  # steps in which each task had labels
         batches = _steps(split, self.config.train.batch_size, steps, seed)
         total = steps if steps is not None else len(split) // self.config.train.batch_size
         for i, (x, y) in enumerate(progress(batches, desc, self.config.train.progress, total=total)):
@@ -422,17 +416,19 @@ class _Search:
                 self._validate_targets(x, y)
             for k, v in step_fn(x, y, f"epoch {self.epoch + 1} {desc} step {i + 1}").items():
                 sums[k] += v
-            n += 1
-        return {k: v / max(n, 1) for k, v in sums.items()}
+                n[k] += 1
+        return {k: v / max(n[k], 1) for k, v in sums.items()}
 
     def _weight_step(self, gates_fn):
         def step(x, y, where):
             total, values, losses = self._loss(x, y, gates_fn(), where)
+            if not losses:
+                return values
             self.weight_opt.zero_grad(set_to_none=True)
             if self.balancer is None:
                 total.backward()
             else:
-                weighted = {t: w * losses[t] for w, t in zip(self.weights, self.data.task_names)}
+                weighted = {t: w * losses[t] for w, t in zip(self.weights, self.data.task_names) if t in losses}
                 try:
                     balanced_backward(self.balancer, weighted, self.net.network)
                 except FloatingPointError as err:
@@ -685,5 +681,4 @@ __all__ = [
     "policy_regularizer",
     "sharing_loss",
     "sparsity_loss",
-    "task_losses",
 ]

@@ -107,6 +107,8 @@ class AffinityRecorder:
         self.lr = float(lr)
         self.every = every
         self.calls = 0
+        self.unlabelled = 0
+        """Measured steps passed over because a task had no label in the batch."""
         self.seconds = 0.0
         self._epochs: dict[int, dict[str, list[Tensor]]] = {}
 
@@ -117,6 +119,9 @@ class AffinityRecorder:
     def __call__(self, ctx: StepContext) -> None:
         self.calls += 1
         if (self.calls - 1) % self.every:
+            return
+        if any(t not in ctx.losses for t in self.tasks):  # a task without labels in this batch: no pairwise measure
+            self.unlabelled += 1
             return
         t0 = time.perf_counter()
         network, tasks = ctx.network, self.tasks
