@@ -248,6 +248,14 @@ def cmd_graph(args: argparse.Namespace) -> None:
         print(f"backbone params: {cost.params:,}  backbone MACs/sample: {cost.macs:,} (heads excluded)")
 
 
+def cmd_data_check(args: argparse.Namespace) -> None:
+    from .data.folder import format_summary, summarize
+
+    data = create_dataset(args.data, **parse_key_values(args.data_arg, "--data-arg"))
+    print(format_summary(summarize(data), data.tasks))
+    print("ok: every sample of every split read and checked")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     for name, items in (
         ("datasets", list_datasets()),
@@ -360,6 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--space", help="search space to check the graph against and cost it on")
     p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("data", help="check a dataset: read every sample and summarise it")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser(
+        "check",
+        help="read every sample of every split, check each target and print sizes, classes, ranges, missing labels",
+    )
+    p.add_argument(
+        "data", help="a data folder with a tasks.toml, a dataset name, or MODULE:FUNCTION / FILE.py:FUNCTION"
+    )
+    p.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE", help="dataset option (repeatable)")
+    p.set_defaults(func=cmd_data_check)
 
     p = sub.add_parser("list", help="list datasets, backbones, search spaces and balancers")
     p.set_defaults(func=cmd_list)

@@ -50,7 +50,7 @@ from .data.base import DATASETS
 from .graph import SharingGraph
 from .metrics import delta_m
 from .processes import exit_with_parent
-from .registry import resolve_reference
+from .registry import is_reference, resolve_reference
 from .runs import check_settings, read_json, replace_atomic, run_lock, write_json_atomic
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .space import SearchSpace, load_search_space
@@ -131,6 +131,7 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
     if not isinstance(data.get("name"), str):
         raise fail("data.name", "required (a dataset name, e.g. 'multidigits', or MODULE:FUNCTION / FILE.py:FUNCTION)")
     data["name"] = resolve_reference(data["name"], base_dir)  # a FILE.py relative to the study file
+    _resolve_data_paths(data, base_dir)
     _check_dataset_keys(data, fail)  # checked now, not when the run starts (building the data is slow)
     space = raw.get("space", {}).get("name")
     if not isinstance(space, str):
@@ -202,6 +203,18 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         source=source,
         search_seeds=search_seeds,
     )
+
+
+def _resolve_data_paths(data: dict[str, Any], base_dir: Path | None) -> None:
+    """Make ``[data]`` paths relative to the study file: ``root``, and a data folder given as the name."""
+    if base_dir is None:
+        return
+    name = data["name"]
+    folder = base_dir / Path(name).expanduser()
+    if name not in DATASETS and not is_reference(name) and (folder / "tasks.toml").is_file():
+        data["name"], data["root"] = "folder", str(folder.resolve())
+    elif isinstance(data.get("root"), str):
+        data["root"] = str((base_dir / Path(data["root"]).expanduser()).resolve())
 
 
 def _resolve_balancer(spec: str, base_dir: Path | None) -> str:
@@ -306,9 +319,9 @@ def run_study(
     if (data is None) != (space is None) or (data is not None and jobs > 1):
         raise ValueError("run_study: give data and space together, and only with jobs=1 (workers build their own)")
     run_dir = Path(run_dir)
+    if data is None:  # before the lock makes the run folder: data that cannot be read leaves none behind
+        data, space = _data_and_space(spec)
     with run_lock(run_dir):
-        if data is None:
-            data, space = _data_and_space(spec)
         for method, options in spec.search.items():  # options that cannot work on this data, before any run
             runner = SEARCH_METHODS.create(method)
             if runner.check is not None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..registry import Registry
+from ..registry import Registry, is_reference
 from ..tasks import TaskSpec
 
 Batch = tuple[Tensor, dict[str, Tensor]]
@@ -130,9 +131,11 @@ list_datasets = DATASETS.names
 
 
 def create_dataset(name: str, **kwargs: Any) -> MultiTaskData:
-    """Build dataset ``name`` (registered, an entry point of ``nas_mtl.datasets``, or ``MODULE:FUNCTION`` /
-    ``FILE.py:FUNCTION`` in the user's code) with its options (errors name them); the data records them in
-    :attr:`MultiTaskData.origin`."""
+    """Build dataset ``name`` (registered, an entry point of ``nas_mtl.datasets``, ``MODULE:FUNCTION`` /
+    ``FILE.py:FUNCTION`` in the user's code, or a data folder with a ``tasks.toml``) with its options (errors
+    name them); the data records them in :attr:`MultiTaskData.origin`."""
+    if name not in DATASETS and not is_reference(name) and (Path(name) / "tasks.toml").is_file():
+        return create_dataset("folder", root=str(Path(name).resolve()), **kwargs)  # a data folder (no code)
     data = DATASETS.create(name, **kwargs)
     if not isinstance(data, MultiTaskData):
         raise ValueError(f"dataset {name!r}: the factory returned a {type(data).__name__}, not a MultiTaskData")
