@@ -27,6 +27,7 @@ sharing that is the published method on the trunk. All solves are in float64 on 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -192,8 +193,19 @@ def _positive(name: str, key: str, value: Any, low: float = 0.0) -> float:
     return float(value)
 
 
+class GramWeighting(GroupedGradientBalancer):
+    """A method whose weights are a function of the Gram matrix alone: ``weights(G, **options())`` per shared
+    group; it reports the weights it applies."""
+
+    weights: Callable[..., np.ndarray]
+
+    def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = type(self).weights(gram, **self.options())
+        return w, w
+
+
 @register_balancer("cagrad")
-class CAGrad(GroupedGradientBalancer):
+class CAGrad(GramWeighting):
     """CAGrad (Liu et al., NeurIPS 2021): the best worst-task improvement within a ball around the mean gradient.
 
     Args:
@@ -212,24 +224,20 @@ class CAGrad(GroupedGradientBalancer):
     def options(self) -> dict[str, Any]:
         return {"c": self.c, "rescale": self.rescale}
 
-    def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w = cagrad_weights(gram, self.c, self.rescale)
-        return w, w
+    weights = staticmethod(cagrad_weights)
 
 
 @register_balancer("imtl-g")
-class IMTLG(GroupedGradientBalancer):
+class IMTLG(GramWeighting):
     """IMTL-G (Liu et al., ICLR 2021): the update projects equally on every task's gradient direction."""
 
     name = "imtl-g"
 
-    def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w = imtl_g_weights(gram)
-        return w, w
+    weights = staticmethod(imtl_g_weights)
 
 
 @register_balancer("aligned-mtl")
-class AlignedMTL(GroupedGradientBalancer):
+class AlignedMTL(GramWeighting):
     """Aligned-MTL (Senushkin et al., CVPR 2023): task gradients made orthogonal and equally long, then summed.
 
     Args:
@@ -247,25 +255,21 @@ class AlignedMTL(GroupedGradientBalancer):
     def options(self) -> dict[str, Any]:
         return {"scale": self.scale}
 
-    def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w = aligned_mtl_weights(gram, self.scale)
-        return w, w
+    weights = staticmethod(aligned_mtl_weights)
 
 
 @register_balancer("upgrad")
-class UPGrad(GroupedGradientBalancer):
+class UPGrad(GramWeighting):
     """UPGrad (Quinton & Rey 2024): the mean of each task gradient projected onto the dual cone of all of them;
     the update conflicts with no task."""
 
     name = "upgrad"
 
-    def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w = upgrad_weights(gram)
-        return w, w
+    weights = staticmethod(upgrad_weights)
 
 
 @register_balancer("nash-mtl")
-class NashMTL(GroupedGradientBalancer):
+class NashMTL(GramWeighting):
     """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution ``G α = 1/α`` of the task gradients.
 
     Args:
@@ -281,14 +285,13 @@ class NashMTL(GroupedGradientBalancer):
     def options(self) -> dict[str, Any]:
         return {"max_norm": self.max_norm}
 
-    def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        w = nash_mtl_weights(gram, self.max_norm)
-        return w, w
+    weights = staticmethod(nash_mtl_weights)
 
 
 __all__ = [
     "AlignedMTL",
     "CAGrad",
+    "GramWeighting",
     "IMTLG",
     "NashMTL",
     "UPGrad",
