@@ -257,13 +257,19 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    from .balancing.base import BALANCERS
+
     for name, items in (
         ("datasets", list_datasets()),
         ("backbones", list_backbones()),
         ("search spaces", list_search_spaces()),
-        ("balancers", list_balancers()),
     ):
         print(f"{name}: {', '.join(items)}")
+    print("balancers (NAME or NAME:KEY=VALUE,...; paper; cost per step):")
+    for name in list_balancers():
+        factory = BALANCERS.factory(name)
+        about = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+        print(f"  {name}: {about} [{getattr(factory, 'cost', 'see its documentation')}]")
 
 
 def _training_parser(

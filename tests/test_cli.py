@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -124,3 +125,14 @@ def test_threads_option_sets_torch_threads(capsys):
         assert "--threads" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_list_documents_every_balancer_with_its_paper_and_cost(capsys):
+    from nas_mtl.balancing import list_balancers
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  ")}
+    for name in list_balancers():
+        assert re.search(r"\((?:[A-Z][\w-]+ (?:et al\.|& [A-Z]\w+)|.*Sener & Koltun).*20\d\d", lines[name]), lines[name]
+        assert "backward pass" in lines[name]

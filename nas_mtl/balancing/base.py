@@ -30,6 +30,8 @@ class Balancer(ABC):
     """True when only the update of parameters shared by several tasks depends on the method (task-specific
     parameters get their own task's gradient, as with equal weights): on a graph sharing nothing it is
     equal weighting. Loss-weighting methods (uncertainty, DWA) leave it False."""
+    cost: str = "one backward pass"
+    """The method's cost class per training step (``nas-mtl list`` shows it beside the method's paper)."""
 
     def options(self) -> dict[str, Any]:
         """The keyword options that, with :attr:`name`, rebuild this balancer (part of :attr:`spec`)."""

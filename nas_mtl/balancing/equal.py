@@ -12,7 +12,7 @@ from .base import Balancer, register_balancer
 
 @register_balancer("equal")
 class EqualWeights(Balancer):
-    """Σ_t L_t, one backward pass."""
+    """Equal weighting (the uniform-scaling baseline of Sener & Koltun 2018 and others): the gradient of Σ_t L_t."""
 
     name = "equal"
     shared_only = True

@@ -260,8 +260,9 @@ class AlignedMTL(GramWeighting):
 
 @register_balancer("upgrad")
 class UPGrad(GramWeighting):
-    """UPGrad (Quinton & Rey 2024): the mean of each task gradient projected onto the dual cone of all of them;
-    the update conflicts with no task."""
+    """UPGrad (Quinton & Rey 2024): the mean of the task gradients each projected onto their dual cone.
+
+    The update conflicts with no task (no loss increases to first order)."""
 
     name = "upgrad"
 

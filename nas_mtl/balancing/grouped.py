@@ -178,6 +178,7 @@ class GroupedGradientBalancer(Balancer):
     """
 
     shared_only = True
+    cost = "one backward pass per task, then a T x T problem per shared group"
 
     @abstractmethod
     def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -213,8 +213,11 @@ class MGDA(GroupedGradientBalancer):
 
 @register_balancer("mgda-ub")
 def mgda_ub(normalization: str = "none") -> MGDA:
-    """MGDA-UB: MGDA with gradients w.r.t. the shared representation (``MGDA(mode="ub")``)."""
+    """MGDA-UB (Sener & Koltun 2018, Sec. 3.3): MGDA with gradients w.r.t. the shared representation."""
     return MGDA(mode="ub", normalization=normalization)
+
+
+mgda_ub.cost = "one backward pass per task to the shared representation, one through the trunk, a T x T problem"
 
 
 __all__ = [

@@ -46,7 +46,7 @@ def pcgrad_weights(gram: np.ndarray, orders: np.ndarray) -> np.ndarray:
 
 @register_balancer("pcgrad")
 class PCGrad(GroupedGradientBalancer):
-    """PCGrad: project each task's gradient off the others it conflicts with, then sum.
+    """PCGrad (Yu et al., NeurIPS 2020): project each task's gradient off the others it conflicts with, then sum.
 
     Args:
         seed: seeds the balancer's own ``torch.Generator`` for the random projection orders (one
