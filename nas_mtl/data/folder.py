@@ -285,7 +285,10 @@ class _Reader:
         if spec.TARGET_INTEGER:
             if np.issubdtype(arr.dtype, np.floating):
                 if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
-                    raise ValueError(f"{where}: task {spec.name!r} ({spec.kind}) expects integer labels, got fractions")
+                    raise ValueError(
+                        f"{where}: task {spec.name!r} ({spec.kind}) expects integer labels "
+                        f"(ignore_index for a missing one), got fractions or NaN"
+                    )
             elif not np.issubdtype(arr.dtype, np.integer):
                 raise ValueError(f"{where}: task {spec.name!r} expects integer labels, got dtype {arr.dtype}")
             tensor = torch.from_numpy(np.array(arr, dtype=np.int64, order="C"))  # keeps 0-d
