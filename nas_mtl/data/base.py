@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -142,6 +143,17 @@ def create_dataset(name: str, **kwargs: Any) -> MultiTaskData:
     return dataclasses.replace(data, origin={"dataset": name, "kwargs": dict(kwargs)})
 
 
+def carve_val(n: int, val_fraction: float, seed: int, dataset: str) -> tuple[list[int], list[int]]:
+    """Seeded (train, val) index lists partitioning ``range(n)``."""
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
+        raise ValueError(f"dataset {dataset!r}: val_fraction must be in (0, 1), got {val_fraction!r}")
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise ValueError(f"dataset {dataset!r}: {n} training items are too few to carve a val split of {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
+
+
 def standardize(train: Tensor, *others: Tensor, dims: tuple[int, ...]) -> tuple[list[Tensor], Tensor, Tensor]:
     """Subtract the train mean and divide by the train std (over ``dims``) in every split.
 
@@ -157,6 +169,7 @@ __all__ = [
     "DATASETS",
     "MultiTaskData",
     "TensorMultiTaskDataset",
+    "carve_val",
     "check_ints",
     "create_dataset",
     "iterate_batches",

@@ -55,7 +55,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..tasks import TASK_KINDS, TaskSpec
-from .base import MultiTaskData, TensorMultiTaskDataset, iterate_batches, register_dataset
+from .base import MultiTaskData, TensorMultiTaskDataset, carve_val, iterate_batches, register_dataset
 
 TASKS_FILE = "tasks.toml"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -426,14 +426,7 @@ def folder(root: str | Path) -> MultiTaskData:
     if fmt.splits["val"] is not None and (fmt.root / fmt.splits["val"]).is_dir():
         val = _read_split(fmt, "val")
     else:
-        n = len(train)
-        n_val = max(1, round(n * fmt.val_fraction))
-        if n_val >= n:
-            raise ValueError(
-                f"{fmt.root / fmt.splits['train']}: {n} samples are too few to carve a val split of {fmt.val_fraction}"
-            )
-        perm = np.random.default_rng(fmt.seed).permutation(n)
-        val_idx, train_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
+        train_idx, val_idx = carve_val(len(train), fmt.val_fraction, fmt.seed, fmt.name)
         train, val = _take(train, train_idx), _take(train, val_idx)
         info["val_indices"] = val_idx
     test = _read_split(fmt, "test")

@@ -29,7 +29,7 @@ from ..tasks import (
     SurfaceNormalTask,
     TaskSpec,
 )
-from .base import MultiTaskData, check_ints, register_dataset, select_names, select_tasks
+from .base import MultiTaskData, carve_val, check_ints, register_dataset, select_names, select_tasks
 
 IMAGE_FOLDER = "image"
 
@@ -108,17 +108,6 @@ class NpyFolderDataset(Dataset):
         return image, targets
 
 
-def _carve_val(n: int, val_fraction: float, seed: int, dataset: str) -> tuple[list[int], list[int]]:
-    """Seeded (train, val) index lists partitioning ``range(n)``."""
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
-        raise ValueError(f"dataset {dataset!r}: val_fraction must be in (0, 1), got {val_fraction!r}")
-    n_val = max(1, round(n * val_fraction))
-    if n_val >= n:
-        raise ValueError(f"dataset {dataset!r}: {n} training items are too few to carve a val split of {val_fraction}")
-    perm = np.random.default_rng(seed).permutation(n)
-    return sorted(int(i) for i in perm[n_val:]), sorted(int(i) for i in perm[:n_val])
-
-
 def _npy_dataset(
     name: str,
     root: str | Path,
@@ -137,7 +126,7 @@ def _npy_dataset(
     test = NpyFolderDataset(root / "val", folders, chosen)
     if test.hw != full_train.hw:
         raise ValueError(f"{root / 'val'}: images are {test.hw} but {root / 'train'} has {full_train.hw}")
-    train_idx, val_idx = _carve_val(len(full_train), val_fraction, seed, name)
+    train_idx, val_idx = carve_val(len(full_train), val_fraction, seed, name)
     return MultiTaskData(
         name=name,
         tasks=chosen,
