@@ -463,27 +463,27 @@ def test_search_rejects_unknown_task_weights_and_spaces_without_skips(data, spac
         adashare_search(data, no_skip, _config())
 
 
-def test_a_balancer_takes_over_the_weight_updates_and_only_them(data, space):
+def test_a_balancer_takes_over_the_weight_updates_and_only_them(data, space, monkeypatch):
     """balancer = NAME: every weight step (warm-up and weight phase) goes through the balancer, with the task
     losses weighted by task_weights, on the supernet's shared parameter groups; policy steps never do."""
-    from nas_mtl.balancing import Balancer, list_balancers, register_balancer
+    from nas_mtl.balancing import Balancer
+    from nas_mtl.balancing.base import BALANCERS
 
     calls: list[tuple[frozenset, dict[str, float]]] = []
-    if "recording-test" not in list_balancers():
 
-        @register_balancer("recording-test")
-        class Recording(Balancer):
-            name = "recording-test"
+    class Recording(Balancer):
+        name = "recording-test"
 
-            def prepare(self, network):
-                self.groups = frozenset(network.parameter_groups())
-                return super().prepare(network)
+        def prepare(self, network):
+            self.groups = frozenset(network.parameter_groups())
+            return super().prepare(network)
 
-            def backward(self, losses, network):
-                calls.append((self.groups, {k: float(v.detach()) for k, v in losses.items()}))
-                sum(losses.values()).backward()
-                return dict.fromkeys(losses, 1.0)
+        def backward(self, losses, network):
+            calls.append((self.groups, {k: float(v.detach()) for k, v in losses.items()}))
+            sum(losses.values()).backward()
+            return dict.fromkeys(losses, 1.0)
 
+    monkeypatch.setitem(BALANCERS._factories, "recording-test", Recording)  # removed again after the test
     weights = {"sign": 2.0, "level": 0.5}
     cfg = _config(epochs=2, warmup_epochs=1, weight_steps=2, policy_steps=3, task_weights=weights)
     plain = adashare_search(data, space, cfg)

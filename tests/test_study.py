@@ -430,21 +430,21 @@ def test_baselines_run_as_a_study_and_match_a_direct_training(tmp_path, capsys, 
     assert pd.read_csv(out / "baselines.csv", index_col="arm").equals(table)
 
 
-def test_baselines_with_a_balancer_that_also_runs_unshared_graphs_count_each_arm_once(tmp_path):
+def test_baselines_with_a_balancer_that_also_runs_unshared_graphs_count_each_arm_once(tmp_path, monkeypatch):
     """A balancer with shared_only = False also trains the single-task nets (beside "equal"): the table keeps
     its rows, one per arm, and the single-task cost is that of one network per task."""
-    from nas_mtl.balancing import EqualWeights, create_balancer, list_balancers, register_balancer
+    from nas_mtl.balancing import EqualWeights, create_balancer
+    from nas_mtl.balancing.base import BALANCERS
     from nas_mtl.data import create_dataset
     from nas_mtl.space import load_search_space
     from nas_mtl.study import run_baselines
     from nas_mtl.train import TrainConfig
 
-    if "equal-everywhere-test" not in list_balancers():
+    class Everywhere(EqualWeights):
+        name = "equal-everywhere-test"
+        shared_only = False
 
-        @register_balancer("equal-everywhere-test")
-        class Everywhere(EqualWeights):
-            name = "equal-everywhere-test"
-            shared_only = False
+    monkeypatch.setitem(BALANCERS._factories, "equal-everywhere-test", Everywhere)  # removed after the test
 
     data = create_dataset("multidigits", n_train=64, n_val=32, n_test=32, size=16)
     space = load_search_space("resnet_small", input_shape=data.input_shape)
