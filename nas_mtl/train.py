@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,7 +361,7 @@ class Trainer:
         for step, (x, y) in enumerate(bar):
             x = x.to(device)
             # a skipped step must not leave its batch in the BatchNorm running statistics either
-            kept_buffers = [b.detach().clone() for b in network.buffers()] if skipping else None
+            snapshot = buffer_snapshot(network) if skipping else None
             out = network(x)
             targets = {t.name: y[t.name].to(device) for t in self.specs}
             if step == 0:
@@ -386,12 +388,11 @@ class Trainer:
                     raise FloatingPointError(f"{problem} at {where}{kept}")
                 warnings.warn(f"skipping step: {problem} at {where}", stacklevel=2)
                 self.optimizer.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    for buf, old in zip(network.buffers(), kept_buffers):
-                        buf.copy_(old)
+                restore_buffers(network, snapshot)
                 self.skipped += 1
                 continue
             self.optimizer.step()
+            self.balancer.after_step(functools.partial(self._recompute, x, targets))
             if self._first_losses is None:  # the reference a diverging run is told from (this session's first step)
                 self._first_losses = {k: float(v.detach()) for k, v in losses.items()}
             for k, v in losses.items():
@@ -404,6 +405,7 @@ class Trainer:
         val = evaluate(network, self.data.val, self.specs, config.eval_batch_size, device)
         self.elapsed += time.perf_counter() - t0
         train_loss = {k: v / max(seen[k], 1) for k, v in sums.items()}
+        self.balancer.end_epoch({k: v for k, v in train_loss.items() if seen[k]})
         self._warn_if_diverging(train_loss, epoch + 1)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": self.elapsed}
         for hook in self.epoch_hooks:
@@ -411,6 +413,13 @@ class Trainer:
         self.history.append(record)
         self.epoch += 1
         return record
+
+    def _recompute(self, x: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The task losses of batch ``x`` under the current weights (training mode, no gradient; BatchNorm's
+        running statistics are left as they were, so each batch counts once)."""
+        with torch.no_grad(), kept_buffers(self.network):
+            losses, _ = labelled_losses(self.network(x), targets, self.specs)
+        return losses
 
     def _warn_if_diverging(self, train_loss: Mapping[str, float], epoch: int) -> None:
         """Warn (once per run) when a task's mean training loss is over DIVERGENCE times its first step's and
@@ -494,6 +503,27 @@ def data_identity(data: MultiTaskData) -> dict[str, Any]:
         "tasks": list(data.task_names),
         "sizes": [len(data.train), len(data.val), len(data.test)],
     }
+
+
+def buffer_snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    """Copies of ``module``'s buffers (BatchNorm running statistics), for :func:`restore_buffers`."""
+    return [b.detach().clone() for b in module.buffers()]
+
+
+def restore_buffers(module: torch.nn.Module, snapshot: Sequence[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for buf, old in zip(module.buffers(), snapshot):
+            buf.copy_(old)
+
+
+@contextlib.contextmanager
+def kept_buffers(module: torch.nn.Module) -> Iterator[None]:
+    """Forward passes inside leave ``module``'s buffers as they were (a batch seen twice counts once)."""
+    snapshot = buffer_snapshot(module)
+    try:
+        yield
+    finally:
+        restore_buffers(module, snapshot)
 
 
 def balanced_backward(balancer: Balancer, losses: Mapping[str, torch.Tensor], network: MultiTaskNetwork) -> None:
@@ -580,9 +610,12 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "balanced_backward",
+    "buffer_snapshot",
     "data_identity",
     "evaluate",
+    "kept_buffers",
     "resolve_device",
+    "restore_buffers",
     "seed_everything",
     "train",
 ]

@@ -573,13 +573,13 @@ def test_pcgrad_default_order_follows_the_run_seed(backbone):
         for _ in range(4):
             net.zero_grad(set_to_none=True)
             weights.append(balancer.backward(_losses(net(x), targets), net))
-        return weights, balancer._generator.initial_seed()
+        return weights, balancer._random.get().initial_seed()
 
     assert run(1) == run(1)
     assert run(2)[1] == 2
     explicit = PCGrad(seed=7).prepare(net)
     _step(net, explicit, x, targets)
-    assert explicit._generator.initial_seed() == 7
+    assert explicit._random.get().initial_seed() == 7
 
 
 # ---------------------------------------------------------------------- errors

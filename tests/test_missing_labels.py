@@ -285,7 +285,17 @@ def _split(n, seed, label_c: bool):
     return TensorMultiTaskDataset(x, {"a": a, "b": b, "c": c})
 
 
-@pytest.mark.parametrize("balancer", ["equal", "mgda", "pcgrad"])
+BUILT_IN = ["equal", "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "aligned-mtl", "upgrad", "nash-mtl"]
+BUILT_IN += ["uncertainty", "dwa", "rlw", "famo"]
+
+
+def test_every_built_in_balancer_is_checked_here():
+    from nas_mtl.balancing.base import BALANCERS
+
+    assert sorted(BUILT_IN) == sorted(BALANCERS._factories)
+
+
+@pytest.mark.parametrize("balancer", BUILT_IN)
 def test_training_with_a_task_unlabelled_in_train_leaves_its_head_untouched(balancer):
     data = MultiTaskData("partial", TASKS, (1, 8, 8), _split(96, 0, False), _split(48, 1, True), _split(48, 2, True))
     seed_everything(0)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -19,7 +20,8 @@ class Balancer(ABC):
 
     Subclasses implement :meth:`backward`; the trainer calls :meth:`prepare` once before the first
     forward pass and :meth:`detach` after the last step, zeroes gradients before each
-    :meth:`backward` and steps the optimiser after. Balancers may use
+    :meth:`backward`, steps the optimiser after it and then calls :meth:`after_step`; at the end of each
+    epoch it calls :meth:`end_epoch` with the epoch's mean task losses. Balancers may use
     ``network.parameter_groups()`` to treat shared parameters (several tasks) differently from
     task-specific ones. A balancer that finds a non-finite gradient raises ``FloatingPointError``
     (the trainer's ``on_nonfinite`` policy decides what happens then).
@@ -62,6 +64,52 @@ class Balancer(ABC):
     @abstractmethod
     def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
         """Populate gradients from ``losses`` (``{task: scalar}``); return the task weights used."""
+
+    def after_step(self, recompute: Callable[[], Mapping[str, torch.Tensor]]) -> None:  # noqa: B027  (optional)
+        """Called once the optimiser has applied this step's gradients (not for a skipped step).
+
+        Args:
+            recompute: the same batch's task losses under the updated weights (no gradient; one forward pass,
+                so only a method that needs them calls it, e.g. FAMO's weight update).
+        """
+
+    def end_epoch(self, train_loss: Mapping[str, float]) -> None:  # noqa: B027  (optional, not abstract)
+        """Called after each training epoch with each task's mean training loss (tasks labelled in the epoch)."""
+
+
+class SeededGenerator:
+    """A balancer's own ``torch.Generator``: seeded at first use with ``seed``, or with ``torch.initial_seed()``
+    (the run's seed when torch was seeded) when None; its state goes into checkpoints."""
+
+    def __init__(self, seed: int | None, balancer: str) -> None:
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"{balancer}: seed must be an integer or None, got {seed!r}")
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+
+    def get(self) -> torch.Generator:
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(torch.initial_seed() if self.seed is None else self.seed)
+        return self._generator
+
+    def reset(self) -> None:
+        """The next :meth:`get` seeds a fresh generator."""
+        self._generator = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self._generator is None else {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "generator" in state:
+            self._generator = torch.Generator()
+            self._generator.set_state(state["generator"])
+
+
+def check_number(balancer: str, key: str, value: Any, low: float = 0.0) -> float:
+    """``value`` as a float; ValueError naming the balancer and option unless it is a finite number >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < low:
+        raise ValueError(f"{balancer}: {key} must be a number >= {low}, got {value!r}")
+    return float(value)
 
 
 BALANCERS: Registry[Balancer] = Registry("balancer", group="nas_mtl.balancers")
@@ -135,6 +183,8 @@ def create_balancer(spec: str, **kwargs: Any) -> Balancer:
 __all__ = [
     "BALANCERS",
     "Balancer",
+    "SeededGenerator",
+    "check_number",
     "create_balancer",
     "list_balancers",
     "parse_balancer",

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 
-from .base import register_balancer
+from .base import check_number, register_balancer
 from .grouped import GroupedGradientBalancer
 
 
@@ -187,12 +187,6 @@ def nash_mtl_weights(gram: np.ndarray, max_norm: float = 1.0) -> np.ndarray:
     return alpha
 
 
-def _positive(name: str, key: str, value: Any, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < low:
-        raise ValueError(f"{name}: {key} must be a number >= {low}, got {value!r}")
-    return float(value)
-
-
 class GramWeighting(GroupedGradientBalancer):
     """A method whose weights are a function of the Gram matrix alone: ``weights(G, **options())`` per shared
     group; it reports the weights it applies."""
@@ -216,7 +210,7 @@ class CAGrad(GramWeighting):
     name = "cagrad"
 
     def __init__(self, c: float = 0.4, rescale: int = 1) -> None:
-        self.c = _positive("cagrad", "c", c)
+        self.c = check_number("cagrad", "c", c)
         if rescale not in (0, 1, 2) or isinstance(rescale, bool):
             raise ValueError(f"cagrad: rescale must be 0, 1 or 2, got {rescale!r}")
         self.rescale = rescale
@@ -281,7 +275,7 @@ class NashMTL(GramWeighting):
     name = "nash-mtl"
 
     def __init__(self, max_norm: float = 1.0) -> None:
-        self.max_norm = _positive("nash-mtl", "max_norm", max_norm)
+        self.max_norm = check_number("nash-mtl", "max_norm", max_norm)
 
     def options(self) -> dict[str, Any]:
         return {"max_norm": self.max_norm}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import register_balancer
+from .base import SeededGenerator, register_balancer
 from .grouped import GroupedGradientBalancer
 
 
@@ -62,14 +62,15 @@ class PCGrad(GroupedGradientBalancer):
     name = "pcgrad"
 
     def __init__(self, seed: int | None = None) -> None:
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"pcgrad: seed must be an integer or None, got {seed!r}")
-        self.seed = seed
-        self._generator: torch.Generator | None = None
+        self._random = SeededGenerator(seed, self.name)
+
+    @property
+    def seed(self) -> int | None:
+        return self._random.seed
 
     def prepare(self, network: nn.Module) -> PCGrad:
         """Restart the order sequence: the next step seeds a fresh generator."""
-        self._generator = None
+        self._random.reset()
         return self
 
     def __repr__(self) -> str:
@@ -79,18 +80,14 @@ class PCGrad(GroupedGradientBalancer):
         return {"seed": self.seed}
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self._generator is None else {"generator": self._generator.get_state()}
+        return self._random.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if "generator" in state:
-            self._generator = torch.Generator()
-            self._generator.set_state(state["generator"])
+        self._random.load_state_dict(state)
 
     def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._generator is None:
-            self._generator = torch.Generator().manual_seed(torch.initial_seed() if self.seed is None else self.seed)
         n = gram.shape[0]
-        orders = torch.rand(n, n, generator=self._generator).argsort(dim=1).numpy()
+        orders = torch.rand(n, n, generator=self._random.get()).argsort(dim=1).numpy()
         w = pcgrad_weights(gram, orders)
         return w, w
 

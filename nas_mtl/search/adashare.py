@@ -82,7 +82,7 @@ from ..progress import progress
 from ..runs import check_settings, load_checkpoint, save_atomic, write_json_atomic
 from ..space import SearchSpace
 from ..tasks import TaskSpec, labelled_losses
-from ..train import TrainConfig, balanced_backward, resolve_device, seed_everything
+from ..train import TrainConfig, balanced_backward, kept_buffers, resolve_device, seed_everything
 from . import SearchMethod, SearchResult, register_search_method
 
 SELECT, SKIP = 0, 1
@@ -419,21 +419,33 @@ class _Search:
                 n[k] += 1
         return {k: v / max(n[k], 1) for k, v in sums.items()}
 
+    def _weighted(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {t: w * losses[t] for w, t in zip(self.weights, self.data.task_names) if t in losses}
+
     def _weight_step(self, gates_fn):
         def step(x, y, where):
-            total, values, losses = self._loss(x, y, gates_fn(), where)
+            gates = gates_fn()
+            total, values, losses = self._loss(x, y, gates, where)
             if not losses:
                 return values
             self.weight_opt.zero_grad(set_to_none=True)
             if self.balancer is None:
                 total.backward()
             else:
-                weighted = {t: w * losses[t] for w, t in zip(self.weights, self.data.task_names) if t in losses}
                 try:
-                    balanced_backward(self.balancer, weighted, self.net.network)
+                    balanced_backward(self.balancer, self._weighted(losses), self.net.network)
                 except FloatingPointError as err:
                     raise FloatingPointError(f"adashare: {err} at {where}") from None
             self.weight_opt.step()
+            if self.balancer is not None:
+
+                def recompute() -> dict[str, Tensor]:  # same batch, same gates, updated weights
+                    targets = {k: v.to(self.device) for k, v in y.items()}
+                    with torch.no_grad(), kept_buffers(self.net):
+                        out = self.net(x.to(self.device), gates)
+                    return self._weighted(labelled_losses(out, targets, self.data.tasks)[0])
+
+                self.balancer.after_step(recompute)
             return values
 
         return step
@@ -451,6 +463,8 @@ class _Search:
                 self.data.train, None, seed, f"{label} warm-up", self._weight_step(lambda: hard_sharing)
             )
             record = {"phase": "warmup", "train_loss": train_loss}
+            if self.balancer is not None:
+                self.balancer.end_epoch(train_loss)
         else:
             r = e - c.warmup_epochs
             if r == 0:
@@ -463,6 +477,8 @@ class _Search:
             train_loss = self._phase(
                 self.data.train, c.weight_steps, seed, f"{label} weights", self._weight_step(lambda: gates(False))
             )
+            if self.balancer is not None:
+                self.balancer.end_epoch(train_loss)
 
             def policy_step(x, y, where):
                 total, losses, _ = self._loss(x, y, gates(True), where)

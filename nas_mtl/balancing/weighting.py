@@ -1,0 +1,318 @@
+"""Loss-weighting methods: one backward pass of ``Σ_t w_t L_t`` with weights the method adapts as training goes.
+
+Unlike the gradient-combining methods these need no per-task gradient: the cost of a step is that of equal
+weighting (FAMO adds one forward pass for its weight update). The weights scale every parameter's gradient,
+heads included (``shared_only`` is False), as in the papers and in LibMTL.
+
+* Uncertainty weighting (Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses for
+  Scene Geometry and Semantics", CVPR 2018): a learned log variance ``s_t`` per task and the loss
+  ``Σ_t ½ (exp(-s_t) L_t + s_t)`` (their Eq. 7 with ``s = log σ²``, as LibMTL and the Nash-MTL / FAMO code
+  write it); ``s`` is trained by its own Adam (the reference trainers' separate parameter group, lr 0.025).
+* DWA, Dynamic Weight Average (Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019,
+  Eq. 7 and the MTAN code): in epoch e ≥ 3, ``w_t = T softmax_t(r_t / temperature)`` with
+  ``r_t = L̄_t(e-1) / L̄_t(e-2)`` the ratio of the task's mean training losses over the last two epochs; 1 before.
+* RLW, Random Loss Weighting (Lin et al., "Reasonable Effectiveness of Random Weighting: A Litmus Test for
+  Multi-Task Learning", TMLR 2022): every step fresh weights ``softmax(z)``, ``z ~ N(0, I)``.
+* FAMO (Liu et al., "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023, Alg. 1 and the authors'
+  ``famo.py``): the gradient of ``Σ_t z_t log L_t / c`` with ``z = softmax(ξ)`` and ``c = Σ_t z_t / L_t``, i.e.
+  weights ``z_t / (c L_t)``; shared gradients clipped to norm ``max_norm``; after the optimiser's step the logits
+  ξ move by Adam (weight decay γ) along ``-J_softmaxᵀ δ``, ``δ_t = log L_t(before) − log L_t(after)`` on the
+  same batch (one extra forward pass, :meth:`~.base.Balancer.after_step`).
+
+Missing labels: a task absent from a step's losses gets no weight that step (RLW and FAMO weigh the tasks
+present; uncertainty weighting leaves that task's ``s`` untouched; FAMO's δ is 0 for it).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Balancer, SeededGenerator, check_number, register_balancer
+from .grouped import loss_values
+
+
+class LossWeighting(Balancer):
+    """A method whose update is the gradient of ``Σ_t w_t L_t`` with the weights of :meth:`weights_for`."""
+
+    shared_only = False
+
+    @abstractmethod
+    def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
+        """This step's weights from the (finite) task losses."""
+
+    def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
+        weights = self.weights_for(loss_values(losses, self.name), network)
+        torch.stack([weights[t] * v for t, v in losses.items()]).sum().backward()
+        return weights
+
+
+def _tasks(network: nn.Module, losses: Sequence[str]) -> list[str]:
+    """The network's tasks (a MultiTaskNetwork), else those of the losses."""
+    return list(getattr(network, "tasks", losses))
+
+
+@register_balancer("uncertainty")
+class UncertaintyWeighting(LossWeighting):
+    """Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018): ``½ (exp(-s_t) L_t + s_t)``, ``s_t`` learned.
+
+    Args:
+        lr: Adam learning rate of the log variances ``s`` (0.025 as in the Nash-MTL and FAMO trainers).
+        init: their initial value (0: σ = 1; LibMTL starts at -0.5).
+    """
+
+    name = "uncertainty"
+
+    def __init__(self, lr: float = 0.025, init: float = 0.0) -> None:
+        self.lr = check_number(self.name, "lr", lr)
+        if isinstance(init, bool) or not isinstance(init, int | float) or not math.isfinite(init):
+            raise ValueError(f"uncertainty: init must be a finite number, got {init!r}")
+        self.init = float(init)
+        self.log_var: dict[str, nn.Parameter] = {}
+        self._optimizer: torch.optim.Adam | None = None
+
+    def options(self) -> dict[str, Any]:
+        return {"init": self.init, "lr": self.lr}
+
+    def _ensure(self, tasks: Sequence[str]) -> None:
+        """Create ``s`` for tasks not seen yet (one Adam parameter group each, so an absent task is not moved)."""
+        for t in tasks:
+            if t not in self.log_var:
+                self.log_var[t] = nn.Parameter(torch.tensor(self.init, dtype=torch.float64))
+                if self._optimizer is None:
+                    self._optimizer = torch.optim.Adam([self.log_var[t]], lr=self.lr)
+                else:
+                    self._optimizer.add_param_group({"params": [self.log_var[t]]})
+
+    def prepare(self, network: nn.Module) -> UncertaintyWeighting:
+        self._ensure(_tasks(network, []))
+        return self
+
+    def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
+        self._ensure(_tasks(network, list(loss)))
+        weights = {}
+        for t, s in self.log_var.items():
+            s.grad = None
+            if t in loss:
+                precision = math.exp(-float(s.detach()))
+                weights[t] = 0.5 * precision
+                s.grad = torch.tensor(0.5 - 0.5 * precision * loss[t], dtype=s.dtype)  # ∂/∂s of ½(e^{-s} L + s)
+        return {t: weights[t] for t in loss}
+
+    def after_step(self, recompute: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        if self._optimizer is not None:
+            self._optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._optimizer is None:
+            return {}
+        return {
+            "tasks": list(self.log_var),
+            "log_var": torch.stack([s.detach() for s in self.log_var.values()]),
+            "optimizer": self._optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            return
+        self.log_var, self._optimizer = {}, None
+        self._ensure(state["tasks"])
+        with torch.no_grad():
+            for s, value in zip(self.log_var.values(), state["log_var"]):
+                s.copy_(value)
+        self._optimizer.load_state_dict(state["optimizer"])
+
+
+@register_balancer("dwa")
+class DWA(LossWeighting):
+    """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019): weights from the last two epochs' loss ratios.
+
+    Args:
+        temperature: the softmax temperature T (2 in the paper; large: equal weights).
+
+    A task whose mean loss is not positive in either of the two epochs (e.g. no label) has ratio 1.
+    """
+
+    name = "dwa"
+
+    def __init__(self, temperature: float = 2.0) -> None:
+        self.temperature = check_number(self.name, "temperature", temperature)
+        if self.temperature == 0:
+            raise ValueError("dwa: temperature must be > 0, got 0")
+        self.history: list[dict[str, float]] = []
+        self.weights: dict[str, float] = {}
+
+    def options(self) -> dict[str, Any]:
+        return {"temperature": self.temperature}
+
+    def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
+        return {t: self.weights.get(t, 1.0) for t in loss}
+
+    def end_epoch(self, train_loss: Mapping[str, float]) -> None:
+        self.history = [*self.history[-1:], dict(train_loss)]
+        if len(self.history) < 2:
+            return
+        before, last = self.history
+        tasks = list(last)
+        ratios = torch.tensor(
+            [last[t] / before[t] if before.get(t, 0.0) > 0 and last[t] > 0 else 1.0 for t in tasks],
+            dtype=torch.float64,
+        )
+        self.weights = dict(zip(tasks, (len(tasks) * torch.softmax(ratios / self.temperature, 0)).tolist()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "weights": self.weights}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.history = [dict(h) for h in state.get("history", [])]
+        self.weights = dict(state.get("weights", {}))
+
+
+@register_balancer("rlw")
+class RLW(LossWeighting):
+    """Random Loss Weighting (Lin et al., TMLR 2022): ``softmax(z)``, ``z ~ N(0, I)`` drawn afresh every step.
+
+    Args:
+        seed: seeds the balancer's own generator (None: ``torch.initial_seed()`` at the first step, the run's
+            seed when torch was seeded).
+    """
+
+    name = "rlw"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._random = SeededGenerator(seed, self.name)
+
+    def options(self) -> dict[str, Any]:
+        return {"seed": self._random.seed}
+
+    def prepare(self, network: nn.Module) -> RLW:
+        self._random.reset()
+        return self
+
+    def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
+        z = torch.randn(len(loss), generator=self._random.get(), dtype=torch.float64)
+        return dict(zip(loss, torch.softmax(z, 0).tolist()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._random.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._random.load_state_dict(state)
+
+
+FAMO_EPS = 1e-8
+"""Added to every loss before its logarithm, as in the authors' code (``min_losses`` = 0)."""
+
+
+@register_balancer("famo")
+class FAMO(LossWeighting):
+    """FAMO (Liu et al., NeurIPS 2023): weights adapted every step so that all log losses fall alike, O(1) cost.
+
+    Args:
+        gamma: weight decay of the logits' Adam (the authors' regularisation coefficient γ, 0.01).
+        lr: the logits' Adam learning rate (0.025).
+        max_norm: clip the shared parameters' gradient to this norm (the authors' 1.0; 0: no clipping).
+
+    Every loss must be positive (the method works on log losses).
+    """
+
+    name = "famo"
+    cost = "one backward pass, plus one forward pass for the weight update"
+
+    def __init__(self, gamma: float = 0.01, lr: float = 0.025, max_norm: float = 1.0) -> None:
+        self.gamma = check_number(self.name, "gamma", gamma)
+        self.lr = check_number(self.name, "lr", lr)
+        self.max_norm = check_number(self.name, "max_norm", max_norm)
+        self.tasks: list[str] = []
+        self.logits: nn.Parameter | None = None
+        self._optimizer: torch.optim.Adam | None = None
+        self._before: dict[str, float] = {}
+
+    def options(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "lr": self.lr, "max_norm": self.max_norm}
+
+    def _ensure(self, tasks: Sequence[str]) -> None:
+        if self.logits is None:
+            self.tasks = list(tasks)
+            self.logits = nn.Parameter(torch.zeros(len(tasks), dtype=torch.float64))
+            self._optimizer = torch.optim.Adam([self.logits], lr=self.lr, weight_decay=self.gamma)
+        missing = sorted(set(tasks) - set(self.tasks))
+        if missing:
+            raise ValueError(f"famo: task(s) {missing} are not among the tasks it was prepared for {self.tasks}")
+
+    def prepare(self, network: nn.Module) -> FAMO:
+        self._ensure(_tasks(network, []))
+        return self
+
+    def task_weights(self) -> dict[str, float]:
+        """The current softmax of the logits, ``z``."""
+        return dict(zip(self.tasks, torch.softmax(self.logits.detach(), 0).tolist()))
+
+    def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
+        self._ensure(_tasks(network, list(loss)))
+        bad = {t: v for t, v in loss.items() if v + FAMO_EPS <= 0}
+        if bad:
+            raise ValueError(f"famo: needs positive losses (it weighs log losses); task(s) {bad}")
+        z = self.task_weights()
+        c = sum(z[t] / (v + FAMO_EPS) for t, v in loss.items())
+        self._before = dict(loss)
+        return {t: z[t] / (c * (v + FAMO_EPS)) for t, v in loss.items()}
+
+    def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
+        weights = super().backward(losses, network)
+        if self.max_norm > 0 and callable(getattr(network, "parameter_groups", None)):
+            shared = [p for users, ps in network.parameter_groups().items() if len(users) > 1 for p in ps]
+            shared = [p for p in shared if p.grad is not None]
+            if shared:
+                torch.nn.utils.clip_grad_norm_(shared, self.max_norm)
+        return weights
+
+    def update(self, after: Mapping[str, float]) -> None:
+        """One step of the logits from the losses before (this step's) and ``after`` the parameter update."""
+        delta = torch.tensor(
+            [
+                math.log(self._before[t] + FAMO_EPS) - math.log(after[t] + FAMO_EPS)
+                if t in self._before and t in after
+                else 0.0
+                for t in self.tasks
+            ],
+            dtype=torch.float64,
+        )
+        z = torch.softmax(self.logits.detach(), 0)
+        self.logits.grad = z * (delta - z @ delta)  # J_softmax(ξ)ᵀ δ, the authors' autograd.grad(softmax(w), w, δ)
+        self._optimizer.step()
+        self.logits.grad = None
+
+    def after_step(self, recompute: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        if self._before:
+            self.update({t: float(v) for t, v in recompute().items()})
+            self._before = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.logits is None:
+            return {}
+        return {"tasks": self.tasks, "logits": self.logits.detach().clone(), "optimizer": self._optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            return
+        self.logits = None
+        self._ensure(state["tasks"])
+        with torch.no_grad():
+            self.logits.copy_(state["logits"])
+        self._optimizer.load_state_dict(state["optimizer"])
+
+
+__all__ = [
+    "DWA",
+    "FAMO",
+    "FAMO_EPS",
+    "RLW",
+    "LossWeighting",
+    "UncertaintyWeighting",
+]
