@@ -488,12 +488,20 @@ def _data_and_space(spec: StudySpec) -> tuple[MultiTaskData, SearchSpace]:
 
 
 def _balancers_for(group: Sequence[Arm], balancers: Sequence[str]) -> tuple[str, ...]:
-    """``balancers``, or just equal weighting (and balancers for every parameter) when no graph of ``group``
-    shares parameters: gradient-combining balancers only change the update of parameters shared by several
-    tasks, so a graph without any (single-task nets, independent nets) trains identically with each."""
+    """``balancers``, less those that train ``group``'s graphs exactly as equal weighting does (equal stays).
+
+    Gradient-combining balancers only change the update of parameters shared by several tasks, so a graph
+    without any (single-task nets, independent nets) trains identically with each; on single-task nets most
+    loss weightings are equal weighting too (their one weight is always 1)."""
     if any(_shares_parameters(arm.graph) for arm in group):
         return tuple(balancers)
-    return tuple(dict.fromkeys(["equal", *(b for b in balancers if not create_balancer(b).shared_only)]))
+    one_task = all(len(arm.graph.tasks) == 1 for arm in group)
+    differ = []
+    for b in balancers:
+        balancer = create_balancer(b)
+        if not balancer.shared_only and not (one_task and balancer.one_task_is_equal):
+            differ.append(b)
+    return tuple(dict.fromkeys(["equal", *differ]))
 
 
 class _Runner:

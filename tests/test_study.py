@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 import nas_mtl.study as study_mod
+from nas_mtl.balancing import list_balancers
+from nas_mtl.graph import SharingGraph
 from nas_mtl.metrics import delta_m
 from nas_mtl.report import write_report
 from nas_mtl.study import load_rows, load_study, run_study, with_device
@@ -201,9 +203,27 @@ def test_data_keys_are_checked_without_building_the_dataset(tmp_path, monkeypatc
 def test_shipped_study_files_are_valid(path):
     spec = load_study(path)
     assert "single" in spec.baselines
+    assert len(spec.seeds) >= 3  # a verdict needs 3 seeds (and search seeds)
+    if spec.name == "balancers":  # one graph, every balancer
+        assert not spec.search and set(spec.balancers) == set(list_balancers())
+        return
     assert set(spec.search) == {"adashare", "branch", "affinity"}
-    assert len(spec.seeds) >= 3 and len(spec.search_seeds or ()) >= 3  # a verdict needs 3 seeds (and search seeds)
+    assert len(spec.search_seeds or ()) >= 3
     assert set(spec.balancers) >= ({"equal", "mgda"} if spec.name == "quickstart" else {"equal", "mgda", "pcgrad"})
+
+
+def test_each_arm_is_retrained_only_with_the_balancers_that_change_its_training():
+    """Shared-only methods (MGDA, PCGrad, ...) change nothing without shared parameters; on a one-task net DWA,
+    RLW and FAMO weigh its loss by 1 too; uncertainty weighting's learned weight scales even a lone task."""
+    from nas_mtl.study import Arm, _balancers_for
+
+    tasks, layers = ["a", "b"], ["l0", "l1"]
+    every = ("equal", "mgda", "pcgrad", "nash-mtl", "uncertainty", "dwa", "rlw", "famo")
+    assert _balancers_for([Arm("hard", SharingGraph.hard_sharing(tasks, layers))], every) == every
+    independent = Arm("independent", SharingGraph.independent(tasks, layers))
+    assert _balancers_for([independent], every) == ("equal", "uncertainty", "dwa", "rlw", "famo")
+    single = Arm("single-task", SharingGraph.hard_sharing(["a"], layers), single_task="a")
+    assert _balancers_for([single], every) == ("equal", "uncertainty")
 
 
 def test_device_override_reaches_training_and_every_search():
@@ -443,6 +463,7 @@ def test_baselines_with_a_balancer_that_also_runs_unshared_graphs_count_each_arm
     class Everywhere(EqualWeights):
         name = "equal-everywhere-test"
         shared_only = False
+        one_task_is_equal = False
 
     monkeypatch.setitem(BALANCERS._factories, "equal-everywhere-test", Everywhere)  # removed after the test
 

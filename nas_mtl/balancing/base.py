@@ -32,6 +32,10 @@ class Balancer(ABC):
     """True when only the update of parameters shared by several tasks depends on the method (task-specific
     parameters get their own task's gradient, as with equal weights): on a graph sharing nothing it is
     equal weighting. Loss-weighting methods (uncertainty, DWA) leave it False."""
+    one_task_is_equal: bool = True
+    """True when, on a network with a single task, the method trains exactly as equal weighting (its weight is
+    then always 1: DWA, RLW, FAMO and every shared-only method); False for uncertainty weighting, whose learned
+    weight scales even a lone task's gradient."""
     cost: str = "one backward pass"
     """The method's cost class per training step (``nas-mtl list`` shows it beside the method's paper)."""
 

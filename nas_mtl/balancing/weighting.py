@@ -67,6 +67,7 @@ class UncertaintyWeighting(LossWeighting):
     """
 
     name = "uncertainty"
+    one_task_is_equal = False
 
     def __init__(self, lr: float = 0.025, init: float = 0.0) -> None:
         self.lr = check_number(self.name, "lr", lr)
