@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from nas_mtl.backbones import create_backbone
 from nas_mtl.balancing import create_balancer
-from nas_mtl.balancing.weighting import DWA, FAMO, FAMO_EPS, RLW, UncertaintyWeighting
+from nas_mtl.balancing.weighting import DWA, FAMO, FAMO_EPS, RLW, GradNorm, UncertaintyWeighting
 from nas_mtl.data import MultiTaskData, TensorMultiTaskDataset
 from nas_mtl.graph import SharingGraph
 from nas_mtl.network import MultiTaskNetwork
@@ -50,10 +50,10 @@ def _grads(net):
     return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
-def _reference_grads(net, loss_fn):
-    """Gradients of the scalar ``loss_fn(losses)`` by plain autograd."""
+def _reference_grads(net, loss_fn, batch=None):
+    """Gradients of the scalar ``loss_fn(losses)`` by plain autograd (on ``batch``, default ``_batch()``)."""
     net.zero_grad(set_to_none=True)
-    loss_fn(_losses(net, *_batch())).backward()
+    loss_fn(_losses(net, *(batch or _batch()))).backward()
     grads = _grads(net)
     net.zero_grad(set_to_none=True)
     return grads
@@ -306,8 +306,49 @@ def test_famo_clips_only_the_shared_gradient():
     _assert_grads(got, {n: g * (1e-3 / (norm + 1e-6)) if n in shared else g for n, g in want.items()})
 
 
+# ---------------------------------------------------------------------- GradNorm
+def test_gradnorm_step_follows_the_papers_equations():
+    """Chen et al. 2018, Algorithm 1, by hand: G_i = w_i ||∇_W L_i|| on the last shared block W,
+    r_i = (L_i / L_i(0)) / mean, target mean(G) r_i^α held constant, L_grad = Σ |G_i − target_i| differentiated
+    by autograd w.r.t. w; Adam on w; renormalised to Σ w = T. The network gets the gradient of Σ w_i L_i."""
+    net, balancer = _network(), GradNorm(alpha=1.5, lr=0.1)
+    balancer.prepare(net)
+    w = np.ones(3)
+    adam = Adam(w, lr=0.1)
+    initial = None
+    trunk_end = [p for p in net.blocks[-1][0].parameters()]
+    for step in range(3):
+        x, y = _batch(step)
+        losses = _losses(net, x, y)
+        values = np.array([float(losses[t].detach()) for t in NAMES])
+        norms = np.array(
+            [
+                float(torch.nn.utils.get_total_norm(torch.autograd.grad(losses[t], trunk_end, retain_graph=True)))
+                for t in NAMES
+            ]
+        )
+        initial = values if initial is None else initial
+        net.zero_grad(set_to_none=True)
+        weights = balancer.backward(losses, net)
+        got = _grads(net)
+        np.testing.assert_allclose([weights[t] for t in NAMES], w, rtol=1e-15)
+        want = _reference_grads(net, lambda ls, w=w: sum(w[i] * ls[t] for i, t in enumerate(NAMES)), (x, y))
+        _assert_grads(got, want)
+        wt = torch.tensor(w, requires_grad=True)
+        big_g = wt * torch.tensor(norms)
+        rate = torch.tensor(values / initial)
+        target = (big_g.mean() * (rate / rate.mean()) ** 1.5).detach()
+        grad_w = torch.autograd.grad((big_g - target).abs().sum(), wt)[0].numpy()
+        balancer.after_step(lambda: pytest.fail("gradnorm needs no extra forward pass"))
+        w = adam.step(grad_w).copy()
+        w = w * 3 / w.sum()
+        adam.theta = w.copy()  # the renormalised weights are Adam's parameters from here on
+        np.testing.assert_allclose(balancer.weights.detach().numpy(), w, rtol=1e-12)
+    assert abs(w - 1).max() > 0.05  # the weights moved
+
+
 # ---------------------------------------------------------------------- in training
-LOSS_WEIGHTING = ["uncertainty", "dwa", "rlw", "famo"]
+LOSS_WEIGHTING = ["uncertainty", "dwa", "rlw", "famo", "gradnorm"]
 
 
 @pytest.mark.parametrize("name", LOSS_WEIGHTING)
@@ -342,6 +383,8 @@ def test_a_task_without_labels_gets_no_update_and_no_nan(name):
         assert float(balancer.log_var["c"].detach()) == 0.0
     if name == "famo":
         assert torch.isfinite(balancer.logits).all()
+    if name == "gradnorm":
+        assert "c" not in balancer.initial and float(balancer.weights.detach().sum()) == pytest.approx(3.0)
 
 
 def test_famo_recompute_leaves_batchnorm_statistics_as_one_pass_would():

@@ -286,7 +286,7 @@ def _split(n, seed, label_c: bool):
 
 
 BUILT_IN = ["equal", "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "aligned-mtl", "upgrad", "nash-mtl"]
-BUILT_IN += ["uncertainty", "dwa", "rlw", "famo"]
+BUILT_IN += ["uncertainty", "dwa", "rlw", "famo", "gradnorm"]
 
 
 def test_every_built_in_balancer_is_checked_here():

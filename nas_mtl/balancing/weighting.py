@@ -18,9 +18,12 @@ heads included (``shared_only`` is False), as in the papers and in LibMTL.
   weights ``z_t / (c L_t)``; shared gradients clipped to norm ``max_norm``; after the optimiser's step the logits
   ξ move by Adam (weight decay γ) along ``-J_softmaxᵀ δ``, ``δ_t = log L_t(before) − log L_t(after)`` on the
   same batch (one extra forward pass, :meth:`~.base.Balancer.after_step`).
+* GradNorm (Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep Multitask
+  Networks", ICML 2018): see :class:`GradNorm`.
 
 Missing labels: a task absent from a step's losses gets no weight that step (RLW and FAMO weigh the tasks
-present; uncertainty weighting leaves that task's ``s`` untouched; FAMO's δ is 0 for it).
+present; uncertainty weighting leaves that task's ``s`` untouched; FAMO's δ and GradNorm's weight gradient are 0
+for it).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..graph import SKIP
 from .base import Balancer, SeededGenerator, check_number, register_balancer
-from .grouped import loss_values
+from .grouped import check_multitask, loss_values
 
 
 class LossWeighting(Balancer):
@@ -206,6 +210,124 @@ class RLW(LossWeighting):
         self._random.load_state_dict(state)
 
 
+def last_block_parameters(network: nn.Module, task: str) -> list[nn.Parameter]:
+    """Trainable parameters of the last backbone block on ``task``'s path (for hard sharing: the last shared
+    block); empty when the task skips every block."""
+    graph = network.graph
+    path = graph.path(task)
+    for layer in reversed(range(len(path))):
+        if path[layer] != SKIP:
+            return [p for p in network.blocks[layer][path[layer]].parameters() if p.requires_grad]
+    return []
+
+
+@register_balancer("gradnorm")
+class GradNorm(LossWeighting):
+    """GradNorm (Chen et al., ICML 2018): weights learned so each task's gradient norm tracks its training rate.
+
+    Args:
+        alpha: the asymmetry α (the paper's 1.5 on NYUv2; 0: equal gradient norms).
+        lr: Adam learning rate of the weights.
+
+    Per step (their Algorithm 1): ``G_i = w_i ||∇_W L_i||`` on W = the last block each task runs (the paper's last
+    shared layer, here the whole block; for hard sharing one block shared by all), ``r_i = L̃_i / mean(L̃)`` with
+    ``L̃_i = L_i / L_i(0)`` (L_i(0): the task's loss at its first step), the target ``mean(G) r_i^α`` held
+    constant, ``L_grad = Σ_i |G_i − target_i|``; the network takes the gradient of ``Σ w_i L_i``, the weights one
+    Adam step on ``∂L_grad/∂w_i = sign(G_i − target_i) ||∇_W L_i||`` and are renormalised to sum to T (kept
+    above 1e-6 before that, so no task's loss is ever negated).
+    """
+
+    name = "gradnorm"
+    cost = "one backward pass, plus one per task through its head and last block"
+
+    def __init__(self, alpha: float = 1.5, lr: float = 0.025) -> None:
+        self.alpha = check_number(self.name, "alpha", alpha)
+        self.lr = check_number(self.name, "lr", lr)
+        self.tasks: list[str] = []
+        self.weights: nn.Parameter | None = None
+        self._optimizer: torch.optim.Adam | None = None
+        self.initial: dict[str, float] = {}
+
+    def options(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "lr": self.lr}
+
+    def _ensure(self, tasks: Sequence[str]) -> None:
+        if self.weights is None:
+            self.tasks = list(tasks)
+            self.weights = nn.Parameter(torch.ones(len(tasks), dtype=torch.float64))
+            self._optimizer = torch.optim.Adam([self.weights], lr=self.lr)
+
+    def prepare(self, network: nn.Module) -> GradNorm:
+        check_multitask(network)
+        self._ensure(network.tasks)
+        return self
+
+    def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
+        w = dict(zip(self.tasks, self.weights.detach().tolist()))
+        return {t: w[t] for t in loss}
+
+    def weight_gradient(self, loss: Mapping[str, float], norms: Mapping[str, float]) -> torch.Tensor:
+        """``∂L_grad/∂w`` from this step's losses and gradient norms ``||∇_W L_i||`` (0 for absent tasks)."""
+        for t, v in loss.items():
+            self.initial.setdefault(t, v)
+        present = [t for t in self.tasks if t in loss]
+        w = dict(zip(self.tasks, self.weights.detach().tolist()))
+        g = {t: w[t] * norms[t] for t in present}
+        mean_g = sum(g.values()) / len(present)
+        rate = {t: loss[t] / self.initial[t] if self.initial[t] > 0 else 1.0 for t in present}
+        mean_rate = sum(rate.values()) / len(present)
+        grad = torch.zeros(len(self.tasks), dtype=torch.float64)
+        for i, t in enumerate(self.tasks):
+            if t in g:
+                target = mean_g * (rate[t] / mean_rate) ** self.alpha if mean_rate > 0 else mean_g
+                grad[i] = math.copysign(norms[t], g[t] - target) if g[t] != target else 0.0
+        return grad
+
+    def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
+        check_multitask(network)
+        self._ensure(network.tasks)
+        loss = loss_values(losses, self.name)
+        norms = {}
+        for t in losses:
+            params = last_block_parameters(network, t)
+            grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True) if params else ()
+            norms[t] = float(torch.nn.utils.get_total_norm([g for g in grads if g is not None])) if grads else 0.0
+        bad = {t: v for t, v in norms.items() if not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(f"gradnorm: non-finite gradient for task(s) {sorted(bad)}; nothing was written")
+        self.weights.grad = self.weight_gradient(loss, norms)
+        return super().backward(losses, network)
+
+    def after_step(self, recompute: Callable[[], Mapping[str, torch.Tensor]]) -> None:
+        if self.weights is None or self.weights.grad is None:
+            return
+        self._optimizer.step()
+        self.weights.grad = None
+        with torch.no_grad():
+            self.weights.clamp_(min=1e-6)
+            self.weights.mul_(len(self.tasks) / self.weights.sum())
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.weights is None:
+            return {}
+        return {
+            "tasks": self.tasks,
+            "weights": self.weights.detach().clone(),
+            "initial": self.initial,
+            "optimizer": self._optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            return
+        self.weights = None
+        self._ensure(state["tasks"])
+        with torch.no_grad():
+            self.weights.copy_(state["weights"])
+        self.initial = dict(state["initial"])
+        self._optimizer.load_state_dict(state["optimizer"])
+
+
 FAMO_EPS = 1e-8
 """Added to every loss before its logarithm, as in the authors' code (``min_losses`` = 0)."""
 
@@ -291,7 +413,7 @@ class FAMO(LossWeighting):
 
     def after_step(self, recompute: Callable[[], Mapping[str, torch.Tensor]]) -> None:
         if self._before:
-            self.update({t: float(v) for t, v in recompute().items()})
+            self.update({t: float(v.detach()) for t, v in recompute().items()})
             self._before = {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -313,7 +435,9 @@ __all__ = [
     "DWA",
     "FAMO",
     "FAMO_EPS",
+    "GradNorm",
     "RLW",
     "LossWeighting",
     "UncertaintyWeighting",
+    "last_block_parameters",
 ]
