@@ -75,7 +75,8 @@ from nas_mtl.network import MultiTaskNetwork
 from nas_mtl.train import kept_buffers
 
 METHODS = (
-    *("equal", "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "aligned-mtl", "upgrad", "nash-mtl"),
+    *("equal", "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "imtl-g-ub", "aligned-mtl", "aligned-mtl-ub"),
+    *("upgrad", "nash-mtl"),
     *("uncertainty", "dwa", "rlw", "famo"),
 )
 LOSS_WEIGHTING = ("uncertainty", "dwa", "rlw", "famo")

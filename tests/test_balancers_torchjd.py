@@ -188,3 +188,44 @@ def test_balancers_on_hard_sharing_equal_torchjd_on_the_trunk_jacobian(name):
         expected = expected * len(TASKS)
     _close(got, expected, 1e-3 if name.startswith("cagrad") else max(_exact_rtol(jac), 1e-10))
     assert set(weights) == {"x", "y", "z"}
+
+
+UB_AGGREGATORS = {"imtl-g-ub": (lambda: tj.IMTLG(), 1), "aligned-mtl-ub": (lambda: tj.AlignedMTL(), len(TASKS))}
+
+
+@pytest.mark.parametrize("name", list(UB_AGGREGATORS))
+def test_ub_variants_equal_torchjd_on_the_representation_jacobian_then_one_trunk_backward(name):
+    """IMTL-G on the shared feature (Liu et al. 2021) and Aligned-MTL-UB (Senushkin et al. 2023): torchjd's
+    aggregation of the Jacobian w.r.t. the trunk output Z, back-propagated once through the trunk; the heads get
+    their own task's gradient."""
+    torch.manual_seed(0)
+    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4, 8), depths=(1, 1))
+    net = MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(["x", "y", "z"], bb.layer_names), bb, TASKS)
+    net = net.double().eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64)
+    y = {t.name: torch.randn(8, 2, generator=g, dtype=torch.float64) * (k + 1) for k, t in enumerate(TASKS)}
+    trunk = [p for n, p in net.named_parameters() if n.startswith("blocks.")]
+    captured = []
+    hook = net.blocks[-1][0].register_forward_hook(lambda m, a, out: captured.append(out))
+    losses, _ = labelled_losses(net(x), y, TASKS)
+    z = captured[-1]
+    jac = torch.stack([torch.autograd.grad(v, z, retain_graph=True)[0].reshape(-1) for v in losses.values()])
+    make, factor = UB_AGGREGATORS[name]
+    aggregated = make()(jac) * factor
+    expected = torch.cat([d.reshape(-1) for d in torch.autograd.grad(z, trunk, aggregated.view_as(z))]).numpy()
+    own = {
+        t: torch.autograd.grad(losses[t], list(h.parameters()), retain_graph=True) for t, h in zip(losses, net.heads)
+    }
+    net.zero_grad(set_to_none=True)
+    balancer = create_balancer(name).prepare(net)
+    weights = balancer.backward(labelled_losses(net(x), y, TASKS)[0], net)
+    hook.remove()
+    balancer.detach()
+    got = torch.cat([p.grad.reshape(-1) for p in trunk]).numpy()
+    _close(got, expected, max(_exact_rtol(jac), 1e-10))
+    for t, head in zip(losses, net.heads):
+        for p, d in zip(head.parameters(), own[t]):
+            torch.testing.assert_close(p.grad, d, rtol=1e-12, atol=1e-15)
+    assert set(weights) == {"x", "y", "z"} and balancer.spec.split(":")[0] == name
+    assert create_balancer(balancer.spec).spec == balancer.spec

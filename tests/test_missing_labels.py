@@ -285,7 +285,8 @@ def _split(n, seed, label_c: bool):
     return TensorMultiTaskDataset(x, {"a": a, "b": b, "c": c})
 
 
-BUILT_IN = ["equal", "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "aligned-mtl", "upgrad", "nash-mtl"]
+BUILT_IN = ["equal", "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "imtl-g-ub", "aligned-mtl", "aligned-mtl-ub"]
+BUILT_IN += ["upgrad", "nash-mtl"]
 BUILT_IN += ["uncertainty", "dwa", "rlw", "famo", "gradnorm"]
 
 

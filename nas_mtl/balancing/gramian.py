@@ -34,7 +34,7 @@ import numpy as np
 import scipy.optimize
 
 from .base import check_number, register_balancer
-from .grouped import GroupedGradientBalancer
+from .representation import RepresentationBalancer, ub_cost
 
 
 def _check(gram: np.ndarray) -> np.ndarray:
@@ -187,7 +187,7 @@ def nash_mtl_weights(gram: np.ndarray, max_norm: float = 1.0) -> np.ndarray:
     return alpha
 
 
-class GramWeighting(GroupedGradientBalancer):
+class GramWeighting(RepresentationBalancer):
     """A method whose weights are a function of the Gram matrix alone: ``weights(G, **options())`` per shared
     group; it reports the weights it applies."""
 
@@ -223,11 +223,26 @@ class CAGrad(GramWeighting):
 
 @register_balancer("imtl-g")
 class IMTLG(GramWeighting):
-    """IMTL-G (Liu et al., ICLR 2021): the update projects equally on every task's gradient direction."""
+    """IMTL-G (Liu et al., ICLR 2021): the update projects equally on every task's gradient direction.
+
+    Args:
+        mode: ``"params"`` or ``"ub"`` (``imtl-g-ub``: on the shared feature, as the paper computes it; see
+            :mod:`.representation`).
+    """
 
     name = "imtl-g"
 
+    def __init__(self, mode: str = "params") -> None:
+        self._set_mode(mode, "imtl-g")
+
     weights = staticmethod(imtl_g_weights)
+
+
+@register_balancer("imtl-g-ub")
+@ub_cost
+def imtl_g_ub() -> IMTLG:
+    """IMTL-G-UB (Liu et al., ICLR 2021): IMTL-G with gradients w.r.t. the shared representation."""
+    return IMTLG(mode="ub")
 
 
 @register_balancer("aligned-mtl")
@@ -237,19 +252,28 @@ class AlignedMTL(GramWeighting):
     Args:
         scale: the aligned gradients' squared norm: the smallest eigenvalue of G (min), the median, or the mean
             (rmse).
+        mode: ``"params"`` or ``"ub"`` (``aligned-mtl-ub``, the paper's Aligned-MTL-UB).
     """
 
     name = "aligned-mtl"
 
-    def __init__(self, scale: str = "min") -> None:
+    def __init__(self, scale: str = "min", mode: str = "params") -> None:
         if scale not in ("min", "median", "rmse"):
             raise ValueError(f"aligned-mtl: scale must be one of ['min', 'median', 'rmse'], got {scale!r}")
+        self._set_mode(mode, "aligned-mtl")
         self.scale = scale
 
     def options(self) -> dict[str, Any]:
-        return {"scale": self.scale}
+        return {"scale": self.scale}  # the mode is in the name
 
     weights = staticmethod(aligned_mtl_weights)
+
+
+@register_balancer("aligned-mtl-ub")
+@ub_cost
+def aligned_mtl_ub(scale: str = "min") -> AlignedMTL:
+    """Aligned-MTL-UB (Senushkin et al., CVPR 2023): Aligned-MTL with gradients w.r.t. the shared representation."""
+    return AlignedMTL(scale=scale, mode="ub")
 
 
 @register_balancer("upgrad")
@@ -290,9 +314,11 @@ __all__ = [
     "IMTLG",
     "NashMTL",
     "UPGrad",
+    "aligned_mtl_ub",
     "aligned_mtl_weights",
     "cagrad_weights",
     "dual_cone_weights",
+    "imtl_g_ub",
     "imtl_g_weights",
     "nash_alpha",
     "nash_mtl_weights",

@@ -25,29 +25,14 @@ training script instead reweights the raw losses by α, which is the same only f
 
 from __future__ import annotations
 
-import warnings
-import weakref
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..graph import SKIP
 from .base import register_balancer
-from .grouped import (
-    GroupedGradientBalancer,
-    check_multitask,
-    gram_of,
-    loss_values,
-    parameter_groups,
-    stack_rows,
-    task_gradients,
-)
 from .min_norm import min_norm_weights
+from .representation import MODES, RepresentationBalancer, shared_trunk, ub_cost
 
-MODES = ("params", "ub")
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
@@ -73,82 +58,21 @@ def mgda_weights(gram: np.ndarray, loss: np.ndarray, normalization: str) -> tupl
     return alpha / n, alpha
 
 
-def shared_trunk(network: nn.Module) -> list[tuple[int, int]]:
-    """(layer, copy) of the non-skip blocks that all tasks run together, input to the deepest one.
-
-    Z, MGDA-UB's shared representation, is the output of the last; empty when no block is run by
-    every task with shared computation.
-    """
-    check_multitask(network)
-    graph = network.graph
-    everyone = set(graph.tasks)
-    return [(n.layer, n.copy) for n in graph.prefix_nodes() if set(n.tasks) == everyone and n.copy != SKIP]
-
-
-class _Capture:
-    """Forward hook keeping the block's latest output when it is part of an autograd graph.
-
-    Copies (``copy.deepcopy`` of a hooked block, pickling) are inert: they never hold a tensor.
-    """
-
-    def __init__(self, active: bool = True) -> None:
-        self.active = active
-        self.output: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, args: object, output: object) -> None:
-        if self.active and isinstance(output, torch.Tensor) and output.requires_grad and torch.is_grad_enabled():
-            self.output = output
-
-    def take(self) -> torch.Tensor | None:
-        out, self.output = self.output, None
-        return out
-
-    def __deepcopy__(self, memo: dict) -> _Capture:
-        return _Capture(active=False)
-
-    def __reduce__(self) -> tuple:
-        return (_Capture, (False,))
-
-
-class _Attachment:
-    """MGDA-UB's hook on one network: the capture, the hook handle, the ids of the parameters before Z."""
-
-    def __init__(self, network: nn.Module) -> None:
-        self.network = weakref.ref(network)
-        trunk = shared_trunk(network)
-        self.capture = _Capture()
-        self.handle = None
-        self.below: frozenset[int] = frozenset()
-        if trunk:
-            layer, copy = trunk[-1]
-            self.handle = network.blocks[layer][copy].register_forward_hook(self.capture)
-            self.below = frozenset(id(p) for lay, c in trunk for p in network.blocks[lay][c].parameters())
-
-
 @register_balancer("mgda")
-class MGDA(GroupedGradientBalancer):
+class MGDA(RepresentationBalancer):
     """MGDA (Sener & Koltun 2018): the min-norm common descent direction of the task gradients.
 
     Args:
         mode: ``"params"`` (exact gradients of the shared parameters) or ``"ub"`` (MGDA-UB: gradients
-            w.r.t. the shared representation, one backward through the trunk).
+            w.r.t. the shared representation, one backward through the trunk; see :mod:`.representation`).
         normalization: ``"none"`` (the paper's algorithm), ``"l2"``, ``"loss"`` or ``"loss+"``.
-
-    In ``ub`` mode the network's shared block must be hooked before the forward pass:
-    ``balancer.prepare(network)`` once before training (the trainer does it; idempotent; re-targets
-    another network). If :meth:`backward` finds no hook for its network it hooks it and that one step
-    runs as ``params`` (with a warning). :meth:`detach` removes the hook (the trainer does it at the end).
     """
 
     def __init__(self, mode: str = "params", normalization: str = "none") -> None:
-        if mode not in MODES:
-            raise ValueError(f"mgda: mode must be one of {list(MODES)}, got {mode!r}")
+        self._set_mode(mode, "mgda")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"mgda: normalization must be one of {list(NORMALIZATIONS)}, got {normalization!r}")
-        self.mode = mode
         self.normalization = normalization
-        self.name = "mgda" if mode == "params" else "mgda-ub"
-        self._attachment: _Attachment | None = None
 
     def __repr__(self) -> str:
         return f"MGDA(mode={self.mode!r}, normalization={self.normalization!r})"
@@ -159,65 +83,12 @@ class MGDA(GroupedGradientBalancer):
     def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return mgda_weights(gram, loss, self.normalization)
 
-    # ------------------------------------------------------------------ MGDA-UB
-    def prepare(self, network: nn.Module) -> MGDA:
-        """Hook ``network``'s shared representation (``ub`` mode; a no-op for ``params``)."""
-        if self.mode == "ub" and not self._attached_to(network):
-            self.detach()
-            self._attachment = _Attachment(network)
-        return self
-
-    def detach(self) -> None:
-        """Remove the representation hook, if any."""
-        if self._attachment is not None and self._attachment.handle is not None:
-            self._attachment.handle.remove()
-        self._attachment = None
-
-    def _attached_to(self, network: nn.Module) -> bool:
-        return self._attachment is not None and self._attachment.network() is network
-
-    def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
-        if self.mode == "params":
-            return super().backward(losses, network)
-        if not self._attached_to(network):
-            self.prepare(network)
-            warnings.warn(
-                "mgda-ub: the shared representation was not hooked before this forward pass (call "
-                "balancer.prepare(network) before training); this step used exact parameter gradients",
-                stacklevel=2,
-            )
-            return super().backward(losses, network)
-        loss = loss_values(losses, self.name)
-        attachment = self._attachment
-        z = attachment.capture.take()
-        if z is None:
-            if attachment.handle is not None:
-                warnings.warn(
-                    "mgda-ub: no shared representation was captured since the last step (prepare(network) "
-                    "must come before the forward pass, with gradients enabled); this step used exact "
-                    "parameter gradients",
-                    stacklevel=2,
-                )
-            return super().backward(losses, network)
-        groups = parameter_groups(network, list(losses), exclude=attachment.below)
-        grads, rep_grads = task_gradients(losses, groups, representation=z, retain_graph=True)
-        tasks = list(losses)
-        rep = stack_rows([(rep_grads[t],) for t in tasks])
-        gram = gram_of(rep, tasks, "w.r.t. the shared representation", self.name)
-        staged = self.stage(groups, grads)
-        applied, alpha = mgda_weights(gram, np.array([loss[t] for t in tasks]), self.normalization)
-        self.write(staged, loss)
-        z.backward((torch.from_numpy(applied).to(rep) @ rep).view_as(z))
-        return dict(zip(tasks, alpha.tolist()))
-
 
 @register_balancer("mgda-ub")
+@ub_cost
 def mgda_ub(normalization: str = "none") -> MGDA:
     """MGDA-UB (Sener & Koltun 2018, Sec. 3.3): MGDA with gradients w.r.t. the shared representation."""
     return MGDA(mode="ub", normalization=normalization)
-
-
-mgda_ub.cost = "one backward pass per task to the shared representation, one through the trunk, a T x T problem"
 
 
 __all__ = [
