@@ -33,9 +33,9 @@ from scipy import stats
 from .graph import SharingGraph
 from .metrics import delta_m
 from .plots import draw_topology, pareto_plot
-from .runs import replace_atomic
+from .runs import read_json, replace_atomic
 from .search.proxy import graph_key
-from .study import load_rows, slug
+from .study import GRID_RECORD, load_rows, slug
 
 SINGLE = "single-task"
 """Arm name of the per-task networks (the Δm reference)."""
@@ -550,6 +550,7 @@ def _sections(
     summary: pd.DataFrame,
     paired: pd.DataFrame,
     figures: Sequence[_Figure],
+    grid: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, Sequence[Block]]]:
     v = verdict(runs, rows)
     paired = format_paired(paired)
@@ -560,9 +561,32 @@ def _sections(
         table = paired[paired["versus"] == versus].drop(columns="versus")
         if len(table):
             sections.append((f"Paired differences vs {versus}", [table]))
+    if grid is not None:
+        sections.append(("Grid search over static task weights", _grid_blocks(grid, runs)))
     sections.append(("Reproducibility", [_environment(rows)[0]]))
     sections.append(("Figures", list(figures)))
     return sections
+
+
+def _grid_blocks(grid: Mapping[str, Any], runs: pd.DataFrame) -> list[Block]:
+    """What the grid tried (validation Δm of each weight vector at one seed), what it chose and what it cost."""
+    hard = runs[(runs["arm"] == HARD) & (runs["balancer"] == EQUAL)]["train_seconds"]
+    unit = float(hard.mean()) if len(hard) else math.nan
+    cost = f"{grid['train_seconds']:.1f} s"
+    if np.isfinite(unit) and unit > 0:
+        cost += f", {grid['train_seconds'] / unit:.1f}× one hard/equal training"
+    line = (
+        f"{grid['runs']} weight vectors (step {grid['step']} of the simplex, weights summing to T) trained on the "
+        f"{grid['arm']} graph at seed {grid['seed']} and scored by validation Δm; the best, {grid['best']}, is "
+        f"retrained over every seed above (balancer {grid['best']}). Cost of the grid: {cost}."
+    )
+    table = pd.DataFrame(
+        [
+            {**{f"w {t}": f"{w:g}" for t, w in p["weights"].items()}, "val Δm %": _signed(p["val_delta_m"])}
+            for p in grid["points"]
+        ]
+    )
+    return [line, table]
 
 
 def _topologies(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: Path) -> list[_Figure]:
@@ -626,7 +650,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     shown += _search_figures(run_dir, figures)
 
     title = _study_title(run_dir)
-    sections = _sections(runs, rows, summary, paired, shown)
+    grid_file = run_dir / GRID_RECORD
+    grid = read_json(grid_file, "grid search record", ("points", "best")) if grid_file.is_file() else None
+    sections = _sections(runs, rows, summary, paired, shown, grid)
     markdown, page = _markdown(title, sections), _html(title, sections)
     replace_atomic(files["report.md"], lambda tmp: tmp.write_text(markdown))
     replace_atomic(files["report.html"], lambda tmp: tmp.write_text(page))

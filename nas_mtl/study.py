@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 
 from .balancing import Balancer, EqualWeights, create_balancer, parse_balancer
+from .balancing.weighting import StaticWeights, simplex_grid
 from .baselines import ARMS as BASELINE_ARMS
 from .baselines import primary_directions, train_graph
 from .config import build_config, to_options
@@ -76,7 +77,9 @@ _KEYS = (
     "train",
     "arms",
     "search",
+    "grid",
 )
+GRID_RECORD = "grid.json"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,22 @@ class StudySpec:
     source: str = "<memory>"
     search_seeds: tuple[int, ...] | None = None
     """Seeds each search runs with; ``None``: once, with the method table's own ``seed`` (default 0)."""
+    grid: GridSpec | None = None
+    """A grid search over static task weights (``[grid]``), or None."""
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """``[grid]``: static task weights searched on a simplex grid for one baseline arm (Sener & Koltun 2018's
+    grid-search baseline), chosen by validation Δm at one training seed; the winner (a ``static:...`` balancer)
+    is then retrained for that arm over every seed like the study's balancers."""
+
+    step: float
+    """Grid spacing on the simplex: weights are positive multiples of T * step summing to T (step = 1/n)."""
+    arm: str = "hard"
+    """The baseline arm whose weights are searched (a shared one: hard)."""
+    seed: int | None = None
+    """The training seed of the grid runs (default: the study's first seed)."""
 
 
 def load_study(path: str | Path) -> StudySpec:
@@ -184,6 +203,7 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         method_config(name, options, source)  # validate now, not hours later
         if search_seeds is not None and "seed" not in _option_keys(name):
             raise fail("search_seeds", f"search method {name!r} has no seed option to set")
+    grid = _parse_grid(raw.get("grid"), baselines, seeds, data, fail)
     name = raw.get("name", Path(source).stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
         raise fail(
@@ -202,7 +222,34 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         description=str(raw.get("description", "")),
         source=source,
         search_seeds=search_seeds,
+        grid=grid,
     )
+
+
+def _parse_grid(
+    table: Any, baselines: Sequence[str], seeds: Sequence[int], data: Mapping[str, Any], fail: Callable
+) -> GridSpec | None:
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise fail("grid", "expected a table (step, arm, seed)")
+    unknown = sorted(set(table) - {"step", "arm", "seed"})
+    if unknown:
+        raise fail(f"grid.{unknown[0]}", "unknown key; allowed: step, arm, seed")
+    if "step" not in table:
+        raise fail("grid.step", "required (e.g. 0.1: weights in steps of a tenth of the simplex)")
+    arm = table.get("arm", "hard")
+    if arm != "hard" or arm not in baselines:
+        raise fail("grid.arm", f"expected 'hard', one of the study's baselines {list(baselines)}, got {arm!r}")
+    seed = table.get("seed", seeds[0])
+    if seed not in seeds:
+        raise fail("grid.seed", f"expected one of the study's seeds {list(seeds)}, got {seed!r}")
+    tasks = data.get("tasks")
+    try:  # with the tasks known here (a [data] tasks list), a step that fits no grid fails now
+        simplex_grid(list(tasks) if isinstance(tasks, list) else ["a", "b"], table["step"])
+    except ValueError as err:
+        raise fail("grid.step", str(err).removeprefix("step: ")) from None
+    return GridSpec(step=float(table["step"]), arm=arm, seed=seed)
 
 
 def _resolve_data_paths(data: dict[str, Any], base_dir: Path | None) -> None:
@@ -400,12 +447,13 @@ def _run_locked(
                     if m == method
                 ]
             )
+        extra = {} if spec.grid is None else {spec.grid.arm: _grid_search(spec, run_dir, runner, groups, data, show)}
         rows: list[dict[str, Any] | None] = []
         todo_arms = []
         for i, seed in enumerate(spec.seeds):
             for group in groups:
                 arm = group[i % len(group)]  # training seed number i retrains search seed number i's graph
-                for balancer in _balancers_for(group, spec.balancers):
+                for balancer in (*_balancers_for(group, spec.balancers), *extra.get(arm.name, ())):
                     out = _arm_dir(run_dir, arm, balancer, seed)
                     rows.append(_finished_row(out, arm))
                     if rows[-1] is None:
@@ -414,6 +462,59 @@ def _run_locked(
         for (k, _), row in zip(todo_arms, runner.map(_run_arm, [job for _, job in todo_arms], labels)):
             rows[k] = row
     return rows
+
+
+def _grid_search(
+    spec: StudySpec, run_dir: Path, runner: _Runner, groups: Sequence[Sequence[Arm]], data: MultiTaskData, show: bool
+) -> tuple[str]:
+    """Train ``spec.grid.arm`` with every static weight vector of the grid (and the single-task nets, equal
+    weights) at the grid seed; record each one's validation Δm and the cost in ``RUN_DIR/grid.json``; return the
+    best vector's balancer spec. Finished runs are read back (the single-task ones are the study's own)."""
+    grid = spec.grid
+    seed = grid.seed
+    singles = [g[0] for g in groups if g[0].single_task is not None]
+    target = next(g[0] for g in groups if g[0].name == grid.arm)
+    points = [
+        StaticWeights(**w).spec for w in _checked_grid(simplex_grid(list(data.task_names), grid.step), spec.source)
+    ]
+    jobs = [(arm, "equal", _arm_dir(run_dir, arm, "equal", seed)) for arm in singles]
+    jobs += [(target, b, run_dir / "grid" / slug(b) / f"seed{seed}") for b in points]
+    rows = [_finished_row(out, arm) for arm, _, out in jobs]
+    todo = [k for k, row in enumerate(rows) if row is None]
+    labels = [f"grid {jobs[k][1]} seed {seed}" for k in todo]
+    args = [(jobs[k][0], jobs[k][1], seed, spec, jobs[k][2], show) for k in todo]
+    for k, row in zip(todo, runner.map(_run_arm, args, labels)):
+        rows[k] = row
+    single = {row["task"]: row["val"][row["task"]] for row in rows[: len(singles)]}
+    results = []
+    for balancer, row in zip(points, rows[len(singles) :]):
+        hib = {t: {m: bool(h)} for t, (m, h) in row["primary"].items()}
+        results.append(
+            {
+                "balancer": balancer,
+                "weights": StaticWeights(**parse_balancer(balancer)[1]).weights,
+                "val_delta_m": delta_m(row["val"], single, hib),
+                "train_seconds": row["train_seconds"],
+            }
+        )
+    best = max(results, key=lambda r: r["val_delta_m"])  # Δm: positive = better than single-task
+    record = {
+        "arm": grid.arm,
+        "step": grid.step,
+        "seed": seed,
+        "points": results,
+        "best": best["balancer"],
+        "runs": len(results),
+        "train_seconds": sum(r["train_seconds"] for r in results),
+    }
+    write_json_atomic(record, run_dir / GRID_RECORD)
+    return (best["balancer"],)
+
+
+def _checked_grid(points: list[dict[str, float]], source: str, limit: int = 200) -> list[dict[str, float]]:
+    if len(points) > limit:
+        raise ValueError(f"{source}: grid.step: {len(points)} weight vectors (over {limit}); use a larger step")
+    return points
 
 
 def run_baselines(

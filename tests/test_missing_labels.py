@@ -287,7 +287,7 @@ def _split(n, seed, label_c: bool):
 
 BUILT_IN = ["equal", "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "imtl-g-ub", "aligned-mtl", "aligned-mtl-ub"]
 BUILT_IN += ["upgrad", "nash-mtl"]
-BUILT_IN += ["uncertainty", "dwa", "rlw", "famo", "gradnorm"]
+BUILT_IN += ["uncertainty", "dwa", "rlw", "famo", "gradnorm", "static"]
 
 
 def test_every_built_in_balancer_is_checked_here():

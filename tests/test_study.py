@@ -205,7 +205,7 @@ def test_shipped_study_files_are_valid(path):
     assert "single" in spec.baselines
     assert len(spec.seeds) >= 3  # a verdict needs 3 seeds (and search seeds)
     if spec.name == "balancers":  # one graph, every balancer
-        assert not spec.search and set(spec.balancers) == set(list_balancers())
+        assert not spec.search and set(spec.balancers) == set(list_balancers()) - {"static"}  # static: see [grid]
         return
     assert set(spec.search) == {"adashare", "branch", "affinity"}
     assert len(spec.search_seeds or ()) >= 3
@@ -475,3 +475,107 @@ def test_baselines_with_a_balancer_that_also_runs_unshared_graphs_count_each_arm
     rows = load_rows(tmp_path)
     one_net = next(r["params"] for r in rows if r["arm"] == "single-task")
     assert table.loc["single-task", "params"] == 2 * one_net  # two tasks, each counted once
+
+
+# ---------------------------------------------------------------------- grid search over static weights
+GRID_STUDY = STUDY + "[grid]\nstep = 0.25\n"
+
+
+def test_grid_search_picks_the_vector_with_the_best_validation_delta_m(tmp_path, monkeypatch):
+    """A toy whose answer is known: validation accuracy of each digit peaks at the weights (1.5, 0.5), test
+    accuracies are the opposite (so a choice by test would differ); the grid (0.5, 1.5), (1, 1), (1.5, 0.5) is
+    trained at the grid seed, the best by validation Δm is retrained over every seed, and grid.json records each
+    point's Δm and the cost."""
+    trained = []
+
+    def fake_run_arm(arm, balancer, seed, spec, out, progress, *, data, space):
+        trained.append((arm.name, balancer, seed))
+        w = study_mod.create_balancer(balancer).options() if balancer.startswith("static") else {}
+        wl, wr = w.get("left", 1.0), w.get("right", 1.0)
+        val = 0.9 - 0.1 * ((wl - 1.5) ** 2 + (wr - 0.5) ** 2) if arm.single_task is None else 0.8
+        test = 0.9 - 0.1 * ((wl - 0.5) ** 2 + (wr - 1.5) ** 2) if arm.single_task is None else 0.8
+        tasks = [arm.single_task] if arm.single_task else ["left", "right"]
+        row = {
+            "arm": arm.name, "task": arm.single_task, "balancer": balancer, "seed": seed,
+            "graph": arm.graph.to_dict(), "test": {t: {"accuracy": test} for t in tasks},
+            "val": {t: {"accuracy": val} for t in tasks}, "params": 1, "macs": 1, "train_seconds": 2.0,
+            "primary": {t: ["accuracy", True] for t in ("left", "right")},
+        }  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)
+        study_mod.write_json_atomic(row, out / study_mod.ROW)
+        return row
+
+    monkeypatch.setattr(study_mod, "_run_arm", fake_run_arm)
+    spec = load_study(_write(tmp_path, GRID_STUDY))
+    assert spec.grid == study_mod.GridSpec(step=0.25, arm="hard", seed=0)
+    run_study(spec, tmp_path / "run")
+    grid = json.loads((tmp_path / "run" / "grid.json").read_text())
+    assert [p["weights"] for p in grid["points"]] == [
+        {"left": 0.5, "right": 1.5},
+        {"left": 1.0, "right": 1.0},
+        {"left": 1.5, "right": 0.5},
+    ]
+    assert grid["best"] == "static:left=1.5,right=0.5" and grid["runs"] == 3 and grid["train_seconds"] == 6.0
+    both = ("left", "right")
+    at = [0.9 - 0.1 * 2, 0.9 - 0.1 * 0.5, 0.9]  # the three points' validation accuracy
+
+    def dm(v):
+        return delta_m(
+            {t: {"accuracy": v} for t in both},
+            {t: {"accuracy": 0.8} for t in both},
+            {t: {"accuracy": True} for t in both},
+        )
+
+    expected = [dm(v) for v in at]
+    assert [p["val_delta_m"] for p in grid["points"]] == pytest.approx(expected)
+    rows = load_rows(tmp_path / "run")
+    hard = sorted((r["balancer"], r["seed"]) for r in rows if r["arm"] == "hard")
+    assert hard == [("equal", 0), ("equal", 1), ("static:left=1.5,right=0.5", 0), ("static:left=1.5,right=0.5", 1)]
+    grid_runs = [t for t in trained if t[1].startswith("static") and t[2] == 0]
+    assert len(grid_runs) == 4  # three grid points at seed 0, then the winner's own arm run
+    trained.clear()
+    run_study(spec, tmp_path / "run")  # resumed: nothing retrained, the same choice
+    assert trained == [] and json.loads((tmp_path / "run" / "grid.json").read_text()) == grid
+
+
+def test_grid_search_end_to_end_trains_and_reports_its_choice(tmp_path):
+    spec = load_study(_write(tmp_path, GRID_STUDY))
+    rows = run_study(spec, tmp_path / "run")
+    grid = json.loads((tmp_path / "run" / "grid.json").read_text())
+    assert len(grid["points"]) == 3 and grid["train_seconds"] > 0
+    best = max(grid["points"], key=lambda p: p["val_delta_m"])["balancer"]
+    assert grid["best"] == best
+    assert sorted(r["seed"] for r in rows if r["balancer"] == best) == [0, 1]
+    assert all(
+        (tmp_path / "run" / "grid" / study_mod.slug(p["balancer"]) / "seed0" / "row.json").is_file()
+        for p in grid["points"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("grid", "match"),
+    [
+        ("step = 0.3", r"grid.step: expected 1/n"),
+        ("step = 0.5\narm = 'independent'", r"grid.arm: expected 'hard'"),
+        ("step = 0.5\nseed = 7", r"grid.seed: expected one of the study's seeds \[0, 1\]"),
+        ("steps = 0.5", r"grid.steps: unknown key"),
+        ("arm = 'hard'", r"grid.step: required"),
+    ],
+)
+def test_bad_grid_tables_name_the_key(tmp_path, grid, match):
+    with pytest.raises(ValueError, match=match):
+        load_study(_write(tmp_path, STUDY + "[grid]\n" + grid + "\n"))
+
+
+def test_static_weights_weigh_each_tasks_loss():
+    from nas_mtl.balancing.weighting import StaticWeights, simplex_grid
+
+    assert simplex_grid(["a", "b", "c"], 0.25) == [
+        {"a": 0.75, "b": 0.75, "c": 1.5},
+        {"a": 0.75, "b": 1.5, "c": 0.75},
+        {"a": 1.5, "b": 0.75, "c": 0.75},
+    ]
+    balancer = StaticWeights(a=2.0)
+    assert balancer.weights_for({"a": 1.0, "b": 1.0}, None) == {"a": 2.0, "b": 1.0}
+    with pytest.raises(ValueError, match=r"static: no task\(s\) \['z'\]"):
+        StaticWeights(z=1.0).prepare(type("Net", (), {"tasks": ("a", "b")})())

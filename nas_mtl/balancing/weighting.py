@@ -133,6 +133,55 @@ class UncertaintyWeighting(LossWeighting):
         self._optimizer.load_state_dict(state["optimizer"])
 
 
+@register_balancer("static")
+class StaticWeights(LossWeighting):
+    """Static task weights (the grid-searched baseline of Sener & Koltun 2018): the gradient of ``Σ_t w_t L_t``.
+
+    Args:
+        **weights: ``TASK=WEIGHT`` (>= 0), e.g. ``static:left=1.2,right=0.8``; tasks not given weigh 1.
+    """
+
+    name = "static"
+    one_task_is_equal = False
+
+    def __init__(self, **weights: float) -> None:
+        self.weights = {t: check_number(self.name, t, w) for t, w in weights.items()}
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.weights)
+
+    def prepare(self, network: nn.Module) -> StaticWeights:
+        tasks = getattr(network, "tasks", None)
+        unknown = sorted(set(self.weights) - set(tasks)) if tasks is not None else []
+        if unknown:
+            raise ValueError(f"static: no task(s) {unknown} in the network; its tasks: {list(tasks)}")
+        return self
+
+    def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
+        return {t: self.weights.get(t, 1.0) for t in loss}
+
+
+def simplex_grid(tasks: Sequence[str], step: float) -> list[dict[str, float]]:
+    """Weight vectors on the simplex scaled to sum to T: every ``w_t`` a positive multiple of ``T * step``.
+
+    Raises:
+        ValueError: ``step`` not of the form 1/n (n >= 2) or leaving no vector with every weight positive.
+    """
+    n = round(1 / step) if isinstance(step, int | float) and not isinstance(step, bool) and step > 0 else 0
+    if n < 2 or abs(n * step - 1) > 1e-9:
+        raise ValueError(f"step: expected 1/n for an integer n >= 2 (0.5, 0.25, 0.1, ...), got {step!r}")
+    t = len(tasks)
+    if n < t:
+        raise ValueError(f"step: {step} leaves no weight vector with all {t} weights positive (needs step <= 1/{t})")
+
+    def parts(total: int, k: int) -> list[tuple[int, ...]]:
+        if k == 1:
+            return [(total,)]
+        return [(i, *rest) for i in range(1, total - k + 2) for rest in parts(total - i, k - 1)]
+
+    return [{task: round(c * t / n, 10) for task, c in zip(tasks, combo)} for combo in parts(n, t)]
+
+
 @register_balancer("dwa")
 class DWA(LossWeighting):
     """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019): weights from the last two epochs' loss ratios.
@@ -438,6 +487,8 @@ __all__ = [
     "GradNorm",
     "RLW",
     "LossWeighting",
+    "StaticWeights",
     "UncertaintyWeighting",
     "last_block_parameters",
+    "simplex_grid",
 ]
