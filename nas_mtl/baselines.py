@@ -9,10 +9,13 @@ from .balancing import Balancer
 from .data import MultiTaskData
 from .graph import SharingGraph
 from .network import MultiTaskNetwork
+from .soft import Coupling
 from .space import SearchSpace
 from .train import StepHook, TrainConfig, TrainResult, seed_everything, train
 
-ARMS = ("single", "hard", "independent")
+ARMS = ("single", "hard", "independent", "soft-l2", "cross-stitch")
+SOFT_ARMS = {"soft-l2": "l2", "cross-stitch": "cross-stitch"}
+"""Soft-sharing baselines: the independent pattern with a coupling of this kind (options in the study's [arms])."""
 
 
 def train_graph(
@@ -24,14 +27,16 @@ def train_graph(
     run_dir: str | Path | None = None,
     inherit: MultiTaskNetwork | None = None,
     step_hooks: Sequence[StepHook] = (),
+    coupling: Coupling | None = None,
 ) -> tuple[MultiTaskNetwork, TrainResult]:
     """Build ``graph`` on the space's backbone (seeded) and train it (``step_hooks``: see :func:`train`).
 
-    A ``run_dir`` whose checkpoint is at the last epoch is not retrained, only re-evaluated.
+    A ``run_dir`` whose checkpoint is at the last epoch is not retrained, only re-evaluated. ``coupling`` ties
+    the task copies of an independent graph (soft sharing, :mod:`nas_mtl.soft`).
     """
     space.check_graph(graph)
     seed_everything(config.seed)
-    network = MultiTaskNetwork.from_tasks(graph, space.backbone, data.tasks, inherit=inherit)
+    network = MultiTaskNetwork.from_tasks(graph, space.backbone, data.tasks, inherit=inherit, coupling=coupling)
     result = train(
         network, data, config, balancer, run_dir, desc=graph.meta.get("name", "train"), step_hooks=step_hooks
     )
@@ -65,6 +70,7 @@ def train_single_tasks(
 
 __all__ = [
     "ARMS",
+    "SOFT_ARMS",
     "primary_directions",
     "train_graph",
     "train_single_tasks",

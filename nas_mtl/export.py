@@ -18,6 +18,7 @@ from .backbones import create_backbone
 from .graph import SharingGraph
 from .network import MultiTaskNetwork
 from .runs import load_checkpoint, read_json, replace_atomic, write_json_atomic
+from .soft import Coupling
 from .tasks import TaskSpec
 
 MANIFEST_FORMAT = "nas_mtl.network/1"
@@ -38,6 +39,7 @@ def network_manifest(network: MultiTaskNetwork, tasks: Sequence[TaskSpec]) -> di
         "input_shape": list(network.input_shape),
         "tasks": [by_name[t].to_dict() for t in network.tasks],
         "graph": network.graph.to_dict(),
+        **({"coupling": network.coupling.to_dict()} if network.coupling is not None else {}),
     }
 
 
@@ -54,7 +56,8 @@ def network_from_manifest(manifest: Mapping[str, Any], source: str = "manifest")
     backbone = create_backbone(bb["name"], **config)
     tasks = [TaskSpec.from_dict(t) for t in manifest["tasks"]]
     graph = SharingGraph.from_dict(manifest["graph"], source=f"{source}: graph")
-    return MultiTaskNetwork.from_tasks(graph, backbone, tasks)
+    coupling = Coupling.from_dict(manifest["coupling"], f"{source}: coupling") if "coupling" in manifest else None
+    return MultiTaskNetwork.from_tasks(graph, backbone, tasks, coupling=coupling)
 
 
 class _TupleOutputs(nn.Module):

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .backbones import Backbone, count_macs
 from .graph import SKIP, Cost, GraphError, SharingGraph
+from .soft import Coupling, initial_mixing, mix, mixing_macs, pull_copies
 
 PLAN_CACHE = 256
 """Execution plans kept for policies run under gates (the network's own graph's plans are always kept)."""
@@ -56,6 +57,7 @@ class MultiTaskNetwork(nn.Module):
         backbone: Backbone,
         heads: Mapping[str, nn.Module],
         inherit: MultiTaskNetwork | Sequence[nn.Module] | None = None,
+        coupling: Coupling | None = None,
     ) -> None:
         super().__init__()
         if graph.layers != backbone.layer_names:
@@ -93,6 +95,13 @@ class MultiTaskNetwork(nn.Module):
         self._register_load_state_dict_pre_hook(self._fill_path_statistics)
         self._plans: dict[tuple, tuple[tuple[_Step, ...], tuple[tuple[int, int], ...]]] = {}
         self._norms: list[list[nn.Module]] | None = None  # stream-aware BatchNorm layers, made by the first gates
+        self.coupling = coupling
+        self.coupled: list[int] = [] if coupling is None else _check_coupling(coupling, graph)
+        if coupling is not None and coupling.kind == "cross-stitch":  # after every other module: same init RNG
+            n = len(graph.tasks)
+            self.mixing = nn.ParameterDict(
+                {str(i): nn.Parameter(initial_mixing(n, coupling.init)) for i in self.coupled}
+            )
 
     @classmethod
     def from_tasks(
@@ -101,6 +110,7 @@ class MultiTaskNetwork(nn.Module):
         backbone: Backbone,
         tasks: Sequence,
         inherit: MultiTaskNetwork | Sequence[nn.Module] | None = None,
+        coupling: Coupling | None = None,
     ) -> MultiTaskNetwork:
         """Build with each task spec's own head (``TaskSpec.build_head``)."""
         by_name = {t.name: t for t in tasks}
@@ -109,7 +119,7 @@ class MultiTaskNetwork(nn.Module):
             raise GraphError(f"no task spec for graph task(s) {missing}; specs: {sorted(by_name)}")
         hw = backbone.input_shape[1:]
         heads = {t: by_name[t].build_head(backbone.feature_shape, hw) for t in graph.tasks}
-        return cls(graph, backbone, heads, inherit)
+        return cls(graph, backbone, heads, inherit, coupling)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -187,7 +197,12 @@ class MultiTaskNetwork(nn.Module):
                 f"input: expected shape (B, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
             )
         if gates is not None:
+            if self.coupling is not None:
+                raise ValueError("gates: not for a softly shared network (a coupling ties its task copies)")
             return self._gated_forward(x, gates)
+        if self.coupling is not None and self.coupling.kind == "cross-stitch":
+            out = self._stitched_forward(x)
+            return out if tasks is None else {t: out[t] for t in self.graph.tasks if t in set(tasks)}
         wanted = frozenset(self.graph.tasks if tasks is None else tasks)
         unknown = wanted - set(self.graph.tasks)
         if unknown:
@@ -212,6 +227,27 @@ class MultiTaskNetwork(nn.Module):
                 slots[s.node] = torch.func.functional_call(self.blocks[s.layer][s.copy], own, (h,))
         features = {slot: self.neck(slots[slot]) for slot in {slot for slot, _ in heads}}
         return {graph.tasks[j]: self.heads[j](features[slot]) for slot, j in heads}
+
+    def _stitched_forward(self, x: Tensor) -> dict[str, Tensor]:
+        """Cross-stitch: every task's path block by block, activations mixed after each coupled block."""
+        graph = self.graph
+        hs = [x] * len(graph.tasks)
+        for layer, row in enumerate(graph.assignment):
+            hs = [h if c == SKIP else self.blocks[layer][c](h) for h, c in zip(hs, row)]
+            if str(layer) in self.mixing:
+                hs = mix(self.mixing[str(layer)], hs)
+        return {t: self.heads[j](self.neck(h)) for j, (t, h) in enumerate(zip(graph.tasks, hs))}
+
+    @torch.no_grad()
+    def couple(self, lr: float) -> None:
+        """After an optimiser step with learning rate ``lr``: the ``l2`` coupling's proximal step (nothing for
+        other couplings or for λ = 0)."""
+        if self.coupling is None or self.coupling.kind != "l2" or self.coupling.strength == 0:
+            return
+        shrink = 1.0 / (1.0 + 2.0 * self.coupling.strength * lr)
+        for layer in self.coupled:
+            copies = {c for c in self.graph.assignment[layer] if c != SKIP}
+            pull_copies([self.blocks[layer][c] for c in sorted(copies)], shrink)
 
     # ------------------------------------------------------------------ gates (AdaShare)
     def _gated_forward(self, x: Tensor, gates: Gates) -> dict[str, Tensor]:
@@ -277,6 +313,8 @@ class MultiTaskNetwork(nn.Module):
                 groups.setdefault(key, []).extend(module.parameters())
         for t, head in zip(self.graph.tasks, self.heads):
             groups.setdefault(frozenset({t}), []).extend(head.parameters())
+        if hasattr(self, "mixing"):  # cross-stitch units mix every task's activations
+            groups.setdefault(frozenset(self.graph.tasks), []).extend(self.mixing.values())
         return groups
 
     def cost(self) -> Cost:
@@ -288,7 +326,28 @@ class MultiTaskNetwork(nn.Module):
         self.eval()
         head_macs = {t: count_macs(h, fmap) for t, h in zip(self.graph.tasks, self.heads)}
         self.train(was_training)
-        return self.graph.cost(costs.params, costs.macs, head_params, head_macs)
+        cost = self.graph.cost(costs.params, costs.macs, head_params, head_macs)
+        if not hasattr(self, "mixing"):
+            return cost
+        n = len(self.graph.tasks)
+        extra_macs = sum(mixing_macs(n, costs.outputs[layer]) for layer in self.coupled)
+        return Cost(cost.params + sum(p.numel() for p in self.mixing.values()), cost.macs + extra_macs)
+
+
+def _check_coupling(coupling: Coupling, graph: SharingGraph) -> list[int]:
+    """The coupled layers; GraphError unless every task runs its own copy of each (the independent pattern)."""
+    try:
+        layers = coupling.coupled(graph.layers)
+    except ValueError as err:
+        raise GraphError(str(err)) from None
+    for layer in layers:
+        row = [c for c in graph.assignment[layer] if c != SKIP]
+        if len(row) != len(graph.tasks) or len(set(row)) != len(row):
+            raise GraphError(
+                f"coupling {coupling.kind!r}: block {graph.layers[layer]!r} must be run by every task with its "
+                "own copy (soft sharing couples the independent pattern)"
+            )
+    return layers
 
 
 def _unstack(h: Tensor, streams: int) -> Tensor:

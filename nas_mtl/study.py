@@ -43,7 +43,7 @@ import torch
 from .balancing import Balancer, EqualWeights, create_balancer, parse_balancer
 from .balancing.weighting import StaticWeights, simplex_grid
 from .baselines import ARMS as BASELINE_ARMS
-from .baselines import primary_directions, train_graph
+from .baselines import SOFT_ARMS, primary_directions, train_graph
 from .config import build_config, to_options
 from .config import options as config_options
 from .data import MultiTaskData, create_dataset
@@ -54,6 +54,7 @@ from .processes import exit_with_parent
 from .registry import is_reference, resolve_reference
 from .runs import check_settings, read_json, replace_atomic, run_lock, write_json_atomic
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
+from .soft import Coupling
 from .space import SearchSpace, load_search_space
 from .train import Metrics, TrainConfig
 
@@ -94,6 +95,8 @@ class StudySpec:
     balancers: tuple[str, ...]
     baselines: tuple[str, ...]
     search: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    couplings: Mapping[str, Coupling] = field(default_factory=dict)
+    """The soft-sharing baselines' couplings (``[arms.soft-l2]``, ``[arms.cross-stitch]``)."""
     description: str = ""
     source: str = "<memory>"
     search_seeds: tuple[int, ...] | None = None
@@ -179,14 +182,23 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
             raise fail("balancers", f"{same_as}; list each once")
         seen[b] = key
     arms = raw.get("arms", {})
-    extra = sorted(set(arms) - {"baselines"})
+    extra = sorted(set(arms) - {"baselines", *SOFT_ARMS})
     if extra:
-        raise fail(f"arms.{extra[0]}", "unknown key; allowed: baselines")
+        raise fail(f"arms.{extra[0]}", f"unknown key; allowed: baselines, {', '.join(SOFT_ARMS)}")
     baselines = arms.get("baselines", ["single", "hard"])
     if not isinstance(baselines, list) or any(b not in BASELINE_ARMS for b in baselines):
         raise fail("arms.baselines", f"expected a list from {list(BASELINE_ARMS)}, got {baselines!r}")
     if "single" not in baselines:
         baselines = ["single", *baselines]  # the Δm reference is always trained
+    couplings = {}
+    for arm, kind in SOFT_ARMS.items():
+        options = arms.get(arm, {})
+        if not isinstance(options, Mapping):
+            raise fail(f"arms.{arm}", "expected a table of coupling options")
+        if options and arm not in baselines:
+            raise fail(f"arms.{arm}", f"options for an arm not in arms.baselines {baselines}")
+        if arm in baselines:
+            couplings[arm] = Coupling.from_dict({"kind": kind, **options}, f"{source}: arms.{arm}")
     search = raw.get("search", {})
     methods = load_search_methods()
     for name, options in search.items():
@@ -223,6 +235,7 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         source=source,
         search_seeds=search_seeds,
         grid=grid,
+        couplings=couplings,
     )
 
 
@@ -336,6 +349,7 @@ class Arm:
     search_seconds: float = 0.0
     single_task: str | None = None  # set for the per-task nets of the single-task arm
     search_seed: int | None = None  # set for a searched arm: the seed of the search that found ``graph``
+    coupling: Coupling | None = None  # set for a soft-sharing arm
 
 
 def run_study(
@@ -594,7 +608,7 @@ def _balancers_for(group: Sequence[Arm], balancers: Sequence[str]) -> tuple[str,
     Gradient-combining balancers only change the update of parameters shared by several tasks, so a graph
     without any (single-task nets, independent nets) trains identically with each; on single-task nets most
     loss weightings are equal weighting too (their one weight is always 1)."""
-    if any(_shares_parameters(arm.graph) for arm in group):
+    if any(_shares_parameters(arm.graph) or _mixes(arm) for arm in group):
         return tuple(balancers)
     one_task = all(len(arm.graph.tasks) == 1 for arm in group)
     differ = []
@@ -702,6 +716,11 @@ def _search_dir(run_dir: Path, method: str, seed: int, legacy: bool) -> Path:
     return old / f"seed{seed}"
 
 
+def _mixes(arm: Arm) -> bool:
+    """Cross-stitch units: parameters every task's loss reaches, so gradient-combining balancers matter."""
+    return arm.coupling is not None and arm.coupling.kind == "cross-stitch"
+
+
 def _shares_parameters(graph: SharingGraph) -> bool:
     """Whether some block copy is used by two or more tasks."""
     return any(
@@ -718,9 +737,8 @@ def _baseline_arms(spec: StudySpec, data: MultiTaskData, space: SearchSpace) -> 
                 arms.append(Arm("single-task", graph, single_task=t))
         else:
             tasks = data.task_names
-            arms.append(
-                Arm(b, (space.hard_sharing(tasks) if b == "hard" else space.independent(tasks)).with_meta(name=b))
-            )
+            graph = space.hard_sharing(tasks) if b == "hard" else space.independent(tasks)
+            arms.append(Arm(b, graph.with_meta(name=b), coupling=spec.couplings.get(b)))
     return arms
 
 
@@ -763,6 +781,12 @@ def _finished_row(out: Path, arm: Arm) -> dict[str, Any] | None:
     if not (out / ROW).is_file():
         return None
     row = read_json(out / ROW, "result row", ROW_KEYS, f"delete {out} to retrain that run")
+    coupling = arm.coupling.to_dict() if arm.coupling is not None else None
+    if row.get("coupling") != coupling:
+        raise ValueError(
+            f"{out / ROW}: this run was trained with coupling {row.get('coupling')}, the study's {arm.name!r} now "
+            f"has {coupling}; use a new run folder or the same [arms.{arm.name}] options"
+        )
     if SharingGraph.from_dict(row["graph"], source=str(out / ROW)) != arm.graph:  # equality ignores meta
         searched = f" (search seed {arm.search_seed})" if arm.search_seed is not None else ""
         raise ValueError(
@@ -784,7 +808,7 @@ def _run_arm(
     space: SearchSpace,
 ) -> dict[str, Any]:
     config = TrainConfig(**{**spec.train.to_dict(), "seed": seed, "progress": progress})
-    net, result = train_graph(arm.graph, data, space, config, create_balancer(balancer), out)
+    net, result = train_graph(arm.graph, data, space, config, create_balancer(balancer), out, coupling=arm.coupling)
     cost = net.cost()
     row = {
         "arm": arm.name,
@@ -792,6 +816,7 @@ def _run_arm(
         "balancer": balancer,
         "seed": seed,
         "graph": arm.graph.to_dict(),
+        **({"coupling": arm.coupling.to_dict()} if arm.coupling is not None else {}),
         "test": result.test,
         "val": result.val,
         "params": cost.params,

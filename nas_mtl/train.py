@@ -219,7 +219,15 @@ def evaluate(
 
 
 def _make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in network.parameters() if p.requires_grad]
+    """The config's optimiser; cross-stitch mixing weights in a second group at their own learning rate."""
+    mixing = getattr(network, "mixing", None)
+    own = {id(p) for p in mixing.parameters()} if mixing is not None else set()
+    params: list = [p for p in network.parameters() if p.requires_grad and id(p) not in own]
+    if own:
+        params = [
+            {"params": params},
+            {"params": list(mixing.parameters()), "lr": config.lr * network.coupling.lr_scale},
+        ]
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -392,6 +400,8 @@ class Trainer:
                 self.skipped += 1
                 continue
             self.optimizer.step()
+            if getattr(network, "coupling", None) is not None:  # soft sharing's l2 pull, at this step's learning rate
+                network.couple(self.optimizer.param_groups[0]["lr"])
             self.balancer.after_step(functools.partial(self._recompute, x, targets))
             if self._first_losses is None:  # the reference a diverging run is told from (this session's first step)
                 self._first_losses = {k: float(v.detach()) for k, v in losses.items()}
@@ -455,6 +465,7 @@ class Trainer:
                 "elapsed": self.elapsed,
                 "skipped": self.skipped,
                 "graph": self.network.graph.to_dict(),
+                "coupling": _coupling(self.network),
                 "data": data_identity(self.data),
                 "config": self.config.to_dict(),
                 "env": self.env,
@@ -572,6 +583,10 @@ def _check_gradients(network: MultiTaskNetwork, balancer: Balancer) -> None:
         raise FloatingPointError(f"{balancer.name or type(balancer).__name__}: non-finite gradient in {bad[:5]}{more}")
 
 
+def _coupling(network: MultiTaskNetwork) -> dict[str, Any] | None:
+    return None if network.coupling is None else network.coupling.to_dict()
+
+
 def _check_resumable(
     state: Mapping[str, Any],
     network: MultiTaskNetwork,
@@ -582,11 +597,17 @@ def _check_resumable(
 ) -> None:
     saved = {
         "graph": state.get("graph"),
+        "coupling": state.get("coupling"),
         "data": state.get("data"),
         "config": state.get("config", {}),
         "balancer": state.get("balancer_spec"),
     }
-    now = {"graph": network.graph.to_dict(), "data": data_identity(data), "config": config.to_dict()}
+    now = {
+        "graph": network.graph.to_dict(),
+        "coupling": _coupling(network),
+        "data": data_identity(data),
+        "config": config.to_dict(),
+    }
     now["balancer"] = balancer.spec
     for key in ("data", "balancer"):  # checkpoints written before these were recorded
         if saved[key] is None:

@@ -583,3 +583,46 @@ def test_static_weights_weigh_each_tasks_loss():
     assert balancer.weights_for({"a": 1.0, "b": 1.0}, None) == {"a": 2.0, "b": 1.0}
     with pytest.raises(ValueError, match=r"static: no task\(s\) \['z'\]"):
         StaticWeights(z=1.0).prepare(type("Net", (), {"tasks": ("a", "b")})())
+
+
+# ---------------------------------------------------------------------- soft-sharing baselines
+SOFT_STUDY = STUDY.replace(
+    'baselines = ["single", "hard"]', 'baselines = ["single", "hard", "soft-l2", "cross-stitch"]'
+)
+SOFT_STUDY = SOFT_STUDY.replace('balancers = ["equal"]', 'balancers = ["equal", "mgda"]').replace(
+    "seeds = [0, 1]", "seeds = [0]"
+)
+SOFT_STUDY += "[arms.soft-l2]\nstrength = 0.5\n[arms.cross-stitch]\ninit = 0.8\n"
+
+
+def test_soft_sharing_arms_train_report_and_refuse_changed_options(tmp_path):
+    """soft-l2 trains with equal weights only (no parameter is shared), cross-stitch with every balancer (its
+    mixing weights are); the rows carry the coupling and the costs count the mixing; the report lists both."""
+    spec = load_study(_write(tmp_path, SOFT_STUDY))
+    assert spec.couplings["soft-l2"].strength == 0.5 and spec.couplings["cross-stitch"].init == 0.8
+    rows = run_study(spec, tmp_path / "run")
+    arms = sorted({(r["arm"], r["balancer"]) for r in rows if r["arm"] != "single-task"})
+    assert arms == [
+        ("cross-stitch", "equal"),
+        ("cross-stitch", "mgda"),
+        ("hard", "equal"),
+        ("hard", "mgda"),
+        ("soft-l2", "equal"),
+    ]
+    by_arm = {r["arm"]: r for r in rows if r["balancer"] == "equal"}
+    assert by_arm["soft-l2"]["coupling"] == {"kind": "l2", "strength": 0.5}
+    assert by_arm["cross-stitch"]["params"] > by_arm["soft-l2"]["params"] > by_arm["hard"]["params"]
+    assert by_arm["cross-stitch"]["macs"] > by_arm["soft-l2"]["macs"]
+    summary = pd.read_csv(write_report(tmp_path / "run")["summary.csv"])
+    assert {"soft-l2", "cross-stitch"} <= set(summary["arm"])
+    changed = _write(tmp_path, SOFT_STUDY.replace("strength = 0.5", "strength = 0.25"))
+    with pytest.raises(ValueError, match=r"trained with coupling .*strength.*0\.5"):
+        run_study(load_study(changed), tmp_path / "run")
+
+
+def test_soft_arm_options_are_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"arms.soft-l2: .*init: unknown option for coupling 'l2'"):
+        load_study(_write(tmp_path, SOFT_STUDY.replace("strength = 0.5", "init = 0.5")))
+    no_arm = SOFT_STUDY.replace('"soft-l2", "cross-stitch"]', '"cross-stitch"]')
+    with pytest.raises(ValueError, match=r"arms.soft-l2: options for an arm not in arms.baselines"):
+        load_study(_write(tmp_path, no_arm))

@@ -26,6 +26,8 @@ class LayerCosts:
 
     params: tuple[int, ...]
     macs: tuple[int, ...]
+    outputs: tuple[int, ...] = ()
+    """Values per sample in each block's output (what a cross-stitch unit after it mixes)."""
 
 
 def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
@@ -108,7 +110,7 @@ class Backbone:
 
     def _reference_pass_unseeded(self) -> None:
         modules = self.build()
-        params, macs = [], []
+        params, macs, outputs = [], [], []
         x = torch.zeros(1, *self.input_shape)
         for module in modules:
             module.eval()
@@ -116,12 +118,13 @@ class Backbone:
             macs.append(count_macs(module, x))
             with torch.no_grad():
                 x = module(x)
+            outputs.append(x.numel())
         with torch.no_grad():
             fmap = self.neck(x)
         if fmap.dim() != 4:
             raise ValueError(f"backbone {self.name!r}: neck must give (B, C, H, W), got shape {tuple(fmap.shape)}")
         self._feature_shape = tuple(int(s) for s in fmap.shape[1:])  # type: ignore[assignment]
-        self._costs = LayerCosts(tuple(params), tuple(macs))
+        self._costs = LayerCosts(tuple(params), tuple(macs), tuple(outputs))
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
