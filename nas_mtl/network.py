@@ -200,13 +200,13 @@ class MultiTaskNetwork(nn.Module):
             if self.coupling is not None:
                 raise ValueError("gates: not for a softly shared network (a coupling ties its task copies)")
             return self._gated_forward(x, gates)
-        if self.coupling is not None and self.coupling.kind == "cross-stitch":
-            out = self._stitched_forward(x)
-            return out if tasks is None else {t: out[t] for t in self.graph.tasks if t in set(tasks)}
         wanted = frozenset(self.graph.tasks if tasks is None else tasks)
         unknown = wanted - set(self.graph.tasks)
         if unknown:
             raise ValueError(f"tasks: unknown {sorted(unknown)}; network tasks are {list(self.graph.tasks)}")
+        if self.coupling is not None and self.coupling.kind == "cross-stitch":  # every task's activations needed
+            out = self._stitched_forward(x)
+            return {t: out[t] for t in self.graph.tasks if t in wanted}
         return self._run_graph(x, self.graph, wanted)
 
     def _run_graph(self, x: torch.Tensor, graph: SharingGraph, wanted: frozenset[str]) -> dict[str, torch.Tensor]:
@@ -246,8 +246,7 @@ class MultiTaskNetwork(nn.Module):
             return
         shrink = 1.0 / (1.0 + 2.0 * self.coupling.strength * lr)
         for layer in self.coupled:
-            copies = {c for c in self.graph.assignment[layer] if c != SKIP}
-            pull_copies([self.blocks[layer][c] for c in sorted(copies)], shrink)
+            pull_copies(list(self.blocks[layer]), shrink)
 
     # ------------------------------------------------------------------ gates (AdaShare)
     def _gated_forward(self, x: Tensor, gates: Gates) -> dict[str, Tensor]:
@@ -301,15 +300,19 @@ class MultiTaskNetwork(nn.Module):
 
     # ------------------------------------------------------------------ structure
     def parameter_groups(self) -> dict[frozenset[str], list[nn.Parameter]]:
-        """Parameters keyed by the set of tasks that share them (heads: a single task).
+        """Parameters keyed by the set of tasks whose losses they reach (heads: a single task; with cross-stitch
+        units, every block up to the last unit reaches every task).
 
         Copies used by the same task subset are merged into one group; the order is deterministic
         (layer by layer, then heads).
         """
         groups: dict[frozenset[str], list[nn.Parameter]] = {}
+        everyone = frozenset(self.graph.tasks)
+        mixed_up_to = max(self.coupled) if hasattr(self, "mixing") and self.coupled else -1
         for layer, row in enumerate(self.blocks):
             for c, module in enumerate(row):
-                key = frozenset(self.graph.copy_tasks(layer, c))
+                # a block at or before a cross-stitch unit reaches every task's loss through the mixing
+                key = everyone if layer <= mixed_up_to else frozenset(self.graph.copy_tasks(layer, c))
                 groups.setdefault(key, []).extend(module.parameters())
         for t, head in zip(self.graph.tasks, self.heads):
             groups.setdefault(frozenset({t}), []).extend(head.parameters())
@@ -335,14 +338,14 @@ class MultiTaskNetwork(nn.Module):
 
 
 def _check_coupling(coupling: Coupling, graph: SharingGraph) -> list[int]:
-    """The coupled layers; GraphError unless every task runs its own copy of each (the independent pattern)."""
+    """The coupled layers; GraphError unless every task runs its own copy of every block (the independent
+    pattern, which soft sharing couples)."""
     try:
         layers = coupling.coupled(graph.layers)
     except ValueError as err:
         raise GraphError(str(err)) from None
-    for layer in layers:
-        row = [c for c in graph.assignment[layer] if c != SKIP]
-        if len(row) != len(graph.tasks) or len(set(row)) != len(row):
+    for layer, row in enumerate(graph.assignment):
+        if SKIP in row or len(set(row)) != len(row):
             raise GraphError(
                 f"coupling {coupling.kind!r}: block {graph.layers[layer]!r} must be run by every task with its "
                 "own copy (soft sharing couples the independent pattern)"

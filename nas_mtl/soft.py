@@ -6,7 +6,8 @@ ties the copies together.
   mean). It is applied as its exact proximal step after every optimiser step, ``θ_t ← θ̄ + (θ_t − θ̄) / (1 + 2λη)``
   (η the step's learning rate): decoupled from the loss gradient as AdamW decouples weight decay, so the
   balancers see only the task losses, λ = 0 is exactly independent training and a very large λ keeps the copies
-  equal to float precision (hard sharing with the tasks' gradients averaged).
+  equal to float precision (each step then moves them by the mean of the tasks' own updates; BatchNorm running
+  statistics are buffers, not pulled).
 * ``cross-stitch`` (Misra et al., "Cross-stitch Networks for Multi-task Learning", CVPR 2016): after each coupled
   block a learnable T x T matrix mixes the tasks' activations, ``h̃_t = Σ_s α_ts h_s``, initialised near the
   identity (``α_tt = init``, the rest ``(1 − init) / (T − 1)``: the paper's 0.9 / 0.1 for two tasks) and trained

@@ -252,8 +252,10 @@ def _parse_grid(
     if "step" not in table:
         raise fail("grid.step", "required (e.g. 0.1: weights in steps of a tenth of the simplex)")
     arm = table.get("arm", "hard")
-    if arm != "hard" or arm not in baselines:
-        raise fail("grid.arm", f"expected 'hard', one of the study's baselines {list(baselines)}, got {arm!r}")
+    if arm != "hard":
+        raise fail("grid.arm", f"expected 'hard' (the grid searches hard sharing's task weights), got {arm!r}")
+    if arm not in baselines:
+        raise fail("grid.arm", f"add 'hard' to arms.baselines (now {list(baselines)}): the grid searches its weights")
     seed = table.get("seed", seeds[0])
     if seed not in seeds:
         raise fail("grid.seed", f"expected one of the study's seeds {list(seeds)}, got {seed!r}")
@@ -467,7 +469,7 @@ def _run_locked(
         for i, seed in enumerate(spec.seeds):
             for group in groups:
                 arm = group[i % len(group)]  # training seed number i retrains search seed number i's graph
-                for balancer in (*_balancers_for(group, spec.balancers), *extra.get(arm.name, ())):
+                for balancer in dict.fromkeys((*_balancers_for(group, spec.balancers), *extra.get(arm.name, ()))):
                     out = _arm_dir(run_dir, arm, balancer, seed)
                     rows.append(_finished_row(out, arm))
                     if rows[-1] is None:

@@ -328,7 +328,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())  # a checkpoint loaded onto a GPU moved it there
         self.epoch, self.history = state["epoch"], list(state["history"])
         self.elapsed, self.skipped = state["elapsed"], state.get("skipped", 0)
         self._balancer_state = state.get("balancer", {})

@@ -412,3 +412,32 @@ def test_options_are_checked_and_round_trip_through_the_spec():
         create_balancer("famo:gamma=-1")
     with pytest.raises(TypeError, match="rlw: seed must be an integer"):
         create_balancer("rlw:seed=1.5")
+
+
+@pytest.mark.parametrize("name", LOSS_WEIGHTING)
+def test_a_reused_balancer_starts_afresh_at_prepare(name):
+    """One instance trained twice gives the same network as a fresh instance (state reset by prepare; a resumed
+    run loads its state after prepare)."""
+    balancer = create_balancer(f"{name}:seed=1" if name == "rlw" else name)
+    train(_float_net(), _data(), CFG3, balancer)
+    again, fresh = _float_net(), _float_net()
+    train(again, _data(), CFG3, balancer)
+    train(fresh, _data(), CFG3, create_balancer(f"{name}:seed=1" if name == "rlw" else name))
+    for (k, v), (_, w) in zip(again.state_dict().items(), fresh.state_dict().items()):
+        torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
+
+
+CFG3 = TrainConfig(epochs=3, batch_size=16, progress=False, device="cpu")
+
+
+def test_famo_works_on_a_plain_module_and_skips_a_non_finite_update():
+    module = torch.nn.Linear(3, 2)
+    balancer = FAMO().prepare(module)
+    x = torch.randn(4, 3)
+    out = module(x)
+    balancer.backward({"u": out[:, 0].pow(2).mean(), "v": out[:, 1].pow(2).mean()}, module)
+    before = balancer.logits.detach().clone()
+    balancer.update({"u": float("nan"), "v": 1.0})
+    assert torch.equal(balancer.logits.detach(), before)
+    balancer.update({"u": 0.5, "v": -3.0})  # a negative loss after the step: log undefined, no update either
+    assert torch.equal(balancer.logits.detach(), before)

@@ -182,3 +182,42 @@ def test_cross_stitch_exports_with_its_mixing_and_onnx_parity(tmp_path):
     reloaded = load_exported(tmp_path)
     for k, v in net.mixing.items():
         torch.testing.assert_close(reloaded.mixing[k], v, rtol=0, atol=0)
+
+
+def test_gradient_combining_balancers_see_every_task_reach_the_blocks_under_cross_stitch():
+    """Through the mixing, task a's loss depends on task b's block copies: those copies form one shared group
+    with the mixing weights, and MGDA (two tasks: Sener & Koltun's closed form) combines the full per-task
+    gradients there; blocks after the last unit stay private."""
+    from nas_mtl.balancing import create_balancer
+
+    net = _net(Coupling("cross-stitch", layers=("stem", "s0.b0"))).double().eval()
+    groups = net.parameter_groups()
+    shared = groups[frozenset({"a", "b"})]
+    assert {id(p) for p in shared} == {
+        id(p) for p in [*net.blocks[0].parameters(), *net.blocks[1].parameters(), *net.mixing.values()]
+    }
+    assert {id(p) for p in groups[frozenset({"a"})]} >= {id(p) for p in net.blocks[2][0].parameters()}
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64)
+    y = {"a": torch.randint(0, 3, (6,), generator=g), "b": torch.randn(6, 2, generator=g, dtype=torch.float64)}
+
+    def losses():
+        out = net(x)
+        return {
+            "a": torch.nn.functional.cross_entropy(out["a"], y["a"]),
+            "b": torch.nn.functional.mse_loss(out["b"], y["b"]),
+        }
+
+    ls = losses()
+    ga, gb = (torch.cat([d.reshape(-1) for d in torch.autograd.grad(ls[t], shared, retain_graph=True)]) for t in "ab")
+    assert float(gb[: sum(p.numel() for p in net.blocks[0][0].parameters())].abs().max()) > 0  # b reaches a's copy
+    w = float(torch.clamp((gb - ga) @ gb / ((ga - gb) @ (ga - gb)), 0, 1))
+    net.zero_grad(set_to_none=True)
+    create_balancer("mgda").prepare(net).backward(losses(), net)
+    got = torch.cat([p.grad.reshape(-1) for p in shared])
+    torch.testing.assert_close(got, w * ga + (1 - w) * gb, rtol=1e-9, atol=1e-12)
+
+
+def test_forward_with_unknown_tasks_is_refused_under_cross_stitch():
+    with pytest.raises(ValueError, match=r"tasks: unknown \['z'\]"):
+        _net(Coupling("cross-stitch"))(torch.randn(2, 1, 8, 8), tasks=["a", "z"])

@@ -106,7 +106,7 @@ class SeededGenerator:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "generator" in state:
             self._generator = torch.Generator()
-            self._generator.set_state(state["generator"])
+            self._generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto a GPU moved it there
 
 
 def check_number(balancer: str, key: str, value: Any, low: float = 0.0) -> float:

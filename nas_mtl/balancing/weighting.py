@@ -39,6 +39,7 @@ from torch import nn
 from ..graph import SKIP
 from .base import Balancer, SeededGenerator, check_number, register_balancer
 from .grouped import check_multitask, loss_values
+from .representation import shared_trunk
 
 
 class LossWeighting(Balancer):
@@ -95,6 +96,8 @@ class UncertaintyWeighting(LossWeighting):
                     self._optimizer.add_param_group({"params": [self.log_var[t]]})
 
     def prepare(self, network: nn.Module) -> UncertaintyWeighting:
+        """Start afresh (a resumed run's state is loaded after this)."""
+        self.log_var, self._optimizer = {}, None
         self._ensure(_tasks(network, []))
         return self
 
@@ -204,6 +207,11 @@ class DWA(LossWeighting):
     def options(self) -> dict[str, Any]:
         return {"temperature": self.temperature}
 
+    def prepare(self, network: nn.Module) -> DWA:
+        """Start afresh (a resumed run's state is loaded after this)."""
+        self.history, self.weights = [], {}
+        return self
+
     def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
         return {t: self.weights.get(t, 1.0) for t in loss}
 
@@ -260,10 +268,13 @@ class RLW(LossWeighting):
 
 
 def last_block_parameters(network: nn.Module, task: str) -> list[nn.Parameter]:
-    """Trainable parameters of the last backbone block on ``task``'s path (for hard sharing: the last shared
-    block); empty when the task skips every block."""
-    graph = network.graph
-    path = graph.path(task)
+    """GradNorm's W for ``task``: the deepest block every task runs together (the paper's last shared layer, one
+    W for all) when there is one, else the last block on the task's own path; empty when it skips every block."""
+    trunk = shared_trunk(network)
+    if trunk:
+        layer, copy = trunk[-1]
+        return [p for p in network.blocks[layer][copy].parameters() if p.requires_grad]
+    path = network.graph.path(task)
     for layer in reversed(range(len(path))):
         if path[layer] != SKIP:
             return [p for p in network.blocks[layer][path[layer]].parameters() if p.requires_grad]
@@ -278,8 +289,8 @@ class GradNorm(LossWeighting):
         alpha: the asymmetry α (the paper's 1.5 on NYUv2; 0: equal gradient norms).
         lr: Adam learning rate of the weights.
 
-    Per step (their Algorithm 1): ``G_i = w_i ||∇_W L_i||`` on W = the last block each task runs (the paper's last
-    shared layer, here the whole block; for hard sharing one block shared by all), ``r_i = L̃_i / mean(L̃)`` with
+    Per step (their Algorithm 1): ``G_i = w_i ||∇_W L_i||`` on W = the deepest block all tasks run together (the
+    paper's last shared layer, here the whole block; without one, each task's last block), ``r_i = L̃_i / mean(L̃)`` with
     ``L̃_i = L_i / L_i(0)`` (L_i(0): the task's loss at its first step), the target ``mean(G) r_i^α`` held
     constant, ``L_grad = Σ_i |G_i − target_i|``; the network takes the gradient of ``Σ w_i L_i``, the weights one
     Adam step on ``∂L_grad/∂w_i = sign(G_i − target_i) ||∇_W L_i||`` and are renormalised to sum to T (kept
@@ -307,7 +318,9 @@ class GradNorm(LossWeighting):
             self._optimizer = torch.optim.Adam([self.weights], lr=self.lr)
 
     def prepare(self, network: nn.Module) -> GradNorm:
+        """Start afresh (a resumed run's state is loaded after this)."""
         check_multitask(network)
+        self.weights, self._optimizer, self.initial = None, None, {}
         self._ensure(network.tasks)
         return self
 
@@ -381,6 +394,11 @@ FAMO_EPS = 1e-8
 """Added to every loss before its logarithm, as in the authors' code (``min_losses`` = 0)."""
 
 
+def _log(value: float) -> float:
+    """``log(value)``, NaN where it is undefined (value <= 0)."""
+    return math.log(value) if value > 0 else math.nan
+
+
 @register_balancer("famo")
 class FAMO(LossWeighting):
     """FAMO (Liu et al., NeurIPS 2023): weights adapted every step so that all log losses fall alike, O(1) cost.
@@ -409,7 +427,7 @@ class FAMO(LossWeighting):
         return {"gamma": self.gamma, "lr": self.lr, "max_norm": self.max_norm}
 
     def _ensure(self, tasks: Sequence[str]) -> None:
-        if self.logits is None:
+        if self.logits is None and tasks:
             self.tasks = list(tasks)
             self.logits = nn.Parameter(torch.zeros(len(tasks), dtype=torch.float64))
             self._optimizer = torch.optim.Adam([self.logits], lr=self.lr, weight_decay=self.gamma)
@@ -418,6 +436,8 @@ class FAMO(LossWeighting):
             raise ValueError(f"famo: task(s) {missing} are not among the tasks it was prepared for {self.tasks}")
 
     def prepare(self, network: nn.Module) -> FAMO:
+        """Start afresh (a resumed run's state is loaded after this)."""
+        self.tasks, self.logits, self._optimizer, self._before = [], None, None, {}
         self._ensure(_tasks(network, []))
         return self
 
@@ -445,16 +465,19 @@ class FAMO(LossWeighting):
         return weights
 
     def update(self, after: Mapping[str, float]) -> None:
-        """One step of the logits from the losses before (this step's) and ``after`` the parameter update."""
+        """One step of the logits from the losses before (this step's) and ``after`` the parameter update (none when
+        a loss after it is not finite: the trainer's non-finite handling deals with the network)."""
         delta = torch.tensor(
             [
-                math.log(self._before[t] + FAMO_EPS) - math.log(after[t] + FAMO_EPS)
+                _log(self._before[t] + FAMO_EPS) - _log(after[t] + FAMO_EPS)
                 if t in self._before and t in after
                 else 0.0
                 for t in self.tasks
             ],
             dtype=torch.float64,
         )
+        if not torch.isfinite(delta).all():  # a loss went non-finite after the step: keep the logits finite
+            return
         z = torch.softmax(self.logits.detach(), 0)
         self.logits.grad = z * (delta - z @ delta)  # J_softmax(ξ)ᵀ δ, the authors' autograd.grad(softmax(w), w, δ)
         self._optimizer.step()

@@ -555,8 +555,8 @@ class _Search:
         self.policy_opt.load_state_dict(state["policy_opt"])
         if self.balancer is not None and state.get("balancer"):
             self.balancer.load_state_dict(state["balancer"])
-        self.gumbel.set_state(state["gumbel"])
-        torch.set_rng_state(state["rng"])
+        self.gumbel.set_state(state["gumbel"].cpu())
+        torch.set_rng_state(state["rng"].cpu())
 
     # ------------------------------------------------------------------ final policy
     @torch.no_grad()
