@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -258,3 +258,38 @@ __all__ = [
     "pareto_plot",
     "save_figure",
 ]
+
+
+def curves_plot(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[int, float, float, float]]]],
+    ylabels: Mapping[str, str],
+    title: str = "",
+    path: str | Path | None = None,
+) -> Figure:
+    """One panel per task: a line per series (e.g. balancer) of (epoch, mean, low, high) with the band shaded.
+
+    Args:
+        curves: ``{task: {series: [(epoch, mean, low, high), ...]}}``.
+        ylabels: the y label of each task's panel (e.g. "val accuracy").
+    """
+    tasks = list(curves)
+    cols = min(len(tasks), 4)
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows + 0.4), squeeze=False)
+    colors = plt.get_cmap("tab10" if max(len(s) for s in curves.values()) <= 10 else "tab20")
+    names = list(dict.fromkeys(n for s in curves.values() for n in s))
+    for ax, task in zip(axes.flat, tasks):
+        for name, points in curves[task].items():
+            epoch, mean, low, high = (np.array(v, dtype=float) for v in zip(*points))
+            color = colors(names.index(name))
+            ax.plot(epoch, mean, color=color, lw=1.2, label=name)
+            ax.fill_between(epoch, low, high, color=color, alpha=0.2, lw=0)
+        ax.set(title=task, xlabel="epoch", ylabel=ylabels.get(task, ""))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6, loc="best", framealpha=0.7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -32,10 +32,11 @@ from scipy import stats
 
 from .graph import SharingGraph
 from .metrics import delta_m
-from .plots import draw_topology, pareto_plot
+from .plots import curves_plot, draw_topology, pareto_plot
 from .runs import read_json, replace_atomic
 from .search.proxy import graph_key
-from .study import GRID_RECORD, load_rows, slug
+from .study import GRID_RECORD, ROW, load_rows, slug
+from .train import CURVES
 
 SINGLE = "single-task"
 """Arm name of the per-task networks (the Δm reference)."""
@@ -551,10 +552,17 @@ def _sections(
     paired: pd.DataFrame,
     figures: Sequence[_Figure],
     grid: Mapping[str, Any] | None = None,
+    improving: pd.DataFrame | None = None,
 ) -> list[tuple[str, Sequence[Block]]]:
     v = verdict(runs, rows)
     paired = format_paired(paired)
     warnings = [f"⚠ Warning: {w}" for w in v.warnings]
+    if improving is not None and len(improving):
+        names = ", ".join(dict.fromkeys(f"{a}/{b}" for a, b in zip(improving["arm"], improving["balancer"])))
+        warnings.append(
+            f"⚠ Warning: still improving at the last epoch: {names} (see Training curves); "
+            "their numbers may rise with more epochs"
+        )
     sections: list[tuple[str, Sequence[Block]]] = [("Verdict", [*warnings, list(v.lines)]), ("Method", [_METHOD])]
     sections.append(("Summary (mean over seeds)", [format_table(summary)]))
     for versus in VERSUS:
@@ -563,9 +571,26 @@ def _sections(
             sections.append((f"Paired differences vs {versus}", [table]))
     if grid is not None:
         sections.append(("Grid search over static task weights", _grid_blocks(grid, runs)))
+    if improving is not None:
+        sections.append(("Training curves", _curve_blocks(improving)))
     sections.append(("Reproducibility", [_environment(rows)[0]]))
     sections.append(("Figures", list(figures)))
     return sections
+
+
+def _curve_blocks(improving: pd.DataFrame) -> list[Block]:
+    rule = (
+        "Each run keeps its per-epoch training and validation losses and validation primary metric "
+        "(curves.csv in its folder; all runs in this report's curves.csv; figures below). Still improving: the "
+        "mean over seeds is best at the last epoch and rose over the last quarter of the epochs by more than "
+        "the seed-to-seed std of the final value."
+    )
+    if not len(improving):
+        return [rule, "No arm was still improving at the end of training by that rule."]
+    table = improving.assign(
+        gain=improving["gain"].map(lambda v: f"{v:+.3g}"), final_std=improving["final_std"].map(lambda v: f"{v:.3g}")
+    )
+    return [rule, table.rename(columns={"gain": "gain (last quarter)", "final_std": "final std"})]
 
 
 def _grid_blocks(grid: Mapping[str, Any], runs: pd.DataFrame) -> list[Block]:
@@ -587,6 +612,73 @@ def _grid_blocks(grid: Mapping[str, Any], runs: pd.DataFrame) -> list[Block]:
         ]
     )
     return [line, table]
+
+
+def load_curves(run_dir: str | Path) -> pd.DataFrame:
+    """Every arm run's ``curves.csv`` with its arm, balancer and seed (empty when no run kept curves)."""
+    frames = []
+    for path in sorted(Path(run_dir).glob(f"arms/**/{ROW}")):
+        if not (path.parent / CURVES).is_file():
+            continue
+        row = read_json(path, "result row", ("arm", "balancer", "seed"))
+        frame = pd.read_csv(path.parent / CURVES)
+        directions = {t: bool(hib) for t, (_, hib) in row.get("primary", {}).items()}
+        frame = frame.assign(
+            arm=row["arm"],
+            balancer=row["balancer"],
+            seed=row["seed"],
+            higher_is_better=frame["task"].map(lambda t, d=directions: d.get(t, True)),
+        )
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def still_improving(curves: pd.DataFrame) -> pd.DataFrame:
+    """Arms whose validation primary metric still rose at the end of training, per (arm, balancer, task).
+
+    The rule: over the seeds, the mean curve is best at the last epoch and its gain over the last quarter of
+    the epochs (from epoch ⌊3E/4⌋) is larger than the seed-to-seed std of the final value (with one seed: any
+    gain). Columns: arm, balancer, task, metric, gain (in the metric's units, signed so that > 0 is better),
+    final_std, seeds.
+    """
+    out = []
+    if curves.empty:
+        return pd.DataFrame(columns=["arm", "balancer", "task", "metric", "gain", "final_std", "seeds"])
+    for (arm, balancer, task), g in curves.dropna(subset=["val_metric"]).groupby(["arm", "balancer", "task"]):
+        table = g.pivot_table(index="epoch", columns="seed", values="val_metric")
+        last = int(table.index.max())
+        start = max(int(table.index.min()), (3 * last) // 4)
+        if last <= start or start not in table.index:
+            continue
+        sign = 1.0 if bool(g["higher_is_better"].iloc[0]) else -1.0
+        mean = table.mean(axis=1) * sign
+        gain = float(mean.loc[last] - mean.loc[start])
+        final_std = float(table.loc[last].std()) if table.shape[1] > 1 else 0.0
+        if mean.idxmax() == last and gain > final_std:
+            out.append((arm, balancer, task, g["metric"].iloc[0], gain, final_std, table.shape[1]))
+    return pd.DataFrame(out, columns=["arm", "balancer", "task", "metric", "gain", "final_std", "seeds"])
+
+
+def _curve_figures(curves: pd.DataFrame, figures: Path) -> list[_Figure]:
+    """Per arm, the validation primary metric of each task by epoch: mean over seeds, band from min to max."""
+    out = []
+    if curves.empty:
+        return out
+    for arm, g in curves.dropna(subset=["val_metric"]).groupby("arm", sort=False):
+        panels, labels = {}, {}
+        for (task, balancer), h in g.groupby(["task", "balancer"], sort=False):
+            table = h.pivot_table(index="epoch", columns="seed", values="val_metric")
+            panels.setdefault(task, {})[balancer] = list(
+                zip(table.index, table.mean(axis=1), table.min(axis=1), table.max(axis=1))
+            )
+            labels[task] = f"val {h['metric'].iloc[0]}"
+        name = f"curves_{slug(arm)}.png"
+        seeds = g["seed"].nunique()
+        curves_plot(
+            panels, labels, f"{arm}: validation by epoch (mean over {seeds} seeds, band: min-max)", figures / name
+        )
+        out.append(_Figure(f"training curves: {arm}", name))
+    return out
 
 
 def _topologies(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: Path) -> list[_Figure]:
@@ -625,8 +717,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
 
     Writes ``report.md`` and ``report.html`` (verdict first), ``runs.csv`` (:func:`runs_table`),
     ``summary.csv`` (:func:`summary_table`: n, mean, std, ci_low, ci_high), ``paired.csv``
-    (:func:`paired_table`) and ``figures/`` (Pareto front Δm vs params with 95 % intervals, one
-    topology per graph, and the figures the searches left in their folders).
+    (:func:`paired_table`), ``curves.csv`` (every run's per-epoch curves, :func:`load_curves`) and ``figures/``
+    (Pareto front Δm vs params with 95 % intervals, one topology per graph, the figures the searches left in
+    their folders, and per arm its validation curves with arms still improving flagged).
     """
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
@@ -648,11 +741,16 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     shown = [_Figure("Δm vs parameters (bars: 95 % interval over seeds)", "pareto_params.png")]
     shown += _topologies(runs, rows, figures)
     shown += _search_figures(run_dir, figures)
+    curves = load_curves(run_dir)
+    if not curves.empty:
+        replace_atomic(out_dir / "curves.csv", lambda tmp: curves.to_csv(tmp, index=False))
+        files["curves.csv"] = out_dir / "curves.csv"
+    shown += _curve_figures(curves, figures)
 
     title = _study_title(run_dir)
     grid_file = run_dir / GRID_RECORD
     grid = read_json(grid_file, "grid search record", ("points", "best")) if grid_file.is_file() else None
-    sections = _sections(runs, rows, summary, paired, shown, grid)
+    sections = _sections(runs, rows, summary, paired, shown, grid, still_improving(curves))
     markdown, page = _markdown(title, sections), _html(title, sections)
     replace_atomic(files["report.md"], lambda tmp: tmp.write_text(markdown))
     replace_atomic(files["report.html"], lambda tmp: tmp.write_text(page))

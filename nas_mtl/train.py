@@ -24,7 +24,7 @@ from .environment import environment
 from .export import MODEL_MANIFEST, network_manifest
 from .network import MultiTaskNetwork
 from .progress import progress
-from .runs import RUNTIME_KEYS, check_settings, load_checkpoint, save_atomic, write_json_atomic
+from .runs import RUNTIME_KEYS, check_settings, load_checkpoint, replace_atomic, save_atomic, write_json_atomic
 from .tasks import labelled_losses
 
 Metrics = dict[str, dict[str, float]]
@@ -196,19 +196,34 @@ def evaluate(
     tasks: Sequence,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
+    losses: dict[str, float] | None = None,
 ) -> Metrics:
-    """Per-task metrics over the whole ``dataset`` (exact accumulation, eval mode)."""
+    """Per-task metrics over the whole ``dataset`` (exact accumulation, eval mode).
+
+    Args:
+        losses: when given, filled with each task's mean loss over the set (batch losses weighted by their
+            labelled samples, as training losses are; tasks without a label left out).
+    """
     specs = [t for t in tasks if t.name in network.tasks]
     was_training = network.training
     network.eval()
     meters = {t.name: t.new_meter() for t in specs}
+    sums: dict[str, float] = {}
+    seen: dict[str, int] = {}
     for x, y in iterate_batches(dataset, batch_size, shuffle=False):
         out = network(x.to(device))
+        targets = {t.name: y[t.name].to(device) for t in specs}
         for t in specs:
-            target = y[t.name].to(device)
-            t.validate_target(target, x.shape[0])
-            meters[t.name].update(out[t.name], target)
+            t.validate_target(targets[t.name], x.shape[0])
+            meters[t.name].update(out[t.name], targets[t.name])
+        if losses is not None:
+            batch, counts = labelled_losses(out, targets, specs)
+            for name, value in batch.items():
+                sums[name] = sums.get(name, 0.0) + float(value) * counts[name]
+                seen[name] = seen.get(name, 0) + counts[name]
     network.train(was_training)
+    if losses is not None:
+        losses.update({name: sums[name] / seen[name] for name in sums})
     metrics = {}
     for name, meter in meters.items():
         try:
@@ -412,16 +427,25 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(float(v.detach()) for v in losses.values()):.3f}")
         if self.scheduler is not None:
             self.scheduler.step()
-        val = evaluate(network, self.data.val, self.specs, config.eval_batch_size, device)
+        val_loss: dict[str, float] = {}
+        val = evaluate(network, self.data.val, self.specs, config.eval_batch_size, device, losses=val_loss)
         self.elapsed += time.perf_counter() - t0
         train_loss = {k: v / max(seen[k], 1) for k, v in sums.items()}
         self.balancer.end_epoch({k: v for k, v in train_loss.items() if seen[k]})
         self._warn_if_diverging(train_loss, epoch + 1)
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "val": val, "seconds": self.elapsed}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val": val,
+            "seconds": self.elapsed,
+        }
         for hook in self.epoch_hooks:
             record.update(hook(EpochContext(network, epoch + 1, record)) or {})
         self.history.append(record)
         self.epoch += 1
+        if self.run_dir is not None:
+            write_curves(self.history, self.specs, self.run_dir / CURVES)
         return record
 
     def _recompute(self, x: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -514,6 +538,31 @@ def data_identity(data: MultiTaskData) -> dict[str, Any]:
         "tasks": list(data.task_names),
         "sizes": [len(data.train), len(data.val), len(data.test)],
     }
+
+
+CURVES = "curves.csv"
+"""Per-epoch training curves in a run folder: one row per epoch and task."""
+CURVE_COLUMNS = ("epoch", "task", "train_loss", "val_loss", "metric", "val_metric", "seconds")
+
+
+def write_curves(history: Sequence[Mapping[str, Any]], specs: Sequence, path: Path) -> None:
+    """``curves.csv`` from a run's history: per epoch and task the mean training loss, the validation loss and
+    the validation value of the task's primary metric (empty where a task had no label)."""
+    lines = [",".join(CURVE_COLUMNS)]
+    for record in history:
+        for t in specs:
+            metric = t.primary_metric
+            cells = (
+                record["epoch"],
+                t.name,
+                record["train_loss"].get(t.name, ""),
+                record.get("val_loss", {}).get(t.name, ""),
+                metric,
+                record["val"].get(t.name, {}).get(metric, ""),
+                record["seconds"],
+            )
+            lines.append(",".join(repr(c) if isinstance(c, float) else str(c) for c in cells))
+    replace_atomic(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
 
 
 def buffer_snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -617,6 +666,8 @@ def _check_resumable(
 
 __all__ = [
     "CHECKPOINT",
+    "CURVES",
+    "CURVE_COLUMNS",
     "DEVICES",
     "EpochContext",
     "EpochHook",
@@ -639,4 +690,5 @@ __all__ = [
     "restore_buffers",
     "seed_everything",
     "train",
+    "write_curves",
 ]

@@ -333,3 +333,44 @@ def test_search_figures_are_copied_with_their_seed_folder_only_where_names_colli
     assert "![affinity seed5 affinity: heatmap](figures/search_affinity_seed5_affinity_heatmap.png)" in (
         files["report.md"].read_text()
     )
+
+
+# ---------------------------------------------------------------------- training curves
+def _write_curves(run, row, values, metric="accuracy"):
+    """curves.csv for ``row``'s run: ``values`` = the validation metric per epoch (same for every task)."""
+    arm = f"{row['arm']}/{row['task']}" if row["task"] else row["arm"]
+    folder = run / "arms" / slug(arm) / slug(row["balancer"]) / f"seed{row['seed']}"
+    tasks = [row["task"]] if row["task"] else TASKS
+    lines = ["epoch,task,train_loss,val_loss,metric,val_metric,seconds"]
+    lines += [f"{e + 1},{t},1.0,1.0,{metric},{v},{e}" for e, v in enumerate(values) for t in tasks]
+    (folder / "curves.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_arms_still_improving_at_the_end_are_flagged_and_plotted(tmp_path):
+    """hard rises through its last epoch on every seed (flagged); independent rises by less than its seeds'
+    spread at the end (not flagged); the report shows both arms' curves and names the improving one."""
+    rows = _study_rows()
+    run = _write_run(tmp_path, rows)
+    for r in rows:
+        s = r["seed"]
+        if r["arm"] == "hard" and r["balancer"] == "equal":
+            values = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+        elif r["arm"] == "independent":
+            values = [0.5, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8 + 0.001 * s, 0.8 + 0.1 * (s - 1) + 0.01]
+        else:
+            values = [0.5, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8]
+        _write_curves(run, r, values)
+    from nas_mtl.report import load_curves, still_improving
+
+    flagged = still_improving(load_curves(run))
+    assert set(zip(flagged["arm"], flagged["balancer"])) == {("hard", "equal")}
+    assert flagged["gain"].tolist() == pytest.approx([0.95 - 0.85] * len(TASKS))  # from epoch 6 = 3 * 8 // 4
+    files = write_report(run)
+    report = files["report.md"].read_text()
+    assert "still improving at the last epoch: hard/equal" in report[: report.index("## Method")]
+    assert "## Training curves" in report
+    assert (files["report.md"].parent / "figures" / "curves_hard.png").is_file()
+    assert (files["report.md"].parent / "figures" / "curves_independent.png").is_file()
+    assert len(pd.read_csv(files["curves.csv"])) == 8 * (len(rows) - len(_single_rows())) * len(TASKS) + 8 * len(
+        _single_rows()
+    )

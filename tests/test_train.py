@@ -9,7 +9,7 @@ from nas_mtl.data.base import MultiTaskData, TensorMultiTaskDataset
 from nas_mtl.graph import SharingGraph
 from nas_mtl.network import MultiTaskNetwork
 from nas_mtl.tasks import ClassificationTask, RegressionTask
-from nas_mtl.train import TrainConfig, seed_everything, train
+from nas_mtl.train import TrainConfig, evaluate, seed_everything, train
 
 TASKS = (ClassificationTask("sign", 2), RegressionTask("level", 1))
 
@@ -347,3 +347,29 @@ def test_diverging_training_is_reported_and_normal_training_is_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train(_net(), _data(), CFG)
+
+
+def test_validation_losses_and_curves_csv_hold_each_epochs_numbers(tmp_path):
+    """evaluate(losses=) gives the mean loss over the whole set (batch means weighted by their labelled samples);
+    curves.csv has one row per epoch and task with the history's numbers."""
+    import csv
+
+    import torch.nn.functional as F
+
+    net, data = _net(), _data()
+    losses = {}
+    evaluate(net, data.val, TASKS, batch_size=48, losses=losses)  # 128 samples: batches of 48, 48, 32
+    net.eval()
+    with torch.no_grad():
+        out = net(data.val.images)
+    net.train()
+    assert losses["sign"] == pytest.approx(float(F.cross_entropy(out["sign"], data.val.targets["sign"])), rel=1e-5)
+    assert losses["level"] == pytest.approx(float(F.mse_loss(out["level"], data.val.targets["level"])), rel=1e-5)
+    result = train(net, data, CFG, run_dir=tmp_path)
+    rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
+    assert [(r["epoch"], r["task"]) for r in rows] == [(str(e), t) for e in (1, 2, 3) for t in ("sign", "level")]
+    for r in rows:
+        h = result.history[int(r["epoch"]) - 1]
+        assert float(r["train_loss"]) == h["train_loss"][r["task"]] and float(r["val_loss"]) == h["val_loss"][r["task"]]
+        assert float(r["val_metric"]) == h["val"][r["task"]][r["metric"]]
+    assert {(r["task"], r["metric"]) for r in rows} == {(t.name, t.primary_metric) for t in TASKS}
