@@ -190,13 +190,14 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     from .processes import exit_with_parent
     from .search.branching import run_worker
+    from .storage import redact
 
     if args.exit_with_parent:
         exit_with_parent()
     if args.threads:
         torch.set_num_threads(args.threads)
     n = run_worker(args.storage, args.study, args.out, args.seed)
-    print(f"worker: {n} trial(s) run; study {args.study!r} in {args.storage}")
+    print(f"worker: {n} trial(s) run; study {args.study!r} in {redact(args.storage)}")
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -335,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="join a branch search (Optuna study) by name and run its trials")
     p.add_argument(
-        "--storage", required=True, help="the study's storage URL (sqlite:///..., postgresql://...) or journal:PATH"
+        "--storage",
+        required=True,
+        help="the study's storage: URL (sqlite:///..., postgresql://...), journal:PATH, or env:VAR / file:PATH "
+        "holding the URL (keeps a password off the command line)",
     )
     p.add_argument("--study", default="branch", help="study name")
     p.add_argument("--out", help="run folder holding the warm start (default: the one recorded in the study)")

@@ -56,6 +56,7 @@ from .runs import check_settings, read_json, replace_atomic, run_lock, write_jso
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .soft import Coupling
 from .space import SearchSpace, load_search_space
+from .storage import redact
 from .train import Metrics, TrainConfig
 
 T = TypeVar("T")
@@ -432,8 +433,13 @@ def _study_settings(spec: StudySpec, space: SearchSpace) -> dict[str, Any]:
             "skippable": list(space.skippable),
         },
         "train": {k: v for k, v in spec.train.identity().items() if k != "seed"},  # arms set their own seeds
-        "search": {m: to_options(method_config(m, o, spec.source)) for m, o in spec.search.items()},
+        "search": {m: _redacted(to_options(method_config(m, o, spec.source))) for m, o in spec.search.items()},
     }
+
+
+def _redacted(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A search's options with a storage URL's password hidden (the record is a results file)."""
+    return {k: redact(v) if k == "storage" and isinstance(v, str) else v for k, v in options.items()}
 
 
 def _run_locked(

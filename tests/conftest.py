@@ -11,6 +11,9 @@ for; re-check with e.g. ``NAS_MTL_TEST_SEED=3 NAS_MTL_TEST_THREADS=2 python -m p
 """
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,3 +43,25 @@ def torch_threads():
 def seed() -> int:
     """Data and training seed of the statistical tests: ``$NAS_MTL_TEST_SEED`` (default 0)."""
     return _int_from_env(SEED_ENV, 0, 0)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL (with its password) of a PostgreSQL server started for this session on 127.0.0.1, stopped after;
+    skipped, saying what is missing, where the server binaries or the driver are not installed."""
+    from postgres import Server, server_binaries
+
+    bin_dir = server_binaries()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server not installed (Debian: apt-get install postgresql; .ci/run does it)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip('psycopg (PostgreSQL driver) not installed: pip install -e ".[postgres]"')
+    root = Path(tempfile.mkdtemp(prefix="nas-mtl-pg-"))  # not under pytest's root-only folder: the server's user
+    server = Server(root, bin_dir)  # (postgres, when the tests run as root) must reach it
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

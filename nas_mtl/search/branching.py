@@ -53,16 +53,15 @@ import numpy as np
 import optuna
 import torch
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
-from sqlalchemy.engine import URL
 
 from ..config import config_from_dict, nested, option
 from ..data import MultiTaskData, create_dataset
 from ..graph import SharingGraph
 from ..runs import check_settings
 from ..space import SearchSpace, load_search_space
+from ..storage import CHILD_ENV, GRACE_S, HEARTBEAT_S, open_storage, redact, resolve, sqlite_url
 from . import SearchMethod, SearchResult, register_search_method
 from .exhaustive import count_trees
 from .proxy import OBJECTIVES, Proxy, ProxyConfig, Scorer, check_proxy, graph_from_key, graph_key
@@ -90,9 +89,6 @@ STUDY_ATTR = "nas_mtl"
 STUDY_FORMAT = "nas_mtl.branch_study/1"
 SECONDS_ATTR = "nas_mtl_seconds"
 """Study user attr: wall seconds of the search's sessions so far (the result's cost adds them up)."""
-HEARTBEAT_S = 30
-GRACE_S = 120
-"""RDB storages: workers write a heartbeat every HEARTBEAT_S; a RUNNING trial silent for GRACE_S is failed."""
 POLL_S = 0.5
 CLAIMED = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -135,8 +131,10 @@ class BranchSearchConfig:
         sampler: a name in :data:`SAMPLERS`, or auto (tpe; nsga2 with several objectives).
         pruner: a name in :data:`PRUNERS`, or auto (median; none with several objectives).
         seed: sampler seed (worker k of a parallel run uses ``seed + k``).
-        storage: an Optuna storage URL (``sqlite:///...``, ``postgresql://...``) or ``journal:PATH`` (a
-            JournalFileStorage, for several processes on one machine); None = ``sqlite:///RUN_DIR/study.db``.
+        storage: an Optuna storage URL (``sqlite:///...``, ``postgresql://...``), ``journal:PATH`` (a
+            JournalFileStorage, for several processes on one machine), or ``env:VAR`` / ``file:PATH`` holding the
+            URL so no password lands in files or command lines (see nas_mtl.storage); None =
+            ``sqlite:///RUN_DIR/study.db``.
         study_name: the study in the storage; workers join it by this name.
         top_k: single objective: how many of the best trees to return as candidates.
         duplicate_wait_s: how long a trial that drew a tree another worker is scoring waits for that score.
@@ -238,30 +236,6 @@ class Setup:
     def build(self) -> tuple[MultiTaskData, SearchSpace]:
         data = create_dataset(self.dataset, **dict(self.dataset_kwargs))
         return data, load_search_space(self.space, input_shape=data.input_shape)
-
-
-def sqlite_url(path: str | Path) -> str:
-    """The SQLAlchemy URL of the SQLite file ``path``, escaped (a ``?`` or ``%`` in a folder name stays a name)."""
-    return URL.create("sqlite", database=str(Path(path).resolve())).render_as_string(hide_password=False)
-
-
-def open_storage(url: str) -> BaseStorage:
-    """An Optuna storage from a URL: ``journal:PATH`` (JournalFileStorage) or any RDB URL (heartbeat on)."""
-    if url.startswith("journal:"):
-        path = url.removeprefix("journal:")
-        if not path:
-            raise ValueError("storage: 'journal:' needs a file path, e.g. journal:runs/x/study.journal")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
-            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
-    except Exception as err:  # SQLAlchemy raises many kinds for a bad URL
-        raise ValueError(
-            f"storage: cannot open {url!r} ({err}); expected sqlite:///PATH, postgresql://..., or journal:PATH"
-        ) from None
 
 
 # ---------------------------------------------------------------------- one trial
@@ -482,10 +456,10 @@ def run_worker(
         study = optuna.load_study(study_name=study_name, storage=handle)
     except KeyError:  # optuna: "Record does not exist."
         known = [s.study_name for s in optuna.get_all_study_summaries(handle)]
-        raise ValueError(f"study {study_name!r} not found in {storage!r}; studies there: {known}") from None
+        raise ValueError(f"study {study_name!r} not found in {redact(storage)!r}; studies there: {known}") from None
     record = study.user_attrs.get(STUDY_ATTR)
     if not isinstance(record, Mapping) or record.get("format") != STUDY_FORMAT:
-        raise ValueError(f"study {study_name!r} in {storage!r} was not created by nas-mtl search branch")
+        raise ValueError(f"study {study_name!r} in {redact(storage)!r} was not created by nas-mtl search branch")
     if record.get("setup") is None:
         raise ValueError(
             f"study {study_name!r} records no dataset setup (started from Python without setup=); workers cannot join"
@@ -565,7 +539,7 @@ class _WorkerProcesses:
                 "nas_mtl.cli",
                 "worker",
                 "--storage",
-                self.url,
+                f"env:{CHILD_ENV}",  # the URL (and any password) through the environment, not the command line
                 "--study",
                 self.config.study_name,
                 "--out",
@@ -576,8 +550,9 @@ class _WorkerProcesses:
                 str(share),
                 "--exit-with-parent",
             ]
+            env = {**os.environ, CHILD_ENV: resolve(self.url)}
             with log.open("w") as fh:
-                self.procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), log))
+                self.procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), log))
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         torch.set_num_threads(self.threads)
@@ -610,8 +585,8 @@ def _result(objective: TreeObjective, url: str, seconds: float, stale: list[int]
     states = Counter(t.state.name for t in trials)
     info = {
         "study": config.study_name,
-        "storage": url,
-        "config": config.to_dict(),
+        "storage": redact(resolve(url)),
+        "config": {**config.to_dict(), "storage": None if config.storage is None else redact(config.storage)},
         "n_trees_in_space": count_trees(len(objective.tasks), len(objective.branchable)),
         "trials": {
             **{s.lower(): states.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
