@@ -164,16 +164,21 @@ AGGREGATORS = {
 }
 
 
-@pytest.mark.parametrize("name", list(AGGREGATORS))
-def test_balancers_on_hard_sharing_equal_torchjd_on_the_trunk_jacobian(name):
+def _hard_sharing_batch(widths, depths):
+    """A float64 hard-sharing net on tasks x, y, z (eval mode), a batch for it and its trunk parameters."""
     torch.manual_seed(0)
-    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4,), depths=(1,))
+    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=widths, depths=depths)
     net = MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(["x", "y", "z"], bb.layer_names), bb, TASKS)
     net = net.double().eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64)
     y = {t.name: torch.randn(8, 2, generator=g, dtype=torch.float64) * (k + 1) for k, t in enumerate(TASKS)}
-    trunk = [p for n, p in net.named_parameters() if n.startswith("blocks.")]
+    return net, x, y, [p for n, p in net.named_parameters() if n.startswith("blocks.")]
+
+
+@pytest.mark.parametrize("name", list(AGGREGATORS))
+def test_balancers_on_hard_sharing_equal_torchjd_on_the_trunk_jacobian(name):
+    net, x, y, trunk = _hard_sharing_batch(widths=(4,), depths=(1,))
     losses, _ = labelled_losses(net(x), y, TASKS)
     jac = torch.stack(
         [torch.cat([d.reshape(-1) for d in torch.autograd.grad(v, trunk, retain_graph=True)]) for v in losses.values()]
@@ -198,14 +203,7 @@ def test_ub_variants_equal_torchjd_on_the_representation_jacobian_then_one_trunk
     """IMTL-G on the shared feature (Liu et al. 2021) and Aligned-MTL-UB (Senushkin et al. 2023): torchjd's
     aggregation of the Jacobian w.r.t. the trunk output Z, back-propagated once through the trunk; the heads get
     their own task's gradient."""
-    torch.manual_seed(0)
-    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4, 8), depths=(1, 1))
-    net = MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(["x", "y", "z"], bb.layer_names), bb, TASKS)
-    net = net.double().eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64)
-    y = {t.name: torch.randn(8, 2, generator=g, dtype=torch.float64) * (k + 1) for k, t in enumerate(TASKS)}
-    trunk = [p for n, p in net.named_parameters() if n.startswith("blocks.")]
+    net, x, y, trunk = _hard_sharing_batch(widths=(4, 8), depths=(1, 1))
     captured = []
     hook = net.blocks[-1][0].register_forward_hook(lambda m, a, out: captured.append(out))
     losses, _ = labelled_losses(net(x), y, TASKS)

@@ -267,6 +267,60 @@ class RLW(LossWeighting):
         self._random.load_state_dict(state)
 
 
+class LearnedTaskVector:
+    """One learned value per task (FAMO's logits, GradNorm's weights) trained by its own Adam; checkpointable.
+
+    Args:
+        owner: the balancer's name (in errors).
+        init: every task's initial value.
+        lr, weight_decay: the Adam's (PyTorch's L2 ``weight_decay``).
+    """
+
+    def __init__(self, owner: str, init: float, lr: float, weight_decay: float = 0.0) -> None:
+        self.owner, self.init, self.lr, self.weight_decay = owner, init, lr, weight_decay
+        self.reset()
+
+    def reset(self) -> None:
+        self.tasks: list[str] = []
+        self.value: nn.Parameter | None = None
+        self.optimizer: torch.optim.Adam | None = None
+
+    def ensure(self, tasks: Sequence[str]) -> None:
+        """Create the vector for ``tasks`` on first use; ValueError for a task outside those afterwards."""
+        if self.value is None and tasks:
+            self.tasks = list(tasks)
+            self.value = nn.Parameter(torch.full((len(tasks),), float(self.init), dtype=torch.float64))
+            self.optimizer = torch.optim.Adam([self.value], lr=self.lr, weight_decay=self.weight_decay)
+        missing = sorted(set(tasks) - set(self.tasks))
+        if missing:
+            raise ValueError(
+                f"{self.owner}: task(s) {missing} are not among the tasks it was prepared for {self.tasks}"
+            )
+
+    def values(self) -> dict[str, float]:
+        return dict(zip(self.tasks, self.value.detach().tolist()))
+
+    def step(self, grad: torch.Tensor) -> None:
+        """One Adam step along ``grad`` (one entry per task)."""
+        self.value.grad = grad
+        self.optimizer.step()
+        self.value.grad = None
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.value is None:
+            return {}
+        return {"tasks": self.tasks, "value": self.value.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            return
+        self.reset()
+        self.ensure(state["tasks"])
+        with torch.no_grad():
+            self.value.copy_(state["value"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
 def last_block_parameters(network: nn.Module, task: str) -> list[nn.Parameter]:
     """GradNorm's W for ``task``: the deepest block every task runs together (the paper's last shared layer, one
     W for all) when there is one, else the last block on the task's own path; empty when it skips every block."""
@@ -303,29 +357,32 @@ class GradNorm(LossWeighting):
     def __init__(self, alpha: float = 1.5, lr: float = 0.025) -> None:
         self.alpha = check_number(self.name, "alpha", alpha)
         self.lr = check_number(self.name, "lr", lr)
-        self.tasks: list[str] = []
-        self.weights: nn.Parameter | None = None
-        self._optimizer: torch.optim.Adam | None = None
+        self._weights = LearnedTaskVector(self.name, 1.0, self.lr)
         self.initial: dict[str, float] = {}
+        self._pending: torch.Tensor | None = None
+
+    @property
+    def tasks(self) -> list[str]:
+        return self._weights.tasks
+
+    @property
+    def weights(self) -> nn.Parameter | None:
+        """The task weights w (summing to T)."""
+        return self._weights.value
 
     def options(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "lr": self.lr}
 
-    def _ensure(self, tasks: Sequence[str]) -> None:
-        if self.weights is None:
-            self.tasks = list(tasks)
-            self.weights = nn.Parameter(torch.ones(len(tasks), dtype=torch.float64))
-            self._optimizer = torch.optim.Adam([self.weights], lr=self.lr)
-
     def prepare(self, network: nn.Module) -> GradNorm:
         """Start afresh (a resumed run's state is loaded after this)."""
         check_multitask(network)
-        self.weights, self._optimizer, self.initial = None, None, {}
-        self._ensure(network.tasks)
+        self._weights.reset()
+        self.initial, self._pending = {}, None
+        self._weights.ensure(network.tasks)
         return self
 
     def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
-        w = dict(zip(self.tasks, self.weights.detach().tolist()))
+        w = self._weights.values()
         return {t: w[t] for t in loss}
 
     def weight_gradient(self, loss: Mapping[str, float], norms: Mapping[str, float]) -> torch.Tensor:
@@ -333,7 +390,7 @@ class GradNorm(LossWeighting):
         for t, v in loss.items():
             self.initial.setdefault(t, v)
         present = [t for t in self.tasks if t in loss]
-        w = dict(zip(self.tasks, self.weights.detach().tolist()))
+        w = self._weights.values()
         g = {t: w[t] * norms[t] for t in present}
         mean_g = sum(g.values()) / len(present)
         rate = {t: loss[t] / self.initial[t] if self.initial[t] > 0 else 1.0 for t in present}
@@ -347,7 +404,7 @@ class GradNorm(LossWeighting):
 
     def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
         check_multitask(network)
-        self._ensure(network.tasks)
+        self._weights.ensure(network.tasks)
         loss = loss_values(losses, self.name)
         norms = {}
         for t in losses:
@@ -357,37 +414,25 @@ class GradNorm(LossWeighting):
         bad = {t: v for t, v in norms.items() if not math.isfinite(v)}
         if bad:
             raise FloatingPointError(f"gradnorm: non-finite gradient for task(s) {sorted(bad)}; nothing was written")
-        self.weights.grad = self.weight_gradient(loss, norms)
+        self._pending = self.weight_gradient(loss, norms)  # applied once the trainer has stepped
         return super().backward(losses, network)
 
     def after_step(self, recompute: Callable[[], Mapping[str, torch.Tensor]]) -> None:
-        if self.weights is None or self.weights.grad is None:
+        if self._pending is None:
             return
-        self._optimizer.step()
-        self.weights.grad = None
+        self._weights.step(self._pending)
+        self._pending = None
         with torch.no_grad():
             self.weights.clamp_(min=1e-6)
             self.weights.mul_(len(self.tasks) / self.weights.sum())
 
     def state_dict(self) -> dict[str, Any]:
-        if self.weights is None:
-            return {}
-        return {
-            "tasks": self.tasks,
-            "weights": self.weights.detach().clone(),
-            "initial": self.initial,
-            "optimizer": self._optimizer.state_dict(),
-        }
+        state = self._weights.state_dict()
+        return {**state, "initial": self.initial} if state else {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not state:
-            return
-        self.weights = None
-        self._ensure(state["tasks"])
-        with torch.no_grad():
-            self.weights.copy_(state["weights"])
-        self.initial = dict(state["initial"])
-        self._optimizer.load_state_dict(state["optimizer"])
+        self._weights.load_state_dict({k: v for k, v in state.items() if k != "initial"})
+        self.initial = dict(state.get("initial", {}))
 
 
 FAMO_EPS = 1e-8
@@ -418,26 +463,28 @@ class FAMO(LossWeighting):
         self.gamma = check_number(self.name, "gamma", gamma)
         self.lr = check_number(self.name, "lr", lr)
         self.max_norm = check_number(self.name, "max_norm", max_norm)
-        self.tasks: list[str] = []
-        self.logits: nn.Parameter | None = None
-        self._optimizer: torch.optim.Adam | None = None
+        self._logits = LearnedTaskVector(self.name, 0.0, self.lr, weight_decay=self.gamma)
         self._before: dict[str, float] = {}
+
+    @property
+    def tasks(self) -> list[str]:
+        return self._logits.tasks
+
+    @property
+    def logits(self) -> nn.Parameter | None:
+        """ξ: the weights are softmax(ξ)."""
+        return self._logits.value
 
     def options(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "lr": self.lr, "max_norm": self.max_norm}
 
     def _ensure(self, tasks: Sequence[str]) -> None:
-        if self.logits is None and tasks:
-            self.tasks = list(tasks)
-            self.logits = nn.Parameter(torch.zeros(len(tasks), dtype=torch.float64))
-            self._optimizer = torch.optim.Adam([self.logits], lr=self.lr, weight_decay=self.gamma)
-        missing = sorted(set(tasks) - set(self.tasks))
-        if missing:
-            raise ValueError(f"famo: task(s) {missing} are not among the tasks it was prepared for {self.tasks}")
+        self._logits.ensure(tasks)
 
     def prepare(self, network: nn.Module) -> FAMO:
         """Start afresh (a resumed run's state is loaded after this)."""
-        self.tasks, self.logits, self._optimizer, self._before = [], None, None, {}
+        self._logits.reset()
+        self._before = {}
         self._ensure(_tasks(network, []))
         return self
 
@@ -479,9 +526,7 @@ class FAMO(LossWeighting):
         if not torch.isfinite(delta).all():  # a loss went non-finite after the step: keep the logits finite
             return
         z = torch.softmax(self.logits.detach(), 0)
-        self.logits.grad = z * (delta - z @ delta)  # J_softmax(ξ)ᵀ δ, the authors' autograd.grad(softmax(w), w, δ)
-        self._optimizer.step()
-        self.logits.grad = None
+        self._logits.step(z * (delta - z @ delta))  # J_softmax(ξ)ᵀ δ, the authors' autograd.grad(softmax(w), w, δ)
 
     def after_step(self, recompute: Callable[[], Mapping[str, torch.Tensor]]) -> None:
         if self._before:
@@ -489,18 +534,10 @@ class FAMO(LossWeighting):
             self._before = {}
 
     def state_dict(self) -> dict[str, Any]:
-        if self.logits is None:
-            return {}
-        return {"tasks": self.tasks, "logits": self.logits.detach().clone(), "optimizer": self._optimizer.state_dict()}
+        return self._logits.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not state:
-            return
-        self.logits = None
-        self._ensure(state["tasks"])
-        with torch.no_grad():
-            self.logits.copy_(state["logits"])
-        self._optimizer.load_state_dict(state["optimizer"])
+        self._logits.load_state_dict(state)
 
 
 __all__ = [
@@ -508,6 +545,7 @@ __all__ = [
     "FAMO",
     "FAMO_EPS",
     "GradNorm",
+    "LearnedTaskVector",
     "RLW",
     "LossWeighting",
     "StaticWeights",
