@@ -335,14 +335,14 @@ def main(argv=None) -> dict:
         f"ms: median of {args.repeats} interleaved rounds, ratios: median of per-round ratios"
     )
     header = (
-        f"{'T':>2} {'method':<11} {'ours ms':>8} {'x equal':>7} | {'LibMTL ms':>9} {'/ours':>6} {'agree':>6} |"
+        f"{'T':>2} {'method':<14} {'ours ms':>8} {'x equal':>7} | {'LibMTL ms':>9} {'/ours':>6} {'agree':>6} |"
         f" {'torchjd ms':>10} {'/ours':>6} {'agree':>6}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['tasks']:>2} {r['method']:<11} {r['ours_ms']:>8.1f} {r['ours_vs_equal']:>7.2f} |"
+            f"{r['tasks']:>2} {r['method']:<14} {r['ours_ms']:>8.1f} {r['ours_vs_equal']:>7.2f} |"
             f" {cell(r['libmtl_ms'], '9.1f'):>9} {cell(r['libmtl_over_ours'], '6.2f'):>6}"
             f" {cell(r['libmtl_agree'], '6.3f'):>6} |"
             f" {cell(r['torchjd_ms'], '10.1f'):>10} {cell(r['torchjd_over_ours'], '6.2f'):>6}"
