@@ -49,9 +49,10 @@ def resolve(spec: str) -> str:
     if spec.startswith("file:"):
         path = Path(spec.removeprefix("file:")).expanduser()
         try:
-            value = path.read_text().strip().splitlines()[0].strip() if path.read_text().strip() else ""
+            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         except OSError as err:
             raise ValueError(f"storage: {spec!r}: cannot read {path} ({err.strerror})") from None
+        value = lines[0] if lines else ""
         if not value:
             raise ValueError(f"storage: {spec!r}: {path} is empty (expected a storage URL on its first line)")
         return value
