@@ -1,7 +1,9 @@
 import dataclasses
+import json
 import subprocess
 import sys
 import threading
+import time
 import warnings
 
 import optuna
@@ -252,13 +254,13 @@ def test_real_proxy_search_is_deterministic_per_tree(shapes, tmp_path):
     assert all(1 in t.intermediate_values for t in study.trials if "score" in t.user_attrs)
 
 
-def _finished_correctly(study, n):
+def _finished_correctly(study, n, failed_because=("over_budget",)):
     trials = study.get_trials()
     states = [t.state.name for t in trials]
     assert [t.number for t in trials] == list(range(len(trials)))  # no duplicate or missing numbers
     assert states.count("COMPLETE") + states.count("PRUNED") == n
     assert "RUNNING" not in states and "WAITING" not in states
-    assert all(t.user_attrs.get("over_budget") for t in trials if t.state.name == "FAIL")
+    assert all(any(t.user_attrs.get(a) for a in failed_because) for t in trials if t.state.name == "FAIL")
     keys = {t.number: t.user_attrs["key"] for t in trials if "key" in t.user_attrs}
     for t in trials:  # every duplicate points at a trial of the same tree
         if "duplicate_of" in t.user_attrs:
@@ -341,3 +343,73 @@ def test_cli_search_with_workers_resumes_to_a_larger_budget(shapes, tmp_path):
     assert main([*argv, "--n-trials", "9"]) == 0
     storage = open_storage(f"journal:{tmp_path / 'study.journal'}")
     _finished_correctly(optuna.load_study(study_name="branch", storage=storage), 9)
+
+
+@pytest.mark.slow
+def test_a_killed_spawned_worker_loses_no_trial_and_the_search_finishes(shapes, tmp_path):
+    """SIGKILL the worker that `search branch --workers 2` started while it runs a trial: the search warns, fails
+    that trial, runs the budget to the end itself and writes its result (before: exit 1, no search.json)."""
+    import os
+    import signal
+    import time
+
+    _, _, path = shapes
+    journal = tmp_path / "study.journal"
+    argv = [sys.executable, "-m", "nas_mtl.cli", "search", "branch", "--data", "shapes", "--space", str(path)]
+    argv += ["--out", str(tmp_path / "run"), "--workers", "2", "--sampler", "random", "--n-trials", "16"]
+    argv += ["--warmstart-epochs", "1", "--proxy-epochs", "4", "--batch-size", "32", "--reference", "hard"]
+    slower = {**DATA, "n_train": 800}  # trials of ~1 s: the worker is up (~6 s) before the budget is gone
+    argv += ["--device", "cpu", "--storage", f"journal:{journal}", *[f"--data-arg={k}={v}" for k, v in slower.items()]]
+    main = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 240
+    while killed is None and main.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if not journal.exists():
+            continue
+        try:
+            trials = optuna.load_study(study_name="branch", storage=open_storage(f"journal:{journal}")).trials
+        except Exception:  # the study is being created
+            continue
+        for t in trials:
+            pid = int(str(t.user_attrs.get("worker", "h:0:")).split(":")[1])
+            if t.state.name == "RUNNING" and pid not in (0, main.pid):
+                os.kill(pid, signal.SIGKILL)
+                killed = t.number
+                break
+    out, err = main.communicate(timeout=300)
+    assert killed is not None, "the spawned worker never ran a trial before the search ended"
+    assert main.returncode == 0, err
+    assert "worker was killed (signal 9)" in err
+    study = optuna.load_study(study_name="branch", storage=open_storage(f"journal:{journal}"))
+    trials = _finished_correctly(study, 16, failed_because=("over_budget", "worker_died"))
+    dead = [t for t in trials if t.number == killed]
+    assert dead[0].state.name == "FAIL" and dead[0].user_attrs.get("worker_died")
+    info = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert killed in info["info"]["trials"]["stale_failed"] and (tmp_path / "run" / "graph.json").is_file()
+
+
+def test_a_duplicate_does_not_wait_for_a_dead_worker():
+    """_alive: this process is alive; a killed child is not (a zombie before it is reaped, then gone); a worker on
+    another machine is presumed alive (the storage's heartbeat decides there)."""
+    import os
+    import signal
+    import socket
+    import types
+
+    from nas_mtl.search.branching import _alive
+
+    def trial(worker):
+        return types.SimpleNamespace(user_attrs={"worker": worker})
+
+    host = socket.gethostname()
+    assert _alive(trial(f"{host}:{os.getpid()}:MainThread"))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    os.kill(child.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(trial(f"{host}:{child.pid}:MainThread")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the kill takes effect asynchronously
+    assert not _alive(trial(f"{host}:{child.pid}:MainThread"))  # a zombie: killed, not yet reaped
+    child.wait()
+    assert not _alive(trial(f"{host}:{child.pid}:MainThread"))
+    assert _alive(trial(f"another-machine:{child.pid}:MainThread"))

@@ -15,7 +15,7 @@ stops bad trials (single objective only: Optuna does not prune multi-objective s
 
 Deduplication: a trial whose tree an earlier trial already scored returns that trial's values (user attr
 ``duplicate_of``) without training; if that trial is still running in another worker, it waits for it
-(up to ``duplicate_wait_s``). Two trials sampling the same new tree within the few milliseconds between
+(up to ``duplicate_wait_s``; not for a worker of this machine that is gone). Two trials sampling the same new tree within the few milliseconds between
 sampling and recording its key both train it; the proxy is deterministic, so both get the same values.
 
 Budget: ``n_trials`` counts finished trials (complete or pruned, duplicates included) over all workers and
@@ -295,11 +295,30 @@ class TreeObjective:
             done = [t for t in same if t.state in FINISHED]
             if done:
                 return min(done, key=lambda t: t.number)
-            if not any(t.state == TrialState.RUNNING and t.number < number for t in same):
-                return None
+            if not any(t.state == TrialState.RUNNING and t.number < number and _alive(t) for t in same):
+                return None  # nobody (alive) is scoring it: score it here
             if time.monotonic() > deadline:
                 return None
             time.sleep(POLL_S)
+
+
+def _alive(trial: FrozenTrial) -> bool:
+    """Whether the worker running ``trial`` may still be alive: False only for a process of this machine that is
+    gone (or a zombie, killed and not yet reaped); workers elsewhere are left to the storage's heartbeat."""
+    host, _, rest = str(trial.user_attrs.get("worker", "")).partition(":")
+    pid = rest.split(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: a killed child its parent has not waited for yet is a zombie ("Z") but still answers kill(0)
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _report(trial: Trial, epoch: int, value: float) -> None:
@@ -366,7 +385,11 @@ def branch_search(
             "space from a file give it) and the default proxy"
         )
     objective, url, stale = _open(data, space, config, Path(run_dir), setup, scorer)
-    with _WorkerProcesses(url, config, workers, Path(run_dir)):
+    with _WorkerProcesses(url, config, workers, Path(run_dir)) as procs:
+        _optimize(objective)
+    orphans = procs.fail_orphans(objective.study)
+    if orphans:  # a worker died mid-trial: its trials go back into the budget, run here
+        stale = [*stale, *orphans]
         _optimize(objective)
     # the search's cost over all its sessions (a resumed study adds this session's wall time to the record)
     before = float(objective.study.user_attrs.get(SECONDS_ATTR, 0.0))
@@ -503,11 +526,16 @@ def _check_record(
     return dict(record)
 
 
-def _fail_running(study: optuna.Study, storage: BaseStorage) -> list[int]:
-    """Mark RUNNING trials (left by a killed run) FAIL; returns their numbers."""
+def _fail_running(
+    study: optuna.Study, storage: BaseStorage, of: Callable[[FrozenTrial], bool] = lambda t: True, why: str = "stale"
+) -> list[int]:
+    """Mark RUNNING trials FAIL (those ``of`` selects; default all, left by a killed run), with user attr ``why``;
+    returns their numbers."""
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_user_attr(t._trial_id, "stale", True)
+        if not of(t):
+            continue
+        storage.set_trial_user_attr(t._trial_id, why, True)
         try:
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             stale.append(t.number)
@@ -518,16 +546,19 @@ def _fail_running(study: optuna.Study, storage: BaseStorage) -> list[int]:
 
 class _WorkerProcesses:
     """Context manager: ``n - 1`` ``nas-mtl worker`` subprocesses (logs in RUN_DIR/workers/), joined on exit;
-    stopped if this process fails. Each process gets ``cpu_count // n`` torch threads."""
+    stopped if this process fails. Each process gets ``cpu_count // n`` torch threads. A worker that dies (killed,
+    or an error) is reported with a warning, not as a failure of the search: :meth:`fail_orphans` then fails the
+    trial it left RUNNING so that this process runs it again."""
 
     def __init__(self, url: str, config: BranchSearchConfig, n: int, run_dir: Path) -> None:
         self.url, self.config, self.n, self.run_dir = url, config, n, run_dir
         self.procs: list[tuple[subprocess.Popen, Path]] = []
+        self.failed: list[tuple[subprocess.Popen, int, Path]] = []
         self.threads = torch.get_num_threads()
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _WorkerProcesses:
         if self.n == 1:
-            return
+            return self
         share = max(1, (os.cpu_count() or 1) // self.n)
         torch.set_num_threads(share)
         (self.run_dir / "workers").mkdir(exist_ok=True)
@@ -553,16 +584,31 @@ class _WorkerProcesses:
             env = {**os.environ, CHILD_ENV: resolve(self.url)}
             with log.open("w") as fh:
                 self.procs.append((subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env), log))
+        return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         torch.set_num_threads(self.threads)
         if exc_type is not None:
             for proc, _log in self.procs:
                 proc.terminate()
-        failed = [(proc.wait(), log) for proc, log in self.procs]
-        failed = [(rc, log) for rc, log in failed if rc != 0]
-        if failed and exc_type is None:
-            raise RuntimeError("worker(s) failed: " + ", ".join(f"exit {rc}, log {log}" for rc, log in failed))
+        self.failed = [(proc, rc, log) for proc, log in self.procs if (rc := proc.wait()) != 0]
+        for _proc, rc, log in self.failed if exc_type is None else ():
+            how = f"was killed (signal {-rc})" if rc < 0 else f"exited with code {rc}"
+            warnings.warn(
+                f"branch search: worker {how} (log {log}); its running trial is failed and the budget completed "
+                "by this process",
+                stacklevel=2,
+            )
+
+    def fail_orphans(self, study: optuna.Study) -> list[int]:
+        """Mark FAIL the trials that dead workers left RUNNING (they would count against the budget); returns their
+        numbers."""
+        dead = tuple(f"{socket.gethostname()}:{proc.pid}:" for proc, _rc, _log in self.failed)
+        if not dead:
+            return []
+        return _fail_running(
+            study, study._storage, of=lambda t: str(t.user_attrs.get("worker", "")).startswith(dead), why="worker_died"
+        )
 
 
 def _result(objective: TreeObjective, url: str, seconds: float, stale: list[int]) -> SearchResult:
