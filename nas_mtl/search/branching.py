@@ -15,8 +15,9 @@ stops bad trials (single objective only: Optuna does not prune multi-objective s
 
 Deduplication: a trial whose tree an earlier trial already scored returns that trial's values (user attr
 ``duplicate_of``) without training; if that trial is still running in another worker, it waits for it
-(up to ``duplicate_wait_s``; not for a worker of this machine that is gone). Two trials sampling the same new tree within the few milliseconds between
-sampling and recording its key both train it; the proxy is deterministic, so both get the same values.
+(up to ``duplicate_wait_s``; not for a worker of this machine that is gone). Two trials sampling the same new
+tree within the few milliseconds between sampling and recording its key both train it; the proxy is
+deterministic, so both get the same values.
 
 Budget: ``n_trials`` counts finished trials (complete or pruned, duplicates included) over all workers and
 sessions. A trial is within budget iff fewer than ``n_trials`` earlier-numbered trials are running or
