@@ -423,13 +423,18 @@ def _seed_warnings(summary: pd.DataFrame) -> list[str]:
     ]
 
 
+def _hard_training_seconds(runs: pd.DataFrame) -> float:
+    """The mean seconds of one hard/equal training: the unit searches and the grid are costed in (NaN: none)."""
+    hard = runs[(runs["arm"] == HARD) & (runs["balancer"] == EQUAL)]["train_seconds"]
+    return float(hard.mean()) if len(hard) else math.nan
+
+
 def _search_lines(runs: pd.DataFrame) -> list[str]:
     """Each search's cost in hard-sharing trainings and, over search seeds, how often it found the same graph."""
     searched = runs[runs["search_seconds"] > 0]
     if searched.empty:
         return []
-    hard = runs[(runs["arm"] == HARD) & (runs["balancer"] == EQUAL)]["train_seconds"]
-    unit = float(hard.mean()) if len(hard) else math.nan
+    unit = _hard_training_seconds(runs)
     costs, repeats = [], []
     for arm, g in searched.groupby("arm", sort=False):
         seconds = float(g.groupby("search_seed", dropna=False)["search_seconds"].first().mean())
@@ -595,8 +600,7 @@ def _curve_blocks(improving: pd.DataFrame) -> list[Block]:
 
 def _grid_blocks(grid: Mapping[str, Any], runs: pd.DataFrame) -> list[Block]:
     """What the grid tried (validation Δm of each weight vector at one seed), what it chose and what it cost."""
-    hard = runs[(runs["arm"] == HARD) & (runs["balancer"] == EQUAL)]["train_seconds"]
-    unit = float(hard.mean()) if len(hard) else math.nan
+    unit = _hard_training_seconds(runs)
     cost = f"{grid['train_seconds']:.1f} s"
     if np.isfinite(unit) and unit > 0:
         cost += f", {grid['train_seconds'] / unit:.1f}× one hard/equal training"
