@@ -360,6 +360,7 @@ class GradNorm(LossWeighting):
         self._weights = LearnedTaskVector(self.name, 1.0, self.lr)
         self.initial: dict[str, float] = {}
         self._pending: torch.Tensor | None = None
+        self._w_of: tuple[nn.Module, dict[str, list[nn.Parameter]]] | None = None
 
     @property
     def tasks(self) -> list[str]:
@@ -377,9 +378,12 @@ class GradNorm(LossWeighting):
         """Start afresh (a resumed run's state is loaded after this)."""
         check_multitask(network)
         self._weights.reset()
-        self.initial, self._pending = {}, None
+        self.initial, self._pending, self._w_of = {}, None, None
         self._weights.ensure(network.tasks)
         return self
+
+    def detach(self) -> None:
+        self._w_of = None  # no reference to the network once training ends
 
     def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
         w = self._weights.values()
@@ -407,8 +411,10 @@ class GradNorm(LossWeighting):
         self._weights.ensure(network.tasks)
         loss = loss_values(losses, self.name)
         norms = {}
+        if self._w_of is None or self._w_of[0] is not network:  # W per task, found once per network
+            self._w_of = (network, {t: last_block_parameters(network, t) for t in network.tasks})
         for t in losses:
-            params = last_block_parameters(network, t)
+            params = self._w_of[1][t]
             grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True) if params else ()
             norms[t] = float(torch.nn.utils.get_total_norm([g for g in grads if g is not None])) if grads else 0.0
         bad = {t: v for t, v in norms.items() if not math.isfinite(v)}
