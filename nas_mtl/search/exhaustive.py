@@ -1,20 +1,25 @@
 """Exhaustive search on small spaces: score every tree (or every select/skip policy) with the search proxy.
 
 The ground truth a search method's regret is measured against: the same warm-start proxy
-(:mod:`nas_mtl.search.proxy`) as branch search, applied to every candidate. Scores are appended to a JSON
-lines file as they finish, so a killed run resumes where it stopped; the file doubles as a lookup
-table (:class:`ScoreTable`) that replays stored scores in place of the proxy.
+(:mod:`nas_mtl.search.proxy`) as branch search, applied to every candidate, under one or more seeds (seed
+number i trains its own warm start and fine-tunes with the proxy's seeds + i). The truth is each candidate's
+seed mean with its standard error; :func:`~nas_mtl.search.ceiling.noise_ceiling` says how well it ranks.
+Scores are appended to a JSON lines file as they finish, so a killed run resumes where it stopped (and a run
+with more seeds scores only the new ones); the file doubles as a lookup table (:class:`ScoreTable`) that
+replays one seed's stored scores in place of the proxy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
 import math
+import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +30,16 @@ from ..graph import SharingGraph, enumerate_trees
 from ..runs import check_settings, replace_atomic
 from ..space import SearchSpace
 from . import SearchMethod, SearchResult, register_search_method
+from .ceiling import noise_ceiling
 from .proxy import Proxy, ProxyConfig, Report, Score, check_proxy, graph_from_key, graph_key
 
 KINDS = ("trees", "policies")
 """``trees``: every branched tree over the space's branchable layers (:func:`~nas_mtl.graph.enumerate_trees`);
 ``policies``: every AdaShare select/skip policy over its skippable layers (Sun et al. 2020), 2^(S*T) of them."""
-TABLE_FORMAT = "nas_mtl.exhaustive/1"
+TABLE_FORMAT = "nas_mtl.exhaustive/2"
+"""Header of a score table. Version 2 entries carry ``seed`` (the seed number; missing means 0); a version 1
+table (one seed, no ``seed`` field) is read as seed 0 and its header rewritten as version 2 on opening."""
+_SINGLE_SEED_FORMAT = "nas_mtl.exhaustive/1"
 TABLE = "scores.jsonl"
 
 
@@ -95,19 +104,51 @@ def candidate_graphs(tasks: Sequence[str], space: SearchSpace, kind: str = "tree
         yield SharingGraph.from_policy(tasks, space.layers, select, space.skippable)
 
 
+@dataclass(frozen=True)
+class SeededScore:
+    """A candidate's scores under each seed; the ground truth is their mean with its standard error.
+
+    Args:
+        key: the candidate's :func:`~nas_mtl.search.proxy.graph_key`.
+        scores: one score per seed, in seed order.
+    """
+
+    key: str
+    scores: tuple[Score, ...]
+
+    @property
+    def delta_m(self) -> float:
+        """Seed mean of the validation Δm (%)."""
+        return statistics.fmean(s.delta_m for s in self.scores)
+
+    @property
+    def se(self) -> float:
+        """Standard error of :attr:`delta_m`: sample standard deviation over seeds / sqrt(seeds); NaN for one."""
+        if len(self.scores) < 2:
+            return math.nan
+        return statistics.stdev(s.delta_m for s in self.scores) / math.sqrt(len(self.scores))
+
+    @property
+    def seconds(self) -> float:
+        """Proxy time over all seeds."""
+        return sum(s.seconds for s in self.scores)
+
+
 class ScoreTable:
-    """Scores by graph key, one JSON line per graph after a header line; a killed run's partial last line
-    is ignored. Also a scorer (:class:`~nas_mtl.search.proxy.Scorer`) replaying the stored scores.
+    """Scores by seed and graph key, one JSON line per score after a header line; a killed run's partial last
+    line is ignored. Also a scorer (:class:`~nas_mtl.search.proxy.Scorer`) replaying seed ``seed``'s scores.
 
     Args:
         path: the JSON lines file (created with ``header`` if missing).
         header: what the scores depend on (tasks, layers, kind, proxy config); must match an existing file.
+        seed: the seed number whose scores :attr:`scores`, :meth:`score`, ``len`` and ``in`` refer to.
     """
 
-    def __init__(self, path: str | Path, header: Mapping[str, Any]) -> None:
+    def __init__(self, path: str | Path, header: Mapping[str, Any], seed: int = 0) -> None:
         self.path = Path(path)
         self.header = {"format": TABLE_FORMAT, **header}
-        self.scores: dict[str, Score] = {}
+        self.seed = seed
+        self.by_seed: dict[int, dict[str, Score]] = {}
         if not self.path.is_file():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             replace_atomic(self.path, lambda tmp: tmp.write_text(json.dumps(self.header) + "\n"))
@@ -118,18 +159,32 @@ class ScoreTable:
             stored = json.loads(lines[0]) if lines else None
         except json.JSONDecodeError:
             stored = None
-        if not isinstance(stored, dict) or stored.get("format") != TABLE_FORMAT:
+        if not isinstance(stored, dict) or stored.get("format") not in (TABLE_FORMAT, _SINGLE_SEED_FORMAT):
             raise ValueError(f"{self.path}: damaged score table (no header line); delete it to score the graphs again")
-        check_settings(stored, self.header, self.path, "score table")
-        if not text.endswith("\n"):  # a killed run's partial last line: start the next entry on a new line
+        check_settings({**stored, "format": TABLE_FORMAT}, self.header, self.path, "score table")
+        if stored["format"] != TABLE_FORMAT:  # version 1: its entries are seed 0's; mark it as holding seeds
+            body = "".join(line + "\n" for line in lines[1:])
+            upgraded = json.dumps({**stored, "format": TABLE_FORMAT}) + "\n" + body
+            replace_atomic(self.path, lambda tmp: tmp.write_text(upgraded))
+        elif not text.endswith("\n"):  # a killed run's partial last line: start the next entry on a new line
             with self.path.open("a") as fh:
                 fh.write("\n")
         for line in lines[1:]:
             try:
                 entry = json.loads(line)
-                self.scores[entry["key"]] = Score.from_dict(entry["score"])
-            except (json.JSONDecodeError, KeyError, TypeError):  # a line a killed run was writing: scored again
+                seed_number, key, score = entry.get("seed", 0), entry["key"], Score.from_dict(entry["score"])
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError):  # a line a killed run was writing
                 continue
+            self.by_seed.setdefault(seed_number, {})[key] = score
+
+    @property
+    def scores(self) -> dict[str, Score]:
+        """Seed ``seed``'s scores by graph key."""
+        return self.seed_scores(self.seed)
+
+    def seed_scores(self, seed: int) -> dict[str, Score]:
+        """Seed number ``seed``'s scores by graph key (empty if it has none)."""
+        return self.by_seed.get(seed, {})
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -137,21 +192,28 @@ class ScoreTable:
     def __contains__(self, key: object) -> bool:
         return key in self.scores
 
-    def add(self, key: str, score: Score) -> None:
-        """Record ``score`` and append it to the file (flushed before returning)."""
-        self.scores[key] = score
+    def add(self, key: str, score: Score, seed: int | None = None) -> None:
+        """Record ``score`` of seed number ``seed`` (default: the table's) and append it to the file (flushed
+        before returning)."""
+        seed = self.seed if seed is None else seed
+        self.by_seed.setdefault(seed, {})[key] = score
         with self.path.open("a") as fh:
-            fh.write(json.dumps({"key": key, "score": score.to_dict()}) + "\n")
+            fh.write(json.dumps({"key": key, "seed": seed, "score": score.to_dict()}) + "\n")
 
-    def ranking(self) -> list[tuple[str, Score]]:
-        """(key, score) by Δm, best first (ties: by key)."""
-        return sorted(self.scores.items(), key=lambda kv: (-kv[1].delta_m, kv[0]))
+    def ranking(self, seeds: Iterable[int] | None = None) -> list[SeededScore]:
+        """Candidates scored under every one of ``seeds`` (default: every seed in the table), by seed mean
+        Δm, best first (ties: by key)."""
+        seeds = sorted(self.by_seed) if seeds is None else list(seeds)
+        keys = set.intersection(*(set(self.seed_scores(s)) for s in seeds)) if seeds else set()
+        rows = [SeededScore(k, tuple(self.by_seed[s][k] for s in seeds)) for k in keys]
+        return sorted(rows, key=lambda r: (-r.delta_m, r.key))
 
     def score(self, graph: SharingGraph, report: Report | None = None) -> Score:
-        """The stored score of ``graph``, reporting its stored per-epoch curve like the proxy would."""
+        """The stored score of ``graph`` (seed ``seed``), reporting its stored per-epoch curve like the proxy
+        would."""
         key = graph_key(graph)
         if key not in self.scores:
-            raise KeyError(f"{self.path}: no score for graph {key}")
+            raise KeyError(f"{self.path}: no score for graph {key} (seed number {self.seed})")
         score = self.scores[key]
         if report is not None:
             for epoch, value in enumerate(score.curve[:-1], start=1):
@@ -168,19 +230,22 @@ class ExhaustiveConfig:
         kind: trees (every branched tree) or policies (every select/skip policy).
         limit: refuse spaces with more candidates than this.
         top_k: best graphs kept as candidates.
+        seeds: seeds each candidate is scored with: seed number i trains its own warm start and fine-tunes with
+            the proxy's seeds + i; candidates rank by the seed mean (with its standard error from 2 seeds on).
     """
 
     proxy: ProxyConfig = nested(ProxyConfig())
     kind: str = option("trees", choices=KINDS)
     limit: int = 2000
     top_k: int = 5
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.proxy, ProxyConfig):
             raise TypeError(f"exhaustive search: proxy must be a ProxyConfig, got {type(self.proxy).__name__}")
         if self.kind not in KINDS:
             raise ValueError(f"exhaustive search: kind must be one of {list(KINDS)}, got {self.kind!r}")
-        for name in ("limit", "top_k"):
+        for name in ("limit", "top_k", "seeds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"exhaustive search: {name} must be an integer >= 1, got {value!r}")
@@ -189,10 +254,13 @@ class ExhaustiveConfig:
 def exhaustive_search(
     data: MultiTaskData, space: SearchSpace, config: ExhaustiveConfig, run_dir: str | Path
 ) -> SearchResult:
-    """Score every candidate of ``config.kind`` with the proxy (resuming from ``run_dir/scores.jsonl``).
+    """Score every candidate of ``config.kind`` with the proxy under each of ``config.seeds`` seeds (resuming
+    from ``run_dir/scores.jsonl``; seed number i >= 1 keeps its warm start in ``run_dir/seed-i``).
 
-    Refuses (ValueError) spaces with more than ``config.limit`` candidates. Returns the best graph, the
-    ``top_k`` best as candidates, and in ``info`` the full ranking (``key``, Δm, params, MACs, seconds).
+    Refuses (ValueError) spaces with more than ``config.limit`` candidates. Returns the best graph by seed mean,
+    the ``top_k`` best as candidates, and in ``info`` the full ranking (``key``, Δm = seed mean, params, MACs,
+    seconds; from 2 seeds on also ``delta_m_se`` and every seed's ``delta_m_seeds``, and the table's
+    ``noise_ceiling``, :func:`~nas_mtl.search.ceiling.noise_ceiling`).
     """
     t0 = time.perf_counter()
     kind, limit, top_k = config.kind, config.limit, config.top_k
@@ -204,31 +272,58 @@ def exhaustive_search(
         )
     run_dir = Path(run_dir)
     table = ScoreTable(run_dir / TABLE, score_header(tasks, space, config.proxy, kind))
-    proxy = Proxy.prepare(data, space, config.proxy, run_dir)
-    for graph in candidate_graphs(tasks, space, kind):
-        key = graph_key(graph)
-        if key not in table:
-            table.add(key, proxy.score(graph))
-    ranking = table.ranking()
+    candidates = list(candidate_graphs(tasks, space, kind))
+    proxies = []
+    for seed in range(config.seeds):  # seed by seed: a killed run leaves whole seeds behind it
+        proxy = Proxy.prepare(data, space, _seeded(config.proxy, seed), run_dir / f"seed-{seed}" if seed else run_dir)
+        proxies.append(proxy)
+        for graph in candidates:
+            key = graph_key(graph)
+            if key not in table.seed_scores(seed):
+                table.add(key, proxy.score(graph), seed)
+    ranking = table.ranking(range(config.seeds))
     skippable = space.skippable if kind == "policies" else ()
     graphs = tuple(
-        graph_from_key(key, tasks, space.layers, skippable).with_meta(method="exhaustive", rank=i, delta_m=s.delta_m)
-        for i, (key, s) in enumerate(ranking[:top_k])
+        graph_from_key(r.key, tasks, space.layers, skippable).with_meta(method="exhaustive", rank=i, delta_m=r.delta_m)
+        for i, r in enumerate(ranking[:top_k])
     )
+    seeded = config.seeds > 1
     info = {
         "kind": kind,
         "n_candidates": n,
-        "proxy_seconds": sum(s.seconds for _, s in ranking),
-        "reference": proxy.reference,
+        "proxy_seconds": sum(r.seconds for r in ranking),
+        "reference": proxies[0].reference,
         "ranking": [
-            {"key": key, "delta_m": s.delta_m, "params": s.params, "macs": s.macs, "seconds": s.seconds}
-            for key, s in ranking
+            {
+                "key": r.key,
+                "delta_m": r.delta_m,
+                **({"delta_m_se": r.se, "delta_m_seeds": [s.delta_m for s in r.scores]} if seeded else {}),
+                "params": r.scores[0].params,
+                "macs": r.scores[0].macs,
+                "seconds": r.seconds,
+            }
+            for r in ranking
         ],
     }
-    # cost over all sessions: warm start + references + every score (a resumed run reads them back)
-    seconds = proxy.setup_seconds + info["proxy_seconds"]
+    if seeded:
+        info["seeds"] = config.seeds
+        info["seed_references"] = [p.reference for p in proxies]
+        info["noise_ceiling"] = noise_ceiling([[s.delta_m for s in r.scores] for r in ranking]).to_dict()
+    # cost over all sessions: warm starts + references + every score (a resumed run reads them back)
+    seconds = sum(p.setup_seconds for p in proxies) + info["proxy_seconds"]
     info["session_seconds"] = time.perf_counter() - t0
     return SearchResult("exhaustive", graphs[0], seconds, graphs, info)
+
+
+def _seeded(config: ProxyConfig, seed: int) -> ProxyConfig:
+    """``config`` for seed number ``seed``: its warm-start and fine-tuning seeds moved on by ``seed``."""
+    if seed == 0:
+        return config
+    return dataclasses.replace(
+        config,
+        warmstart=dataclasses.replace(config.warmstart, seed=config.warmstart.seed + seed),
+        finetune=dataclasses.replace(config.finetune, seed=config.finetune.seed + seed),
+    )
 
 
 def score_header(tasks: Sequence[str], space: SearchSpace, config: ProxyConfig, kind: str) -> dict[str, Any]:
@@ -260,6 +355,7 @@ __all__ = [
     "ExhaustiveConfig",
     "KINDS",
     "ScoreTable",
+    "SeededScore",
     "TABLE",
     "TABLE_FORMAT",
     "candidate_graphs",
