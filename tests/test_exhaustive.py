@@ -189,6 +189,7 @@ def test_seed_i_moves_both_the_warm_start_and_the_fine_tuning_seed(shapes, seede
         warmstart=dataclasses.replace(PROXY.warmstart, seed=PROXY.warmstart.seed + 2),
         finetune=dataclasses.replace(PROXY.finetune, seed=PROXY.finetune.seed + 2),
     )
+    assert PROXY.seeded(2) == moved
     proxy = Proxy.prepare(*shapes, moved, tmp_path)  # trained afresh in another folder
     assert proxy.score(result.graph).delta_m == _file_scores(run_dir / TABLE)[(2, graph_key(result.graph))]
     table = ScoreTable(run_dir / TABLE, score_header(shapes[0].task_names, shapes[1], PROXY, "trees"), seed=2)

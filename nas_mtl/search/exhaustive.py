@@ -11,7 +11,6 @@ replays one seed's stored scores in place of the proxy.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import json
@@ -255,7 +254,7 @@ def exhaustive_search(
     data: MultiTaskData, space: SearchSpace, config: ExhaustiveConfig, run_dir: str | Path
 ) -> SearchResult:
     """Score every candidate of ``config.kind`` with the proxy under each of ``config.seeds`` seeds (resuming
-    from ``run_dir/scores.jsonl``; seed number i >= 1 keeps its warm start in ``run_dir/seed-i``).
+    from ``run_dir/scores.jsonl``; warm starts in :func:`seed_dir`).
 
     Refuses (ValueError) spaces with more than ``config.limit`` candidates. Returns the best graph by seed mean,
     the ``top_k`` best as candidates, and in ``info`` the full ranking (``key``, Δm = seed mean, params, MACs,
@@ -275,7 +274,7 @@ def exhaustive_search(
     candidates = list(candidate_graphs(tasks, space, kind))
     proxies = []
     for seed in range(config.seeds):  # seed by seed: a killed run leaves whole seeds behind it
-        proxy = Proxy.prepare(data, space, _seeded(config.proxy, seed), run_dir / f"seed-{seed}" if seed else run_dir)
+        proxy = Proxy.prepare(data, space, config.proxy.seeded(seed), seed_dir(run_dir, seed))
         proxies.append(proxy)
         for graph in candidates:
             key = graph_key(graph)
@@ -315,15 +314,10 @@ def exhaustive_search(
     return SearchResult("exhaustive", graphs[0], seconds, graphs, info)
 
 
-def _seeded(config: ProxyConfig, seed: int) -> ProxyConfig:
-    """``config`` for seed number ``seed``: its warm-start and fine-tuning seeds moved on by ``seed``."""
-    if seed == 0:
-        return config
-    return dataclasses.replace(
-        config,
-        warmstart=dataclasses.replace(config.warmstart, seed=config.warmstart.seed + seed),
-        finetune=dataclasses.replace(config.finetune, seed=config.finetune.seed + seed),
-    )
+def seed_dir(run_dir: str | Path, seed: int) -> Path:
+    """Where seed number ``seed`` of an exhaustive run keeps its warm start (and single-task references):
+    ``run_dir`` itself for seed 0 (as before seeds), ``run_dir/seed-<seed>`` for the others."""
+    return Path(run_dir) / f"seed-{seed}" if seed else Path(run_dir)
 
 
 def score_header(tasks: Sequence[str], space: SearchSpace, config: ProxyConfig, kind: str) -> dict[str, Any]:
@@ -363,4 +357,5 @@ __all__ = [
     "count_trees",
     "exhaustive_search",
     "score_header",
+    "seed_dir",
 ]

@@ -109,6 +109,17 @@ class ProxyConfig:
         except (TypeError, ValueError) as err:
             raise ValueError(f"proxy config: balancer: {err}") from None
 
+    def seeded(self, number: int) -> ProxyConfig:
+        """This config for seed number ``number`` of a seeded ground truth: the warm-start and fine-tuning seeds
+        (hence the warm start, the fine-tuning order and the fine-tuning subset) moved on by ``number``."""
+        if number == 0:
+            return self
+        return dataclasses.replace(
+            self,
+            warmstart=dataclasses.replace(self.warmstart, seed=self.warmstart.seed + number),
+            finetune=dataclasses.replace(self.finetune, seed=self.finetune.seed + number),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
