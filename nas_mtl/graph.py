@@ -153,6 +153,27 @@ class SharingGraph:
             groups.setdefault(tuple(row[j] for row in self.assignment[: layer + 1]), []).append(t)
         return tuple(tuple(g) for g in groups.values())
 
+    def describe(self) -> str:
+        """Plain words: which tasks compute together over which blocks, and which blocks each task skips.
+
+        Consecutive blocks with the same :meth:`partition` form one span, e.g. ``stem–s1.b1: all tasks
+        shared; s2.b0–s3.b1: left | right; right skips s3.b0``.
+        """
+        spans, start = [], 0
+        for layer in range(1, self.num_layers + 1):
+            if layer < self.num_layers and self.partition(layer) == self.partition(start):
+                continue
+            groups = self.partition(start)
+            where = self.layers[start] if layer - 1 == start else f"{self.layers[start]}–{self.layers[layer - 1]}"
+            who = "all tasks shared" if len(groups) == 1 else " | ".join("+".join(g) for g in groups)
+            spans.append(f"{where}: {who}")
+            start = layer
+        for t in self.tasks:
+            skipped = [name for name, c in zip(self.layers, self.path(t)) if c == SKIP]
+            if skipped:
+                spans.append(f"{t} skips {', '.join(skipped)}")
+        return "; ".join(spans)
+
     def is_tree(self) -> bool:
         """True when weight sharing implies computation sharing: tasks that use the same copy of
         block l have identical paths up to l (a branched tree; partitions refine with depth)."""

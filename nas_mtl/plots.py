@@ -12,9 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import EngFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
+from . import units  # noqa: E402
 from .graph import SKIP, SharingGraph  # noqa: E402
 from .runs import replace_atomic  # noqa: E402
 
@@ -85,8 +86,10 @@ def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None 
             y += 0.3
         used.add((n.layer, round(y, 2)))
         rows[i] = y
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * graph.num_layers, 0.8 + 0.5 * graph.num_tasks))
+    span = max(rows.values(), default=0.0) - min(rows.values(), default=0.0)
+    if ax is None:  # sized to the graph: a column per block, a row per task (plus room for labels and title)
+        label = max((len(t) for t in graph.tasks), default=4)
+        fig, ax = plt.subplots(figsize=(1.6 + 0.9 * graph.num_layers + 0.07 * label, 1.5 + 0.5 * max(span, 1.0)))
     else:
         fig = ax.figure
     colors = plt.get_cmap("tab10")
@@ -102,12 +105,15 @@ def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None 
     for n in leaf_tasks:
         for t in n.tasks:
             ax.text(graph.num_layers - 0.6, order[t], t, va="center", fontsize=8)
-            ax.plot([n.layer, graph.num_layers - 0.65], [rows[nodes.index(n)], order[t]], color="0.8", lw=0.8)
+            ax.plot([n.layer, graph.num_layers - 0.65], [rows[nodes.index(n)], order[t]], color="0.8", lw=0.8, zorder=1)
     ax.scatter([-1], [float(np.mean(list(order.values())))], s=60, color="black")
     ax.set_xticks(range(graph.num_layers), graph.layers, rotation=45, ha="right", fontsize=7)
     ax.set_yticks([])
-    ax.set_xlim(-1.5, graph.num_layers + 0.8)
-    ax.invert_yaxis()
+    ax.set_xlim(-1.5, graph.num_layers - 0.5 + 0.1 * max(len(t) for t in graph.tasks))
+    # top to bottom in task order, with half a row of room so no box or label touches the frame
+    ax.set_ylim(max(rows.values()) + 0.6, min(rows.values()) - 0.6)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
     ax.set_title(title or "sharing graph")
     return save_figure(fig, path) if path is not None or ax is None else fig
 
@@ -124,7 +130,7 @@ def pareto_plot(
 
     Points are numbered on the plot and named in a key beside it; points that would cover each
     other (:func:`_clusters`) are dodged sideways by a few points and share one label ("3,4,5"), and
-    labels are nudged apart (:func:`_label_offsets`). x is in engineering units (k, M). ``intervals``:
+    labels are nudged apart (:func:`_label_offsets`). x is in K/M/G (:func:`nas_mtl.units.count`). ``intervals``:
     (low, high) of y per point (e.g. a 95 % interval over seeds), drawn as vertical bars where finite.
     """
     if intervals is not None and len(intervals) != len(points):
@@ -144,7 +150,7 @@ def pareto_plot(
         fx, fy = zip(*sorted(front))
         ax.step(fx, fy, where="post", color="0.3", lw=1, ls="--", label="Pareto front")
     ax.axhline(0.0, color="0.75", lw=0.8, zorder=0)
-    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: units.count(x)))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)

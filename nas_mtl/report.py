@@ -16,10 +16,13 @@ What is computed (every number that ranks arms carries its seeds):
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-import html
 import math
+import re
 import shutil
+import struct
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,9 +30,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import EngFormatter
 from scipy import stats
 
+from . import units
 from .graph import SharingGraph
 from .metrics import delta_m
 from .plots import curves_plot, draw_topology, pareto_plot
@@ -268,7 +271,6 @@ def paired_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ formatting
-_ENG = EngFormatter(places=2, sep=" ")
 
 
 def _signed(x: float, digits: int = 2) -> str:
@@ -288,8 +290,8 @@ def _mean_std(mean: float, std: float, fmt: str) -> str:
 
 
 def format_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Human-readable strings: "mean ± std" (mean alone at n = 1), Δm with its 95 % interval, params and
-    MACs in engineering units (k, M), seconds rounded."""
+    """Human-readable strings: "mean ± std" (mean alone at n = 1), Δm with its 95 % interval, params in K/M,
+    MACs per sample in millions, times in s/min/h."""
     shown = pd.DataFrame(index=summary.index)
     shown["n"] = summary["n"]
     shown["Δm %"] = [_mean_std(m, s, "+.2f") for m, s in zip(summary["delta_m"], summary["delta_m std"])]
@@ -297,11 +299,26 @@ def format_table(summary: pd.DataFrame) -> pd.DataFrame:
     metrics = [c for c in summary.columns if c.endswith(" std") and c != "delta_m std"]
     for c in (m.removesuffix(" std") for m in metrics):
         shown[c] = [_mean_std(m, s, ".4f") for m, s in zip(summary[c], summary[f"{c} std"])]
-    shown["params"] = summary["params"].map(_ENG)
-    shown["MACs"] = summary["macs"].map(_ENG)
-    shown["retrain s"] = summary["train_seconds"].map("{:.1f}".format)
-    shown["search s"] = summary["search_seconds"].map(lambda s: f"{s:.1f}" if s > 0 else "—")
+    _costs(shown, summary)
+    shown["search"] = summary["search_seconds"].map(lambda s: units.seconds(s) if s > 0 else "—")
     return shown.reset_index()
+
+
+def _costs(shown: pd.DataFrame, table: pd.DataFrame) -> None:
+    shown["params"] = table["params"].map(units.count)
+    shown["MMACs"] = table["macs"].map(units.mmacs)
+    shown["retrain"] = table["train_seconds"].map(units.seconds)
+
+
+def format_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One line per run of :func:`runs_table` as strings (metrics to 4 decimals, Δm to 2, costs with units)."""
+    shown = runs[["arm", "balancer", "seed"]].copy()
+    shown["search seed"] = runs["search_seed"].map(lambda s: "—" if pd.isna(s) else str(s))
+    shown["Δm %"] = runs["delta_m"].map(_signed)
+    for c in (c for c in runs.columns if c not in ID_COLUMNS + COST_COLUMNS + ("delta_m",)):
+        shown[c] = runs[c].map(lambda v: "—" if not np.isfinite(v) else f"{v:.4f}")
+    _costs(shown, runs)
+    return shown
 
 
 def format_paired(paired: pd.DataFrame) -> pd.DataFrame:
@@ -429,32 +446,44 @@ def _hard_training_seconds(runs: pd.DataFrame) -> float:
     return float(hard.mean()) if len(hard) else math.nan
 
 
-def _search_lines(runs: pd.DataFrame) -> list[str]:
-    """Each search's cost in hard-sharing trainings and, over search seeds, how often it found the same graph."""
-    searched = runs[runs["search_seconds"] > 0]
-    if searched.empty:
-        return []
+def _search_facts(runs: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Per searched arm: (its cost per search, in hard/equal trainings and time; how often its search seeds
+    found the same graph)."""
     unit = _hard_training_seconds(runs)
-    costs, repeats = [], []
-    for arm, g in searched.groupby("arm", sort=False):
+    facts = {}
+    for arm, g in runs[runs["search_seconds"] > 0].groupby("arm", sort=False):
         seconds = float(g.groupby("search_seed", dropna=False)["search_seconds"].first().mean())
         times = f"{seconds / unit:.1f}× (" if np.isfinite(unit) and unit > 0 else "("
-        costs.append(f"{arm} {times}{seconds:.1f} s per search)")
         graphs = g.dropna(subset=["search_seed"]).groupby("search_seed")["graph"].first()
         if len(graphs) < 2:
-            repeats.append(f"{arm}: one search seed, not measured")
+            repeat = "one search seed, not measured"
         elif graphs.nunique() == 1:
-            repeats.append(f"{arm}: the same graph from all {len(graphs)} search seeds")
+            repeat = f"the same graph from all {len(graphs)} search seeds"
         else:
             same = int(graphs.value_counts().iloc[0])
-            repeats.append(
-                f"{arm}: {graphs.nunique()} distinct graphs from {len(graphs)} search seeds "
+            repeat = (
+                f"{graphs.nunique()} distinct graphs from {len(graphs)} search seeds "
                 f"(the most common one {same} of {len(graphs)} times)"
             )
-    unit_text = "no hard/equal runs to measure it against"
-    if np.isfinite(unit):
-        unit_text = f"in units of one hard/equal training, {unit:.1f} s on average"
-    return [f"Search cost ({unit_text}): {'; '.join(costs)}.", f"Search repeatability: {'; '.join(repeats)}."]
+        facts[arm] = (f"{times}{units.seconds(seconds)} per search)", repeat)
+    return facts
+
+
+def _cost_unit(runs: pd.DataFrame) -> str:
+    unit = _hard_training_seconds(runs)
+    if not np.isfinite(unit):
+        return "no hard/equal runs to measure it against"
+    return f"in units of one hard/equal training, {units.seconds(unit)} on average"
+
+
+def _search_lines(runs: pd.DataFrame) -> list[str]:
+    """Each search's cost in hard-sharing trainings and, over search seeds, how often it found the same graph."""
+    facts = _search_facts(runs)
+    if not facts:
+        return []
+    costs = "; ".join(f"{arm} {cost}" for arm, (cost, _) in facts.items())
+    repeats = "; ".join(f"{arm}: {repeat}" for arm, (_, repeat) in facts.items())
+    return [f"Search cost ({_cost_unit(runs)}): {costs}.", f"Search repeatability: {repeats}."]
 
 
 # ------------------------------------------------------------------ reproducibility
@@ -500,42 +529,91 @@ class _Figure:
     name: str
 
 
-Block = str | list[str] | pd.DataFrame | _Figure
-"""A paragraph, a bullet list, a table or a figure of a report section."""
+@dataclasses.dataclass(frozen=True)
+class _Warning:
+    text: str
 
 
-def _markdown(title: str, sections: Sequence[tuple[str, Sequence[Block]]]) -> str:
-    out = [f"# {title}", ""]
-    for heading, blocks in sections:
-        out += [f"## {heading}", ""]
-        for block in blocks:
-            if isinstance(block, pd.DataFrame):
-                out.append(block.to_markdown(index=False, disable_numparse=True))
-            elif isinstance(block, _Figure):
-                out.append(f"![{block.caption}](figures/{block.name})")
-            elif isinstance(block, list):
-                out.append("\n".join(f"- {line}" for line in block))
-            else:
-                out.append(block)
-            out.append("")
-    return "\n".join(out)
+Block = str | list[str] | pd.DataFrame | _Figure | _Warning
+"""A paragraph, a bullet list, a table, a figure or a warning of a report section."""
 
 
-def _html(title: str, sections: Sequence[tuple[str, Sequence[Block]]]) -> str:
-    out = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1>"]
-    for heading, blocks in sections:
-        out.append(f"<h2>{html.escape(heading)}</h2>")
-        for block in blocks:
-            if isinstance(block, pd.DataFrame):
-                out.append(block.to_html(index=False))
-            elif isinstance(block, _Figure):
-                cap = html.escape(block.caption)
-                out.append(f'<figure><img src="figures/{block.name}"><figcaption>{cap}</figcaption></figure>')
-            elif isinstance(block, list):
-                out.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in block) + "</ul>")
-            else:
-                out.append(f"<p>{html.escape(block)}</p>")
-    return "\n".join(out) + "\n"
+@dataclasses.dataclass(frozen=True)
+class _Section:
+    heading: str
+    blocks: Sequence[Block]
+    children: Sequence[_Section] = ()
+    anchor: str = ""
+
+    @property
+    def id(self) -> str:
+        """The HTML id: lower case, every run of other characters than letters and digits one ``-``."""
+        return re.sub(r"[^a-z0-9]+", "-", (self.anchor or self.heading).lower()).strip("-")
+
+
+_TEXT_COLUMNS = frozenset({"arm", "balancer", "reference", "outcome", "versus", "task", "metric", "graph"})
+"""Table columns shown left-aligned and sorted as text."""
+
+
+def _block(block: Block, figures: Path, embed: bool) -> dict[str, Any]:
+    """What a template needs of a block (``embed``: figures as data: URIs, read from ``figures``)."""
+    if isinstance(block, pd.DataFrame):
+        table = block.astype(str)
+        return {
+            "kind": "table",
+            "caption": "",
+            "columns": list(table.columns),
+            "rows": table.values.tolist(),
+            "text": [c in _TEXT_COLUMNS for c in table.columns],
+            "markdown": block.to_markdown(index=False, disable_numparse=True),
+        }
+    if isinstance(block, _Figure):
+        out = {"kind": "figure", "caption": block.caption, "name": block.name}
+        if embed:
+            data = (figures / block.name).read_bytes()
+            width, height = struct.unpack(">II", data[16:24])  # the PNG IHDR chunk
+            out |= {"src": "data:image/png;base64," + base64.b64encode(data).decode(), "width": width, "height": height}
+        return out
+    if isinstance(block, _Warning):
+        return {"kind": "warning", "text": block.text}
+    if isinstance(block, list):
+        return {"kind": "list", "lines": block}
+    return {"kind": "p", "text": block}
+
+
+def _render(template: str, title: str, subtitle: str, sections: Sequence[_Section], figures: Path, embed: bool) -> str:
+    """The report page from ``nas_mtl/templates/TEMPLATE`` (HTML escaped; Markdown as is)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("nas_mtl", "templates"),
+        autoescape=jinja2.select_autoescape(["html.j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+    def section(s: _Section) -> dict[str, Any]:
+        return {
+            "heading": s.heading,
+            "id": s.id,
+            "blocks": [_block(b, figures, embed) for b in s.blocks],
+            "children": [section(c) for c in s.children],
+        }
+
+    return env.get_template(template).render(
+        title=title, subtitle=subtitle, sections=[section(s) for s in sections], version=_version()
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nas_mtl")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 _METHOD = (
@@ -550,37 +628,110 @@ _METHOD = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Figures:
+    """The figures of a report: the Pareto plot, topologies per arm, search figures per method, curves."""
+
+    pareto: _Figure
+    topologies: Mapping[str, Sequence[_Figure]]
+    searches: Mapping[str, Sequence[_Figure]]
+    curves: Sequence[_Figure]
+
+
 def _sections(
     runs: pd.DataFrame,
     rows: Sequence[Mapping[str, Any]],
     summary: pd.DataFrame,
     paired: pd.DataFrame,
-    figures: Sequence[_Figure],
+    figures: _Figures,
     grid: Mapping[str, Any] | None = None,
     improving: pd.DataFrame | None = None,
-) -> list[tuple[str, Sequence[Block]]]:
+) -> list[_Section]:
+    """The report in reading order: verdict and main table, each search, then the details."""
     v = verdict(runs, rows)
     paired = format_paired(paired)
-    warnings = [f"⚠ Warning: {w}" for w in v.warnings]
+    warnings = [_Warning(w) for w in v.warnings]
     if improving is not None and len(improving):
         names = ", ".join(dict.fromkeys(f"{a}/{b}" for a, b in zip(improving["arm"], improving["balancer"])))
         warnings.append(
-            f"⚠ Warning: still improving at the last epoch: {names} (see Training curves); "
-            "their numbers may rise with more epochs"
+            _Warning(
+                f"still improving at the last epoch: {names} (see Training curves); "
+                "their numbers may rise with more epochs"
+            )
         )
-    sections: list[tuple[str, Sequence[Block]]] = [("Verdict", [*warnings, list(v.lines)]), ("Method", [_METHOD])]
-    sections.append(("Summary (mean over seeds)", [format_table(summary)]))
-    for versus in VERSUS:
-        table = paired[paired["versus"] == versus].drop(columns="versus")
-        if len(table):
-            sections.append((f"Paired differences vs {versus}", [table]))
+    sections = [
+        _Section("Verdict", [*warnings, list(v.lines)]),
+        _Section(
+            "Summary (mean over seeds)",
+            [
+                "Per arm and balancer, best mean Δm first: n seeds, Δm vs the single-task nets (%, mean, std and "
+                "95 % interval), each task's primary test metric (mean and std), parameters, multiply-accumulates "
+                "per sample, and the mean time of one retraining and of one search.",
+                format_table(summary),
+                figures.pareto,
+            ],
+        ),
+    ]
+    searches = _search_sections(runs, rows, figures)
+    if searches:
+        sections.append(
+            _Section("Searches", [f"What each search found and what it cost ({_cost_unit(runs)})."], searches)
+        )
+    comparisons = [
+        _Section(f"vs {versus}", [paired[paired["versus"] == versus].drop(columns="versus")], anchor=f"vs {versus}")
+        for versus in VERSUS
+        if (paired["versus"] == versus).any()
+    ]
+    if comparisons:
+        sections.append(_Section("Paired differences", [_PAIRED], comparisons))
     if grid is not None:
-        sections.append(("Grid search over static task weights", _grid_blocks(grid, runs)))
+        sections.append(_Section("Grid search over static task weights", _grid_blocks(grid, runs)))
     if improving is not None:
-        sections.append(("Training curves", _curve_blocks(improving)))
-    sections.append(("Reproducibility", [_environment(rows)[0]]))
-    sections.append(("Figures", list(figures)))
+        sections.append(_Section("Training curves", [*_curve_blocks(improving), *figures.curves]))
+    searched = {c.heading for c in searches}
+    baselines = [f for arm, shown in figures.topologies.items() if arm not in searched for f in shown]
+    if baselines:
+        sections.append(_Section("Baseline graphs", baselines))
+    sections.append(
+        _Section("Runs", ["Every training run (Δm against the seed-averaged single-task nets).", format_runs(runs)])
+    )
+    sections.append(_Section("Method", [_METHOD]))
+    sections.append(_Section("Reproducibility", [_environment(rows)[0]]))
     return sections
+
+
+_PAIRED = (
+    "Δm(row) − Δm(reference) on the training seeds both share, with the paired-t 95 % interval: an interval "
+    "above 0 means better, below 0 worse, containing 0 a tie."
+)
+
+
+def _search_sections(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: _Figures) -> list[_Section]:
+    """Per search method: the graphs it found (in words, with the search seeds), its cost and its figures."""
+    facts = _search_facts(runs)
+    graphs = {graph_key(g := SharingGraph.from_dict(r["graph"])): g for r in rows if r["arm"] != SINGLE}
+    out = []
+    for arm in dict.fromkeys([*facts, *figures.searches]):
+        lines = []
+        found = runs[runs["arm"] == arm]
+        keys = list(dict.fromkeys(found["graph"].dropna()))
+        for i, key in enumerate(keys):
+            seeds = sorted({int(s) for s in found.loc[found["graph"] == key, "search_seed"].dropna()})
+            which = f"Graph {i + 1} of {len(keys)}" if len(keys) > 1 else "Graph"
+            lines.append(f"{which}{f' (search seeds {seeds})' if seeds else ''}: {graphs[key].describe()}.")
+        if arm in facts:
+            cost, repeat = facts[arm]
+            lines += [f"Cost: {cost}.", f"Repeatability: {repeat}."]
+        else:
+            lines.append("No retrained arm uses this search yet.")
+        out.append(
+            _Section(
+                arm,
+                [lines, *figures.topologies.get(arm, ()), *figures.searches.get(arm, ())],
+                anchor=f"search {arm}",
+            )
+        )
+    return out
 
 
 def _curve_blocks(improving: pd.DataFrame) -> list[Block]:
@@ -685,10 +836,10 @@ def _curve_figures(curves: pd.DataFrame, figures: Path) -> list[_Figure]:
     return out
 
 
-def _topologies(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: Path) -> list[_Figure]:
-    """One topology figure per distinct graph of each arm (searches repeated over seeds may find several)."""
+def _topologies(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: Path) -> dict[str, list[_Figure]]:
+    """Per arm, one topology figure per distinct graph (searches repeated over seeds may find several)."""
     graphs = {graph_key(g := SharingGraph.from_dict(r["graph"])): g for r in rows if r["arm"] != SINGLE}
-    out = []
+    out: dict[str, list[_Figure]] = {}
     for arm, g in runs[runs["arm"] != SINGLE].groupby("arm", sort=False):
         keys = list(dict.fromkeys(g["graph"]))
         for i, key in enumerate(keys):
@@ -697,29 +848,31 @@ def _topologies(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: 
             caption += f" (search seeds {seeds})" if seeds else ""
             name = f"topology_{slug(arm)}{f'_{i + 1}' if i else ''}.png"
             draw_topology(graphs[key], caption.removeprefix("topology: "), figures / name)
-            out.append(_Figure(caption, name))
+            out.setdefault(arm, []).append(_Figure(caption, name))
     return out
 
 
-def _search_figures(run_dir: Path, figures: Path) -> list[_Figure]:
-    """The figures searches left under ``search/``, copied to ``figures/search_METHOD_NAME.png``; their
-    folders (e.g. ``seed5``) join the name only where two figures of one method share a name."""
+def _search_figures(run_dir: Path, figures: Path) -> dict[str, list[_Figure]]:
+    """Per search method, the figures its searches left under ``search/``, copied to
+    ``figures/search_METHOD_NAME.png``; their folders (e.g. ``seed5``) join the name only where two figures of
+    one method share a name."""
     pngs = sorted(run_dir.glob("search/*/**/*.png"))
     where = [png.relative_to(run_dir / "search").parts for png in pngs]
     short = Counter(f"{parts[0]}_{parts[-1]}" for parts in where)
-    out = []
+    out: dict[str, list[_Figure]] = {}
     for png, parts in zip(pngs, where):
         shown = parts if short[f"{parts[0]}_{parts[-1]}"] > 1 else (parts[0], parts[-1])
         target = figures / ("search_" + "_".join(map(slug, shown)))
         replace_atomic(target, lambda tmp, png=png: shutil.copyfile(png, tmp))
-        out.append(_Figure(f"{' '.join(shown[:-1])}: {png.stem}", target.name))
+        out.setdefault(parts[0], []).append(_Figure(f"{' '.join(shown[:-1])}: {png.stem}", target.name))
     return out
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Verdict, tables and figures for the study in ``run_dir``; returns the files written.
 
-    Writes ``report.md`` and ``report.html`` (verdict first), ``runs.csv`` (:func:`runs_table`),
+    Writes ``report.md`` and ``report.html`` (verdict and main table first, then one section per search, then
+    the details; the HTML is one self-contained file with its figures embedded), ``runs.csv`` (:func:`runs_table`),
     ``summary.csv`` (:func:`summary_table`: n, mean, std, ci_low, ci_high), ``paired.csv``
     (:func:`paired_table`), ``curves.csv`` (every run's per-epoch curves, :func:`load_curves`) and ``figures/``
     (Pareto front Δm vs params with 95 % intervals, one topology per graph, the figures the searches left in
@@ -742,20 +895,28 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     intervals = list(zip(summary["delta_m ci_low"], summary["delta_m ci_high"]))
     title = "arms: mean over seeds, 95 % interval"
     pareto_plot(points, "parameters", "Δm vs single-task (%)", title, figures / "pareto_params.png", intervals)
-    shown = [_Figure("Δm vs parameters (bars: 95 % interval over seeds)", "pareto_params.png")]
-    shown += _topologies(runs, rows, figures)
-    shown += _search_figures(run_dir, figures)
     curves = load_curves(run_dir)
     if not curves.empty:
         replace_atomic(out_dir / "curves.csv", lambda tmp: curves.to_csv(tmp, index=False))
         files["curves.csv"] = out_dir / "curves.csv"
-    shown += _curve_figures(curves, figures)
+    shown = _Figures(
+        pareto=_Figure("Δm vs parameters (bars: 95 % interval over seeds)", "pareto_params.png"),
+        topologies=_topologies(runs, rows, figures),
+        searches=_search_figures(run_dir, figures),
+        curves=_curve_figures(curves, figures),
+    )
 
     title = _study_title(run_dir)
     grid_file = run_dir / GRID_RECORD
     grid = read_json(grid_file, "grid search record", ("points", "best")) if grid_file.is_file() else None
     sections = _sections(runs, rows, summary, paired, shown, grid, still_improving(curves))
-    markdown, page = _markdown(title, sections), _html(title, sections)
+    seeds = sorted(runs["seed"].unique())
+    subtitle = (
+        f"{len(summary)} arm/balancer rows, {len(runs)} training runs over seeds {', '.join(map(str, seeds))}; "
+        f"written {time.strftime('%Y-%m-%d %H:%M')}."
+    )
+    markdown = _render("report.md.j2", title, subtitle, sections, figures, embed=False)
+    page = _render("report.html.j2", title, subtitle, sections, figures, embed=True)
     replace_atomic(files["report.md"], lambda tmp: tmp.write_text(markdown))
     replace_atomic(files["report.html"], lambda tmp: tmp.write_text(page))
     return files
@@ -778,6 +939,7 @@ __all__ = [
     "SeedStats",
     "Verdict",
     "format_paired",
+    "format_runs",
     "format_table",
     "outcome",
     "paired_table",

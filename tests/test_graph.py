@@ -233,3 +233,16 @@ def test_load_errors(tmp_path):
 def test_save_load(tmp_path):
     g = SharingGraph.from_policy(TASKS, LAYERS, [[1, 1, 1], [0, 1, 1], [1, 1, 0], [1, 1, 1]], ["a", "b"])
     assert SharingGraph.load(g.save(tmp_path / "g.json")) == g
+
+
+def test_describe_names_each_span_of_blocks_with_its_task_groups_and_skips():
+    layers = ["stem", "l1", "l2", "l3"]
+    tree = SharingGraph.branched(
+        ["a", "b", "c"], layers, [[["a", "b", "c"]]] * 2 + [[["a", "b"], ["c"]], [["a"], ["b"], ["c"]]]
+    )
+    assert tree.describe() == "stem–l1: all tasks shared; l2: a+b | c; l3: a | b | c"
+    assert SharingGraph.hard_sharing(["a", "b"], layers).describe() == "stem–l3: all tasks shared"
+    select = [[True, True], [True, False], [True, True], [False, True]]
+    policy = SharingGraph.from_policy(["a", "b"], layers, select, skippable=layers[1:])
+    # b skips l1, so from l1 on the two tasks' computations differ although they share every block's weights
+    assert policy.describe() == "stem: all tasks shared; l1–l3: a | b; a skips l3; b skips l1"

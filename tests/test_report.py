@@ -1,13 +1,14 @@
 """Reports from synthetic study rows: Δm reference, seed statistics vs scipy, paired comparisons, verdict."""
 
+import base64
 import json
 import math
+from html.parser import HTMLParser
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.ticker import EngFormatter
 from scipy import stats
 
 from nas_mtl.graph import SharingGraph
@@ -289,8 +290,7 @@ def test_pareto_plot_numbers_points_without_overlap_and_draws_intervals():
     intervals = [(0.0, 2.0), (0.5, 1.5), (np.nan, np.nan), (0.9, 1.2), (-1.0, 1.0)]
     fig = pareto_plot(points, intervals=intervals)
     ax = fig.axes[0]
-    assert isinstance(ax.xaxis.get_major_formatter(), EngFormatter)
-    assert ax.xaxis.get_major_formatter()(2e6) == "2 M"
+    assert ax.xaxis.get_major_formatter()(2e6) == "2M" and ax.xaxis.get_major_formatter()(175000) == "175K"
     keys = [t.get_text() for t in ax.get_legend().get_texts()]
     assert keys[:5] == [f"{i + 1}  {p[0]}" for i, p in enumerate(points)]
     labels = {t.get_text(): t for t in ax.texts}
@@ -374,3 +374,69 @@ def test_arms_still_improving_at_the_end_are_flagged_and_plotted(tmp_path):
     assert len(pd.read_csv(files["curves.csv"])) == 8 * (len(rows) - len(_single_rows())) * len(TASKS) + 8 * len(
         _single_rows()
     )
+
+
+class _Dom(HTMLParser):
+    """The parts of report.html a reader meets: headings, tables and figures, each with its section ids."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.headings, self.tables, self.images, self.links = [], [], [], [], []
+        self._heading = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.stack.append(attrs["id"])
+        elif tag in ("h2", "h3"):
+            self._heading = ""
+        elif tag == "table":
+            self.tables.append(tuple(self.stack))
+        elif tag == "img":
+            self.images.append((tuple(self.stack), attrs["src"]))
+        elif tag in ("link", "script") and (attrs.get("href") or attrs.get("src")):
+            self.links.append(attrs.get("href") or attrs.get("src"))
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self.stack.pop()
+        elif tag in ("h2", "h3"):
+            self.headings.append(self._heading.strip())
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._heading is not None:
+            self._heading += data
+
+
+def test_html_report_is_one_file_verdict_first_each_search_with_its_figures(tmp_path):
+    rows = [
+        {**r, "search_seconds": 30.0, "search_seed": r["seed"] % 2} if r["arm"] == "branch" else r
+        for r in _study_rows()
+    ]
+    run = _write_run(tmp_path, rows)
+    history = run / "search" / "branch" / "seed0" / "history.png"
+    history.parent.mkdir(parents=True)
+    pareto_plot([("x", 1.0, 1.0)], path=history)  # a figure the search left in its folder
+    files = write_report(run)
+    page = files["report.html"].read_text()
+    dom = _Dom()
+    dom.feed(page)
+    assert dom.links == []  # nothing loaded from elsewhere: the page can be mailed
+    top = [h for h in dom.headings if h in ("Verdict", "Summary (mean over seeds)", "Searches", "Runs", "Method")]
+    assert top == ["Verdict", "Summary (mean over seeds)", "Searches", "Runs", "Method"]
+    assert ("summary-mean-over-seeds",) in dom.tables and ("runs",) in dom.tables
+    figures = files["report.md"].parent / "figures"
+    shown = {}
+    for where, src in dom.images:
+        assert src.startswith("data:image/png;base64,"), src[:40]
+        shown[base64.b64decode(src.split(",", 1)[1])] = where
+    # every figure written is shown once, embedded byte for byte, the search's own in its section
+    assert sorted(shown) == sorted(p.read_bytes() for p in figures.glob("*.png"))
+    assert shown[(figures / "search_branch_history.png").read_bytes()] == ("searches", "search-branch")
+    assert shown[(figures / "topology_branch.png").read_bytes()] == ("searches", "search-branch")
+    assert shown[(figures / "pareto_params.png").read_bytes()] == ("summary-mean-over-seeds",)
+    md = files["report.md"].read_text()
+    assert "Cost: 15.0× (30.0 s per search)." in md  # 30 s against 2 s per hard/equal training
+    assert "Repeatability: the same graph from all 2 search seeds." in md
+    assert f"Graph (search seeds [0, 1]): {_graph('branch').describe()}." in md
