@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -13,11 +14,12 @@ from typing import Any
 from .backbones import list_backbones
 from .balancing import create_balancer, list_balancers
 from .balancing.base import parse_key_value
-from .config import build_config, options
+from .config import build_config, options, to_options
 from .data import create_dataset, list_datasets
 from .graph import SharingGraph
 from .runs import run_lock
 from .space import SearchSpace, list_search_spaces, load_search_space
+from .tracking import TrackingConfig
 from .train import TrainConfig
 
 EXIT_USER_ERROR = 2
@@ -209,6 +211,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     spec = load_study(args.file)
     if args.device is not None:
         spec = with_device(spec, args.device)
+    spec = dataclasses.replace(spec, tracking=config_from_args(TrackingConfig, args, to_options(spec.tracking)))
     out = Path(args.out) if args.out else Path("runs") / spec.name
     t0 = time.perf_counter()
     rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
@@ -361,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the numbers depend on the threads per run (recorded in each row's env), so --jobs 2 on "
         "2 threads reproduces --threads 1 bitwise",
     )
+    add_config_arguments(p, TrackingConfig, "tracking (overrides the study file's [tracking])")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="tables (Markdown/HTML/CSV) and figures for a study run folder")

@@ -57,6 +57,7 @@ from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .soft import Coupling
 from .space import SearchSpace, load_search_space
 from .storage import redact
+from .tracking import TrackingConfig, mirror_study, require_mlflow
 from .train import Metrics, TrainConfig
 
 T = TypeVar("T")
@@ -80,6 +81,7 @@ _KEYS = (
     "arms",
     "search",
     "grid",
+    "tracking",
 )
 GRID_RECORD = "grid.json"
 
@@ -104,6 +106,8 @@ class StudySpec:
     """Seeds each search runs with; ``None``: once, with the method table's own ``seed`` (default 0)."""
     grid: GridSpec | None = None
     """A grid search over static task weights (``[grid]``), or None."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Where finished runs and searches are mirrored (``[tracking]``, :mod:`nas_mtl.tracking`)."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,7 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         ("train", Mapping),
         ("arms", Mapping),
         ("search", Mapping),
+        ("tracking", Mapping),
     ):
         if key in raw and not isinstance(raw[key], kind):
             raise fail(key, "expected a table")
@@ -217,6 +222,7 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         if search_seeds is not None and "seed" not in _option_keys(name):
             raise fail("search_seeds", f"search method {name!r} has no seed option to set")
     grid = _parse_grid(raw.get("grid"), baselines, seeds, data, fail)
+    tracking = build_config(TrackingConfig, raw.get("tracking", {}), where=lambda k: f"{source}: tracking.{k}")
     name = raw.get("name", Path(source).stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or ".." in name:
         raise fail(
@@ -237,6 +243,7 @@ def parse_study(raw: Mapping[str, Any], source: str = "study", base_dir: Path | 
         search_seeds=search_seeds,
         grid=grid,
         couplings=couplings,
+        tracking=tracking,
     )
 
 
@@ -377,11 +384,16 @@ def run_study(
             spawned: a script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard.
         data, space: the study's data and search space when already built (default: built from ``spec``);
             with them, runs stay in this process (``jobs`` must be 1).
+
+    With ``spec.tracking.mlflow`` set, every finished arm run and search is then mirrored to MLflow
+    (:func:`nas_mtl.tracking.mirror_study`: idempotent; an MLflow failure is a warning, the results stay here).
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected a positive integer, got {jobs!r}")
     if (data is None) != (space is None) or (data is not None and jobs > 1):
         raise ValueError("run_study: give data and space together, and only with jobs=1 (workers build their own)")
+    if spec.tracking.mlflow is not None:
+        require_mlflow()  # before hours of training, not after
     run_dir = Path(run_dir)
     if data is None:  # before the lock makes the run folder: data that cannot be read leaves none behind
         data, space = _data_and_space(spec)
@@ -396,7 +408,10 @@ def run_study(
         _record_settings(spec, space, run_dir)  # refuses a folder made with other settings, before any run
         if spec.source != "<memory>" and Path(spec.source).is_file():
             replace_atomic(run_dir / "study.toml", lambda tmp: shutil.copyfile(spec.source, tmp))
-        return _run_locked(spec, run_dir, progress, jobs, data, space)
+        rows = _run_locked(spec, run_dir, progress, jobs, data, space)
+        if spec.tracking.mlflow is not None:
+            mirror_study(run_dir, spec.name, spec.tracking.mlflow, progress)
+        return rows
 
 
 def _record_settings(spec: StudySpec, space: SearchSpace, run_dir: Path) -> None:

@@ -1,0 +1,406 @@
+"""Tracking: mirror a study's finished arm runs and searches into MLflow (``[tracking] mlflow = URI``).
+
+The run folder stays the record; MLflow gets a copy to browse and compare. Every arm run (arm, balancer, seed;
+also the runs of a ``[grid]``) and every search becomes one MLflow run in the experiment named after the study:
+
+- an arm run: params (arm, task, balancer, seed, search seed, graph key, coupling, the study's training settings
+  as ``train.KEY``), per-epoch metrics from its ``curves.csv`` (``epoch/train_loss/TASK``,
+  ``epoch/val_loss/TASK``, ``epoch/val/TASK/METRIC``, ``epoch/seconds``; step = epoch), final metrics from its
+  row (``test/TASK/METRIC``, ``val/TASK/METRIC``, ``params``, ``macs``, ``train_seconds``, ...), and as
+  artifacts its JSON files (graph, model, result, row), ``curves.csv`` and two figures (topology, curves);
+- a search: params (method, seed, the method's options, storage URLs redacted), metrics (``search_seconds`` and
+  the numbers of its ``info`` as ``info/...``), and as artifacts its JSON files and figures.
+
+Logging is idempotent: each MLflow run is tagged with its run folder and sub-folder and with a digest of the
+files it mirrors. Mirroring again keeps the runs already logged with that digest and replaces the others (a
+logging attempt cut short, a run retrained since), so a resumed study never duplicates runs. A failure on
+MLflow's side never costs a result: the study's files are written first, a tracking error is a one-line
+warning, and the next run of the study logs what is missing.
+
+The nas_mtl modules this one uses are imported in its functions: :mod:`nas_mtl.study` imports this module (for
+its config), and reading a study file or ``--help`` need not load MLflow, matplotlib or optuna.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+INSTALL = 'pip install -e ".[tracking]"'
+FORMAT = "nas_mtl.tracking/1"
+"""Part of every digest: a new way of logging (this module's) replaces the runs logged the old way."""
+RUN_DIR_TAG = "nas_mtl.run_dir"
+FOLDER_TAG = "nas_mtl.folder"
+DIGEST_TAG = "nas_mtl.digest"
+KIND_TAG = "nas_mtl.kind"
+FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
+_FIGURES = (".png", ".svg", ".pdf")
+_PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
+_METRICS_PER_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """``[tracking]``: where a study's finished arm runs and searches are mirrored.
+
+    Args:
+        mlflow: an MLflow tracking URI (file:./mlruns, sqlite:///mlflow.db, http://HOST:5000): each arm run and
+            search becomes one MLflow run in the experiment named after the study (needs pip install -e
+            ".[tracking]"); none: no tracking.
+    """
+
+    mlflow: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mlflow is not None and (not isinstance(self.mlflow, str) or not self.mlflow.strip()):
+            raise ValueError(f"tracking config: mlflow must be a tracking URI or none, got {self.mlflow!r}")
+
+
+@dataclass(frozen=True)
+class Mirrored:
+    """What :func:`mirror_study` did: MLflow runs ``logged`` (new or replacing a stale one), ``kept`` (logged
+    before with the same files)."""
+
+    logged: int
+    kept: int
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A finished arm run or search: ``kind`` ("arm", "grid" or "search"), its folder (``key``: relative to the
+    run folder, posix) and the file that marks it finished (``record``: row.json or search.json)."""
+
+    kind: str
+    folder: Path
+    key: str
+    record: Path
+
+
+def require_mlflow() -> None:
+    """Raise ValueError (naming the install command) when MLflow is not installed: a study checks before it trains."""
+    _client_class()
+
+
+def mirror_study(run_dir: str | Path, experiment: str, uri: str, progress: bool = False) -> Mirrored | None:
+    """Log every finished arm run and search of the study in ``run_dir`` to MLflow at ``uri``, in experiment
+    ``experiment`` (see the module doc); returns what it did, or None after a tracking error (a warning).
+
+    Raises:
+        ValueError: MLflow is not installed.
+    """
+    from .storage import redact
+
+    client_class = _client_class()
+    run_dir = Path(run_dir).resolve()
+    try:
+        with _file_store_allowed(uri):
+            done = _mirror(client_class(tracking_uri=uri), experiment, run_dir)
+    except Exception as err:  # MLflow and its stores raise many kinds (unreachable server, bad URI, full disk)
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        warnings.warn(
+            f"tracking: MLflow at {redact(uri)!r} failed ({redact(reason)}); the results are in {run_dir}: run the "
+            "study again to log them",
+            stacklevel=2,
+        )
+        return None
+    if progress:
+        print(
+            f"MLflow ({redact(uri)}, experiment {experiment!r}): {done.logged} run(s) logged, {done.kept} were there",
+            file=sys.stderr,
+            flush=True,
+        )
+    return done
+
+
+def _client_class() -> Any:
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise ValueError(f"tracking.mlflow: MLflow is not installed; {INSTALL}") from None
+    return MlflowClient
+
+
+@contextlib.contextmanager
+def _file_store_allowed(uri: str) -> Iterator[None]:
+    """MLflow 3 refuses its file store unless ``MLFLOW_ALLOW_FILE_STORE`` is set; a ``file:`` URI (or a plain
+    path) in a study is that choice, so it is allowed while this module logs (a value the user set is kept)."""
+    if urlparse(uri).scheme not in ("", "file") or FILE_STORE_ENV in os.environ:
+        yield
+        return
+    os.environ[FILE_STORE_ENV] = "true"
+    try:
+        yield
+    finally:
+        os.environ.pop(FILE_STORE_ENV, None)
+
+
+def _entries(run_dir: Path) -> list[_Entry]:
+    from .study import ROW, SEARCH_DONE
+
+    found = [("arm", p) for p in sorted(run_dir.glob(f"arms/**/{ROW}"))]
+    found += [("grid", p) for p in sorted(run_dir.glob(f"grid/**/{ROW}"))]
+    found += [("search", p) for p in sorted(run_dir.glob(f"search/**/{SEARCH_DONE}"))]
+    return [_Entry(kind, p.parent, p.parent.relative_to(run_dir).as_posix(), p) for kind, p in found]
+
+
+def _mirror(client: Any, experiment: str, run_dir: Path) -> Mirrored:
+    experiment_id = _experiment_id(client, experiment)
+    logged_before = _logged_runs(client, experiment_id, run_dir)
+    settings = _settings(run_dir)
+    logged = kept = 0
+    for entry in _entries(run_dir):
+        digest = _digest(entry)
+        before = logged_before.get(entry.key, [])
+        same = [r for r in before if r.data.tags.get(DIGEST_TAG) == digest and r.info.status == "FINISHED"]
+        for run in before:
+            if not same or run is not same[0]:
+                client.delete_run(run.info.run_id)  # an attempt cut short, a run retrained since, a duplicate
+        if same:
+            kept += 1
+            continue
+        log = _log_arm if entry.kind != "search" else _log_search
+        tags = {RUN_DIR_TAG: str(run_dir), FOLDER_TAG: entry.key, KIND_TAG: entry.kind}
+        log(client, experiment_id, entry, tags, digest, settings)
+        logged += 1
+    return Mirrored(logged, kept)
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except Exception:  # created meanwhile by another process?
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if found.lifecycle_stage != "active":
+        raise ValueError(
+            f"experiment {name!r} is deleted in MLflow; restore it (mlflow experiments restore) to log there"
+        )
+    return found.experiment_id
+
+
+def _logged_runs(client: Any, experiment_id: str, run_dir: Path) -> dict[str, list[Any]]:
+    """The active MLflow runs this run folder logged before, by sub-folder."""
+    out: dict[str, list[Any]] = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            if run.data.tags.get(RUN_DIR_TAG) == str(run_dir) and FOLDER_TAG in run.data.tags:
+                out.setdefault(run.data.tags[FOLDER_TAG], []).append(run)
+        token = page.token
+        if not token:
+            return out
+
+
+def _settings(run_dir: Path) -> Mapping[str, Any]:
+    """The study record's settings (training settings, search options); empty where there is none."""
+    from .study import STUDY_RECORD
+
+    try:
+        return json.loads((run_dir / STUDY_RECORD).read_text()).get("settings", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _digest(entry: _Entry) -> str:
+    """What the MLflow run mirrors: the finishing record, and the curves of an arm run."""
+    from .train import CURVES
+
+    h = hashlib.sha256(FORMAT.encode())
+    for path in (entry.record, entry.folder / CURVES):
+        if path.is_file():
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _log_arm(
+    client: Any, experiment_id: str, entry: _Entry, tags: dict[str, str], digest: str, settings: Mapping[str, Any]
+) -> None:
+    from .graph import SharingGraph
+    from .plots import curves_plot, draw_topology
+    from .search.proxy import graph_key
+    from .train import CURVES, RESULT
+
+    row = json.loads(entry.record.read_text())
+    graph = SharingGraph.from_dict(row["graph"], source=str(entry.record))
+    params: dict[str, Any] = {"arm": row["arm"], "balancer": row["balancer"], "seed": row["seed"]}
+    params.update({"graph": graph_key(graph), "graph_name": graph.meta.get("name", "")})
+    for key in ("task", "search_seed"):
+        if row.get(key) is not None:
+            params[key] = row[key]
+    params.update({f"coupling.{k}": v for k, v in (row.get("coupling") or {}).items()})
+    params.update({f"train.{k}": v for k, v in settings.get("train", {}).items()})
+    metrics = [
+        (_name(split, task, m), v, 0)
+        for split in ("test", "val")
+        for task, d in row[split].items()
+        for m, v in d.items()
+    ]
+    metrics += [(k, row.get(k), 0) for k in ("params", "macs", "train_seconds", "search_seconds")]
+    result = entry.folder / RESULT
+    if result.is_file():
+        metrics.append(("skipped_steps", json.loads(result.read_text()).get("skipped_steps"), 0))
+    curves = _read_curves(entry.folder / CURVES)
+    metrics += curves
+    name = " ".join(str(p) for p in (row["arm"], row.get("task"), row["balancer"], f"seed{row['seed']}") if p)
+    files = [(p, None) for p in sorted(entry.folder.glob("*.json"))]
+    files += [(p, None) for p in [entry.folder / CURVES] if p.is_file()]
+
+    def figures(out: Path) -> None:
+        draw_topology(graph, name, out / "topology.png")
+        panels: dict[str, dict[str, list]] = {}
+        labels = {}
+        for key, value, epoch in curves:
+            parts = key.split("/")
+            if parts[:2] == ["epoch", "val"] and len(parts) == 4:
+                panels.setdefault(parts[2], {}).setdefault(f"seed {row['seed']}", []).append(
+                    (epoch, value, value, value)
+                )
+                labels[parts[2]] = f"val {parts[3]}"
+        if panels:
+            curves_plot(panels, labels, f"{name}: validation by epoch", out / "curves.png")
+
+    seconds = row.get("train_seconds") or 0.0
+    _log_run(client, experiment_id, name, tags, digest, params, metrics, files, figures, entry.record, seconds)
+
+
+def _read_curves(path: Path) -> list[tuple[str, float, int]]:
+    """``(key, value, epoch)`` of every value in a run's ``curves.csv`` (empty cells: a task without labels)."""
+    if not path.is_file():
+        return []
+    out = []
+    seconds: dict[int, str] = {}
+    with path.open(newline="") as f:
+        for line in csv.DictReader(f):
+            epoch, task = int(line["epoch"]), line["task"]
+            for key, cell in (
+                (_name("epoch", "train_loss", task), line["train_loss"]),
+                (_name("epoch", "val_loss", task), line["val_loss"]),
+                (_name("epoch", "val", task, line["metric"]), line["val_metric"]),
+            ):
+                if cell:
+                    out.append((key, float(cell), epoch))
+            seconds.setdefault(epoch, line["seconds"])
+    out += [("epoch/seconds", float(s), epoch) for epoch, s in seconds.items() if s]
+    return out
+
+
+def _log_search(
+    client: Any, experiment_id: str, entry: _Entry, tags: dict[str, str], digest: str, settings: Mapping[str, Any]
+) -> None:
+    from .graph import SharingGraph
+    from .search.proxy import graph_key
+    from .storage import redact
+    from .train import CHECKPOINT
+
+    summary = json.loads(entry.record.read_text())
+    where = entry.key.split("/")[1:]  # METHOD/seedS (METHOD: a study made before search seeds)
+    method = summary["method"]
+    options = dict(settings.get("search", {}).get(where[0], {}))
+    seed = re.fullmatch(r"seed(-?\d+)", where[-1]) if len(where) > 1 else None
+    if seed is not None:
+        options["seed"] = int(seed.group(1))
+    graph = SharingGraph.from_dict(summary["graph"], source=str(entry.record))
+    params = {"method": method, **options, "graph": graph_key(graph)}
+    params = {k: redact(v) if isinstance(v, str) and "storage" in k else v for k, v in params.items()}
+    info = summary.get("info", {})
+    metrics = [("search_seconds", summary["seconds"], 0), *((k, v, 0) for k, v in _numbers(info, "info"))]
+    if isinstance(info.get("storage"), str):
+        tags = {**tags, "optuna.storage": redact(info["storage"]), "optuna.study": str(info.get("study", ""))}
+    training = {p.parent for p in entry.folder.rglob(CHECKPOINT) if p.parent != entry.folder}
+    files = [
+        (p, p.parent.relative_to(entry.folder).as_posix() if p.parent != entry.folder else None)
+        for p in sorted(entry.folder.rglob("*"))
+        if p.is_file() and p.suffix in (".json", *_FIGURES) and not any(parent in training for parent in p.parents)
+    ]
+    name = " ".join(["search", *where])
+    _log_run(client, experiment_id, name, tags, digest, params, metrics, files, None, entry.record, summary["seconds"])
+
+
+def _numbers(tree: Any, prefix: str, depth: int = 3) -> Iterator[tuple[str, float]]:
+    """``(key, value)`` of the numbers in nested dicts (lists skipped: histories are in the artifacts)."""
+    if not isinstance(tree, Mapping) or depth == 0:
+        return
+    for k, v in tree.items():
+        if k == "config":  # a method's options echoed in its info: logged as params
+            continue
+        key = f"{prefix}/{_part(str(k))}"
+        if _is_number(v):
+            yield key, v
+        else:
+            yield from _numbers(v, key, depth - 1)
+
+
+def _log_run(
+    client: Any,
+    experiment_id: str,
+    name: str,
+    tags: Mapping[str, str],
+    digest: str,
+    params: Mapping[str, Any],
+    metrics: list[tuple[str, Any, int]],
+    files: list[tuple[Path, str | None]],
+    figures: Callable[[Path], None] | None,
+    record: Path,
+    seconds: float,
+) -> None:
+    """One MLflow run, ending when ``record`` was written, ``seconds`` after it started; its digest tag and FINISHED
+    status come last, so a run cut short is replaced next time. ``figures(folder)`` draws figures to log."""
+    from mlflow.entities import Metric, Param
+
+    end = int(record.stat().st_mtime * 1000)
+    start = end - int(1000 * seconds) if _is_number(seconds) and seconds > 0 else end
+    run = client.create_run(experiment_id, start_time=start, tags=dict(tags), run_name=name)
+    run_id = run.info.run_id
+    try:
+        param_list = [Param(_name(k), v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()]
+        metric_list = [Metric(k, float(v), end, step) for k, v, step in metrics if _is_number(v)]
+        for i in range(0, len(param_list), _PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=param_list[i : i + _PARAMS_PER_BATCH])
+        for i in range(0, len(metric_list), _METRICS_PER_BATCH):
+            client.log_batch(run_id, metrics=metric_list[i : i + _METRICS_PER_BATCH])
+        for path, where in files:
+            client.log_artifact(run_id, str(path), where)
+        if figures is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                figures(Path(tmp))
+                for path in sorted(Path(tmp).iterdir()):
+                    client.log_artifact(run_id, str(path), "figures")
+        client.set_tag(run_id, DIGEST_TAG, digest)
+        client.set_terminated(run_id, "FINISHED", end_time=end)
+    except Exception:
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        raise
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _part(text: str) -> str:
+    """One component of an MLflow key: characters MLflow refuses (and a bare ``.`` / ``..``) as ``_``."""
+    part = re.sub(r"[^\w.\- ]", "_", text)
+    return "_" if part in ("", ".", "..") else part
+
+
+def _name(*parts: str) -> str:
+    return "/".join(_part(str(p)) for p in parts)
+
+
+__all__ = ["INSTALL", "Mirrored", "TrackingConfig", "mirror_study", "require_mlflow"]

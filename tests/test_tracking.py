@@ -1,0 +1,268 @@
+"""MLflow tracking of studies (round trip through a local file store, read back with MLflow's own client) and
+optuna-dashboard on a branch search's storage."""
+
+import json
+import sys
+from pathlib import Path
+from wsgiref.util import setup_testing_defaults
+
+import optuna
+import pandas as pd
+import pytest
+
+import nas_mtl.tracking as tracking
+from nas_mtl.cli import main
+from nas_mtl.graph import SharingGraph
+from nas_mtl.search.proxy import graph_key
+from nas_mtl.study import load_study, run_study
+
+mlflow = pytest.importorskip("mlflow", reason='MLflow not installed: pip install -e ".[tracking]"')
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+SPACE = """
+format = "nas_mtl.search_space/1"
+[backbone]
+name = "resnet_small"
+widths = [4, 8]
+depths = [1, 1]
+"""
+
+STUDY = """
+format = "nas_mtl.study/1"
+name = "tracked"
+seeds = [0]
+balancers = ["equal"]
+[data]
+name = "multidigits"
+n_train = 64
+n_val = 32
+n_test = 32
+size = 16
+[space]
+name = "space.toml"
+[train]
+epochs = 2
+batch_size = 32
+[arms]
+baselines = ["single", "hard"]
+[search.branch]
+n_trials = 3
+warmstart_epochs = 1
+proxy_epochs = 1
+batch_size = 32
+reference = "hard"
+[tracking]
+mlflow = "MLFLOW_URI"
+"""
+
+
+def _write(folder: Path, uri: str, study: str = STUDY) -> Path:
+    (folder / "space.toml").write_text(SPACE)
+    (folder / "study.toml").write_text(study.replace("MLFLOW_URI", uri))
+    return folder / "study.toml"
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """A finished tiny study (baselines + a branch search) tracked to a local MLflow file store."""
+    d = tmp_path_factory.mktemp("tracked")
+    uri = f"file:{d / 'mlruns'}"
+    spec = load_study(_write(d, uri))
+    rows = run_study(spec, d / "run", progress=False)
+    return d, spec, rows, uri
+
+
+@pytest.fixture
+def client_of(monkeypatch):
+    """An MlflowClient on a URI (MLflow 3 opens a file store only when allowed by its environment variable)."""
+    monkeypatch.setenv(tracking.FILE_STORE_ENV, "true")
+    return lambda uri: MlflowClient(tracking_uri=uri)
+
+
+def _runs(client, experiment: str) -> dict[str, object]:
+    """The active MLflow runs of ``experiment``, by run sub-folder; fails on a duplicate."""
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], max_results=1000)
+    by_folder = {r.data.tags[tracking.FOLDER_TAG]: r for r in runs}
+    assert len(by_folder) == len(runs), "two MLflow runs for one run folder"
+    return by_folder
+
+
+def test_final_metrics_read_back_equal_each_runs_result_json(tracked, client_of):
+    d, spec, rows, uri = tracked
+    runs = _runs(client_of(uri), spec.name)
+    folders = sorted(p.parent for p in (d / "run").glob("arms/**/row.json"))
+    assert len(folders) == len(rows) == 4  # single-task left / right, hard, branch
+    for folder in folders:
+        run = runs[folder.relative_to(d / "run").as_posix()]
+        assert run.info.status == "FINISHED"
+        result = json.loads((folder / "result.json").read_text())
+        expected = {
+            f"{split}/{task}/{metric}": value
+            for split in ("test", "val")
+            for task, values in result[split].items()
+            for metric, value in values.items()
+        }
+        # MLflow keeps float64 and its file store writes repr(value): the JSON float comes back bit for bit
+        assert {k: v for k, v in run.data.metrics.items() if k.startswith(("test/", "val/"))} == expected
+        assert run.data.metrics["train_seconds"] == result["train_seconds"]
+        assert run.data.metrics["skipped_steps"] == result["skipped_steps"]
+        row = json.loads((folder / "row.json").read_text())
+        assert (run.data.metrics["params"], run.data.metrics["macs"]) == (row["params"], row["macs"])
+        params = run.data.params
+        assert (params["arm"], params["balancer"], params["seed"]) == (row["arm"], row["balancer"], str(row["seed"]))
+        assert params["graph"] == graph_key(SharingGraph.from_dict(row["graph"]))
+        assert params["train.epochs"] == str(spec.train.epochs) and params["train.lr"] == str(spec.train.lr)
+        assert run.data.tags[tracking.KIND_TAG] == "arm"
+
+
+def test_per_epoch_metrics_equal_curves_csv(tracked, client_of):
+    d, spec, _, uri = tracked
+    client = client_of(uri)
+    runs = _runs(client, spec.name)
+    for folder in sorted(p.parent for p in (d / "run").glob("arms/**/row.json")):
+        run_id = runs[folder.relative_to(d / "run").as_posix()].info.run_id
+        curves = pd.read_csv(folder / "curves.csv")
+        assert len(curves) == spec.train.epochs * curves["task"].nunique()
+        for (task, metric), g in curves.groupby(["task", "metric"]):
+            for key, column in (
+                (f"epoch/val/{task}/{metric}", "val_metric"),
+                (f"epoch/train_loss/{task}", "train_loss"),
+                (f"epoch/val_loss/{task}", "val_loss"),
+            ):
+                history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+                assert history == list(zip(g["epoch"], g[column])), key
+
+
+def test_artifacts_hold_the_graph_json_and_figures(tracked, client_of, tmp_path):
+    d, spec, _, uri = tracked
+    client = client_of(uri)
+    runs = _runs(client, spec.name)
+    folder = d / "run" / "arms" / "hard" / "equal" / "seed0"
+    run_id = runs["arms/hard/equal/seed0"].info.run_id
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"graph.json", "result.json", "row.json", "curves.csv", "figures"} <= names
+    assert {a.path for a in client.list_artifacts(run_id, "figures")} == {"figures/topology.png", "figures/curves.png"}
+    local = client.download_artifacts(run_id, "graph.json", str(tmp_path))
+    assert SharingGraph.load(local) == SharingGraph.load(folder / "graph.json")
+
+
+def test_a_search_is_one_run_with_its_options_cost_and_files(tracked, client_of):
+    d, spec, _, uri = tracked
+    client = client_of(uri)
+    run = _runs(client, spec.name)["search/branch/seed0"]
+    found = json.loads((d / "run" / "search" / "branch" / "seed0" / "search.json").read_text())
+    assert run.data.tags[tracking.KIND_TAG] == "search"
+    assert run.data.params["method"] == "branch" and run.data.params["n_trials"] == "3"
+    assert run.data.params["seed"] == "0" and run.data.params["storage"] == "null"
+    assert run.data.metrics["search_seconds"] == found["seconds"]
+    assert run.data.metrics["info/trials/complete"] == found["info"]["trials"]["complete"]
+    assert run.data.tags["optuna.storage"] == found["info"]["storage"]
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"graph.json", "search.json", "history.png", "candidates"} <= names
+    assert not any(n.startswith("warmstart") for n in names)  # the proxy's training run is not a search file
+
+
+def test_resuming_a_tracked_study_logs_nothing_twice(tracked, client_of):
+    d, spec, rows, uri = tracked
+    client = client_of(uri)
+    before = {k: r.info.run_id for k, r in _runs(client, spec.name).items()}
+    assert len(before) == len(rows) + 1  # every arm run and the search
+    again = run_study(spec, d / "run", progress=False)
+    assert [r["test"] for r in again] == [r["test"] for r in rows]  # read back, not retrained
+    assert {k: r.info.run_id for k, r in _runs(client, spec.name).items()} == before  # kept, not logged again
+
+
+def test_a_tracking_failure_warns_and_the_next_run_completes_the_log(tracked, client_of, monkeypatch, tmp_path):
+    """MLflow failing mid-way (here: on the first artifact) costs no result; mirroring again replaces the run it
+    left unfinished and logs the rest, once each."""
+    d, spec, rows, _ = tracked
+    uri = f"file:{tmp_path / 'mlruns'}"
+    real = MlflowClient.log_artifact
+
+    def full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(MlflowClient, "log_artifact", full)
+    with pytest.warns(UserWarning, match=r"tracking: MLflow at .*disk full.*run the study again"):
+        assert tracking.mirror_study(d / "run", spec.name, uri) is None
+    client = client_of(uri)
+    cut_short = _runs(client, spec.name)
+    assert len(cut_short) == 1 and next(iter(cut_short.values())).info.status == "FAILED"
+    monkeypatch.setattr(MlflowClient, "log_artifact", real)
+    assert tracking.mirror_study(d / "run", spec.name, uri) == tracking.Mirrored(logged=len(rows) + 1, kept=0)
+    runs = _runs(client, spec.name)
+    assert len(runs) == len(rows) + 1 and {r.info.status for r in runs.values()} == {"FINISHED"}
+
+
+def test_study_results_survive_a_failing_tracking_server(tracked, monkeypatch):
+    d, spec, rows, _ = tracked
+
+    def broken(*args, **kwargs):
+        raise ConnectionError("API request to endpoint /api/2.0/mlflow/experiments/get-by-name failed")
+
+    monkeypatch.setattr(tracking, "_mirror", broken)
+    with pytest.warns(UserWarning, match="tracking: MLflow"):
+        again = run_study(spec, d / "run", progress=False)
+    assert [r["test"] for r in again] == [r["test"] for r in rows]
+
+
+def test_missing_mlflow_stops_before_training_with_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)  # import fails as when not installed
+    spec = load_study(_write(tmp_path, f"file:{tmp_path / 'mlruns'}"))
+    with pytest.raises(ValueError, match=r'tracking\.mlflow: MLflow is not installed; pip install -e "\.\[tracking\]"'):
+        run_study(spec, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        ("mlflow = 3", r"study\.toml: tracking\.mlflow: expected a string or none"),
+        ('mlflow = ""', r"study\.toml: tracking\.mlflow: .*tracking URI"),
+        ('wandb = "x"', r"study\.toml: tracking\.wandb: unknown option; allowed: mlflow"),
+    ],
+)
+def test_bad_tracking_tables_name_the_key(tmp_path, table, match):
+    study = STUDY.replace('mlflow = "MLFLOW_URI"', table)
+    with pytest.raises(ValueError, match=match):
+        load_study(_write(tmp_path, "", study))
+
+
+def test_a_study_without_a_tracking_table_is_not_tracked(tmp_path):
+    spec = load_study(_write(tmp_path, "", STUDY.split("[tracking]")[0]))
+    assert spec.tracking == tracking.TrackingConfig(mlflow=None)
+
+
+def test_mlflow_flag_overrides_the_study_file(tracked, client_of, tmp_path, capsys):
+    d, spec, rows, _ = tracked
+    uri = f"file:{tmp_path / 'other'}"
+    argv = ["study", str(d / "study.toml"), "--out", str(d / "run"), "--no-progress", "--mlflow", uri]
+    assert main(argv) == 0
+    assert len(_runs(client_of(uri), spec.name)) == len(rows) + 1
+
+
+def _get(app, path: str) -> dict:
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = path
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status == ["200 OK"], (status, body[:300])
+    return json.loads(body)
+
+
+def test_optuna_dashboard_loads_a_branch_searchs_storage(tracked):
+    """The README's `optuna-dashboard sqlite:///RUN/search/branch/seed0/study.db`: its API lists the study."""
+    optuna_dashboard = pytest.importorskip("optuna_dashboard")
+    d, _, _, _ = tracked
+    db = d / "run" / "search" / "branch" / "seed0" / "study.db"
+    url = f"sqlite:///{db}"
+    app = optuna_dashboard.wsgi(url)
+    app.catchall = False  # an error in the app raises here instead of becoming a 500 page
+    studies = _get(app, "/api/studies")["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["branch"]
+    trials = _get(app, f"/api/studies/{studies[0]['study_id']}")["trials"]
+    reference = optuna.load_study(study_name="branch", storage=url).get_trials(deepcopy=False)
+    assert len(trials) == len(reference) == 3  # n_trials
+    assert [t["number"] for t in trials] == [t.number for t in reference]
