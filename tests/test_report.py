@@ -3,6 +3,8 @@
 import base64
 import json
 import math
+import shutil
+import subprocess
 from html.parser import HTMLParser
 
 import matplotlib.pyplot as plt
@@ -440,3 +442,70 @@ def test_html_report_is_one_file_verdict_first_each_search_with_its_figures(tmp_
     assert "Cost: 15.0× (30.0 s per search)." in md  # 30 s against 2 s per hard/equal training
     assert "Repeatability: the same graph from all 2 search seeds." in md
     assert f"Graph (search seeds [0, 1]): {_graph('branch').describe()}." in md
+
+
+_CHECK = """<script>
+window.addEventListener("load", function () {
+  const section = (e) => e.closest("section").id;
+  const out = {
+    verdict: document.querySelector("#verdict").innerText,
+    tables: Array.from(document.querySelectorAll("table")).map((t) => [section(t), t.tBodies[0].rows.length]),
+    images: Array.from(document.images).map((i) => [section(i), i.complete, i.naturalWidth, i.width]),
+    overflow: document.documentElement.scrollWidth > window.innerWidth,
+  };
+  const summary = "#summary-mean-over-seeds";
+  Array.from(document.querySelectorAll(summary + " th")).find((h) => h.textContent === "Δm %").click();
+  out.ascending = Array.from(document.querySelectorAll(summary + " tbody tr")).map(
+    (r) => r.cells[0].textContent + "/" + r.cells[1].textContent);
+  document.body.setAttribute("data-check", JSON.stringify(out));
+});
+</script>"""
+"""Run in the browser after the page loaded: what a reader sees, and the summary sorted by a click on Δm."""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    if found is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium as root): browser test skipped")
+    return [found, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2000"]
+
+
+class _Body(HTMLParser):
+    def handle_starttag(self, tag, attrs):
+        if tag == "body" and "data-check" in dict(attrs):
+            self.check = json.loads(dict(attrs)["data-check"])
+
+
+def test_report_in_a_real_browser_shows_verdict_tables_and_every_figure(tmp_path, chromium):
+    rows = [{**r, "search_seconds": 30.0, "search_seed": 0} if r["arm"] == "branch" else r for r in _study_rows()]
+    files = write_report(_write_run(tmp_path, rows))
+    checked = tmp_path / "checked.html"
+    checked.write_text(files["report.html"].read_text().replace("</body>", _CHECK + "</body>"))
+    dom = subprocess.run(
+        [*chromium, "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    body = _Body()
+    body.feed(dom)
+    check = body.check
+    assert (
+        "Best by mean Δm: branch/equal" in check["verdict"] and "Beats hard sharing with confidence" in check["verdict"]
+    )
+    tables = dict(check["tables"])
+    assert tables["summary-mean-over-seeds"] == 6 and tables["runs"] == 30
+    figures = sorted((files["report.md"].parent / "figures").glob("*.png"))
+    assert len(check["images"]) == len(figures)
+    for where, complete, natural, shown in check["images"]:  # decoded, and scaled to fit the page
+        assert complete and natural > 0 and 0 < shown <= 1100, (where, natural, shown)
+    assert not check["overflow"]  # wide tables scroll inside their box, not the page
+    means = summary_table(runs_table(rows))["delta_m"].sort_values(kind="stable")
+    assert check["ascending"] == [f"{a}/{b}" for a, b in means.index]
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*chromium, f"--screenshot={shot}", files["report.html"].as_uri()], capture_output=True, timeout=120, check=True
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
