@@ -259,10 +259,13 @@ def test_noise_ceiling_splits_four_seeds_into_every_pair_of_halves():
     assert c.pairwise_spearman == pytest.approx(np.mean(pairs), rel=1e-12) and c.pairwise_min == min(pairs)
 
 
-def test_identical_seeds_have_a_perfect_ceiling():
+def test_identical_seeds_have_a_perfect_ceiling_and_opposite_seeds_none():
     column = np.random.default_rng(1).normal(size=20)
     c = noise_ceiling(np.repeat(column[:, None], 5, axis=1))
     assert c.pairwise_spearman == c.split_half == c.reliability == c.best_hits == 1.0 and c.best_regret == 0.0
+    opposite = noise_ceiling(np.stack([column, -column], axis=1))
+    assert opposite.split_half == -1.0 and opposite.reliability == 0.0
+    assert opposite.best_hits == 1.0 and opposite.best_regret == 0.0  # the truth (mean 0) ties every candidate
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -275,7 +278,7 @@ def test_noise_ceiling_of_gaussian_tables(seed):
     rng = np.random.default_rng(seed)
     n, k = 2000, 4
     independent = noise_ceiling(rng.normal(size=(n, k)))
-    assert abs(independent.pairwise_spearman) < 0.05 and abs(independent.reliability) < 0.17
+    assert abs(independent.pairwise_spearman) < 0.05 and 0 <= independent.reliability < 0.17
     truth = rng.normal(size=(n, 1))
     noisy = noise_ceiling(truth + rng.normal(size=(n, k)))  # sigma = 1: one seed's r = 1/2, 4 seeds' 4/5
     assert noisy.pairwise_spearman == pytest.approx(6 / np.pi * np.arcsin(0.5 / 2), abs=0.06)

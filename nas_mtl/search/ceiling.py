@@ -32,7 +32,8 @@ class NoiseCeiling:
         reliability: ``split_half`` extended to the mean of all ``seeds`` by the Spearman–Brown formula: the
             expected Spearman correlation between this seed-mean ranking and that of an independent run with
             as many other seeds. This is the ceiling; its square root estimates the correlation of the seed
-            mean with the mean over infinitely many seeds.
+            mean with the mean over infinitely many seeds. 0 when ``split_half`` is negative (no ranking the
+            seeds share; the formula is not meant for negative correlations and leaves [-1, 1] there).
         best_hits: fraction of seeds whose own best candidate has a seed mean within one standard error (of
             the truth's best candidate's mean) of the truth's best mean.
         best_regret: truth's best mean minus the seed mean of a seed's own best candidate, averaged over seeds
@@ -103,7 +104,7 @@ def noise_ceiling(scores: Any) -> NoiseCeiling:
         pairwise_spearman=float(np.mean(pairs)),
         pairwise_min=float(np.min(pairs)),
         split_half=split_half,
-        reliability=spearman_brown(split_half, k / half),
+        reliability=spearman_brown(max(split_half, 0.0), k / half),
         best_hits=float(np.mean(regrets <= se)),
         best_regret=float(np.mean(regrets)),
     )
