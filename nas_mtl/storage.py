@@ -12,19 +12,27 @@ Whatever is shown (errors, ``search.json``, logs) is :func:`redact`\\ ed: the pa
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import optuna
+import sqlalchemy
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial
 from sqlalchemy.engine import URL, make_url
 
 HEARTBEAT_S = 30
 GRACE_S = 120
-"""RDB storages: workers write a heartbeat every HEARTBEAT_S; a RUNNING trial silent for GRACE_S is failed."""
+"""RDB storages: workers write a heartbeat every HEARTBEAT_S; a RUNNING trial silent for GRACE_S is failed
+(the defaults; environment variables NAS_MTL_HEARTBEAT_S and NAS_MTL_GRACE_S set them for every process of a
+deployment, workers started by a search included: :func:`heartbeat_settings`)."""
 CHILD_ENV = "NAS_MTL_STORAGE_URL"
 """The environment variable through which a search hands its storage URL to the workers it starts."""
 
@@ -70,13 +78,44 @@ def redact(url: str) -> str:
     return url if parsed.password is None else parsed.render_as_string(hide_password=True)
 
 
-def open_storage(spec: str) -> BaseStorage:
+def heartbeat_settings(heartbeat_s: int | None = None, grace_s: int | None = None) -> tuple[int, int]:
+    """``(heartbeat_s, grace_s)``: the given ones, else NAS_MTL_HEARTBEAT_S / NAS_MTL_GRACE_S, else the defaults;
+    a one-line error unless 0 < heartbeat < grace."""
+    out = []
+    for value, var, default in (
+        (heartbeat_s, "NAS_MTL_HEARTBEAT_S", HEARTBEAT_S),
+        (grace_s, "NAS_MTL_GRACE_S", GRACE_S),
+    ):
+        if value is None:
+            text = os.environ.get(var, str(default))
+            if not text.isdigit():
+                raise ValueError(f"{var}: expected a whole number of seconds, got {text!r}")
+            value = int(text)
+        out.append(value)
+    if not 0 < out[0] < out[1]:
+        raise ValueError(f"heartbeat: expected 0 < heartbeat ({out[0]} s) < grace period ({out[1]} s)")
+    return out[0], out[1]
+
+
+def open_storage(
+    spec: str,
+    heartbeat_s: int | None = None,
+    grace_s: int | None = None,
+    stale_trial_callback: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> BaseStorage:
     """An Optuna storage from a storage spec (module doc): journal file, or RDB with heartbeats.
+
+    Args:
+        heartbeat_s, grace_s: (default: :func:`heartbeat_settings`) RDB storages: a running trial records a
+            heartbeat every ``heartbeat_s``; one
+            silent for ``grace_s`` is failed by :func:`optuna.storages.fail_stale_trials`, which then calls
+            ``stale_trial_callback`` (e.g. :func:`retry_stale_trials`).
 
     Raises:
         ValueError: one line naming the (redacted) URL and what went wrong: a bad URL, a missing driver, an
             unreachable server, refused credentials.
     """
+    heartbeat_s, grace_s = heartbeat_settings(heartbeat_s, grace_s)
     url = resolve(spec)
     if url.startswith("journal:"):
         path = url.removeprefix("journal:")
@@ -88,7 +127,16 @@ def open_storage(spec: str) -> BaseStorage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
-            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            storage = RDBStorage(
+                url,
+                engine_kwargs=engine,
+                heartbeat_interval=heartbeat_s,
+                grace_period=grace_s,
+                **{_STALE_CALLBACK: stale_trial_callback},
+            )
+        if url.startswith("sqlite:"):
+            _serialize_sqlite(storage)
+        return storage
     except Exception as err:  # SQLAlchemy and the drivers raise many kinds (bad URL, no driver, no server)
         shown = redact(url)
         reason = _first_line(str(err)).replace(url, shown)
@@ -100,6 +148,44 @@ def open_storage(spec: str) -> BaseStorage:
         ) from None
 
 
+def _serialize_sqlite(storage: RDBStorage) -> None:
+    """Make every SQLite transaction of ``storage`` take the database's write lock when it begins.
+
+    Optuna moves a trial WAITING -> RUNNING (how ``Study.ask`` pops an enqueued trial, and how a study job is
+    claimed) by reading its state ``FOR UPDATE`` and then writing it; SQLite ignores ``FOR UPDATE``, so two
+    processes could both read WAITING and both run the trial (measured: 2 of 40 jobs claimed twice by 4
+    processes). ``BEGIN IMMEDIATE`` (SQLAlchemy's recipe for pysqlite) makes the read and the write one atomic
+    step; other processes wait for the lock (up to the connection's 60 s timeout).
+    """
+    engine = storage.engine
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite: let the "begin" event below start transactions
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners (creating the tables) are not reused
+
+
+_STALE_CALLBACK = (
+    "heartbeat_stale_trial_callback"  # Optuna >= 4.9 (failed_trial_callback: deprecated there)
+    if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage.__init__).parameters
+    else "failed_trial_callback"
+)
+
+
+def retry_stale_trials(max_retry: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna's callback that enqueues a stale trial (its worker died) again, up to ``max_retry`` times
+    (``RetryHeartbeatStaleTrialCallback`` from Optuna 4.9, ``RetryFailedTrialCallback`` before)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+        return (retry or optuna.storages.RetryFailedTrialCallback)(max_retry)
+
+
 def _first_line(text: str) -> str:
     line = next((s.strip() for s in text.splitlines() if s.strip()), text.strip())
     return re.sub(r"(//[^/:@\s]*:)[^@/\s]*@", r"\1***@", line)  # a URL the driver quoted
@@ -109,8 +195,10 @@ __all__ = [
     "CHILD_ENV",
     "GRACE_S",
     "HEARTBEAT_S",
+    "heartbeat_settings",
     "open_storage",
     "redact",
+    "retry_stale_trials",
     "resolve",
     "sqlite_url",
 ]
