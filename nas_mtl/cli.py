@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from .data import create_dataset, list_datasets
 from .graph import SharingGraph
 from .runs import run_lock
 from .space import SearchSpace, list_search_spaces, load_search_space
+from .storage import GRACE_S, HEARTBEAT_S
 from .tracking import TrackingConfig
 from .train import TrainConfig
 
@@ -206,21 +208,75 @@ def cmd_study(args: argparse.Namespace) -> None:
     import time
 
     from .report import format_table, runs_table, summary_table, verdict, write_report
-    from .study import load_study, run_study, with_device
+    from .study import load_study, run_distributed_study, run_study, with_device
 
     spec = load_study(args.file)
     if args.device is not None:
-        spec = with_device(spec, args.device)
+        spec = with_device(spec, _one_device(args.device))
     spec = dataclasses.replace(spec, tracking=config_from_args(TrackingConfig, args, to_options(spec.tracking)))
     out = Path(args.out) if args.out else Path("runs") / spec.name
     t0 = time.perf_counter()
-    rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
+    if args.worker and not args.storage:
+        raise UserError("--worker: needs --storage (the storage the study's jobs are in)")
+    if args.storage:
+        if args.jobs != 1:
+            raise UserError("--jobs: not with --storage; start one worker per device instead (--worker)")
+        rows = run_distributed_study(
+            spec,
+            out,
+            args.storage,
+            worker_only=args.worker,
+            progress=not args.no_progress,
+            threads=args.torch_threads,
+            heartbeat_s=args.heartbeat_s,
+            grace_s=args.grace_s,
+        )
+    else:
+        rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
     files = write_report(out)
     runs = runs_table(rows)
     print(format_table(summary_table(runs)).to_string(index=False))
     found = verdict(runs, rows)
     print("\nVerdict:\n" + "\n".join(f"- {line}" for line in (*found.warnings, *found.lines)))
     print(f"\nstudy {spec.name!r}: {time.perf_counter() - t0:.0f}s this session; report: {files['report.md']}")
+
+
+def _one_device(device: str) -> str:
+    """``cuda:N`` shows this process GPU N only (``CUDA_VISIBLE_DEVICES``, before CUDA starts) and is then
+    ``cuda``: one worker per GPU; other values pass through."""
+    match = re.fullmatch(r"cuda:(\d+)", device)
+    if match is None:
+        if device not in TrainConfig.DEVICES:
+            raise UserError(f"--device: expected one of {list(TrainConfig.DEVICES)} or cuda:N, got {device!r}")
+        return device
+    os.environ["CUDA_VISIBLE_DEVICES"] = match.group(1)
+    return "cuda"
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    import json
+
+    from .jobs import STATES, JobQueue
+    from .study import QUEUE_RECORD
+
+    record = Path(args.run_dir) / QUEUE_RECORD
+    if not record.is_file():
+        raise UserError(f"{record}: missing; {args.run_dir} is not a distributed study (nas-mtl study --storage)")
+    saved = json.loads(record.read_text())
+    storage = args.storage or saved.get("storage")
+    if not storage:
+        raise UserError(f"{record}: the storage URL holds a password and is not recorded; give --storage URL")
+    queue = JobQueue(storage, saved["study"])
+    lines = queue.table()
+    counts = {s: sum(line["state"] == s for line in lines) for s in STATES}
+    print(f"study {saved['study']!r} in {queue.shown}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    shown = [line for line in lines if args.all or line["state"] != "done"]
+    if shown:
+        import pandas as pd
+
+        table = pd.DataFrame(shown).fillna("")
+        table["seconds"] = table["seconds"].map(lambda v: f"{v:.0f}" if v != "" else "")
+        print(table.to_string(index=False))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -354,8 +410,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="run (or resume) a study file: searches + baselines x balancers x seeds")
     p.add_argument("file", help="study TOML, e.g. studies/quickstart.toml")
     p.add_argument("--out", help="run folder (default runs/NAME; resumed if it exists)")
-    p.add_argument("--device", choices=TrainConfig.DEVICES, help="override the device of every run and search")
+    p.add_argument(
+        "--device",
+        help="override the device of every run and search: auto, cpu, cuda or cuda:N (this process sees GPU N only)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--storage",
+        help="run the study as jobs in this Optuna storage (sqlite:///PATH on one machine, postgresql://... across "
+        "machines, or env:VAR / file:PATH holding the URL): records and enqueues the jobs, then works on them",
+    )
+    p.add_argument(
+        "--worker",
+        action="store_true",
+        help="with --storage: only work on the jobs of a study already started there (start any number, anywhere "
+        "that sees the storage and the run folder)",
+    )
+    p.add_argument(
+        "--heartbeat-s",
+        type=int,
+        help=f"with --storage: seconds between a job's heartbeats (default: NAS_MTL_HEARTBEAT_S or {HEARTBEAT_S})",
+    )
+    p.add_argument(
+        "--grace-s",
+        type=int,
+        help="with --storage: seconds without a heartbeat after which a job's worker counts as dead and the job "
+        f"returns to the queue (default: NAS_MTL_GRACE_S or {GRACE_S})",
+    )
     p.add_argument(
         "--jobs",
         type=int,
@@ -366,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(p, TrackingConfig, "tracking (overrides the study file's [tracking])")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("status", help="the jobs of a distributed study: done, running (where, since when), waiting")
+    p.add_argument("run_dir", help="the study's run folder")
+    p.add_argument("--storage", help="the storage, when its URL holds a password (not recorded in the run folder)")
+    p.add_argument("--all", action="store_true", help="list finished jobs too")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="tables (Markdown/HTML/CSV) and figures for a study run folder")
     p.add_argument("run_dir")

@@ -231,7 +231,8 @@ class JobQueue:
     # ------------------------------------------------------------------ progress
     def table(self) -> list[dict[str, Any]]:
         """One line per job (its latest trial): key, state (:data:`STATES`), worker, since (start time of
-        a running or finished job), tries, seconds and error."""
+        a running or finished job), tries, seconds, resumed (the checkpoint epoch a retried run continued from)
+        and error."""
         latest: dict[str, FrozenTrial] = {}
         tries: dict[str, int] = {}
         for t in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -256,6 +257,7 @@ class JobQueue:
                     "since": _iso(t.datetime_start) if state in ("running", "done", "failed") else "",
                     "tries": tries[key],
                     "seconds": float(t.values[0]) if t.state == TrialState.COMPLETE and t.values else None,
+                    "resumed": t.user_attrs.get("resumed_from_epoch"),
                     "error": t.user_attrs.get("error", ""),
                 }
             )

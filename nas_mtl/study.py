@@ -25,6 +25,7 @@ import dataclasses
 import inspect
 import json
 import multiprocessing
+import os
 import queue
 import re
 import shutil
@@ -49,16 +50,17 @@ from .config import options as config_options
 from .data import MultiTaskData, create_dataset
 from .data.base import DATASETS
 from .graph import SharingGraph
+from .jobs import SETTINGS_ATTR, Job, JobQueue, worker_id
 from .metrics import delta_m
 from .processes import exit_with_parent
 from .registry import is_reference, resolve_reference
-from .runs import check_settings, read_json, replace_atomic, run_lock, write_json_atomic
+from .runs import check_settings, load_checkpoint, read_json, replace_atomic, run_lock, write_json_atomic
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .soft import Coupling
 from .space import SearchSpace, load_search_space
 from .storage import redact
 from .tracking import TrackingConfig, mirror_study, require_mlflow
-from .train import Metrics, TrainConfig
+from .train import CHECKPOINT, Metrics, TrainConfig
 
 T = TypeVar("T")
 
@@ -398,20 +400,218 @@ def run_study(
     if data is None:  # before the lock makes the run folder: data that cannot be read leaves none behind
         data, space = _data_and_space(spec)
     with run_lock(run_dir):
-        for method, options in spec.search.items():  # options that cannot work on this data, before any run
-            runner = SEARCH_METHODS.create(method)
-            if runner.check is not None:
-                try:
-                    runner.check(data, space, method_config(method, options, spec.source))
-                except ValueError as err:
-                    raise ValueError(f"{spec.source}: search.{method}: {err}") from None
-        _record_settings(spec, space, run_dir)  # refuses a folder made with other settings, before any run
-        if spec.source != "<memory>" and Path(spec.source).is_file():
-            replace_atomic(run_dir / "study.toml", lambda tmp: shutil.copyfile(spec.source, tmp))
+        _prepare(spec, data, space, run_dir)
         rows = _run_locked(spec, run_dir, progress, jobs, data, space)
         if spec.tracking.mlflow is not None:
             mirror_study(run_dir, spec.name, spec.tracking.mlflow, progress)
         return rows
+
+
+def _prepare(spec: StudySpec, data: MultiTaskData, space: SearchSpace, run_dir: Path) -> None:
+    """Before any run: check each search's options on this data, record (or check) the study's settings in the
+    run folder and copy the study file there."""
+    for method, options in spec.search.items():  # options that cannot work on this data, before any run
+        runner = SEARCH_METHODS.create(method)
+        if runner.check is not None:
+            try:
+                runner.check(data, space, method_config(method, options, spec.source))
+            except ValueError as err:
+                raise ValueError(f"{spec.source}: search.{method}: {err}") from None
+    _record_settings(spec, space, run_dir)  # refuses a folder made with other settings, before any run
+    if spec.source != "<memory>" and Path(spec.source).is_file():
+        replace_atomic(run_dir / "study.toml", lambda tmp: shutil.copyfile(spec.source, tmp))
+
+
+# ------------------------------------------------------------------ distributed studies
+QUEUE_RECORD = "queue.json"
+"""``RUN_DIR/queue.json``: the storage (when it holds no password) and study of a distributed study."""
+
+
+def run_distributed_study(
+    spec: StudySpec,
+    run_dir: str | Path,
+    storage: str,
+    *,
+    worker_only: bool = False,
+    progress: bool = False,
+    threads: int | None = None,
+    heartbeat_s: int | None = None,
+    grace_s: int | None = None,
+    poll_s: float = 2.0,
+) -> list[dict[str, Any]]:
+    """Run ``spec``'s jobs from the queue in ``storage`` (:mod:`nas_mtl.jobs`) until none is left; returns
+    the result rows.
+
+    Without ``worker_only`` this process publishes the study: it checks the search options, records the
+    settings in the run folder (as :func:`run_study` does) and in the storage, enqueues every job not done
+    (failed ones again), then works like any worker. Workers (``worker_only``, on any machine that sees the
+    storage and the run folder) check that their study file agrees with the record in the storage and claim
+    jobs one at a time; each job resumes from what the run folder holds. A worker stays until no job is
+    waiting or running (a running job may still be returned to the queue by a dead worker).
+
+    Args:
+        threads: torch threads per job; default: this machine's cores / the workers of this study seen on it.
+        heartbeat_s, grace_s: heartbeat period and the silence after which a worker counts as dead (default:
+            :func:`~nas_mtl.storage.heartbeat_settings`; every worker of a study should use the same).
+
+    Raises:
+        ValueError: a bad or unreachable storage, a study file that differs from the record (naming the keys),
+            a ``[grid]`` (not distributed yet), or jobs that failed (naming them) once nothing else can run.
+    """
+    if spec.grid is not None:
+        raise ValueError(
+            f"{spec.source}: grid: not with --storage yet (the grid's best weights decide later jobs); run the "
+            "study without --storage"
+        )
+    if spec.tracking.mlflow is not None:
+        require_mlflow()
+    run_dir = Path(run_dir)
+    data, space = _data_and_space(spec)
+    queue = JobQueue(storage, spec.name, create=not worker_only, heartbeat_s=heartbeat_s, grace_s=grace_s)
+    settings = json.loads(json.dumps(_queue_settings(spec, space)))
+    if worker_only:
+        queue.agree(settings)
+    else:
+        with run_lock(run_dir):
+            _prepare(spec, data, space, run_dir)
+        queue.study.set_user_attr(SETTINGS_ATTR, settings)  # the run folder's record accepted them
+        shown = storage if storage.startswith(("env:", "file:")) or redact(storage) == storage else None
+        write_json_atomic({"storage": shown, "study": spec.name}, run_dir / QUEUE_RECORD)
+        added = queue.publish(study_jobs(spec, data, space))
+        if progress:
+            print(f"study {spec.name!r}: {added} job(s) enqueued in {queue.shown}", file=sys.stderr, flush=True)
+    _work(spec, run_dir, queue, data, space, progress, threads, poll_s)
+    counts = queue.counts()
+    if counts["failed"] or counts["blocked"]:
+        failed = [
+            f"{line['job']} ({line['error'] or 'worker died ' + str(line['tries']) + ' times'})"
+            for line in queue.table()
+            if line["state"] == "failed"
+        ]
+        raise ValueError(
+            f"storage {queue.shown}: {counts['failed']} job(s) failed: {'; '.join(failed)}; "
+            f"{counts['blocked']} wait for them; fix the cause and rerun `nas-mtl study FILE --storage URL`"
+        )
+    if spec.tracking.mlflow is not None:
+        mirror_study(run_dir, spec.name, spec.tracking.mlflow, progress)
+    return load_rows(run_dir)
+
+
+def _queue_settings(spec: StudySpec, space: SearchSpace) -> dict[str, Any]:
+    """What a worker's study file must agree on: the results' settings and what decides its jobs' work."""
+    return {
+        **_study_settings(spec, space),
+        "seeds": list(spec.seeds),
+        "search_seeds": None if spec.search_seeds is None else list(spec.search_seeds),
+        "balancers": list(spec.balancers),
+        "baselines": list(spec.baselines),
+    }
+
+
+def study_jobs(spec: StudySpec, data: MultiTaskData, space: SearchSpace) -> list[Job]:
+    """Every search and arm run of ``spec`` as a :class:`~nas_mtl.jobs.Job` keyed by its folder, in the order
+    :func:`run_study` runs them (searches, then seed by seed); a searched arm needs every seed of its search
+    (which balancers differ from equal weighting depends on all of its graphs, as in :func:`run_study`)."""
+    jobs, searches = [], {}
+    for method in spec.search:
+        for seed in seeds_of_search(spec, method):
+            key = f"search/{method}/seed{seed}"
+            jobs.append(Job(key, {"kind": "search", "method": method, "seed": seed}))
+            searches.setdefault(method, []).append(key)
+    baselines = _baseline_arms(spec, data, space)
+    for i, seed in enumerate(spec.seeds):
+        for arm in baselines:
+            for b in _balancers_for([arm], spec.balancers):
+                args = {"kind": "arm", "arm": arm.name, "task": arm.single_task, "balancer": b, "seed": seed}
+                jobs.append(Job(_arm_key(_arm_name(arm), b, seed), args))
+        for method in spec.search:
+            seeds = seeds_of_search(spec, method)
+            for b in spec.balancers:
+                args = {"kind": "arm", "arm": method, "search_seed": seeds[i % len(seeds)], "balancer": b, "seed": seed}
+                jobs.append(Job(_arm_key(method, b, seed), args, tuple(searches[method])))
+    return jobs
+
+
+def _arm_key(arm: str, balancer: str, seed: int) -> str:
+    return f"arms/{slug(arm)}/{slug(balancer)}/seed{seed}"
+
+
+def run_job(job: Job, spec: StudySpec, run_dir: Path, data: MultiTaskData, space: SearchSpace) -> dict[str, Any]:
+    """Do ``job`` (or read back what the run folder already holds); returns attributes for its record
+    (``skipped``: why an arm run was not needed; ``resumed_from_epoch``: the checkpoint it continued)."""
+    args = job.args
+    legacy = spec.search_seeds is None
+    if args["kind"] == "search":
+        method, seed = args["method"], args["seed"]
+        out = _search_dir(run_dir, method, seed, legacy)
+        if _finished_search(out) is None:
+            options = _set_option(spec.search, "progress", False)[method]
+            _run_search(
+                method, options if legacy else {**options, "seed": seed}, out, spec.source, data=data, space=space
+            )
+        return {}
+    balancer, seed = args["balancer"], args["seed"]
+    if "search_seed" in args:
+        method = args["arm"]
+        group = []
+        for s in seeds_of_search(spec, method):
+            result = _finished_search(_search_dir(run_dir, method, s, legacy))
+            if result is None:  # the queue hands out a searched arm only after its searches
+                raise RuntimeError(f"{job.key}: search {method} seed {s} has no result in {run_dir}")
+            group.append(Arm(method, result.graph.with_meta(name=method), result.seconds, search_seed=s))
+        arm = next(a for a in group if a.search_seed == args["search_seed"])
+        if balancer not in _balancers_for(group, spec.balancers):
+            return {"skipped": f"{balancer} trains {method}'s graphs exactly as equal weighting does"}
+    else:
+        arm = next(
+            a for a in _baseline_arms(spec, data, space) if (a.name, a.single_task) == (args["arm"], args["task"])
+        )
+    out = _arm_dir(run_dir, arm, balancer, seed)
+    if _finished_row(out, arm) is not None:
+        return {}
+    attrs = {}
+    if (out / CHECKPOINT).is_file():  # an interrupted run (e.g. its worker died): resumed where it stopped
+        attrs["resumed_from_epoch"] = int(load_checkpoint(out / CHECKPOINT, "cpu")["epoch"])
+    _run_arm(arm, balancer, seed, spec, out, False, data=data, space=space)
+    return attrs
+
+
+def _work(
+    spec: StudySpec,
+    run_dir: Path,
+    queue: JobQueue,
+    data: MultiTaskData,
+    space: SearchSpace,
+    progress: bool,
+    threads: int | None,
+    poll_s: float,
+) -> int:
+    """Claim and run jobs until none is waiting or running; returns how many this process ran."""
+    worker, ran = worker_id(), 0
+    while True:
+        claim = queue.claim(worker)
+        if claim is None:
+            counts = queue.counts()
+            if not counts["waiting"] and not counts["running"]:
+                break
+            time.sleep(poll_s)
+            continue
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // queue.local_workers(worker)))
+        t0 = time.perf_counter()
+        try:
+            with queue.heartbeat(claim):
+                attrs = run_job(claim.job, spec, run_dir, data, space)
+        except BaseException as err:
+            queue.fail(claim, f"{type(err).__name__}: {err}".splitlines()[0], retry=isinstance(err, KeyboardInterrupt))
+            raise
+        seconds = time.perf_counter() - t0
+        queue.finish(claim, seconds, **attrs)
+        ran += 1
+        if progress:
+            again = f", try {claim.retries + 1}" if claim.retries else ""
+            print(f"[{worker}] {claim.job.key} done ({seconds:.0f} s{again})", file=sys.stderr, flush=True)
+    queue.leave(worker)
+    return ran
 
 
 def _record_settings(spec: StudySpec, space: SearchSpace, run_dir: Path) -> None:
@@ -893,7 +1093,10 @@ __all__ = [
     "method_config",
     "parse_study",
     "run_baselines",
+    "run_distributed_study",
+    "run_job",
     "run_study",
+    "study_jobs",
     "seeds_of_search",
     "slug",
     "with_device",

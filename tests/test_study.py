@@ -1,5 +1,9 @@
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -629,3 +633,155 @@ def test_soft_arm_options_are_checked(tmp_path):
     no_arm = SOFT_STUDY.replace('"soft-l2", "cross-stitch"]', '"cross-stitch"]')
     with pytest.raises(ValueError, match=r"arms.soft-l2: options for an arm not in arms.baselines"):
         load_study(_write(tmp_path, no_arm))
+
+
+# ------------------------------------------------------------------ distributed studies (nas-mtl study --storage)
+DISTRIBUTED = (
+    STUDY.replace("seeds = [0, 1]", "seeds = [0, 1, 2]\nsearch_seeds = [0, 1]")
+    .replace("n_train = 64", "n_train = 768")
+    .replace("epochs = 1", "epochs = 6")
+    + """
+[search.branch]
+n_trials = 2
+sampler = "random"
+warmstart_epochs = 1
+proxy_epochs = 1
+batch_size = 32
+"""
+)
+# 2 searches, then 3 seeds x (2 single-task nets, hard sharing, the searched arm): 14 jobs of about 1-3 s each on
+# one thread, so a worker started after the first (its imports take ~5-15 s) still finds jobs to take
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def study_storage(request, tmp_path, monkeypatch):
+    """The storage of a distributed study, passed as env:NAS_DB (no password on command lines)."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("NAS_DB", url)
+    monkeypatch.setenv("NAS_MTL_HEARTBEAT_S", "1")
+    monkeypatch.setenv("NAS_MTL_GRACE_S", "4")
+    return url
+
+
+def _distributed(tmp_path, name):
+    path = _write(tmp_path, DISTRIBUTED.replace('name = "tiny"', f'name = "{name}"'))
+    cmd = [sys.executable, "-m", "nas_mtl.cli", "--threads", "1", "study", str(path), "--out", str(tmp_path / "run")]
+    return [*cmd, "--storage", "env:NAS_DB", "--no-progress"]
+
+
+def _start_worker(tmp_path, cmd, first):
+    """A `--worker` started once the first process has published the study (its queue.json is written)."""
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / study_mod.QUEUE_RECORD).is_file():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.2)
+    return subprocess.Popen([*cmd, "--worker"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _jobs(url, name):
+    from nas_mtl.jobs import JobQueue
+
+    return JobQueue(url, name)
+
+
+@pytest.mark.slow
+def test_two_workers_finish_a_study_without_running_any_job_twice(tmp_path, study_storage):
+    name = f"two-{Path(tmp_path).name}"
+    cmd = _distributed(tmp_path, name)
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = _start_worker(tmp_path, cmd, first)
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    table = _jobs(study_storage, name).table()
+    assert len(table) == 14 and {line["state"] for line in table} == {"done"}
+    assert {line["tries"] for line in table} == {1}  # no job ran twice
+    assert len({line["worker"] for line in table}) == 2  # both processes took part
+    rows = load_rows(tmp_path / "run")
+    keys = [(r["arm"], r["task"], r["balancer"], r["seed"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 12
+    runs = pd.read_csv(tmp_path / "run" / "report" / "runs.csv")
+    assert len(runs) == len(runs.drop_duplicates(["arm", "balancer", "seed"])) == 9  # single-task nets merged
+    searched = {r["search_seed"] for r in rows if r["arm"] == "branch"}
+    assert searched == {0, 1}  # training seed i retrained search seed i % 2's graph
+    password = study_storage.split("@")[0].split(":")[-1] if "@" in study_storage else None
+    if password:
+        for path in (tmp_path / "run").rglob("*.json"):
+            assert password not in path.read_text(), path
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_loses_nothing_and_its_job_resumes_from_its_checkpoint(tmp_path, study_storage):
+    """SIGKILL the joined worker while it trains an arm past its first epoch: after the grace period (4 s here)
+    the survivor fails that job, takes it again and continues from the checkpoint; the study completes."""
+    import os
+    import signal
+
+    name = f"kill-{Path(tmp_path).name}"
+    cmd = _distributed(tmp_path, name)
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = _start_worker(tmp_path, cmd, first)
+    queue = _jobs(study_storage, name)
+    killed, deadline = None, time.monotonic() + 300
+    while killed is None and second.poll() is None and time.monotonic() < deadline:
+        for line in queue.table():
+            ours = line["state"] == "running" and line["worker"].endswith(f":{second.pid}")
+            if (
+                ours
+                and line["job"].startswith("arms/")
+                and (tmp_path / "run" / line["job"] / "checkpoint.pt").is_file()
+            ):
+                os.kill(second.pid, signal.SIGKILL)
+                killed = line["job"]
+                break
+        time.sleep(0.05)
+    assert killed is not None, "the joined worker never trained an arm past an epoch"
+    second.wait(timeout=60)
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err
+    lines = {line["job"]: line for line in queue.table()}
+    assert {line["state"] for line in lines.values()} == {"done"}
+    assert lines[killed]["tries"] == 2 and lines[killed]["worker"].endswith(f":{first.pid}")
+    assert lines[killed]["resumed"] >= 1  # continued from the dead worker's checkpoint, not from scratch
+    assert sum(line["tries"] for line in lines.values()) == len(lines) + 1  # only the killed job ran twice
+    rows = load_rows(tmp_path / "run")
+    assert len(rows) == len({(r["arm"], r["task"], r["balancer"], r["seed"]) for r in rows}) == 12
+
+
+def test_distributed_study_errors_are_one_line_and_status_lists_the_jobs(tmp_path, monkeypatch, capsys):
+    from nas_mtl.cli import main
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    path = _write(tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]"))
+    run = tmp_path / "run"
+    rows = study_mod.run_distributed_study(load_study(path), run, url)
+    assert len(rows) == 3  # two single-task nets and hard sharing
+    assert main(["status", str(run)]) == 0  # the URL holds no password: recorded in queue.json
+    out = capsys.readouterr().out
+    assert "study 'tiny' in sqlite:///" in out and "3 done, 0 running, 0 waiting, 0 blocked, 0 failed" in out
+    assert main(["status", str(run), "--all"]) == 0
+    assert "arms/hard/equal/seed0  done" in capsys.readouterr().out
+    (tmp_path / "other").mkdir()
+    (tmp_path / "grid").mkdir()
+    other = _write(
+        tmp_path / "other", STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace("epochs = 1", "epochs = 2")
+    )
+    with pytest.raises(ValueError, match=r"storage sqlite:///.*\(study 'tiny'\): .*train.epochs \(1 -> 2\)"):
+        study_mod.run_distributed_study(load_study(other), run, url, worker_only=True)
+    assert main(["study", str(path), "--out", str(run), "--worker"]) == 2
+    assert "--worker: needs --storage" in capsys.readouterr().err
+    assert main(["study", str(path), "--out", str(run), "--storage", url, "--jobs", "2"]) == 2
+    assert "--jobs: not with --storage" in capsys.readouterr().err
+    grid = _write(tmp_path / "grid", STUDY + "[grid]\nstep = 0.5\n")
+    with pytest.raises(ValueError, match="grid: not with --storage yet"):
+        study_mod.run_distributed_study(load_study(grid), tmp_path / "grid-run", url)
+
+
+def test_device_cuda_n_shows_the_process_that_gpu_only(monkeypatch):
+    from nas_mtl.cli import UserError, _one_device
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _one_device("cpu") == "cpu" and "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert _one_device("cuda:3") == "cuda" and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    with pytest.raises(UserError, match="cuda:N"):
+        _one_device("gpu")
