@@ -254,13 +254,16 @@ def test_real_proxy_search_is_deterministic_per_tree(shapes, tmp_path):
     assert all(1 in t.intermediate_values for t in study.trials if "score" in t.user_attrs)
 
 
-def _finished_correctly(study, n, failed_because=("over_budget",)):
+def _finished_correctly(study, n, failed_because=("over_budget",), dead=()):
+    """``dead``: numbers of trials whose worker died (failed by the storage's heartbeat check, no attribute)."""
     trials = study.get_trials()
     states = [t.state.name for t in trials]
     assert [t.number for t in trials] == list(range(len(trials)))  # no duplicate or missing numbers
     assert states.count("COMPLETE") + states.count("PRUNED") == n
     assert "RUNNING" not in states and "WAITING" not in states
-    assert all(any(t.user_attrs.get(a) for a in failed_because) for t in trials if t.state.name == "FAIL")
+    failed = [t for t in trials if t.state.name == "FAIL" and t.number not in dead]
+    assert all(any(t.user_attrs.get(a) for a in failed_because) for t in failed)
+    assert all(trials[k].state.name == "FAIL" for k in dead)
     keys = {t.number: t.user_attrs["key"] for t in trials if "key" in t.user_attrs}
     for t in trials:  # every duplicate points at a trial of the same tree
         if "duplicate_of" in t.user_attrs:
@@ -413,3 +416,79 @@ def test_a_duplicate_does_not_wait_for_a_dead_worker():
     child.wait()
     assert not _alive(trial(f"{host}:{child.pid}:MainThread"))
     assert _alive(trial(f"another-machine:{child.pid}:MainThread"))
+
+
+def test_a_worker_joining_after_the_grace_period_fails_a_dead_workers_trial_and_reruns_its_place(
+    shapes, tmp_path, monkeypatch
+):
+    """A trial whose worker died (its heartbeat stopped) once counted against the budget forever: a worker joining
+    later ran 0 trials. Now it fails the stale trial and runs the trial that replaces it."""
+    import time
+
+    monkeypatch.setenv("NAS_MTL_HEARTBEAT_S", "1")
+    monkeypatch.setenv("NAS_MTL_GRACE_S", "2")
+    data, space, path = shapes
+    config = _config(tmp_path, n_trials=3, sampler="random", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    study = create_branch_study(data, space, config, tmp_path, setup=Setup("shapes", DATA, str(path)))
+    assert run_worker(config.storage, seed=1) == 3
+    config = dataclasses.replace(config, n_trials=4)
+    create_branch_study(data, space, config, tmp_path, setup=Setup("shapes", DATA, str(path)))  # a larger budget
+    storage = open_storage(config.storage)
+    dead = optuna.load_study(study_name="branch", storage=storage).ask()  # the 4th trial, on another machine
+    suggest_tree(dead, data.task_names, space.layers, space.branchable)
+    dead.set_user_attr("worker", "elsewhere:1:MainThread")
+    storage.record_heartbeat(dead._trial_id)  # then that machine went silent
+    time.sleep(2.5)
+    assert run_worker(config.storage, seed=2) == 1
+    _finished_correctly(_study(config), 4, dead=(dead.number,))
+    assert len(study.get_trials()) == 5
+
+
+@pytest.mark.slow
+def test_branch_search_on_postgresql_survives_a_killed_joined_worker(shapes, tmp_path, postgres_url, monkeypatch):
+    """`search branch --workers 2` (this process and a spawned worker) with a third worker joining by
+    `nas-mtl worker`; the joined worker is SIGKILLed mid-trial. Before, the search ended with that trial RUNNING
+    and the budget one short; now the survivors fail it after the grace period (4 s here) and run its place."""
+    import os
+    import signal
+    import time
+
+    _, _, path = shapes
+    monkeypatch.setenv("NAS_DB", postgres_url)
+    monkeypatch.setenv("NAS_MTL_HEARTBEAT_S", "1")
+    monkeypatch.setenv("NAS_MTL_GRACE_S", "4")
+    study_name = f"join-{tmp_path.name}"
+    argv = [sys.executable, "-m", "nas_mtl.cli", "search", "branch", "--data", "shapes", "--space", str(path)]
+    argv += ["--out", str(tmp_path / "run"), "--workers", "2", "--sampler", "random", "--n-trials", "24"]
+    argv += ["--warmstart-epochs", "1", "--proxy-epochs", "4", "--batch-size", "32", "--reference", "hard"]
+    slower = {**DATA, "n_train": 1600}  # trials of ~2 s: the joined worker is up before the budget is gone
+    argv += ["--device", "cpu", "--storage", "env:NAS_DB", "--study", study_name]
+    argv += [f"--data-arg={k}={v}" for k, v in slower.items()]
+    main = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    storage = open_storage(postgres_url)
+    deadline = time.monotonic() + 300
+    while True:  # the third worker joins once the study exists
+        assert main.poll() is None and time.monotonic() < deadline, main.communicate()
+        try:
+            optuna.load_study(study_name=study_name, storage=storage)
+            break
+        except KeyError:
+            time.sleep(0.2)
+    join = [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", "env:NAS_DB", "--study", study_name]
+    third = subprocess.Popen([*join, "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    while killed is None and main.poll() is None and third.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        for t in optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False):
+            if t.state.name == "RUNNING" and str(t.user_attrs.get("worker", "")).split(":")[1:2] == [str(third.pid)]:
+                os.kill(third.pid, signal.SIGKILL)
+                killed = t.number
+                break
+    assert killed is not None, "the joined worker never ran a trial before the search ended"
+    out, err = main.communicate(timeout=600)
+    assert main.returncode == 0, err
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = _finished_correctly(study, 24, dead=(killed,))
+    workers = {str(t.user_attrs.get("worker", "")).split(":")[1] for t in trials if "worker" in t.user_attrs}
+    assert len(workers) == 3  # this process, the spawned worker and the joined one all ran trials
+    assert (tmp_path / "run" / "search.json").is_file() and (tmp_path / "run" / "graph.json").is_file()

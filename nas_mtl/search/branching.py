@@ -27,9 +27,12 @@ the rare trial that loses that race is marked FAIL with user attr ``over_budget`
 Resume: rerunning :func:`branch_search` on the same storage continues the study (finished trials kept) up to
 the budget; RUNNING trials left by a killed run are marked FAIL first, so restart it only when no worker of
 the study is running (a worker whose trial is failed under it stops with an error). ``nas-mtl worker``
-processes never fail other trials, except through the heartbeat of RDB storages (a worker silent for
-:data:`GRACE_S` seconds is presumed dead and its trial failed); on a journal file, the trial of a worker
-killed while the others go on stays RUNNING (and counted) until the search is restarted.
+processes never fail other trials, except through the heartbeat of RDB storages: a worker silent for the grace
+period (:data:`GRACE_S` s by default) is presumed dead and its trial failed by whichever process looks next;
+on RDB storages the search and every worker stay until no trial runs, so a dead worker's place in the budget is
+rerun by a survivor (or by a worker joining later). On a journal file, the trial of a joined worker killed
+while the others go on stays RUNNING (and counted) until the search is restarted; workers the search started
+itself are watched as processes, so their trials are failed and rerun at once on any storage.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ import numpy as np
 import optuna
 import torch
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ..config import config_from_dict, nested, option
@@ -344,14 +347,36 @@ class _StopWhenClaimed:
             study.stop()
 
 
-def _optimize(objective: TreeObjective) -> int:
-    """Run trials until the study's budget is claimed; returns how many trials this process ran."""
+def _optimize(objective: TreeObjective, wait: bool = False, on_wait: Callable[[], object] = lambda: None) -> int:
+    """Run trials until the study's budget is claimed and no trial runs anywhere; returns how many trials this
+    process ran.
+
+    With ``wait`` (storages with heartbeats), it waits while other processes' trials run, calling ``on_wait``
+    between looks: a trial whose worker dies stops its heartbeats, and after the grace period
+    :func:`optuna.storages.fail_stale_trials` (here, or in any other process) fails it, which frees its place in
+    the budget for a trial run here. So a search (or a joined worker) never ends with a dead worker's trial
+    RUNNING, and a worker joining after the grace period fails such a trial and reruns its place.
+    """
     study, n = objective.study, objective.config.n_trials
     before = sum(t.user_attrs.get("worker") == objective.worker for t in study.get_trials(deepcopy=False))
-    if len(study.get_trials(deepcopy=False, states=CLAIMED)) < n:
-        study.optimize(
-            objective, callbacks=[_StopWhenClaimed(n)], catch=(_OverBudget, FloatingPointError), gc_after_trial=False
-        )
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if waiting or sum(t.state in CLAIMED for t in trials) < n:
+            study.optimize(
+                objective,
+                callbacks=[_StopWhenClaimed(n)],
+                catch=(_OverBudget, FloatingPointError),
+                gc_after_trial=False,
+            )
+        elif wait and any(t.state == TrialState.RUNNING for t in trials):
+            on_wait()
+            time.sleep(POLL_S)
+        else:
+            break
     return sum(t.user_attrs.get("worker") == objective.worker for t in study.get_trials(deepcopy=False)) - before
 
 
@@ -387,11 +412,10 @@ def branch_search(
         )
     objective, url, stale = _open(data, space, config, Path(run_dir), setup, scorer)
     with _WorkerProcesses(url, config, workers, Path(run_dir)) as procs:
-        _optimize(objective)
-    orphans = procs.fail_orphans(objective.study)
-    if orphans:  # a worker died mid-trial: its trials go back into the budget, run here
-        stale = [*stale, *orphans]
-        _optimize(objective)
+        _optimize(objective, heartbeats(url), lambda: procs.fail_orphans(objective.study))
+    if procs.fail_orphans(objective.study):  # a worker died mid-trial: its trials go back into the budget, run here
+        _optimize(objective, heartbeats(url))
+    stale = [*stale, *procs.orphans]
     # the search's cost over all its sessions (a resumed study adds this session's wall time to the record)
     before = float(objective.study.user_attrs.get(SECONDS_ATTR, 0.0))
     total = before + time.perf_counter() - t0
@@ -493,7 +517,13 @@ def run_worker(
     _check_record(study, data.task_names, space, config)
     study = _attach(study_name, handle, config, seed)
     proxy = Proxy.prepare(data, space, config.proxy, run_dir or record["run_dir"], reference=record["reference"])
-    return _optimize(TreeObjective(study, proxy, data.task_names, space.layers, space.branchable, config))
+    objective = TreeObjective(study, proxy, data.task_names, space.layers, space.branchable, config)
+    return _optimize(objective, heartbeats(storage))
+
+
+def heartbeats(storage: str) -> bool:
+    """Whether the storage (spec) records heartbeats (RDB storages; a journal file does not)."""
+    return not resolve(storage).startswith("journal:")
 
 
 def _attach(study_name: str, storage: BaseStorage, config: BranchSearchConfig, seed: int | None) -> optuna.Study:
@@ -555,6 +585,7 @@ class _WorkerProcesses:
         self.url, self.config, self.n, self.run_dir = url, config, n, run_dir
         self.procs: list[tuple[subprocess.Popen, Path]] = []
         self.failed: list[tuple[subprocess.Popen, int, Path]] = []
+        self.orphans: list[int] = []
         self.threads = torch.get_num_threads()
 
     def __enter__(self) -> _WorkerProcesses:
@@ -602,14 +633,16 @@ class _WorkerProcesses:
             )
 
     def fail_orphans(self, study: optuna.Study) -> list[int]:
-        """Mark FAIL the trials that dead workers left RUNNING (they would count against the budget); returns their
-        numbers."""
-        dead = tuple(f"{socket.gethostname()}:{proc.pid}:" for proc, _rc, _log in self.failed)
+        """Mark FAIL the trials that workers which died (so far) left RUNNING (they would count against the budget);
+        returns their numbers (all of them are kept in :attr:`orphans`)."""
+        dead = tuple(f"{socket.gethostname()}:{proc.pid}:" for proc, _log in self.procs if proc.poll() not in (None, 0))
         if not dead:
             return []
-        return _fail_running(
+        failed = _fail_running(
             study, study._storage, of=lambda t: str(t.user_attrs.get("worker", "")).startswith(dead), why="worker_died"
         )
+        self.orphans += failed
+        return failed
 
 
 def _result(objective: TreeObjective, url: str, seconds: float, stale: list[int]) -> SearchResult:
@@ -679,6 +712,7 @@ __all__ = [
     "TreeObjective",
     "branch_search",
     "create_branch_study",
+    "heartbeats",
     "open_storage",
     "plot_history",
     "run_worker",
