@@ -230,6 +230,7 @@ def cmd_study(args: argparse.Namespace) -> None:
             threads=args.torch_threads,
             heartbeat_s=args.heartbeat_s,
             grace_s=args.grace_s,
+            wait_s=args.wait_s,
         )
     else:
         rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
@@ -425,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --storage: only work on the jobs of a study already started there (start any number, anywhere "
         "that sees the storage and the run folder)",
+    )
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=600.0,
+        help="with --worker: how long to wait for the study to be published in the storage (default 600)",
     )
     p.add_argument(
         "--heartbeat-s",

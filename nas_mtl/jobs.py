@@ -122,6 +122,26 @@ class JobQueue:
                 ) from None
         self.study_id = storage.get_study_id_from_name(name)
 
+    @classmethod
+    def join(cls, spec: str, name: str, settings: Mapping[str, Any], wait_s: float = 0.0, **kwargs: Any) -> JobQueue:
+        """The queue of a study another process publishes, once its settings are recorded (waiting up to
+        ``wait_s`` for both: a worker may start first), checked against ``settings`` (:meth:`agree`)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                queue = cls(spec, name, **kwargs)
+                if SETTINGS_ATTR in queue.study.user_attrs:
+                    queue.agree(settings)
+                    return queue
+                missing = ValueError(f"storage {queue.shown!r}: study {name!r} records no settings; restart it")
+            except ValueError as err:
+                if "no study" not in str(err):
+                    raise
+                missing = err
+            if time.monotonic() >= deadline:
+                raise missing
+            time.sleep(1.0)
+
     # ------------------------------------------------------------------ publishing
     def agree(self, settings: Mapping[str, Any]) -> None:
         """Record ``settings`` (JSON) in a new study, or check them against the recorded ones: a one-line

@@ -438,6 +438,7 @@ def run_distributed_study(
     heartbeat_s: int | None = None,
     grace_s: int | None = None,
     poll_s: float = 2.0,
+    wait_s: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Run ``spec``'s jobs from the queue in ``storage`` (:mod:`nas_mtl.jobs`) until none is left; returns
     the result rows.
@@ -451,6 +452,7 @@ def run_distributed_study(
 
     Args:
         threads: torch threads per job; default: this machine's cores / the workers of this study seen on it.
+        wait_s: a worker waits this long for the study to be published (it may start first).
         heartbeat_s, grace_s: heartbeat period and the silence after which a worker counts as dead (default:
             :func:`~nas_mtl.storage.heartbeat_settings`; every worker of a study should use the same).
 
@@ -467,11 +469,12 @@ def run_distributed_study(
         require_mlflow()
     run_dir = Path(run_dir)
     data, space = _data_and_space(spec)
-    queue = JobQueue(storage, spec.name, create=not worker_only, heartbeat_s=heartbeat_s, grace_s=grace_s)
     settings = json.loads(json.dumps(_queue_settings(spec, space)))
+    beats = {"heartbeat_s": heartbeat_s, "grace_s": grace_s}
     if worker_only:
-        queue.agree(settings)
+        queue = JobQueue.join(storage, spec.name, settings, wait_s, **beats)
     else:
+        queue = JobQueue(storage, spec.name, create=True, **beats)
         with run_lock(run_dir):
             _prepare(spec, data, space, run_dir)
         queue.study.set_user_attr(SETTINGS_ATTR, settings)  # the run folder's record accepted them

@@ -143,3 +143,16 @@ def test_workers_on_one_machine_share_its_cores(tmp_path):
     assert queue.local_workers("hostA:1") == 2 and queue.local_workers("hostB:3") == 1
     queue.leave("hostA:2")
     assert queue.local_workers("hostA:1") == 1
+
+
+def test_a_worker_started_first_waits_for_the_study_to_be_published(tmp_path):
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    threading.Timer(1.5, lambda: JobQueue(url, "late", create=True).agree({"seeds": [0]})).start()
+    queue = JobQueue.join(url, "late", {"seeds": [0]}, wait_s=60)
+    assert queue.study.user_attrs["settings"] == {"seeds": [0]}
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="no study 'never'"):
+        JobQueue.join(url, "never", {}, wait_s=1.5)
+    assert time.monotonic() - t0 >= 1.5
