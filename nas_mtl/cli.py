@@ -284,7 +284,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from .report import write_report
 
     files = write_report(args.run_dir, args.out)
-    print(Path(files["report.md"]).read_text().split("## Figures")[0])
+    text = Path(files["report.md"]).read_text()
+    print("\n## ".join(text.split("\n## ")[:3]))  # the title, the verdict and the main table
     print("written: " + ", ".join(str(p) for p in files.values()))
 
 
