@@ -711,9 +711,17 @@ def test_two_workers_finish_a_study_without_running_any_job_twice(tmp_path, stud
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_job_loses_nothing_and_its_job_resumes_from_its_checkpoint(tmp_path, study_storage):
-    """SIGKILL the joined worker while it trains an arm past its first epoch: after the grace period (4 s here)
-    the survivor fails that job, takes it again and continues from the checkpoint; the study completes."""
+@pytest.mark.parametrize(
+    "study_storage, victim",
+    [("sqlite", "worker"), ("postgres", "worker"), ("postgres", "publisher")],
+    indirect=["study_storage"],
+)
+def test_a_process_killed_mid_job_loses_nothing_and_its_job_resumes_from_its_checkpoint(
+    tmp_path, study_storage, victim
+):
+    """SIGKILL the joined worker (or the process that published the study) while it trains an arm past its first
+    epoch: after the grace period (4 s here) the survivor fails that job, takes it again and continues from the
+    checkpoint; the study completes."""
     import os
     import signal
 
@@ -722,26 +730,27 @@ def test_a_worker_killed_mid_job_loses_nothing_and_its_job_resumes_from_its_chec
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     second = _start_worker(tmp_path, cmd, first)
     queue = _jobs(study_storage, name)
+    dying, surviving = (second, first) if victim == "worker" else (first, second)
     killed, deadline = None, time.monotonic() + 300
-    while killed is None and second.poll() is None and time.monotonic() < deadline:
+    while killed is None and dying.poll() is None and time.monotonic() < deadline:
         for line in queue.table():
-            ours = line["state"] == "running" and line["worker"].endswith(f":{second.pid}")
+            ours = line["state"] == "running" and line["worker"].endswith(f":{dying.pid}")
             if (
                 ours
                 and line["job"].startswith("arms/")
                 and (tmp_path / "run" / line["job"] / "checkpoint.pt").is_file()
             ):
-                os.kill(second.pid, signal.SIGKILL)
+                os.kill(dying.pid, signal.SIGKILL)
                 killed = line["job"]
                 break
         time.sleep(0.05)
-    assert killed is not None, "the joined worker never trained an arm past an epoch"
-    second.wait(timeout=60)
-    out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err
+    assert killed is not None, f"the {victim} never trained an arm past an epoch"
+    dying.wait(timeout=60)
+    out, err = surviving.communicate(timeout=600)
+    assert surviving.returncode == 0, err
     lines = {line["job"]: line for line in queue.table()}
     assert {line["state"] for line in lines.values()} == {"done"}
-    assert lines[killed]["tries"] == 2 and lines[killed]["worker"].endswith(f":{first.pid}")
+    assert lines[killed]["tries"] == 2 and lines[killed]["worker"].endswith(f":{surviving.pid}")
     assert lines[killed]["resumed"] >= 1  # continued from the dead worker's checkpoint, not from scratch
     assert sum(line["tries"] for line in lines.values()) == len(lines) + 1  # only the killed job ran twice
     rows = load_rows(tmp_path / "run")
@@ -785,3 +794,31 @@ def test_device_cuda_n_shows_the_process_that_gpu_only(monkeypatch):
     assert _one_device("cuda:3") == "cuda" and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
     with pytest.raises(UserError, match="cuda:N"):
         _one_device("gpu")
+
+
+@pytest.mark.slow
+def test_a_studys_branch_search_runs_with_workers_and_a_worker_can_join_it(tmp_path):
+    """`workers = 2` in a study's [search.branch] once passed validation and failed at run time ("workers > 1
+    needs setup= ..."), and `nas-mtl worker` could not join a study's search: both work now."""
+    import optuna
+
+    from nas_mtl.storage import open_storage
+
+    search = "[search.branch]\nn_trials = 6\nworkers = 2\nsampler = 'random'\nwarmstart_epochs = 1\n"
+    search += "proxy_epochs = 1\nbatch_size = 32\n"
+    path = _write(
+        tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace("n_train = 64", "n_train = 256") + search
+    )
+    rows = run_study(load_study(path), tmp_path / "run")
+    assert {r["arm"] for r in rows} == {"single-task", "hard", "branch"}
+    folder = tmp_path / "run" / "search" / "branch" / "seed0"
+    url = f"sqlite:///{folder / 'study.db'}"
+    trials = optuna.load_study(study_name="branch", storage=open_storage(url)).get_trials()
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 6
+    assert (folder / "workers" / "worker-1.log").is_file()
+    joined = subprocess.run(
+        [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", url, "--study", "branch"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert joined.returncode == 0, joined.stderr  # it rebuilt the study's data and space from the record
+    assert "0 trial(s) run" in joined.stdout  # the budget is spent
