@@ -15,9 +15,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 
-from . import units  # noqa: E402
 from .graph import SKIP, SharingGraph  # noqa: E402
 from .runs import replace_atomic  # noqa: E402
+from .units import count  # noqa: E402
 
 
 def save_figure(fig: Figure, path: str | Path | None) -> Figure:
@@ -150,7 +150,7 @@ def pareto_plot(
         fx, fy = zip(*sorted(front))
         ax.step(fx, fy, where="post", color="0.3", lw=1, ls="--", label="Pareto front")
     ax.axhline(0.0, color="0.75", lw=0.8, zorder=0)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: units.count(x)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: count(x)))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)

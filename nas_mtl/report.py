@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import units
 from .graph import SharingGraph
 from .metrics import delta_m
 from .plots import curves_plot, draw_topology, pareto_plot
@@ -40,6 +39,8 @@ from .runs import read_json, replace_atomic
 from .search.proxy import graph_key
 from .study import GRID_RECORD, ROW, load_rows, slug
 from .train import CURVES
+from .units import count, mmacs
+from .units import seconds as duration
 
 SINGLE = "single-task"
 """Arm name of the per-task networks (the Δm reference)."""
@@ -300,14 +301,14 @@ def format_table(summary: pd.DataFrame) -> pd.DataFrame:
     for c in (m.removesuffix(" std") for m in metrics):
         shown[c] = [_mean_std(m, s, ".4f") for m, s in zip(summary[c], summary[f"{c} std"])]
     _costs(shown, summary)
-    shown["search"] = summary["search_seconds"].map(lambda s: units.seconds(s) if s > 0 else "—")
+    shown["search"] = summary["search_seconds"].map(lambda s: duration(s) if s > 0 else "—")
     return shown.reset_index()
 
 
 def _costs(shown: pd.DataFrame, table: pd.DataFrame) -> None:
-    shown["params"] = table["params"].map(units.count)
-    shown["MMACs"] = table["macs"].map(units.mmacs)
-    shown["retrain"] = table["train_seconds"].map(units.seconds)
+    shown["params"] = table["params"].map(count)
+    shown["MMACs"] = table["macs"].map(mmacs)
+    shown["retrain"] = table["train_seconds"].map(duration)
 
 
 def format_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -465,7 +466,7 @@ def _search_facts(runs: pd.DataFrame) -> dict[str, tuple[str, str]]:
                 f"{graphs.nunique()} distinct graphs from {len(graphs)} search seeds "
                 f"(the most common one {same} of {len(graphs)} times)"
             )
-        facts[arm] = (f"{times}{units.seconds(seconds)} per search)", repeat)
+        facts[arm] = (f"{times}{duration(seconds)} per search)", repeat)
     return facts
 
 
@@ -473,7 +474,7 @@ def _cost_unit(runs: pd.DataFrame) -> str:
     unit = _hard_training_seconds(runs)
     if not np.isfinite(unit):
         return "no hard/equal runs to measure it against"
-    return f"in units of one hard/equal training, {units.seconds(unit)} on average"
+    return f"in units of one hard/equal training, {duration(unit)} on average"
 
 
 def _search_lines(runs: pd.DataFrame) -> list[str]:

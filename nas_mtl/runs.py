@@ -32,6 +32,12 @@ import torch
 
 RUNTIME_KEYS = frozenset({"device", "progress"})
 """Settings that may change between sessions of one run at any depth (resume on another device, without bars)."""
+ROW = "row.json"
+"""A study's finished arm run: its result row (``RUN_DIR/arms/ARM/BALANCER/seedS/row.json``)."""
+SEARCH_DONE = "search.json"
+"""A study's finished search (``RUN_DIR/search/METHOD/seedS/search.json``)."""
+STUDY_RECORD = "study.json"
+"""What a study's results depend on (``RUN_DIR/study.json``)."""
 
 
 def replace_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -179,7 +185,10 @@ def _short(value: Any) -> str:
 
 __all__ = [
     "LOCK",
+    "ROW",
     "RUNTIME_KEYS",
+    "SEARCH_DONE",
+    "STUDY_RECORD",
     "check_settings",
     "load_checkpoint",
     "read_json",

@@ -54,7 +54,17 @@ from .jobs import SETTINGS_ATTR, Job, JobQueue, worker_id
 from .metrics import delta_m
 from .processes import exit_with_parent
 from .registry import is_reference, resolve_reference
-from .runs import check_settings, load_checkpoint, read_json, replace_atomic, run_lock, write_json_atomic
+from .runs import (
+    ROW,
+    SEARCH_DONE,
+    STUDY_RECORD,
+    check_settings,
+    load_checkpoint,
+    read_json,
+    replace_atomic,
+    run_lock,
+    write_json_atomic,
+)
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
 from .soft import Coupling
 from .space import SearchSpace, load_search_space
@@ -65,9 +75,6 @@ from .train import CHECKPOINT, Metrics, TrainConfig
 T = TypeVar("T")
 
 FORMAT = "nas_mtl.study/1"
-ROW = "row.json"
-SEARCH_DONE = "search.json"
-STUDY_RECORD = "study.json"
 ROW_KEYS = ("arm", "task", "balancer", "seed", "graph", "test", "val", "params", "macs", "train_seconds", "primary")
 """What every row.json holds (reports read them)."""
 _KEYS = (

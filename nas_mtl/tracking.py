@@ -147,7 +147,7 @@ def _file_store_allowed(uri: str) -> Iterator[None]:
 
 
 def _entries(run_dir: Path) -> list[_Entry]:
-    from .study import ROW, SEARCH_DONE
+    from .runs import ROW, SEARCH_DONE
 
     found = [("arm", p) for p in sorted(run_dir.glob(f"arms/**/{ROW}"))]
     found += [("grid", p) for p in sorted(run_dir.glob(f"grid/**/{ROW}"))]
@@ -209,7 +209,7 @@ def _logged_runs(client: Any, experiment_id: str, run_dir: Path) -> dict[str, li
 
 def _settings(run_dir: Path) -> Mapping[str, Any]:
     """The study record's settings (training settings, search options); empty where there is none."""
-    from .study import STUDY_RECORD
+    from .runs import STUDY_RECORD
 
     try:
         return json.loads((run_dir / STUDY_RECORD).read_text()).get("settings", {})
