@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from timm.layers.norm_act import BatchNormAct2d
 from torch import Tensor, nn
 
 from .backbones import Backbone, count_macs
@@ -426,18 +425,23 @@ class StreamBatchNorm3d(_StreamNorm, nn.BatchNorm3d):
     """:class:`torch.nn.BatchNorm3d` over interleaved streams (see :func:`stream_norms`)."""
 
 
-class StreamBatchNormAct2d(_StreamNorm, BatchNormAct2d):
-    """timm's ``BatchNormAct2d`` over interleaved streams: batch norm, then ``self.drop``, then ``self.act``."""
-
-    def _after_norm(self, y: Tensor) -> Tensor:
-        return self.act(self.drop(y))
-
-
-_STREAM_CLASSES: dict[object, type] = {
-    nn.BatchNorm1d.forward: StreamBatchNorm1d,
-    BatchNormAct2d.forward: StreamBatchNormAct2d,
-}
+_STREAM_CLASSES: dict[object, type] = {nn.BatchNorm1d.forward: StreamBatchNorm1d}
 """Stream class by the norm's ``forward`` (torch's 1d/2d/3d share one): only forwards known to be reproduced."""
+
+try:  # timm's BatchNorm + activation (EfficientNet / MobileNet blocks); none when timm cannot load beside this torch
+    from timm.layers.norm_act import BatchNormAct2d
+except Exception:  # a torchvision built for another torch raises RuntimeError, a missing timm ImportError
+    BatchNormAct2d = None
+
+if BatchNormAct2d is not None:
+
+    class StreamBatchNormAct2d(_StreamNorm, BatchNormAct2d):
+        """timm's ``BatchNormAct2d`` over interleaved streams: batch norm, then ``self.drop``, then ``self.act``."""
+
+        def _after_norm(self, y: Tensor) -> Tensor:
+            return self.act(self.drop(y))
+
+    _STREAM_CLASSES[BatchNormAct2d.forward] = StreamBatchNormAct2d
 
 
 def stream_norms(module: nn.Module) -> list[nn.Module]:

@@ -224,3 +224,26 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
         create_backbone("timm_resnet", **{**config, "in_chans": 1}, weights=str(tmp_path / "r18.pth")).build()
     with pytest.raises(ValueError, match="weights: file not found"):
         create_backbone("timm_resnet", **config, weights=str(tmp_path / "nope.pth"))
+
+
+def test_without_a_loadable_timm_the_package_imports_and_timm_backbones_say_why():
+    """A torchvision built for another torch (PyPI's 0.28.0 beside the CPU-only torch 2.13.0) makes importing timm
+    fail; nas_mtl still imports, the built-in backbone works and a timm backbone is a one-line error."""
+    import subprocess
+    import sys
+
+    import nas_mtl.backbones as backbones
+
+    registered = {
+        n for n in backbones.list_backbones() if backbones.BACKBONES.factory(n).__module__.endswith("timm_models")
+    }
+    assert registered == set(backbones.TIMM_BACKBONES)  # the fallback covers every timm backbone
+    code = (
+        "import sys; sys.modules['timm'] = None\n"  # `import timm` raises ImportError
+        "from nas_mtl.backbones import create_backbone\n"
+        "assert len(create_backbone('resnet_small')) > 0\n"
+        "try:\n    create_backbone('timm_resnet', model='resnet18')\n"
+        "except ValueError as err:\n    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.startswith("timm backbones are unavailable: importing timm failed (") and "resnet_small" in out
