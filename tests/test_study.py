@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_study import STUDY
+from tiny_study import write_study as _write
 
 import nas_mtl.study as study_mod
 from nas_mtl.balancing import list_balancers
@@ -15,40 +17,6 @@ from nas_mtl.graph import SharingGraph
 from nas_mtl.metrics import delta_m
 from nas_mtl.report import write_report
 from nas_mtl.study import load_rows, load_study, run_study, with_device
-
-SPACE = """
-format = "nas_mtl.search_space/1"
-[backbone]
-name = "resnet_small"
-widths = [4, 8]
-depths = [1, 1]
-"""
-
-STUDY = """
-format = "nas_mtl.study/1"
-name = "tiny"
-seeds = [0, 1]
-balancers = ["equal"]
-[data]
-name = "multidigits"
-n_train = 64
-n_val = 32
-n_test = 32
-size = 16
-[space]
-name = "space.toml"
-[train]
-epochs = 1
-batch_size = 32
-[arms]
-baselines = ["single", "hard"]
-"""
-
-
-def _write(tmp_path, study=STUDY):
-    (tmp_path / "space.toml").write_text(SPACE)
-    (tmp_path / "study.toml").write_text(study)
-    return tmp_path / "study.toml"
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ from wsgiref.util import setup_testing_defaults
 import optuna
 import pandas as pd
 import pytest
+from tiny_study import STUDY as TINY
+from tiny_study import write_study
 
 import nas_mtl.tracking as tracking
 from nas_mtl.cli import main
@@ -19,32 +21,11 @@ from nas_mtl.study import load_study, run_study
 mlflow = pytest.importorskip("mlflow", reason='MLflow not installed: pip install -e ".[tracking]"')
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-SPACE = """
-format = "nas_mtl.search_space/1"
-[backbone]
-name = "resnet_small"
-widths = [4, 8]
-depths = [1, 1]
-"""
-
-STUDY = """
-format = "nas_mtl.study/1"
-name = "tracked"
-seeds = [0]
-balancers = ["equal"]
-[data]
-name = "multidigits"
-n_train = 64
-n_val = 32
-n_test = 32
-size = 16
-[space]
-name = "space.toml"
-[train]
-epochs = 2
-batch_size = 32
-[arms]
-baselines = ["single", "hard"]
+STUDY = (
+    TINY.replace('name = "tiny"', 'name = "tracked"')
+    .replace("seeds = [0, 1]", "seeds = [0]")
+    .replace("epochs = 1", "epochs = 2")
+    + """
 [search.branch]
 n_trials = 3
 warmstart_epochs = 1
@@ -54,12 +35,11 @@ reference = "hard"
 [tracking]
 mlflow = "MLFLOW_URI"
 """
+)
 
 
 def _write(folder: Path, uri: str, study: str = STUDY) -> Path:
-    (folder / "space.toml").write_text(SPACE)
-    (folder / "study.toml").write_text(study.replace("MLFLOW_URI", uri))
-    return folder / "study.toml"
+    return write_study(folder, study.replace("MLFLOW_URI", uri))
 
 
 @pytest.fixture(scope="module")
