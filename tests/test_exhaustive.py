@@ -237,16 +237,19 @@ def test_a_single_seed_table_of_version_1_is_read_as_seed_0(tmp_path):
 
 
 def test_noise_ceiling_of_an_exact_small_table():
-    """4 candidates x 3 seeds; Spearman by hand (1 - 6 sum d^2 / (n (n^2 - 1))): seeds 0/1 0.8, 0/2 0.6, 1/2 0."""
-    scores = np.array([[1, 1, 2], [2, 3, 1], [3, 2, 4], [4, 4, 3]], dtype=float)
+    """4 candidates x 3 seeds; Spearman by hand (1 - 6 sum d^2 / (n (n^2 - 1))): seeds 0/1 0.8, 0/2 0.8, 1/2 0.6."""
+    scores = np.array([[1, 2, 1], [2, 1, 2], [3, 3, 4.5], [5, 5, 4]])
     c = noise_ceiling(scores)
     assert (c.candidates, c.seeds) == (4, 3)
-    assert c.pairwise_spearman == pytest.approx(1.4 / 3) and c.pairwise_min == pytest.approx(0.0, abs=1e-15)
-    assert c.split_half == pytest.approx(1.4 / 3)  # 3 seeds: halves of one seed, the pairs again
-    assert c.reliability == pytest.approx(21 / 29)  # 3 r / (1 + 2 r), r = 7/15
-    # truth: means 4/3, 2, 3, 11/3; best = candidate 3 with se std(4, 4, 3)/sqrt(3) = 1/3; seed 2's best
-    # (candidate 2, mean 3) is 2/3 behind: a miss
-    assert c.best_hits == pytest.approx(2 / 3) and c.best_regret == pytest.approx(2 / 9)
+    assert c.pairwise_spearman == pytest.approx(11 / 15) and c.pairwise_min == pytest.approx(0.6)
+    assert c.split_half == pytest.approx(11 / 15)  # 3 seeds: halves of one seed, the pairs again
+    assert c.reliability == pytest.approx(33 / 37)  # 3 r / (1 + 2 r), r = 11/15
+    # truth: best = candidate 3 (mean 14/3); seeds 0 and 1 find it; seed 2's best (candidate 2) trails it by
+    # (2, 2, -0.5) over the seeds: mean 7/6 > paired standard error sqrt(75/36 / 3) = 5/6, a miss
+    assert c.best_hits == pytest.approx(2 / 3) and c.best_regret == pytest.approx(7 / 18)
+    shifted = noise_ceiling(scores + np.array([10.0, -3.0, 40.0]))  # a seed moving every candidate alike
+    assert shifted.best_hits == c.best_hits and shifted.best_regret == pytest.approx(c.best_regret)
+    assert shifted.reliability == pytest.approx(c.reliability)
 
 
 def test_noise_ceiling_splits_four_seeds_into_every_pair_of_halves():

@@ -34,8 +34,9 @@ class NoiseCeiling:
             as many other seeds. This is the ceiling; its square root estimates the correlation of the seed
             mean with the mean over infinitely many seeds. 0 when ``split_half`` is negative (no ranking the
             seeds share; the formula is not meant for negative correlations and leaves [-1, 1] there).
-        best_hits: fraction of seeds whose own best candidate has a seed mean within one standard error (of
-            the truth's best candidate's mean) of the truth's best mean.
+        best_hits: fraction of seeds whose own best candidate has a seed mean within one standard error of
+            the truth's best mean; the standard error of their difference, paired over seeds (what a seed adds
+            to every candidate alike, e.g. its own warm start as Δm's reference, cancels).
         best_regret: truth's best mean minus the seed mean of a seed's own best candidate, averaged over seeds
             (Δm points): the regret a perfect search scored with one seed would have against the truth.
     """
@@ -74,7 +75,8 @@ def noise_ceiling(scores: Any) -> NoiseCeiling:
 
     The best-candidate statistics use the full-table truth, the seed's own scores included: that is how a
     search that found one seed's best would be judged against this table (for few seeds, an optimistic
-    judge).
+    judge). Their standard error is paired, not each mean's own: the per-candidate standard error includes
+    whatever a seed shifts all candidates by, which says nothing about their order.
 
     Raises:
         ValueError: ``scores`` is not a 2-D table of finite numbers with at least 2 rows and 2 columns.
@@ -94,10 +96,10 @@ def noise_ceiling(scores: Any) -> NoiseCeiling:
             if second[0] > first[0]:  # each unordered split once
                 halves.append(_spearman(table[:, first].mean(1), table[:, second].mean(1)))
     split_half = float(np.mean(halves))
-    truth = table.mean(1)
-    top = int(np.argmax(truth))
-    se = float(table[top].std(ddof=1) / math.sqrt(k))
-    regrets = truth[top] - truth[np.argmax(table, axis=0)]
+    top = int(np.argmax(table.mean(1)))
+    gaps = table[top] - table[np.argmax(table, axis=0)]  # row s: the truth's best minus seed s's best, by seed
+    regrets = gaps.mean(1)
+    se = gaps.std(axis=1, ddof=1) / math.sqrt(k)
     return NoiseCeiling(
         candidates=n,
         seeds=k,
