@@ -198,14 +198,16 @@ class JobQueue:
         return None
 
     @contextlib.contextmanager
-    def heartbeat(self, claim: Claim) -> Iterator[None]:
-        """Record ``claim``'s heartbeat every ``heartbeat_s`` in a thread while the block runs."""
+    def heartbeat(self, claim: Claim, worker: str) -> Iterator[None]:
+        """Record ``claim``'s heartbeat every ``heartbeat_s`` in a thread while the block runs (and that
+        ``worker`` is alive, for :meth:`local_workers`)."""
         stop = threading.Event()
 
         def beat() -> None:
             while not stop.wait(self.heartbeat_s):
                 with contextlib.suppress(Exception):  # a lost connection shows as a stale trial, not a crash here
                     self.storage.record_heartbeat(claim.trial_id)
+                    self._seen(worker)
 
         thread = threading.Thread(target=beat, name=f"heartbeat-{claim.number}", daemon=True)
         thread.start()

@@ -609,7 +609,7 @@ def _work(
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // queue.local_workers(worker)))
         t0 = time.perf_counter()
         try:
-            with queue.heartbeat(claim):
+            with queue.heartbeat(claim, worker):
                 attrs = run_job(claim.job, spec, run_dir, data, space)
         except BaseException as err:
             queue.fail(claim, f"{type(err).__name__}: {err}".splitlines()[0], retry=isinstance(err, KeyboardInterrupt))

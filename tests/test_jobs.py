@@ -135,14 +135,18 @@ def test_a_worker_for_a_study_never_started_and_a_journal_file_are_one_line_erro
 
 
 def test_workers_on_one_machine_share_its_cores(tmp_path):
-    queue = JobQueue(f"sqlite:///{tmp_path / 'q.db'}", "cores", create=True)
+    queue = JobQueue(f"sqlite:///{tmp_path / 'q.db'}", "cores", create=True, heartbeat_s=1, grace_s=2)
+    queue.publish([Job("long", {})])
     assert queue.local_workers("hostA:1") == 1
-    queue.claim("hostA:1")
+    claim = queue.claim("hostA:1")
     queue.claim("hostA:2")
     queue.claim("hostB:3")  # another machine
     assert queue.local_workers("hostA:1") == 2 and queue.local_workers("hostB:3") == 1
     queue.leave("hostA:2")
     assert queue.local_workers("hostA:1") == 1
+    with queue.heartbeat(claim, "hostA:1"):  # a job longer than the grace period: its worker still counts
+        time.sleep(3)
+        assert queue.local_workers("hostB:9") == 1 and queue.local_workers("hostA:9") == 2
 
 
 def test_a_worker_started_first_waits_for_the_study_to_be_published(tmp_path):
