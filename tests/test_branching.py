@@ -445,50 +445,45 @@ def test_a_worker_joining_after_the_grace_period_fails_a_dead_workers_trial_and_
 
 
 @pytest.mark.slow
-def test_branch_search_on_postgresql_survives_a_killed_joined_worker(shapes, tmp_path, postgres_url, monkeypatch):
-    """`search branch --workers 2` (this process and a spawned worker) with a third worker joining by
-    `nas-mtl worker`; the joined worker is SIGKILLed mid-trial. Before, the search ended with that trial RUNNING
-    and the budget one short; now the survivors fail it after the grace period (4 s here) and run its place."""
+def test_on_postgresql_a_killed_workers_trial_is_rerun_by_the_workers_that_join_after_it(
+    shapes, tmp_path, postgres_url, monkeypatch
+):
+    """A `nas-mtl worker` is SIGKILLed mid-trial; two more join while its trial still looks alive. Before, they
+    ended with that trial RUNNING and the budget one short (exit 0); now they wait, fail it once its heartbeat is
+    older than the grace period (4 s here) and run its place: the budget is finished exactly."""
     import os
     import signal
     import time
 
-    _, _, path = shapes
+    data, space, path = shapes
     monkeypatch.setenv("NAS_DB", postgres_url)
     monkeypatch.setenv("NAS_MTL_HEARTBEAT_S", "1")
     monkeypatch.setenv("NAS_MTL_GRACE_S", "4")
-    study_name = f"join-{tmp_path.name}"
-    argv = [sys.executable, "-m", "nas_mtl.cli", "search", "branch", "--data", "shapes", "--space", str(path)]
-    argv += ["--out", str(tmp_path / "run"), "--workers", "2", "--sampler", "random", "--n-trials", "24"]
-    argv += ["--warmstart-epochs", "1", "--proxy-epochs", "4", "--batch-size", "32", "--reference", "hard"]
-    slower = {**DATA, "n_train": 1600}  # trials of ~2 s: the joined worker is up before the budget is gone
-    argv += ["--device", "cpu", "--storage", "env:NAS_DB", "--study", study_name]
-    argv += [f"--data-arg={k}={v}" for k, v in slower.items()]
-    main = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    name = f"join-{tmp_path.name}"
+    config = BranchSearchConfig(proxy=PROXY, n_trials=10, sampler="random", storage="env:NAS_DB", study_name=name)
+    create_branch_study(data, space, config, tmp_path, setup=Setup("shapes", DATA, str(path)))
+    join = [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", "env:NAS_DB", "--study", name]
+    first = subprocess.Popen([*join, "--threads", "1", "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     storage = open_storage(postgres_url)
-    deadline = time.monotonic() + 300
-    while True:  # the third worker joins once the study exists
-        assert main.poll() is None and time.monotonic() < deadline, main.communicate()
-        try:
-            optuna.load_study(study_name=study_name, storage=storage)
-            break
-        except KeyError:
-            time.sleep(0.2)
-    join = [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", "env:NAS_DB", "--study", study_name]
-    third = subprocess.Popen([*join, "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    killed = None
-    while killed is None and main.poll() is None and third.poll() is None and time.monotonic() < deadline:
+    killed, deadline = None, time.monotonic() + 300
+    while killed is None:  # the first worker alone: it takes a trial as soon as its warm start is trained
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
         time.sleep(0.1)
-        for t in optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False):
-            if t.state.name == "RUNNING" and str(t.user_attrs.get("worker", "")).split(":")[1:2] == [str(third.pid)]:
-                os.kill(third.pid, signal.SIGKILL)
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+            if t.state.name == "RUNNING" and str(t.user_attrs.get("worker", "")).split(":")[1:2] == [str(first.pid)]:
+                os.kill(first.pid, signal.SIGKILL)
                 killed = t.number
                 break
-    assert killed is not None, "the joined worker never ran a trial before the search ended"
-    out, err = main.communicate(timeout=600)
-    assert main.returncode == 0, err
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    trials = _finished_correctly(study, 24, dead=(killed,))
-    workers = {str(t.user_attrs.get("worker", "")).split(":")[1] for t in trials if "worker" in t.user_attrs}
-    assert len(workers) == 3  # this process, the spawned worker and the joined one all ran trials
-    assert (tmp_path / "run" / "search.json").is_file() and (tmp_path / "run" / "graph.json").is_file()
+    first.wait(timeout=60)
+    others = [
+        subprocess.Popen([*join, "--threads", "1", "--seed", str(k)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for k in (2, 3)
+    ]
+    for proc in others:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = _finished_correctly(study, 10, dead=(killed,))
+    pids = {str(t.user_attrs.get("worker", "")).split(":")[1] for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
+    survivors = {str(p.pid) for p in others}
+    assert pids & survivors and pids <= survivors | {str(first.pid)}  # the survivors finished the budget
