@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 import re
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -125,15 +127,23 @@ def open_storage(
         return JournalStorage(JournalFileBackend(path))
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
-            storage = RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=heartbeat_s,
-                grace_period=grace_s,
-                **{_STALE_CALLBACK: stale_trial_callback},
-            )
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat_interval
+                    storage = RDBStorage(
+                        url,
+                        engine_kwargs=engine,
+                        heartbeat_interval=heartbeat_s,
+                        grace_period=grace_s,
+                        **{_STALE_CALLBACK: stale_trial_callback},
+                    )
+                break
+            except sqlalchemy.exc.DBAPIError as err:  # processes opening a new database at once: one made the
+                racing = isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in str(err)  # tables
+                if not racing or attempt == 4:
+                    raise
+                time.sleep(0.2 + random.random())
         if url.startswith("sqlite:"):
             _serialize_sqlite(storage)
         return storage

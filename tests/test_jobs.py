@@ -160,3 +160,27 @@ def test_a_worker_started_first_waits_for_the_study_to_be_published(tmp_path):
     with pytest.raises(ValueError, match="no study 'never'"):
         JobQueue.join(url, "never", {}, wait_s=1.5)
     assert time.monotonic() - t0 >= 1.5
+
+
+def _open_at_once(url, barrier, out):
+    barrier.wait(timeout=120)
+    try:
+        JobQueue(url, "race", create=True)
+        out.put("ok")
+    except Exception as err:  # reported to the test
+        out.put(f"{type(err).__name__}: {err}")
+
+
+def test_processes_opening_a_new_storage_at_once_all_succeed(tmp_path):
+    """Workers started together on a new SQLite file raced to create Optuna's tables: one failed with `UNIQUE
+    constraint failed: alembic_version.version_num` (seen in benchmarks/distributed.py)."""
+    context = multiprocessing.get_context("spawn")
+    barrier, out = context.Barrier(4), context.Queue()
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    procs = [context.Process(target=_open_at_once, args=(url, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == ["ok"] * 4, results
