@@ -707,10 +707,15 @@ _PAIRED = (
 )
 
 
+def _graphs(rows: Sequence[Mapping[str, Any]]) -> dict[str, SharingGraph]:
+    """Every multi-task graph the rows trained, by its canonical key (what ``runs_table``'s graph column holds)."""
+    return {graph_key(g := SharingGraph.from_dict(r["graph"])): g for r in rows if r["arm"] != SINGLE}
+
+
 def _search_sections(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: _Figures) -> list[_Section]:
     """Per search method: the graphs it found (in words, with the search seeds), its cost and its figures."""
     facts = _search_facts(runs)
-    graphs = {graph_key(g := SharingGraph.from_dict(r["graph"])): g for r in rows if r["arm"] != SINGLE}
+    graphs = _graphs(rows)
     out = []
     for arm in dict.fromkeys([*facts, *figures.searches]):
         lines = []
@@ -839,7 +844,7 @@ def _curve_figures(curves: pd.DataFrame, figures: Path) -> list[_Figure]:
 
 def _topologies(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]], figures: Path) -> dict[str, list[_Figure]]:
     """Per arm, one topology figure per distinct graph (searches repeated over seeds may find several)."""
-    graphs = {graph_key(g := SharingGraph.from_dict(r["graph"])): g for r in rows if r["arm"] != SINGLE}
+    graphs = _graphs(rows)
     out: dict[str, list[_Figure]] = {}
     for arm, g in runs[runs["arm"] != SINGLE].groupby("arm", sort=False):
         keys = list(dict.fromkeys(g["graph"]))
