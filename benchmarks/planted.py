@@ -38,7 +38,13 @@ from _report import write_report
 
 from nas_mtl.baselines import primary_directions, train_graph
 from nas_mtl.data import create_dataset
-from nas_mtl.data.markers import planted_policy, planted_tree, skips_as_planted, splits_as_planted
+from nas_mtl.data.markers import (
+    SMALL_BUDGET_ADASHARE,
+    planted_policy,
+    planted_tree,
+    skips_as_planted,
+    splits_as_planted,
+)
 from nas_mtl.graph import SharingGraph
 from nas_mtl.metrics import delta_m
 from nas_mtl.search.adashare import AdaShareConfig, adashare_search
@@ -50,17 +56,6 @@ from nas_mtl.space import load_search_space
 from nas_mtl.train import TrainConfig
 
 SPACE = "shapes_branch4"
-ADASHARE = dict(  # tests/test_data_markers.py ADASHARE: what finds the planted skips at this budget
-    warmup_epochs=2,
-    curriculum=False,
-    policy_lr=0.05,
-    tau_decay=0.8,
-    weight_steps=8,
-    policy_steps=8,
-    sharing=0.0,
-    sparsity=0.05,
-    final="argmax",
-)
 
 
 def _planting(data, space, train: TrainConfig) -> dict:
@@ -152,7 +147,7 @@ def main(argv=None) -> dict:
         for name, sharing in (("adashare", 0.0), ("adashare λ_sharing 0.05", 0.05)):
             ada_train = dataclasses.replace(AdaShareConfig().train, epochs=10, batch_size=64, lr=3e-3, seed=seed)
             config = AdaShareConfig(
-                train=dataclasses.replace(ada_train, device="cpu"), **{**ADASHARE, "sharing": sharing}
+                train=dataclasses.replace(ada_train, device="cpu"), **{**SMALL_BUDGET_ADASHARE, "sharing": sharing}
             )
             found = adashare_search(data, space, config)
             tint = data.task_names.index("tint")

@@ -13,6 +13,7 @@ from nas_mtl.data import create_dataset, iterate_batches
 from nas_mtl.data.markers import (
     CAST_AXIS,
     RED,
+    SMALL_BUDGET_ADASHARE,
     marker_side,
     planted_policy,
     planted_tree,
@@ -142,24 +143,6 @@ def test_the_planted_split_and_skips_beat_hard_sharing(seed):
 
 
 # ---------------------------------------------------------------------- each method against the planted answer
-ADASHARE = dict(
-    warmup_epochs=2,
-    curriculum=False,
-    policy_lr=0.05,
-    tau_decay=0.8,
-    weight_steps=8,
-    policy_steps=8,
-    sharing=0.0,
-    sparsity=0.05,
-    final="argmax",
-)
-"""Small-budget AdaShare that finds the planted skips: 2 warm-up epochs, 10 rounds of 8 weight + 8 policy steps.
-
-Against the reference: λ_sharing 0 (its sharing term pulls every task's decisions towards the others', which is
-the opposite of what a planted split needs: at 0.05 every task took the same decisions, 0 of 5 seeds in
-benchmarks/results/planted.json), no curriculum and a faster policy (lr 0.05, temperature x0.8 per round: 10 rounds, not
-hundreds), and the argmax policy (the
-learned decision itself rather than the best of 8 draws from it)."""
 
 
 def test_adashare_finds_the_planted_skips():
@@ -174,7 +157,7 @@ def test_adashare_finds_the_planted_skips():
     for seed in SEEDS:
         data, space = _data(seed)
         train = dataclasses.replace(AdaShareConfig().train, epochs=10, batch_size=64, lr=3e-3, seed=seed, device="cpu")
-        result = adashare_search(data, space, AdaShareConfig(train=train, **ADASHARE))
+        result = adashare_search(data, space, AdaShareConfig(train=train, **SMALL_BUDGET_ADASHARE))
         hits += skips_as_planted(result.graph)
         worst.append(max(p[data.task_names.index("tint")] for p in result.info["select_prob"]))
     assert hits >= 4, (hits, worst)

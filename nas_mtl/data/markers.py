@@ -29,6 +29,7 @@ measured sizes of these effects and each search method's hit rates are in tests/
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -48,6 +49,27 @@ PLANTED_GROUPS = (("order", "offset"), ("tint",))
 """The tasks that share every block, and the one that branches off after the stem."""
 SHALLOW = ("tint",)
 """Tasks the stem serves: they branch off at the first branchable block and skip every skippable one."""
+SMALL_BUDGET_ADASHARE = MappingProxyType(
+    dict(
+        warmup_epochs=2,
+        curriculum=False,
+        policy_lr=0.05,
+        tau_decay=0.8,
+        weight_steps=8,
+        policy_steps=8,
+        sharing=0.0,
+        sparsity=0.05,
+        final="argmax",
+    )
+)
+"""AdaShareConfig options that find the planted skips at a small budget (train: 10 epochs, batch 64, lr 3e-3 on
+1024 images): 2 warm-up epochs, then 10 rounds of 8 weight + 8 policy steps; measured 5 of seeds 0-4
+(tests/test_data_markers.py, benchmarks/planted.py).
+
+Against the reference: λ_sharing 0 (its sharing term pulls every task's decisions towards the others', the
+opposite of what a planted split needs: at 0.05 every task took the same decisions, 0 of 5 seeds in
+benchmarks/results/planted.json), no curriculum and a faster policy (lr 0.05, temperature x0.8 per round: 10
+rounds, not hundreds), and the argmax policy (the learned decision itself rather than the best of 8 draws)."""
 STANDARDIZED = ("offset", "tint")
 """Regression targets standardised with train statistics (``info["target_scaling"]`` undoes it)."""
 CLASS_NAMES = {"order": ("red left", "red right")}
@@ -197,6 +219,7 @@ def skips_as_planted(graph: SharingGraph) -> bool:
 
 __all__ = [
     "BLUE",
+    "SMALL_BUDGET_ADASHARE",
     "CAST_AXIS",
     "CLASS_NAMES",
     "MAX_CAST",
