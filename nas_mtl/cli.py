@@ -18,7 +18,7 @@ from .balancing.base import parse_key_value
 from .config import build_config, options, to_options
 from .data import create_dataset, list_datasets
 from .graph import SharingGraph
-from .runs import run_lock
+from .runs import read_json, run_lock
 from .space import SearchSpace, list_search_spaces, load_search_space
 from .storage import GRACE_S, HEARTBEAT_S
 from .tracking import TrackingConfig
@@ -255,21 +255,19 @@ def _one_device(device: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    import json
-
-    from .jobs import STATES, JobQueue
+    from .jobs import JobQueue, count_states
     from .study import QUEUE_RECORD
 
     record = Path(args.run_dir) / QUEUE_RECORD
     if not record.is_file():
         raise UserError(f"{record}: missing; {args.run_dir} is not a distributed study (nas-mtl study --storage)")
-    saved = json.loads(record.read_text())
+    saved = read_json(record, "distributed study record", ("storage", "study"), "rerun nas-mtl study --storage")
     storage = args.storage or saved.get("storage")
     if not storage:
         raise UserError(f"{record}: the storage URL holds a password and is not recorded; give --storage URL")
     queue = JobQueue(storage, saved["study"])
     lines = queue.table()
-    counts = {s: sum(line["state"] == s for line in lines) for s in STATES}
+    counts = count_states(lines)
     print(f"study {saved['study']!r} in {queue.shown}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     shown = [line for line in lines if args.all or line["state"] != "done"]
     if shown:

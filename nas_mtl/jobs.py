@@ -287,10 +287,15 @@ class JobQueue:
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each of :data:`STATES`."""
-        out = dict.fromkeys(STATES, 0)
-        for line in self.table():
-            out[line["state"]] += 1
-        return out
+        return count_states(self.table())
+
+
+def count_states(lines: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many lines of a :meth:`JobQueue.table` are in each of :data:`STATES`."""
+    out = dict.fromkeys(STATES, 0)
+    for line in lines:
+        out[line["state"]] += 1
+    return out
 
 
 def _state(t: FrozenTrial) -> str:
@@ -318,4 +323,4 @@ def _iso(when: datetime.datetime | None) -> str:
     return "" if when is None else when.strftime("%Y-%m-%d %H:%M:%S")
 
 
-__all__ = ["MAX_RETRY", "PREFIX", "STATES", "Claim", "Job", "JobQueue", "worker_id"]
+__all__ = ["MAX_RETRY", "PREFIX", "STATES", "Claim", "Job", "JobQueue", "count_states", "worker_id"]

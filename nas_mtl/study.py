@@ -50,7 +50,7 @@ from .config import options as config_options
 from .data import MultiTaskData, create_dataset
 from .data.base import DATASETS
 from .graph import SharingGraph
-from .jobs import SETTINGS_ATTR, Job, JobQueue, worker_id
+from .jobs import SETTINGS_ATTR, Job, JobQueue, count_states, worker_id
 from .metrics import delta_m
 from .processes import exit_with_parent
 from .registry import is_reference, resolve_reference
@@ -491,11 +491,12 @@ def run_distributed_study(
         if progress:
             print(f"study {spec.name!r}: {added} job(s) enqueued in {queue.shown}", file=sys.stderr, flush=True)
     _work(spec, run_dir, queue, data, space, progress, threads, poll_s)
-    counts = queue.counts()
+    lines = queue.table()
+    counts = count_states(lines)
     if counts["failed"] or counts["blocked"]:
         failed = [
             f"{line['job']} ({line['error'] or 'worker died ' + str(line['tries']) + ' times'})"
-            for line in queue.table()
+            for line in lines
             if line["state"] == "failed"
         ]
         raise ValueError(

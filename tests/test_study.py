@@ -790,3 +790,12 @@ def test_a_studys_branch_search_runs_with_workers_and_a_worker_can_join_it(tmp_p
     )  # fmt: skip
     assert joined.returncode == 0, joined.stderr  # it rebuilt the study's data and space from the record
     assert "0 trial(s) run" in joined.stdout  # the budget is spent
+
+
+def test_status_of_a_damaged_queue_record_is_one_line(tmp_path, capsys):
+    from nas_mtl.cli import main
+
+    (tmp_path / study_mod.QUEUE_RECORD).write_text("{")
+    assert main(["status", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / study_mod.QUEUE_RECORD) in err and "\n" not in err.strip()
