@@ -30,18 +30,16 @@ import os
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from .runs import check_settings
-from .storage import heartbeat_settings, open_storage, redact, resolve, retry_stale_trials
+from .storage import fail_stale, heartbeat_settings, open_storage, redact, resolve, retry_stale_trials
 
 PREFIX = "nas_mtl.study:"
 """The Optuna study of a nas_mtl study named NAME is ``PREFIX + NAME``."""
@@ -176,9 +174,7 @@ class JobQueue:
         """Fail stale trials (their jobs go back to the queue), then take the first waiting job whose needs
         are done; None when there is none to take now."""
         self._seen(worker)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            fail_stale_trials(self.study)
+        fail_stale(self.study)
         trials = self.study.get_trials(deepcopy=False)
         done = {t.user_attrs.get("job") for t in trials if t.state == TrialState.COMPLETE}
         for t in sorted(trials, key=lambda t: t.number):

@@ -187,6 +187,14 @@ _STALE_CALLBACK = (
 )
 
 
+def fail_stale(study: optuna.Study) -> None:
+    """:func:`optuna.storages.fail_stale_trials` (FAIL the RUNNING trials whose heartbeat is older than the grace
+    period, then run the storage's stale-trial callback), without its experimental-feature warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def retry_stale_trials(max_retry: int) -> Callable[[optuna.Study, FrozenTrial], None]:
     """Optuna's callback that enqueues a stale trial (its worker died) again, up to ``max_retry`` times
     (``RetryHeartbeatStaleTrialCallback`` from Optuna 4.9, ``RetryFailedTrialCallback`` before)."""
@@ -205,6 +213,7 @@ __all__ = [
     "CHILD_ENV",
     "GRACE_S",
     "HEARTBEAT_S",
+    "fail_stale",
     "heartbeat_settings",
     "open_storage",
     "redact",

@@ -57,7 +57,7 @@ import numpy as np
 import optuna
 import torch
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import BaseStorage, fail_stale_trials
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ..config import config_from_dict, nested, option
@@ -65,7 +65,7 @@ from ..data import MultiTaskData, create_dataset
 from ..graph import SharingGraph
 from ..runs import check_settings
 from ..space import SearchSpace, load_search_space
-from ..storage import CHILD_ENV, GRACE_S, HEARTBEAT_S, open_storage, redact, resolve, sqlite_url
+from ..storage import CHILD_ENV, GRACE_S, HEARTBEAT_S, fail_stale, open_storage, redact, resolve, sqlite_url
 from . import SearchMethod, SearchResult, register_search_method
 from .exhaustive import count_trees
 from .proxy import OBJECTIVES, Proxy, ProxyConfig, Scorer, check_proxy, graph_from_key, graph_key
@@ -360,9 +360,7 @@ def _optimize(objective: TreeObjective, wait: bool = False, on_wait: Callable[[]
     study, n = objective.study, objective.config.n_trials
     before = sum(t.user_attrs.get("worker") == objective.worker for t in study.get_trials(deepcopy=False))
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            fail_stale_trials(study)
+        fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if waiting or sum(t.state in CLAIMED for t in trials) < n:
