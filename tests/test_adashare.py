@@ -11,6 +11,7 @@ from nas_mtl.cli import main
 from nas_mtl.config import build_config
 from nas_mtl.data import create_dataset
 from nas_mtl.data.base import MultiTaskData, TensorMultiTaskDataset
+from nas_mtl.graph import SKIP, SharingGraph
 from nas_mtl.network import MultiTaskNetwork, StreamBatchNorm2d, stream_norms
 from nas_mtl.search import adashare
 from nas_mtl.search.adashare import (
@@ -177,6 +178,10 @@ def test_final_policy_selects_blocks_the_search_never_learned(data, space, seed)
     policies = [p["select"] for p in result.info["policies"]]
     assert len(policies) > 1 and all(all(row) for p in policies for row in p[:2]), policies
     assert any(not all(p[2]) for p in policies)  # the learned block is sampled
+    # the argmax policy comes with the samples: unlearned blocks selected, the learned one by p >= 0.5
+    argmax = SharingGraph.from_dict(result.info["argmax_graph"])
+    select = [[copy != SKIP for copy in argmax.assignment[space.layers.index(b)]] for b in result.info["blocks"]]
+    assert select == (prob >= 0.5).tolist()
     # argmax of equal logits selects (the reference's argmax)
     off = {t.name: 0.0 for t in TASKS}
     flat = adashare_search(data, space, _config(sparsity=0.0, sharing=0.0, task_weights=off, final="argmax"))

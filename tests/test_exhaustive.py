@@ -23,6 +23,7 @@ from nas_mtl.search.exhaustive import (
     score_header,
 )
 from nas_mtl.search.proxy import Proxy, ProxyConfig, Score, graph_key
+from nas_mtl.search.quality import SeededTruth
 from nas_mtl.space import load_search_space
 from nas_mtl.train import TrainConfig
 
@@ -295,3 +296,49 @@ def test_noise_ceiling_refuses_tables_it_cannot_rank():
         noise_ceiling(np.ones((3, 1)))
     with pytest.raises(ValueError, match="scores: every score must be finite"):
         noise_ceiling([[1.0, np.nan], [2.0, 3.0]])
+
+
+def test_seeded_truth_judges_answers_seed_by_seed():
+    """Regret, its paired standard error, rank and hit against numbers computed by hand on a 4 x 3 table."""
+    scores = {"a": [1, 2, 1], "b": [2, 1, 2], "c": [3, 3, 4.5], "d": [5, 5, 4]}
+    truth = SeededTruth(scores, {"a": 10, "b": 20, "c": 20, "d": 40})
+    assert truth.best_key == "d" and truth.seeds == 3
+    c = truth.judge("c")  # gaps to d by seed: 2, 2, -0.5: mean 7/6, std sqrt(75/36 / 2) ... / sqrt(3) = 5/6
+    assert (c.regret, c.regret_se, c.rank, c.hit, c.hit_within_se) == (
+        pytest.approx(7 / 6),
+        pytest.approx(5 / 6),
+        2,
+        0,
+        0,
+    )
+    d = truth.judge("d")
+    assert (d.regret, d.regret_se, d.rank, d.hit, d.hit_within_se) == (0, 0, 1, True, True)
+    # an answer outside the table (a policy judged against the trees): its own scores under the same seeds
+    out = truth.judge("x", [5, 5, 4], params=15)  # d's scores, another graph
+    assert out.regret == pytest.approx(0.0) and out.rank == 1 and out.hit_within_se and not out.hit
+    assert truth.judge("y", [0, 0, 0], params=1).rank == 5
+    # a seed moving every candidate alike changes no regret and no standard error
+    moved = SeededTruth({k: np.add(v, [10, -3, 40]) for k, v in scores.items()}, {k: 1 for k in scores})
+    assert moved.judge("c").regret == pytest.approx(c.regret) and moved.judge("c").regret_se == pytest.approx(
+        c.regret_se
+    )
+    with pytest.raises(KeyError, match="not in the table"):
+        truth.judge("x")
+    with pytest.raises(ValueError, match="expected 3 scores"):
+        truth.judge("x", [1, 2], params=1)
+
+
+def test_seeded_truth_random_floors_are_exact_expectations():
+    rng = np.random.default_rng(0)
+    keys = [f"k{i}" for i in range(40)]
+    table = {k: list(rng.normal(size=3) + i / 10) for i, k in enumerate(keys)}
+    params = {k: 100 * (1 + i % 4) for i, k in enumerate(keys)}
+    truth = SeededTruth(table, params)
+    means = {k: np.mean(v) for k, v in table.items()}
+    best = max(means.values())
+    regret, hit = truth.random_regret()
+    assert regret == pytest.approx(np.mean([best - m for m in means.values()])) and hit == 1 / 40
+    same = [k for k in keys if params[k] == 200]
+    assert truth.random_regret(200)[0] == pytest.approx(np.mean([best - means[k] for k in same]))
+    # no tree of 210 parameters: the nearest count (200) is the pool
+    assert truth.random_regret(210) == truth.random_regret(200)

@@ -583,17 +583,23 @@ class _Search:
             b.copy_(old)
         return total / n
 
-    def final_policies(self) -> list[dict[str, Any]]:
-        """Candidate policies, best first: the argmax, or ``num_samples`` draws ranked by validation loss.
+    def argmax_policy(self) -> list[list[bool]]:
+        """Select where p(select) >= 0.5 (a tie selects, the reference's argmax); blocks the curriculum has not
+        reached yet were always selected during the search, so they stay selected (their logits are still at
+        the initial p = 0.5)."""
+        prob = self.net.select_prob()
+        learned = self.config.active_at(self.config.train.epochs - 1, len(self.blocks))
+        prob[: len(self.blocks) - learned] = 1.0
+        return (prob >= 0.5).tolist()
 
-        Blocks the curriculum has not reached yet were always selected during the search, so they stay
-        selected (their logits are still at the initial p = 0.5); a tie selects (the reference's argmax).
-        """
+    def final_policies(self) -> list[dict[str, Any]]:
+        """Candidate policies, best first: the argmax (:meth:`argmax_policy`), or ``num_samples`` draws ranked
+        by validation loss (blocks the curriculum has not reached stay selected, as in the argmax)."""
         prob = self.net.select_prob()
         learned = self.config.active_at(self.config.train.epochs - 1, len(self.blocks))
         prob[: len(self.blocks) - learned] = 1.0
         if self.config.final == "argmax":
-            policies = [(prob >= 0.5).tolist()]
+            policies = [self.argmax_policy()]
         else:
             generator = torch.Generator().manual_seed(self.config.train.seed)
             draws = [
@@ -623,8 +629,8 @@ def adashare_search(
     checkpoint found there is resumed (same data, space and settings; ``epochs`` may grow); the per-epoch
     select probabilities go to ``policy_history.json`` and the heatmaps to ``policy.png`` /
     ``policy_epochs.png``. Save the result with ``result.save(run_dir)``. ``info`` holds the histories, the
-    ranked candidate policies and the cost, also in epochs of hard-sharing training (``cost_in_hard_sharing_epochs``,
-    measured on the warm-up).
+    ranked candidate policies, the argmax policy's graph (``argmax_graph``, also when ``final`` is sample) and
+    the cost, also in epochs of hard-sharing training (``cost_in_hard_sharing_epochs``, measured on the warm-up).
     """
     from .adashare_plots import plot_policy, plot_policy_history
 
@@ -660,6 +666,8 @@ def adashare_search(
         "blocks": list(search.blocks),
         "select_prob": prob.tolist(),
         "policies": ranked,
+        # the argmax policy also when final = sample (the paper's two answers: its argmax and the best sample)
+        "argmax_graph": search.graph(search.argmax_policy(), name="adashare argmax").to_dict(),
         "warmup_seconds": warmup_s,
         "search_seconds": search.elapsed - warmup_s,
         # the whole search in epochs of hard-sharing training (the warm-up's, same data and batch size)

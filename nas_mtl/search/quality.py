@@ -1,0 +1,117 @@
+"""Judging a search's answer against a seeded ground truth: regret with its noise, rank, hit, and chance floors.
+
+A seeded exhaustive table (:mod:`nas_mtl.search.exhaustive`, :class:`~nas_mtl.search.exhaustive.ScoreTable`)
+scores every candidate under the same seeds; the truth is the seed mean. A search's answer is scored under the
+same seeds (looked up in the table, or scored with the same seeded proxy when it lies outside the table's space,
+e.g. an AdaShare policy judged against the tree space). Everything here compares seed by seed: what a seed adds
+to every candidate alike (its own warm start, Δm's reference) cancels in a difference, so the standard error of
+a regret is the paired one, as in :func:`~nas_mtl.search.ceiling.noise_ceiling`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One answer judged against a :class:`SeededTruth`.
+
+    Args:
+        key: the answer's graph key.
+        delta_m: the answer's seed mean (Δm %, higher is better).
+        regret: the truth's best seed mean minus ``delta_m`` (≥ 0 inside the table's space; Δm points).
+        regret_se: paired standard error of ``regret`` over seeds (NaN with one seed).
+        hit: the answer is the truth's best candidate.
+        hit_within_se: ``regret <= regret_se``: the answer cannot be told from the best with these seeds.
+        rank: 1 + how many candidates of the truth have a higher seed mean (1 = at least as good as the best).
+        params: the answer's parameter count.
+    """
+
+    key: str
+    delta_m: float
+    regret: float
+    regret_se: float
+    hit: bool
+    hit_within_se: bool
+    rank: int
+    params: int
+
+
+class SeededTruth:
+    """The seed means of a candidates x seeds table of Δm scores (higher is better), with what judges an answer.
+
+    Args:
+        scores: candidate key -> its Δm under each seed (every candidate the same seeds, in the same order).
+        params: candidate key -> parameter count (for :meth:`same_params`).
+    """
+
+    def __init__(self, scores: Mapping[str, Sequence[float]], params: Mapping[str, int]) -> None:
+        if not scores:
+            raise ValueError("seeded truth: no candidates")
+        self.keys = sorted(scores)
+        self.table = np.asarray([list(scores[k]) for k in self.keys], dtype=float)
+        if self.table.ndim != 2 or not np.isfinite(self.table).all():
+            raise ValueError("seeded truth: every candidate needs the same number of finite scores")
+        missing = [k for k in self.keys if k not in params]
+        if missing:
+            raise ValueError(f"seeded truth: no parameter count for {missing[0]}")
+        self.params = np.asarray([params[k] for k in self.keys], dtype=float)
+        self.mean = self.table.mean(axis=1)
+        self.best = int(np.argmax(self.mean))
+        self.index = {k: i for i, k in enumerate(self.keys)}
+
+    @property
+    def seeds(self) -> int:
+        return self.table.shape[1]
+
+    @property
+    def best_key(self) -> str:
+        return self.keys[self.best]
+
+    def judge(self, key: str, scores: Sequence[float] | None = None, params: int | None = None) -> Verdict:
+        """Judge the answer ``key``: its scores are the table's, or ``scores`` (one per seed, same seeds) and
+        ``params`` for an answer outside the table."""
+        if scores is None:
+            if key not in self.index:
+                raise KeyError(f"seeded truth: {key} is not in the table; pass its scores and params")
+            row, params = self.table[self.index[key]], int(self.params[self.index[key]])
+        else:
+            row = np.asarray(scores, dtype=float)
+            if row.shape != (self.seeds,):
+                raise ValueError(f"seeded truth: {key}: expected {self.seeds} scores (one per seed), got {row.shape}")
+            if params is None:
+                raise ValueError(f"seeded truth: {key}: an answer outside the table needs its params")
+        gaps = self.table[self.best] - row
+        regret = float(gaps.mean())
+        se = float(gaps.std(ddof=1) / math.sqrt(self.seeds)) if self.seeds > 1 else math.nan
+        return Verdict(
+            key=key,
+            delta_m=float(row.mean()),
+            regret=regret,
+            regret_se=se,
+            hit=key == self.best_key,
+            hit_within_se=bool(regret <= se) if self.seeds > 1 else key == self.best_key,
+            rank=1 + int((self.mean > row.mean()).sum()),
+            params=int(params),
+        )
+
+    def same_params(self, params: int) -> np.ndarray:
+        """Indices of the candidates whose parameter count is closest to ``params`` (all ties; exact when the
+        table has that count): the pool a random graph "of the same size" is drawn from."""
+        distance = np.abs(np.log(self.params) - math.log(params))
+        return np.flatnonzero(distance <= distance.min() + 1e-12)
+
+    def random_regret(self, params: int | None = None) -> tuple[float, float]:
+        """Expected regret and hit rate (the best's share) of a candidate drawn uniformly from the table, or from
+        the candidates with ``params``' parameter count (:meth:`same_params`): exact, no sampling."""
+        pool = np.arange(len(self.keys)) if params is None else self.same_params(params)
+        regrets = self.mean[self.best] - self.mean[pool]
+        return float(regrets.mean()), float(np.mean(pool == self.best))
+
+
+__all__ = ["SeededTruth", "Verdict"]
