@@ -442,13 +442,15 @@ def run_distributed_study(
     worker_only: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    local_workers: int = 1,
     heartbeat_s: int | None = None,
     grace_s: int | None = None,
     poll_s: float = 2.0,
     wait_s: float = 0.0,
+    outcome: bool = True,
 ) -> list[dict[str, Any]]:
     """Run ``spec``'s jobs from the queue in ``storage`` (:mod:`nas_mtl.jobs`) until none is left; returns
-    the result rows.
+    the result rows (none with ``outcome=False``).
 
     Without ``worker_only`` this process publishes the study: it checks the search options, records the
     settings in the run folder (as :func:`run_study` does) and in the storage, enqueues every job not done
@@ -458,8 +460,13 @@ def run_distributed_study(
     waiting or running (a running job may still be returned to the queue by a dead worker).
 
     Args:
-        threads: torch threads per job; default: this machine's cores / the workers of this study seen on it.
+        threads: torch threads per job (recorded as the job's ``threads`` attribute); default: this machine's
+            cores / the workers of this study on it: ``local_workers`` or, if more, those seen in the storage.
+        local_workers: how many workers of this study this machine runs, when known from the start (``nas-mtl
+            study --workers N`` starts them together): the first jobs already split the cores N ways.
         wait_s: a worker waits this long for the study to be published (it may start first).
+        outcome: end by raising on failed jobs and mirroring to MLflow (``spec.tracking``); False in the workers
+            a launcher started (``--workers``): the launcher does both, once.
         heartbeat_s, grace_s: heartbeat period and the silence after which a worker counts as dead (default:
             :func:`~nas_mtl.storage.heartbeat_settings`; every worker of a study should use the same).
 
@@ -472,7 +479,9 @@ def run_distributed_study(
             f"{spec.source}: grid: not with --storage yet (the grid's best weights decide later jobs); run the "
             "study without --storage"
         )
-    if spec.tracking.mlflow is not None:
+    if isinstance(local_workers, bool) or not isinstance(local_workers, int) or local_workers < 1:
+        raise ValueError(f"local_workers: expected a positive integer, got {local_workers!r}")
+    if outcome and spec.tracking.mlflow is not None:
         require_mlflow()
     run_dir = Path(run_dir)
     data, space = _data_and_space(spec)
@@ -484,13 +493,17 @@ def run_distributed_study(
         queue = JobQueue(storage, spec.name, create=True, **beats)
         with run_lock(run_dir):
             _prepare(spec, data, space, run_dir)
-        queue.study.set_user_attr(SETTINGS_ATTR, settings)  # the run folder's record accepted them
+        added = queue.publish(study_jobs(spec, data, space))
+        # workers join once the settings are recorded (the run folder's record accepted them): after the jobs,
+        # so that none joins a queue still empty and leaves at once
+        queue.study.set_user_attr(SETTINGS_ATTR, settings)
         shown = storage if storage.startswith(("env:", "file:")) or redact(storage) == storage else None
         write_json_atomic({"storage": shown, "study": spec.name}, run_dir / QUEUE_RECORD)
-        added = queue.publish(study_jobs(spec, data, space))
         if progress:
             print(f"study {spec.name!r}: {added} job(s) enqueued in {queue.shown}", file=sys.stderr, flush=True)
-    _work(spec, run_dir, queue, data, space, progress, threads, poll_s)
+    _work(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
+    if not outcome:
+        return []
     lines = queue.table()
     counts = count_states(lines)
     if counts["failed"] or counts["blocked"]:
@@ -595,6 +608,7 @@ def _work(
     space: SearchSpace,
     progress: bool,
     threads: int | None,
+    local_workers: int,
     poll_s: float,
 ) -> int:
     """Claim and run jobs until none is waiting or running; returns how many this process ran."""
@@ -607,7 +621,8 @@ def _work(
                 break
             time.sleep(poll_s)
             continue
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // queue.local_workers(worker)))
+        workers = max(local_workers, queue.local_workers(worker))
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
         t0 = time.perf_counter()
         try:
             with queue.heartbeat(claim, worker):
@@ -616,7 +631,7 @@ def _work(
             queue.fail(claim, f"{type(err).__name__}: {err}".splitlines()[0], retry=isinstance(err, KeyboardInterrupt))
             raise
         seconds = time.perf_counter() - t0
-        queue.finish(claim, seconds, **attrs)
+        queue.finish(claim, seconds, threads=torch.get_num_threads(), **attrs)
         ran += 1
         if progress:
             again = f", try {claim.retries + 1}" if claim.retries else ""
