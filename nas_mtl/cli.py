@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
+import signal
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -207,20 +210,36 @@ def cmd_worker(args: argparse.Namespace) -> None:
 def cmd_study(args: argparse.Namespace) -> None:
     import time
 
-    from .report import format_table, runs_table, summary_table, verdict, write_report
     from .study import load_study, run_distributed_study, run_study, with_device
 
+    if args.worker and not args.storage:
+        raise UserError("--worker: needs --storage (the storage the study's jobs are in)")
+    if args.workers < 1:
+        raise UserError(
+            f"--workers: expected a positive integer (worker processes on this machine), got {args.workers}"
+        )
+    if args.workers > 1 and not args.storage:
+        raise UserError("--workers: needs --storage (the workers share its job queue); without one, --jobs N")
+    if args.storage and args.jobs != 1:
+        raise UserError("--jobs: not with --storage; start one worker per device instead (--worker or --workers N)")
     spec = load_study(args.file)
     if args.device is not None:
         spec = with_device(spec, _one_device(args.device))
     spec = dataclasses.replace(spec, tracking=config_from_args(TrackingConfig, args, to_options(spec.tracking)))
     out = Path(args.out) if args.out else Path("runs") / spec.name
     t0 = time.perf_counter()
-    if args.worker and not args.storage:
-        raise UserError("--worker: needs --storage (the storage the study's jobs are in)")
-    if args.storage:
-        if args.jobs != 1:
-            raise UserError("--jobs: not with --storage; start one worker per device instead (--worker)")
+    if not args.storage:
+        rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
+        _print_study(spec.name, out, rows, t0)
+        return
+    if args.launched:  # one of another process's --workers: it ends with that process
+        from .processes import exit_with_parent
+
+        exit_with_parent()
+        if os.getppid() != args.launched:  # it died while this one started
+            raise UserError("--workers: the process that started this worker has ended")
+        signal.signal(signal.SIGTERM, _interrupt)
+    with _LocalWorkers(args, out) as workers:
         rows = run_distributed_study(
             spec,
             out,
@@ -228,18 +247,107 @@ def cmd_study(args: argparse.Namespace) -> None:
             worker_only=args.worker,
             progress=not args.no_progress,
             threads=args.torch_threads,
+            local_workers=args.workers,
             heartbeat_s=args.heartbeat_s,
             grace_s=args.grace_s,
-            wait_s=args.wait_s,
+            wait_s=math.inf if args.launched else args.wait_s,  # its launcher publishes the study, or ends it
+            outcome=not args.launched,
         )
-    else:
-        rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
+        if not args.launched:  # the launcher reports, once
+            _print_study(spec.name, out, rows, t0)
+            workers.join()
+
+
+def _print_study(name: str, out: Path, rows: list[dict[str, Any]], t0: float) -> None:
+    """Write the report of run folder ``out`` and print its summary table and verdict."""
+    import time
+
+    from .report import format_table, runs_table, summary_table, verdict, write_report
+
     files = write_report(out)
     runs = runs_table(rows)
     print(format_table(summary_table(runs)).to_string(index=False))
     found = verdict(runs, rows)
     print("\nVerdict:\n" + "\n".join(f"- {line}" for line in (*found.warnings, *found.lines)))
-    print(f"\nstudy {spec.name!r}: {time.perf_counter() - t0:.0f}s this session; report: {files['report.md']}")
+    print(f"\nstudy {name!r}: {time.perf_counter() - t0:.0f}s this session; report: {files['report.md']}")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM as Ctrl-C: the running job returns to the queue at once and launched workers are stopped."""
+    raise KeyboardInterrupt
+
+
+class _LocalWorkers:
+    """``nas-mtl study --workers N``: N - 1 ``--worker`` processes of the same study started beside this one.
+
+    They get this process's study file, run folder and options, the storage URL through the environment
+    (:data:`~nas_mtl.storage.CHILD_ENV`, never on a command line) and the worker count, so every job splits the
+    cores N ways from the first; they leave the outcome (failed jobs, MLflow, the report) to this process. They
+    end with it: Ctrl-C or SIGTERM here terminates them (their running jobs return to the queue at once), and
+    they exit when this process dies; a worker killed by itself leaves its job to the heartbeat recovery
+    (:mod:`nas_mtl.jobs`): the others take it over after the grace period.
+    """
+
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args, self.out = args, out
+        self.procs: list[subprocess.Popen] = []
+        self.previous: Any = None
+
+    def __enter__(self) -> _LocalWorkers:
+        args = self.args
+        if args.workers == 1 or args.launched:
+            return self
+        from .storage import CHILD_ENV, resolve
+
+        env = {**os.environ, CHILD_ENV: resolve(args.storage)}  # a bad env:/file: spec fails here, before any start
+        cmd = [sys.executable, "-m", "nas_mtl.cli"]
+        cmd += ["--threads", str(args.torch_threads)] if args.torch_threads else []
+        cmd += ["study", args.file, "--out", str(self.out), "--storage", f"env:{CHILD_ENV}", "--worker"]
+        cmd += ["--launched", str(os.getpid()), "--workers", str(args.workers)]
+        cmd += ["--no-progress"] if args.no_progress else []
+        for flag, value in (
+            ("--device", args.device),
+            ("--heartbeat-s", args.heartbeat_s),
+            ("--grace-s", args.grace_s),
+        ):
+            cmd += [flag, str(value)] if value is not None else []
+        self.previous = signal.signal(signal.SIGTERM, _interrupt)
+        for _ in range(args.workers - 1):
+            self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        if kind is not None:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.terminate()
+        self._wait()
+
+    def _wait(self) -> None:
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def join(self) -> None:
+        """Wait for the workers (they end once no job is left); one killed by a signal is a warning (its job
+        was taken over), one that exited with an error a :class:`UserError` naming it."""
+        self._wait()
+        for proc in self.procs:
+            if proc.returncode < 0:
+                print(
+                    f"nas-mtl: warning: --workers: worker process {proc.pid} was killed (signal {-proc.returncode}); "
+                    "the others took its job over",
+                    file=sys.stderr,
+                )
+        failed = [proc for proc in self.procs if proc.returncode > 0]
+        if failed:
+            codes = ", ".join(f"{p.pid} exited with code {p.returncode}" for p in failed)
+            raise UserError(f"--workers: worker process {codes} (its error is above); the others finished the study")
 
 
 def _one_device(device: str) -> str:
@@ -427,6 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
         "that sees the storage and the run folder)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --storage: N worker processes on this machine, this one and N - 1 it starts (they end with it; "
+        "each job gets cores / N torch threads unless --threads is given; default 1)",
+    )
+    p.add_argument("--launched", type=int, metavar="PID", help=argparse.SUPPRESS)  # started by PID's --workers
+    p.add_argument(
         "--wait-s",
         type=float,
         default=600.0,
@@ -519,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nas-mtl: training stopped: {err}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
     except KeyboardInterrupt:
-        print("nas-mtl: interrupted; finished epochs are kept in the run folder's checkpoint", file=sys.stderr)
+        if not getattr(args, "launched", False):  # a launched worker's launcher says it once
+            print("nas-mtl: interrupted; finished epochs are kept in the run folder's checkpoint", file=sys.stderr)
         return 130
     return 0
 

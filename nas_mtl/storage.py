@@ -36,7 +36,8 @@ GRACE_S = 120
 (the defaults; environment variables NAS_MTL_HEARTBEAT_S and NAS_MTL_GRACE_S set them for every process of a
 deployment, workers started by a search included: :func:`heartbeat_settings`)."""
 CHILD_ENV = "NAS_MTL_STORAGE_URL"
-"""The environment variable through which a search hands its storage URL to the workers it starts."""
+"""The environment variable through which a branch search (``--workers``) or a distributed study (``nas-mtl study
+--workers``) hands its storage URL to the worker processes it starts: never on their command lines."""
 
 
 def sqlite_url(path: str | Path) -> str:

@@ -631,9 +631,9 @@ def study_storage(request, tmp_path, monkeypatch):
     return url
 
 
-def _distributed(tmp_path, name):
+def _distributed(tmp_path, name, threads=("--threads", "1")):
     path = _write(tmp_path, DISTRIBUTED.replace('name = "tiny"', f'name = "{name}"'))
-    cmd = [sys.executable, "-m", "nas_mtl.cli", "--threads", "1", "study", str(path), "--out", str(tmp_path / "run")]
+    cmd = [sys.executable, "-m", "nas_mtl.cli", *threads, "study", str(path), "--out", str(tmp_path / "run")]
     return [*cmd, "--storage", "env:NAS_DB", "--no-progress"]
 
 
@@ -723,6 +723,92 @@ def test_a_process_killed_mid_job_loses_nothing_and_its_job_resumes_from_its_che
     assert sum(line["tries"] for line in lines.values()) == len(lines) + 1  # only the killed job ran twice
     rows = load_rows(tmp_path / "run")
     assert len(rows) == len({(r["arm"], r["task"], r["balancer"], r["seed"]) for r in rows}) == 12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study_storage", ["sqlite"], indirect=True)
+def test_workers_n_split_the_cores_from_the_first_job_and_the_launcher_reports_once(tmp_path, study_storage):
+    """`--workers 2`: the process started and the one it starts run every job with cores // 2 torch threads (before,
+    the first job took all cores: the second worker was not yet seen), no job twice; one report, by the launcher."""
+    name = f"launch-{Path(tmp_path).name}"
+    launcher = subprocess.Popen(
+        [*_distributed(tmp_path, name, threads=()), "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err
+    queue = _jobs(study_storage, name)
+    table = queue.table()
+    assert len(table) == 14 and {line["state"] for line in table} == {"done"}
+    assert {line["tries"] for line in table} == {1}  # no job ran twice
+    workers = {line["worker"].rsplit(":", 1)[1] for line in table}
+    assert len(workers) == 2 and str(launcher.pid) in workers  # the launcher and the worker it started
+    threads = [t.user_attrs["threads"] for t in queue.study.get_trials() if t.state.name == "COMPLETE"]
+    assert threads == [max(1, (os.cpu_count() or 1) // 2)] * 14
+    assert out.count("report: ") == 1  # the started worker wrote and printed no report
+    assert (tmp_path / "run" / "report" / "report.md").is_file()
+    assert len(load_rows(tmp_path / "run")) == 12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study_storage", ["sqlite"], indirect=True)
+def test_a_started_worker_killed_mid_job_is_taken_over_and_holds_no_storage_url(tmp_path, study_storage):
+    """SIGKILL the worker `--workers 2` started while it trains an arm: the launcher takes its job over after the
+    grace period, finishes the study and exits 0 with a one-line warning; the storage URL reached the worker
+    through the environment, not its command line."""
+    import signal
+
+    name = f"launch-kill-{Path(tmp_path).name}"
+    launcher = subprocess.Popen(
+        [*_distributed(tmp_path, name), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    queue, killed, deadline = None, None, time.monotonic() + 300
+    while killed is None and launcher.poll() is None and time.monotonic() < deadline:
+        if queue is None and (tmp_path / "run" / study_mod.QUEUE_RECORD).is_file():
+            queue = _jobs(study_storage, name)
+        for line in queue.table() if queue is not None else ():
+            pid = int(line["worker"].rsplit(":", 1)[1]) if line["worker"] else launcher.pid
+            if (
+                line["state"] == "running"
+                and pid != launcher.pid
+                and line["job"].startswith("arms/")
+                and (tmp_path / "run" / line["job"] / "checkpoint.pt").is_file()
+            ):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+                assert "env:NAS_MTL_STORAGE_URL" in cmdline and study_storage not in " ".join(cmdline)
+                os.kill(pid, signal.SIGKILL)
+                killed = line["job"]
+                break
+        time.sleep(0.05)
+    assert killed is not None, "the started worker never trained an arm past an epoch"
+    out, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err
+    assert "worker process" in err and "was killed (signal 9)" in err
+    lines = {line["job"]: line for line in queue.table()}
+    assert {line["state"] for line in lines.values()} == {"done"}
+    assert lines[killed]["tries"] == 2 and lines[killed]["worker"].endswith(f":{launcher.pid}")
+    assert lines[killed]["resumed"] >= 1  # continued from the killed worker's checkpoint
+    assert out.count("report: ") == 1
+
+
+def test_bad_workers_values_are_one_line_errors(tmp_path, capsys):
+    from nas_mtl.cli import main
+
+    path = _write(tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]"))
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    for argv, message in (
+        (["--storage", url, "--workers", "0"], "--workers: expected a positive integer"),
+        (["--storage", url, "--workers", "-2"], "--workers: expected a positive integer"),
+        (["--workers", "2"], "--workers: needs --storage"),
+    ):
+        assert main(["study", str(path), "--out", str(tmp_path / "run"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "jobs.db").exists()  # refused before any work
+    with pytest.raises(ValueError, match="local_workers: expected a positive integer, got 0"):
+        study_mod.run_distributed_study(load_study(path), tmp_path / "run", url, local_workers=0)
 
 
 def test_distributed_study_errors_are_one_line_and_status_lists_the_jobs(tmp_path, monkeypatch, capsys):
