@@ -793,6 +793,32 @@ def test_a_started_worker_killed_mid_job_is_taken_over_and_holds_no_storage_url(
     assert out.count("report: ") == 1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("study_storage", ["sqlite"], indirect=True)
+def test_sigterm_to_a_launcher_stops_its_workers_and_returns_their_jobs_to_the_queue(tmp_path, study_storage):
+    import signal
+
+    name = f"launch-term-{Path(tmp_path).name}"
+    launcher = subprocess.Popen(
+        [*_distributed(tmp_path, name), "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    queue, running, deadline = None, set(), time.monotonic() + 300
+    while len(running) < 2 and launcher.poll() is None and time.monotonic() < deadline:
+        if queue is None and (tmp_path / "run" / study_mod.QUEUE_RECORD).is_file():
+            queue = _jobs(study_storage, name)
+        running = {line["worker"] for line in queue.table() if line["state"] == "running"} if queue else set()
+        time.sleep(0.05)
+    assert len(running) == 2, "the two workers never ran jobs at once"
+    child = next(int(w.rsplit(":", 1)[1]) for w in running if not w.endswith(f":{launcher.pid}"))
+    launcher.send_signal(signal.SIGTERM)
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, err
+    assert not Path(f"/proc/{child}").exists()  # the worker it started ended with it (and was waited for)
+    counts = queue.counts()
+    assert counts["running"] == 0 and counts["failed"] == 0  # both running jobs went back to the queue at once
+    assert "report: " not in out
+
+
 def test_bad_workers_values_are_one_line_errors(tmp_path, capsys):
     from nas_mtl.cli import main
 
