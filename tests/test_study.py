@@ -866,6 +866,24 @@ def test_distributed_study_errors_are_one_line_and_status_lists_the_jobs(tmp_pat
         study_mod.run_distributed_study(load_study(grid), tmp_path / "grid-run", url)
 
 
+def test_a_started_worker_that_exits_with_an_error_is_one_line_and_a_killed_one_a_warning(tmp_path, capsys):
+    import signal
+
+    from nas_mtl.cli import UserError, _LocalWorkers, build_parser
+
+    args = build_parser().parse_args(["study", "x.toml", "--storage", "sqlite:///x.db", "--workers", "3"])
+    workers = _LocalWorkers(args, tmp_path)
+    failing = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(2)"])
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    workers.procs = [failing, killed]
+    killed.send_signal(signal.SIGKILL)
+    with pytest.raises(UserError, match=rf"--workers: worker process {failing.pid} exited with code 2") as err:
+        workers.join()
+    assert "\n" not in str(err.value)
+    warning = capsys.readouterr().err
+    assert f"worker process {killed.pid} was killed (signal 9)" in warning and len(warning.splitlines()) == 1
+
+
 def test_device_cuda_n_shows_the_process_that_gpu_only(monkeypatch):
     from nas_mtl.cli import UserError, _one_device
 
