@@ -53,7 +53,6 @@ from .affinity_measures import (
     layer_features,
     layer_similarity,
 )
-from .affinity_plots import plot_affinity, plot_dendrogram, plot_layer_affinities
 from .grouping import (
     GROUPING_METHODS,
     Groups,
@@ -391,6 +390,8 @@ def _total_seconds(measured: Sequence[AffinityResult], session: float) -> float:
 
 
 def _plot(result: AffinityResult, folder: Path) -> None:
+    from .affinity_plots import plot_affinity, plot_dendrogram, plot_layer_affinities  # matplotlib: only to plot
+
     name = result.measure
     plot_affinity(result.matrix, result.tasks, f"{name} affinity", folder / f"{name}_heatmap.png")
     if len(result.tasks) > 2:
