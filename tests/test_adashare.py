@@ -1,6 +1,7 @@
 import copy
 import dataclasses
 import json
+import warnings
 
 import pytest
 import torch
@@ -512,3 +513,16 @@ def test_a_balancer_takes_over_the_weight_updates_and_only_them(data, space, mon
         assert found.info["history"] != plain.info["history"]
     with pytest.raises(ValueError, match="adashare config: balancer: "):
         dataclasses.replace(cfg, balancer="magic")
+
+
+def test_a_policy_left_at_near_ties_is_flagged(data, space, seed):
+    """Policy lr 1e-6: the logits cannot leave p = 0.5 by more than a few 1e-5 in 8 steps (Adam moves a logit by
+    at most lr per step), so every learned cell is a near-tie and the search says so; a sparsity term 100x the
+    paper's with policy lr 0.5 drives every logit to skip (p < 0.4 after the first Adam steps), none is a tie."""
+    with pytest.warns(UserWarning, match="every learned select probability ended within 0.1 of 0.5"):
+        stuck = adashare_search(data, space, _config(policy_lr=1e-6, final="argmax", seed=seed))
+    assert stuck.info["near_ties"] == stuck.info["learned_cells"] == 3 * len(TASKS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pushed = adashare_search(data, space, _config(policy_lr=0.5, sparsity=5.0, final="argmax", seed=seed))
+    assert pushed.info["near_ties"] == 0 and pushed.info["learned_cells"] == 3 * len(TASKS)

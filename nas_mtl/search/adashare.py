@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,11 @@ from . import SearchMethod, SearchResult, register_search_method
 SELECT, SKIP = 0, 1
 """Columns of the policy logits (the reference's order: column 0 multiplies the block's output)."""
 
+NEAR_TIE = 0.1
+"""A learned select probability within this of 0.5 is a near-tie: the argmax there is a coin the sparsity term tips.
+Measured in ``benchmarks/search_quality.py``: with the paper's policy settings at a budget of 80 policy steps every
+probability ends in 0.45-0.49 and the argmax skips every block for every task (13 Δm points below hard sharing
+when retrained); see :func:`adashare_search`."""
 CHECKPOINT = "adashare_checkpoint.pt"
 HISTORY = "policy_history.json"
 FINALS = ("sample", "argmax")
@@ -631,6 +637,8 @@ def adashare_search(
     ``policy_epochs.png``. Save the result with ``result.save(run_dir)``. ``info`` holds the histories, the
     ranked candidate policies, the argmax policy's graph (``argmax_graph``, also when ``final`` is sample) and
     the cost, also in epochs of hard-sharing training (``cost_in_hard_sharing_epochs``, measured on the warm-up).
+    ``near_ties`` counts the learned select probabilities within :data:`NEAR_TIE` of 0.5 (of ``learned_cells``);
+    when all of them are, the policy was not learned and a UserWarning says so.
     """
     from .adashare_plots import plot_policy, plot_policy_history
 
@@ -660,12 +668,24 @@ def adashare_search(
     seconds = search.elapsed + time.perf_counter() - t0
     graphs = [search.graph(p["select"], name=f"adashare#{i}", val_loss=p["val_loss"]) for i, p in enumerate(ranked)]
     warmup_s = sum(h["seconds"] for h in search.history if h["phase"] == "warmup")
+    learned = prob[len(search.blocks) - config.active_at(config.train.epochs - 1, len(search.blocks)) :]
+    near_ties = int(((learned - 0.5).abs() < NEAR_TIE).sum())
+    if learned.numel() and near_ties == learned.numel():
+        warnings.warn(
+            f"adashare: every learned select probability ended within {NEAR_TIE} of 0.5 "
+            f"({float(learned.min()):.2f}-{float(learned.max()):.2f}): the policy was not learned at this budget and "
+            "its argmax follows the sparsity term; raise policy_lr, lower tau_decay or search longer (README, AdaShare "
+            "at small budgets)",
+            stacklevel=2,
+        )
     info = {
         "config": config.to_dict(),
         "tasks": list(data.task_names),
         "blocks": list(search.blocks),
         "select_prob": prob.tolist(),
         "policies": ranked,
+        "near_ties": near_ties,  # learned (block, task) probabilities within NEAR_TIE of 0.5
+        "learned_cells": learned.numel(),
         # the argmax policy also when final = sample (the paper's two answers: its argmax and the best sample)
         "argmax_graph": search.graph(search.argmax_policy(), name="adashare argmax").to_dict(),
         "warmup_seconds": warmup_s,
