@@ -240,6 +240,8 @@ def cmd_study(args: argparse.Namespace) -> None:
             raise UserError("--workers: the process that started this worker has ended")
         signal.signal(signal.SIGTERM, _interrupt)
     with _LocalWorkers(args, out) as workers:
+        if args.worker:  # joining a study published elsewhere: its workers join it too
+            workers.start()
         rows = run_distributed_study(
             spec,
             out,
@@ -252,6 +254,7 @@ def cmd_study(args: argparse.Namespace) -> None:
             grace_s=args.grace_s,
             wait_s=math.inf if args.launched else args.wait_s,  # its launcher publishes the study, or ends it
             outcome=not args.launched,
+            on_published=workers.start,  # not before: they could join the record a previous run left
         )
         if not args.launched:  # the launcher reports, once
             _print_study(spec.name, out, rows, t0)
@@ -283,15 +286,19 @@ class _LocalWorkers:
     They get this process's study file, run folder and options, the storage URL through the environment
     (:data:`~nas_mtl.storage.CHILD_ENV`, never on a command line) and the worker count, so every job splits the
     cores N ways from the first; they leave the outcome (failed jobs, MLflow, the report) to this process. They
-    end with it: Ctrl-C or SIGTERM here terminates them (their running jobs return to the queue at once), and
-    they exit when this process dies; a worker killed by itself leaves its job to the heartbeat recovery
-    (:mod:`nas_mtl.jobs`): the others take it over after the grace period.
+    are started (:meth:`start`) once this process has published the study, in their own session (a terminal's
+    Ctrl-C reaches this process only), and end with it: Ctrl-C or SIGTERM here terminates them (their running
+    jobs return to the queue at once), and they exit when this process dies; a worker killed by itself leaves its
+    job to the heartbeat recovery (:mod:`nas_mtl.jobs`): the others take it over after the grace period.
     """
 
     def __init__(self, args: argparse.Namespace, out: Path) -> None:
         self.args, self.out = args, out
         self.procs: list[subprocess.Popen] = []
+        self.stopped: set[int] = set()  # pids this process had to kill
         self.previous: Any = None
+        self.cmd: list[str] = []
+        self.env: dict[str, str] = {}
 
     def __enter__(self) -> _LocalWorkers:
         args = self.args
@@ -299,7 +306,7 @@ class _LocalWorkers:
             return self
         from .storage import CHILD_ENV, resolve
 
-        env = {**os.environ, CHILD_ENV: resolve(args.storage)}  # a bad env:/file: spec fails here, before any start
+        self.env = {**os.environ, CHILD_ENV: resolve(args.storage)}  # a bad env:/file: spec fails here, first
         cmd = [sys.executable, "-m", "nas_mtl.cli"]
         cmd += ["--threads", str(args.torch_threads)] if args.torch_threads else []
         cmd += ["study", args.file, "--out", str(self.out), "--storage", f"env:{CHILD_ENV}", "--worker"]
@@ -311,10 +318,17 @@ class _LocalWorkers:
             ("--grace-s", args.grace_s),
         ):
             cmd += [flag, str(value)] if value is not None else []
+        self.cmd = cmd
         self.previous = signal.signal(signal.SIGTERM, _interrupt)
-        for _ in range(args.workers - 1):
-            self.procs.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
         return self
+
+    def start(self) -> None:
+        """Start the workers (once; nothing for ``--workers 1`` or a launched worker)."""
+        if not self.cmd or self.procs:
+            return
+        for _ in range(self.args.workers - 1):
+            proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.procs.append(proc)
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if self.previous is not None:
@@ -330,21 +344,29 @@ class _LocalWorkers:
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
+                self.stopped.add(proc.pid)
                 proc.kill()
                 proc.wait()
 
     def join(self) -> None:
-        """Wait for the workers (they end once no job is left); one killed by a signal is a warning (its job
-        was taken over), one that exited with an error a :class:`UserError` naming it."""
+        """Wait for the workers (they end once no job is left). One killed by a signal or stopped (exit 130) is a
+        warning: its job was returned or taken over; one that exited with an error a :class:`UserError` naming
+        it."""
         self._wait()
         for proc in self.procs:
-            if proc.returncode < 0:
+            if proc.pid in self.stopped:
                 print(
-                    f"nas-mtl: warning: --workers: worker process {proc.pid} was killed (signal {-proc.returncode}); "
-                    "the others took its job over",
+                    f"nas-mtl: warning: --workers: worker process {proc.pid} did not end within 60 s of the "
+                    "study's end and was killed",
                     file=sys.stderr,
                 )
-        failed = [proc for proc in self.procs if proc.returncode > 0]
+            elif proc.returncode < 0 or proc.returncode == 130:
+                how = f"killed (signal {-proc.returncode})" if proc.returncode < 0 else "interrupted"
+                print(
+                    f"nas-mtl: warning: --workers: worker process {proc.pid} was {how}; the others took its job over",
+                    file=sys.stderr,
+                )
+        failed = [p for p in self.procs if p.returncode > 0 and p.returncode != 130 and p.pid not in self.stopped]
         if failed:
             codes = ", ".join(f"{p.pid} exited with code {p.returncode}" for p in failed)
             raise UserError(f"--workers: worker process {codes} (its error is above); the others finished the study")

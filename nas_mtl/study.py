@@ -448,6 +448,7 @@ def run_distributed_study(
     poll_s: float = 2.0,
     wait_s: float = 0.0,
     outcome: bool = True,
+    on_published: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``spec``'s jobs from the queue in ``storage`` (:mod:`nas_mtl.jobs`) until none is left; returns
     the result rows (none with ``outcome=False``).
@@ -467,6 +468,9 @@ def run_distributed_study(
         wait_s: a worker waits this long for the study to be published (it may start first).
         outcome: end by raising on failed jobs and mirroring to MLflow (``spec.tracking``); False in the workers
             a launcher started (``--workers``): the launcher does both, once.
+        on_published: called once this process has published the study (jobs enqueued, settings recorded),
+            before it works: a launcher starts its local workers there, so none of them can join the record a
+            previous run left in the storage.
         heartbeat_s, grace_s: heartbeat period and the silence after which a worker counts as dead (default:
             :func:`~nas_mtl.storage.heartbeat_settings`; every worker of a study should use the same).
 
@@ -501,6 +505,8 @@ def run_distributed_study(
         write_json_atomic({"storage": shown, "study": spec.name}, run_dir / QUEUE_RECORD)
         if progress:
             print(f"study {spec.name!r}: {added} job(s) enqueued in {queue.shown}", file=sys.stderr, flush=True)
+        if on_published is not None:
+            on_published()
     _work(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
     if not outcome:
         return []

@@ -866,6 +866,30 @@ def test_distributed_study_errors_are_one_line_and_status_lists_the_jobs(tmp_pat
         study_mod.run_distributed_study(load_study(grid), tmp_path / "grid-run", url)
 
 
+def test_local_workers_start_once_a_rerun_is_published(tmp_path):
+    """A rerun that adds a seed: when `on_published` runs (a `--workers` launcher starts its workers there), the
+    storage already holds the new record and the new jobs, so a worker starting then agrees and finds work (before,
+    the workers started first and could join the previous run's record: leave at once, or fail on its settings)."""
+    from nas_mtl.jobs import JobQueue
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    run = tmp_path / "run"
+    study_mod.run_distributed_study(
+        load_study(_write(tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]"))), run, url
+    )
+    (tmp_path / "more").mkdir()
+    spec = load_study(_write(tmp_path / "more", STUDY))
+    seen: dict[str, int] = {}
+
+    def on_published() -> None:
+        data, space = study_mod._data_and_space(spec)
+        settings = json.loads(json.dumps(study_mod._queue_settings(spec, space)))
+        seen.update(JobQueue.join(url, spec.name, settings).counts())  # raises on the previous run's record
+
+    rows = study_mod.run_distributed_study(spec, run, url, on_published=on_published)
+    assert seen["waiting"] == 3 and seen["done"] == 3 and len(rows) == 6
+
+
 def test_a_started_worker_that_exits_with_an_error_is_one_line_and_a_killed_one_a_warning(tmp_path, capsys):
     import signal
 
