@@ -23,7 +23,7 @@ from nas_mtl.search.exhaustive import (
     score_header,
 )
 from nas_mtl.search.proxy import Proxy, ProxyConfig, Score, graph_key
-from nas_mtl.search.quality import SeededTruth
+from nas_mtl.search.quality import SeededTruth, minus_random_median
 from nas_mtl.space import load_search_space
 from nas_mtl.train import TrainConfig
 
@@ -342,3 +342,17 @@ def test_seeded_truth_random_floors_are_exact_expectations():
     assert truth.random_regret(200)[0] == pytest.approx(np.mean([best - means[k] for k in same]))
     # no tree of 210 parameters: the nearest count (200) is the pool
     assert truth.random_regret(210) == truth.random_regret(200)
+
+
+def test_minus_random_median_pairs_seeds_and_keeps_the_pool_noise():
+    shift = np.array([10.0, -3.0, 40.0])  # what each scoring seed adds to every graph
+    pool = np.array([[1.0, 2.0, 0.0], [3.0, 1.0, 2.0], [2.0, 5.0, 1.0]]) + shift  # medians by seed: 2, 2, 1
+    answer = np.array([4.0, 3.0, 2.0]) + shift  # minus the medians: 2, 1, 1
+    point, (low, high) = minus_random_median([answer, answer], [pool, pool])
+    assert point == pytest.approx(4 / 3)
+    # the same answer twice: a t interval over answers would have zero width; seeds and pool members still vary
+    assert low < point < high and high - low > 0.5
+    flat = np.tile(np.array([5.0, 6.0, 7.0]), (4, 1))  # every alternative alike: only the +2 is left
+    assert minus_random_median([flat[0] + 2], [flat]) == (pytest.approx(2.0), (pytest.approx(2.0), pytest.approx(2.0)))
+    with pytest.raises(ValueError, match="pool must be alternatives x 3 seeds"):
+        minus_random_median([answer], [pool[:, :2]])

@@ -73,9 +73,9 @@ from .proxy import OBJECTIVES, Proxy, ProxyConfig, Scorer, check_proxy, graph_fr
 SAMPLERS: dict[str, Callable[[int | None, int], optuna.samplers.BaseSampler]] = {
     # conditional (define-by-run) space: group-decomposed multivariate TPE (Falkner et al. 2018; Optuna)
     "tpe": lambda seed, n: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True),
-    # NSGA-II (Deb et al. 2002) recombines only the parameters every tree has (the first branchable layer's
-    # first choice); every other, conditional choice is drawn by its seeded RandomSampler. Measured in
-    # benchmarks/search_quality.py: the same trees as random search at every seed. Not the default.
+    # NSGA-II (Deb et al. 2002) recombines only parameters every trial has; in this conditional encoding
+    # (names carry their context) its crossover found nothing to act on in benchmarks/search_quality.py: it
+    # drew exactly random search's trees at every seed (its seeded RandomSampler). Not the default.
     "nsga2": lambda seed, n: optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, n // 5))),
     "random": lambda seed, n: optuna.samplers.RandomSampler(seed=seed),
     "bruteforce": lambda seed, n: optuna.samplers.BruteForceSampler(seed=seed),
@@ -693,7 +693,7 @@ def _method() -> SearchMethod:
         BranchSearchConfig,
         branch_search,
         check=lambda data, space, config: check_proxy(data, config.proxy),
-        help="Optuna tree search: TPE on Δm, or NSGA-II on Δm vs params/MACs; resumable, multi-process",
+        help="Optuna tree search: TPE on Δm, or on Δm vs params/MACs (a Pareto front); resumable, multi-process",
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,8 @@ class SeededTruth:
         if missing:
             raise ValueError(f"seeded truth: no parameter count for {missing[0]}")
         self.params = np.asarray([params[k] for k in self.keys], dtype=float)
+        if (self.params <= 0).any():
+            raise ValueError("seeded truth: parameter counts must be positive")
         self.mean = self.table.mean(axis=1)
         self.best = int(np.argmax(self.mean))
         self.index = {k: i for i, k in enumerate(self.keys)}
@@ -95,14 +98,16 @@ class SeededTruth:
             regret=regret,
             regret_se=se,
             hit=key == self.best_key,
-            hit_within_se=bool(regret <= se) if self.seeds > 1 else key == self.best_key,
-            rank=1 + int((self.mean > row.mean()).sum()),
+            hit_within_se=bool(regret <= se) if self.seeds > 1 else regret <= 0,
+            rank=1 + int((self.mean > (self.mean[self.index[key]] if scores is None else row.mean())).sum()),
             params=int(params),
         )
 
     def same_params(self, params: int) -> np.ndarray:
-        """Indices of the candidates whose parameter count is closest to ``params`` (all ties; exact when the
-        table has that count): the pool a random graph "of the same size" is drawn from."""
+        """Indices of the candidates whose parameter count is closest to ``params`` in log ratio (all ties; exact
+        when the table has that count): the pool a random graph "of the same size" is drawn from."""
+        if params <= 0:
+            raise ValueError(f"seeded truth: params must be positive, got {params}")
         distance = np.abs(np.log(self.params) - math.log(params))
         return np.flatnonzero(distance <= distance.min() + 1e-12)
 
@@ -114,4 +119,39 @@ class SeededTruth:
         return float(regrets.mean()), float(np.mean(pool == self.best))
 
 
-__all__ = ["SeededTruth", "Verdict"]
+def minus_random_median(
+    answers: Sequence[Sequence[float]], pools: Sequence[Any], n_boot: int = 4000, seed: int = 0
+) -> tuple[float, tuple[float, float]]:
+    """How far answers lie above the median of random alternatives, with every source of noise in its interval.
+
+    ``answers[i]``: answer i's score under each scoring seed; ``pools[i]``: its random alternatives' scores
+    (alternatives x the same seeds). The statistic: per answer, its score minus the pool's median, seed by seed
+    (what a seed adds to every graph alike cancels), averaged over seeds; then the mean over answers (e.g. one per
+    search seed). Its 95 % interval is a hierarchical percentile bootstrap that resamples the answers, then within
+    each the scoring seeds (the same draw for the answer and its pool) and the pool's alternatives. A t interval
+    over answers alone would miss the last two, and have zero width when every answer is the same graph.
+
+    Returns:
+        (statistic, (low, high)).
+    """
+    if not answers or len(answers) != len(pools):
+        raise ValueError(f"minus_random_median: need as many pools as answers (>= 1), got {len(answers)}, {len(pools)}")
+    a = [np.asarray(x, dtype=float) for x in answers]
+    p = [np.asarray(x, dtype=float) for x in pools]
+    for i, (row, pool) in enumerate(zip(a, p)):
+        if row.ndim != 1 or pool.ndim != 2 or pool.shape[1] != row.shape[0] or pool.shape[0] < 1:
+            raise ValueError(f"minus_random_median: answer {i}: pool must be alternatives x {row.shape[0]} seeds")
+    point = float(np.mean([(row - np.median(pool, axis=0)).mean() for row, pool in zip(a, p)]))
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        total = 0.0
+        for i in rng.integers(0, len(a), len(a)):
+            seeds = rng.integers(0, len(a[i]), len(a[i]))
+            rows = rng.integers(0, len(p[i]), len(p[i]))
+            total += float((a[i][seeds] - np.median(p[i][rows][:, seeds], axis=0)).mean())
+        stats[b] = total / len(a)
+    return point, (float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5)))
+
+
+__all__ = ["SeededTruth", "Verdict", "minus_random_median"]
