@@ -26,9 +26,11 @@ report computes it (``nas_mtl.report.single_task_reference``). Per answer: its m
 interval over training seeds; the random policies' median and range (of their seed means) at the same k; its
 rank among them (1 = best); the paired difference answer − random median, the median taken per training seed
 (the same seed's noise cancels), mean and 95 % t interval over training seeds. Verdict per final kind: the
-answer-minus-median differences averaged over training seeds, one value per search seed, mean and 95 % t
-interval over search seeds (df = n_search_seeds − 1): ``better`` / ``worse`` when the interval excludes 0,
-``within noise`` otherwise.
+answer-minus-median differences averaged over training seeds, one value per search seed, their mean with a
+hierarchical bootstrap interval (:func:`~nas_mtl.search.quality.minus_random_median`: search seeds, training seeds
+and the pool's policies resampled; a t interval over 3 search seeds misses the last two, and has zero width when
+they return the same policy); ``better`` / ``worse`` when the interval excludes 0, ``within noise`` otherwise.
+Answers without skips (hard sharing, the only such policy) have no random alternative and are left out.
 
 Every training result is cached in ``RUN_DIR/train/POLICY/seedS.json`` and every search in
 ``RUN_DIR/search/VARIANT/seedS/answers.json``: a rerun resumes. One torch thread by default.
@@ -40,6 +42,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import random
 import statistics
 import time
@@ -54,8 +57,9 @@ from nas_mtl.baselines import primary_directions, train_graph
 from nas_mtl.data import MultiTaskData, create_dataset
 from nas_mtl.graph import SharingGraph
 from nas_mtl.metrics import delta_m
-from nas_mtl.report import outcome, seed_stats
+from nas_mtl.report import seed_stats
 from nas_mtl.search.adashare import AdaShareConfig, adashare_search
+from nas_mtl.search.quality import minus_random_median
 from nas_mtl.space import SearchSpace, load_search_space
 from nas_mtl.study import StudySpec, load_study, method_config
 from nas_mtl.train import TrainConfig
@@ -262,15 +266,26 @@ def main(argv: Sequence[str] | None = None) -> dict:
             rows.append(row)
         verdicts = {}
         for kind in ("argmax", "best-of-8"):
-            per_search = [statistics.mean(r["minus_median_by_seed"]) for r in rows if r["final"] == kind]
-            st = seed_stats(per_search)
-            word = {
-                "better": "beats the random median beyond noise",
-                "worse": "worse than the random median beyond noise",
-            }
+            # answers with no other policy of their skip count (hard sharing) have no random alternative: left out
+            compared = [
+                (r, answers[(r["search_seed"], kind)]) for r in rows if r["final"] == kind and not r["only_policy"]
+            ]
+            if not compared:
+                verdicts[kind] = {"mean": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+                verdicts[kind]["outcome"] = "no answer with a random alternative"
+                continue
+            mean, (low, high) = minus_random_median(
+                [[scores[_key(policy)][s] for s in seeds] for _, policy in compared],
+                [[[scores[_key(q)][s] for s in seeds] for q in pools[_skips(policy)]] for _, policy in compared],
+            )
+            word = "beats the random median beyond noise" if low > 0 else "within noise of the random median"
             verdicts[kind] = {
-                **_stats(per_search),
-                "outcome": word.get(outcome(st), "within noise of the random median"),
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "n": len(compared),
+                "distinct_answers": len({policy for _, policy in compared}),
+                "outcome": "worse than the random median beyond noise" if high < 0 else word,
             }
         report_variants[variant] = {
             "settings": {**spec.search["adashare"], **VARIANTS[variant]},
