@@ -42,7 +42,16 @@ the number), all scored twice: by the proxy (seeds 0-2), and retrained from scra
 [train] settings (seeds 0-2; test Δm against single-task networks of the same settings and seed, exactly as
 ``benchmarks/proxy_fidelity.py``, whose cache RETRAIN-DIR is). The proxy inherits every block from a warm start
 trained with every block selected, so it may judge skipping harshly; the retrain does not. Per answer: its rank
-among the random policies and its difference to their median, paired over seeds (mean with a 95 % t interval).
+among the random policies and its difference to their median, paired over seeds (mean with a 95 % t interval over
+the 3 seeds); per setting: that difference averaged over search seeds, with a hierarchical bootstrap interval
+(search seeds, scoring seeds and the pool's policies resampled). Search seeds with the same number of skips share
+one pool, and two search seeds may return the same answer (``distinct``): the interval is then wider than the
+search seeds alone would make it.
+
+Every regret is also given held out: a branch search that searched with proxy seed s is judged by the mean of
+the other two seeds (judged by all three, it is partly judged on the scores it optimised); methods that never
+see the proxy are judged by each of the three 2-seed truths, averaged, so that every method meets equally many
+seeds.
 
 Everything is cached in RUN-DIR (replay journals, AdaShare and affinity results, proxy scores of policies) and
 RETRAIN-DIR (retrains): a rerun resumes.
@@ -52,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -77,7 +87,7 @@ from nas_mtl.search.affinity import AffinityConfig, affinity_search
 from nas_mtl.search.branching import BranchSearchConfig, branch_search, open_storage
 from nas_mtl.search.exhaustive import TABLE, ExhaustiveConfig, ScoreTable, exhaustive_search, score_header, seed_dir
 from nas_mtl.search.proxy import Proxy, ProxyConfig, graph_from_key, graph_key
-from nas_mtl.search.quality import SeededTruth, Verdict
+from nas_mtl.search.quality import SeededTruth, Verdict, minus_random_median
 from nas_mtl.space import load_search_space
 from nas_mtl.study import load_study, slug
 from nas_mtl.train import TrainConfig
@@ -161,6 +171,30 @@ class Judge:
         scores, params = self.scores(graph)
         return self.truth.judge(key, scores, params)
 
+    @functools.cached_property
+    def heldout(self) -> list[SeededTruth]:
+        """Truth number s: the mean of every proxy seed but s (what a search that saw seed s never saw)."""
+        keys, table = self.truth.keys, self.truth.table
+        params = {k: int(p) for k, p in zip(keys, self.truth.params)}
+        return [SeededTruth({k: list(np.delete(row, s)) for k, row in zip(keys, table)}, params) for s in range(SEEDS)]
+
+    def judge_heldout(self, graph: SharingGraph, seen: int | None) -> dict[str, float]:
+        """Regret, its SE and hit within one SE against the seeds a search never saw: all but ``seen`` (the proxy
+        seed it searched with); for a method that never sees the proxy (``seen`` None), averaged over the three
+        truths of 2 seeds, so that every method is judged by equally many seeds."""
+        key = graph_key(graph)
+        scores, params = self.scores(graph)
+        verdicts = [
+            truth.judge(key, list(np.delete(scores, s)), params)
+            for s, truth in enumerate(self.heldout)
+            if seen is None or s == seen
+        ]
+        return {
+            "heldout_regret": statistics.mean(v.regret for v in verdicts),
+            "heldout_regret_se": statistics.mean(v.regret_se for v in verdicts),
+            "heldout_hit_within_se": statistics.mean(v.hit_within_se for v in verdicts),
+        }
+
 
 def _replay_cost(study: optuna.Study, table: ScoreTable, epochs: int) -> tuple[int, float]:
     """(distinct trees trained, fine-tuning seconds they took by the table) over a replayed study."""
@@ -204,6 +238,7 @@ def _branch(judge: Judge, args, run_dir: Path) -> dict[str, list[dict]]:
                     "seed": seed,
                     "proxy_seed": seed % SEEDS,
                     **dataclasses.asdict(judge.judge(found.graph)),
+                    **judge.judge_heldout(found.graph, seed % SEEDS),
                     "_graph": found.graph.to_dict(),
                     "trees_trained": trees,
                     "cost_runs": 1 + seconds / judge.run_seconds,
@@ -247,6 +282,7 @@ def _adashare(judge: Judge, args, run_dir: Path) -> dict[str, list[dict]]:
                     {
                         "seed": seed,
                         **dataclasses.asdict(judge.judge(graph)),
+                        **judge.judge_heldout(graph, None),
                         "skips": _skips(graph),
                         "graph": graph.describe(),
                         "cost_runs": found["seconds"] / judge.run_seconds,
@@ -342,6 +378,8 @@ def _against_random(score, runs: dict[str, list[dict]], n_random: int, judge: Ju
                     "seed": a["seed"],
                     "skips": a["skips"],
                     "random": len(pool),
+                    "answer_scores": [float(x) for x in answer_scores],
+                    "random_scores": table.tolist(),
                     "answer_delta_m": float(np.mean(answer_scores)),
                     "random_median": float(np.median(means)),
                     "random_min": float(means.min()),
@@ -355,8 +393,9 @@ def _against_random(score, runs: dict[str, list[dict]], n_random: int, judge: Ju
 
 
 def _against_summary(table: dict[str, list[dict]]) -> list[dict]:
-    """Per AdaShare setting and answer: the difference to the random median averaged over retrain seeds, then its
-    mean and 95 % t interval over search seeds (answers with no other policy of their skip count left out)."""
+    """Per AdaShare setting and answer: the difference to the random median averaged over scoring seeds, then its
+    mean over search seeds with a hierarchical bootstrap interval (``minus_random_median``; answers with no other
+    policy of their skip count left out)."""
     out = []
     for name, items in table.items():
         compared = [a for a in items if a["random"]]
@@ -366,8 +405,15 @@ def _against_summary(table: dict[str, list[dict]]) -> list[dict]:
                 "answer": name,
                 "search_seeds": len(items),
                 "compared": len(compared),
+                "distinct_answers": len({(a["skips"], tuple(a["answer_scores"])) for a in compared}),
                 "minus_random_median": diff.mean,
-                "minus_random_median_ci": [diff.ci_low, diff.ci_high],
+                "minus_random_median_ci": list(
+                    minus_random_median([a["answer_scores"] for a in compared], [a["random_scores"] for a in compared])[
+                        1
+                    ]
+                )
+                if compared
+                else [math.nan, math.nan],
                 "above_median": sum(a["minus_random_median"] > 0 for a in compared),
                 "rank_median": statistics.median(a["rank"] for a in compared) if compared else None,
                 "skips": [a["skips"] for a in items],
@@ -425,6 +471,7 @@ def _affinity(judge: Judge, args, run_dir: Path) -> dict[str, list[dict]]:
                 {
                     "seed": seed,
                     **dataclasses.asdict(judge.judge(graph)),
+                    **judge.judge_heldout(graph, None),
                     "graph": graph.describe(),
                     "cost_runs": info["seconds"] / judge.run_seconds,
                     "_graph": info["graph"],
@@ -435,6 +482,7 @@ def _affinity(judge: Judge, args, run_dir: Path) -> dict[str, list[dict]]:
 
 def _summary(judge: Judge, name: str, runs: list[dict]) -> dict:
     regret = seed_stats([r["regret"] for r in runs])
+    heldout = seed_stats([r["heldout_regret"] for r in runs])
     floor = [judge.truth.random_regret(r["params"])[0] for r in runs]
     return {
         "method": name,
@@ -442,6 +490,10 @@ def _summary(judge: Judge, name: str, runs: list[dict]) -> dict:
         "regret_mean": regret.mean,
         "regret_ci": [regret.ci_low, regret.ci_high],
         "regret_truth_se": statistics.mean(r["regret_se"] for r in runs),
+        "heldout_regret_mean": heldout.mean,
+        "heldout_regret_ci": [heldout.ci_low, heldout.ci_high],
+        "heldout_regret_se": statistics.mean(r["heldout_regret_se"] for r in runs),
+        "heldout_hit_rate_within_se": statistics.mean(r["heldout_hit_within_se"] for r in runs),
         "hit_rate": statistics.mean(r["hit"] for r in runs),
         "hit_rate_within_se": statistics.mean(r["hit_within_se"] for r in runs),
         "rank_median": statistics.median(r["rank"] for r in runs),
@@ -519,24 +571,30 @@ def main(argv=None) -> dict:
             "regret_mean": uniform[0],
             "regret_ci": None,
             "hit_rate": uniform[1],
-            "rank_median": len(truth.keys) / 2,
+            "rank_median": (len(truth.keys) + 1) / 2,
             "cost_runs_mean": 0.0,
+            "heldout_regret_mean": statistics.mean(t.random_regret()[0] for t in judge.heldout),
         }
     )
 
     print(f"\nregret vs the seeded truth (Δm points; 95% interval over search seeds; truth SE: paired over {SEEDS}")
     print("proxy seeds); hit = the truth's best / within one truth SE; cost in training runs; floor = a random tree")
-    print("with the answer's parameter count:")
+    print("with the answer's parameter count; held-out: against the 2 proxy seeds a search did not search with (for")
+    print("methods that never see the proxy: mean over the three 2-seed truths), its SE and ~hit:")
     head = f"{'method':<52}{'n':>3}{'regret':>8}{'95% CI':>17}{'SE':>6}{'hit':>6}{'~hit':>6}{'rank':>6}{'cost':>7}"
-    print(head + f"{'floor':>7}")
+    print(head + f"{'floor':>7}{'held-out':>9}{'95% CI':>17}{'SE':>6}{'~hit':>6}")
     for r in rows:
         ci = f"[{r['regret_ci'][0]:.2f}, {r['regret_ci'][1]:.2f}]" if r["regret_ci"] else ""
         se = f"{r['regret_truth_se']:.2f}" if "regret_truth_se" in r else ""
         within = f"{r['hit_rate_within_se']:.2f}" if "hit_rate_within_se" in r else ""
         floor = f"{r['same_params_random_regret']:.2f}" if "same_params_random_regret" in r else ""
+        h_ci = f"[{r['heldout_regret_ci'][0]:.2f}, {r['heldout_regret_ci'][1]:.2f}]" if "heldout_regret_ci" in r else ""
+        h_se = f"{r['heldout_regret_se']:.2f}" if "heldout_regret_se" in r else ""
+        h_hit = f"{r['heldout_hit_rate_within_se']:.2f}" if "heldout_hit_rate_within_se" in r else ""
         print(
             f"{r['method']:<52}{r['seeds'] or '':>3}{r['regret_mean']:>8.2f}{ci:>17}{se:>6}{r['hit_rate']:>6.2f}"
             f"{within:>6}{r['rank_median']:>6.0f}{r['cost_runs_mean']:>7.2f}{floor:>7}"
+            f"{r['heldout_regret_mean']:>9.2f}{h_ci:>17}{h_se:>6}{h_hit:>6}"
         )
     for title, table in (
         ("scored by the proxy, seeds 0-2", against),
@@ -548,13 +606,17 @@ def main(argv=None) -> dict:
         _print_against(title, table, args.random_policies)
     print(f"hard sharing retrained: test Δm {hard.mean:+.2f} [{hard.ci_low:.2f}, {hard.ci_high:.2f}]")
     for title, summary in against_summary.items():
-        print(f"\nAdaShare vs the random median ({title}; mean over search seeds of the seed-paired difference):")
-        print(f"{'answer':<52}{'n':>3}{'minus median':>13}{'95% CI':>18}{'above':>7}{'rank':>6}  skips")
+        print(
+            f"\nAdaShare vs the random median ({title}; mean over search seeds of the seed-paired difference, 95% "
+            "bootstrap over search seeds, scoring seeds and pool policies; distinct = different answers):"
+        )
+        print(f"{'answer':<52}{'n':>3}{'distinct':>9}{'minus median':>13}{'95% CI':>18}{'above':>7}{'rank':>6}  skips")
         for a in summary:
             lo, hi = a["minus_random_median_ci"]
             rank = f"{a['rank_median']:.0f}" if a["rank_median"] is not None else "-"
+            ci = f"[{lo:.2f}, {hi:.2f}]"
             print(
-                f"{a['answer']:<52}{a['compared']:>3}{a['minus_random_median']:>13.2f}{f'[{lo:.2f}, {hi:.2f}]':>18}"
+                f"{a['answer']:<52}{a['compared']:>3}{a['distinct_answers']:>9}{a['minus_random_median']:>13.2f}{ci:>18}"
                 f"{a['above_median']:>5}/{a['compared']:<2}{rank:>5}  {a['skips']}"
             )
     print(
