@@ -589,21 +589,26 @@ class _Search:
             b.copy_(old)
         return total / n
 
-    def argmax_policy(self) -> list[list[bool]]:
-        """Select where p(select) >= 0.5 (a tie selects, the reference's argmax); blocks the curriculum has not
-        reached yet were always selected during the search, so they stay selected (their logits are still at
-        the initial p = 0.5)."""
+    @property
+    def unlearned(self) -> int:
+        """Blocks (from the input side) the curriculum never reached: always selected during the search, their
+        logits still at the initial p = 0.5."""
+        return len(self.blocks) - self.config.active_at(self.config.train.epochs - 1, len(self.blocks))
+
+    def final_prob(self) -> Tensor:
+        """Select probabilities the final policy is drawn from: the learned ones, 1 for unlearned blocks."""
         prob = self.net.select_prob()
-        learned = self.config.active_at(self.config.train.epochs - 1, len(self.blocks))
-        prob[: len(self.blocks) - learned] = 1.0
-        return (prob >= 0.5).tolist()
+        prob[: self.unlearned] = 1.0
+        return prob
+
+    def argmax_policy(self) -> list[list[bool]]:
+        """Select where p(select) >= 0.5 (a tie selects, the reference's argmax; unlearned blocks stay selected)."""
+        return (self.final_prob() >= 0.5).tolist()
 
     def final_policies(self) -> list[dict[str, Any]]:
-        """Candidate policies, best first: the argmax (:meth:`argmax_policy`), or ``num_samples`` draws ranked
-        by validation loss (blocks the curriculum has not reached stay selected, as in the argmax)."""
-        prob = self.net.select_prob()
-        learned = self.config.active_at(self.config.train.epochs - 1, len(self.blocks))
-        prob[: len(self.blocks) - learned] = 1.0
+        """Candidate policies, best first: the argmax (:meth:`argmax_policy`), or ``num_samples`` draws from
+        :meth:`final_prob` ranked by validation loss."""
+        prob = self.final_prob()
         if self.config.final == "argmax":
             policies = [self.argmax_policy()]
         else:
@@ -668,7 +673,7 @@ def adashare_search(
     seconds = search.elapsed + time.perf_counter() - t0
     graphs = [search.graph(p["select"], name=f"adashare#{i}", val_loss=p["val_loss"]) for i, p in enumerate(ranked)]
     warmup_s = sum(h["seconds"] for h in search.history if h["phase"] == "warmup")
-    learned = prob[len(search.blocks) - config.active_at(config.train.epochs - 1, len(search.blocks)) :]
+    learned = prob[search.unlearned :]
     near_ties = int(((learned - 0.5).abs() < NEAR_TIE).sum())
     if learned.numel() and near_ties == learned.numel():
         warnings.warn(
