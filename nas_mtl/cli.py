@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -240,8 +241,6 @@ def cmd_study(args: argparse.Namespace) -> None:
             raise UserError("--workers: the process that started this worker has ended")
         signal.signal(signal.SIGTERM, _interrupt)
     with _LocalWorkers(args, out) as workers:
-        if args.worker:  # joining a study published elsewhere: its workers join it too
-            workers.start()
         rows = run_distributed_study(
             spec,
             out,
@@ -254,7 +253,7 @@ def cmd_study(args: argparse.Namespace) -> None:
             grace_s=args.grace_s,
             wait_s=math.inf if args.launched else args.wait_s,  # its launcher publishes the study, or ends it
             outcome=not args.launched,
-            on_published=workers.start,  # not before: they could join the record a previous run left
+            launch=args.launch or workers.launch,  # a worker joins what its launcher publishes, not an older record
         )
         if not args.launched:  # the launcher reports, once
             _print_study(spec.name, out, rows, t0)
@@ -286,10 +285,12 @@ class _LocalWorkers:
     They get this process's study file, run folder and options, the storage URL through the environment
     (:data:`~nas_mtl.storage.CHILD_ENV`, never on a command line) and the worker count, so every job splits the
     cores N ways from the first; they leave the outcome (failed jobs, MLflow, the report) to this process. They
-    are started (:meth:`start`) once this process has published the study, in their own session (a terminal's
-    Ctrl-C reaches this process only), and end with it: Ctrl-C or SIGTERM here terminates them (their running
-    jobs return to the queue at once), and they exit when this process dies; a worker killed by itself leaves its
-    job to the heartbeat recovery (:mod:`nas_mtl.jobs`): the others take it over after the grace period.
+    start at once, beside this process (their imports overlap its own), but join the study only once this process
+    has published it with their launch token (:data:`~nas_mtl.jobs.LAUNCH_ATTR`), never the record a previous run
+    left. They run in their own session (a terminal's Ctrl-C reaches this process only) and end with it: Ctrl-C
+    or SIGTERM here terminates them (their running jobs return to the queue at once), and they exit when this
+    process dies; a worker killed by itself leaves its job to the heartbeat recovery (:mod:`nas_mtl.jobs`): the
+    others take it over after the grace period.
     """
 
     def __init__(self, args: argparse.Namespace, out: Path) -> None:
@@ -297,8 +298,8 @@ class _LocalWorkers:
         self.procs: list[subprocess.Popen] = []
         self.stopped: set[int] = set()  # pids this process had to kill
         self.previous: Any = None
-        self.cmd: list[str] = []
         self.env: dict[str, str] = {}
+        self.launch: str | None = None
 
     def __enter__(self) -> _LocalWorkers:
         args = self.args
@@ -311,6 +312,9 @@ class _LocalWorkers:
         cmd += ["--threads", str(args.torch_threads)] if args.torch_threads else []
         cmd += ["study", args.file, "--out", str(self.out), "--storage", f"env:{CHILD_ENV}", "--worker"]
         cmd += ["--launched", str(os.getpid()), "--workers", str(args.workers)]
+        if not args.worker:  # this process publishes: they wait for this launch (a joining one: they join as it does)
+            self.launch = uuid.uuid4().hex
+            cmd += ["--launch", self.launch]
         cmd += ["--no-progress"] if args.no_progress else []
         for flag, value in (
             ("--device", args.device),
@@ -318,17 +322,10 @@ class _LocalWorkers:
             ("--grace-s", args.grace_s),
         ):
             cmd += [flag, str(value)] if value is not None else []
-        self.cmd = cmd
         self.previous = signal.signal(signal.SIGTERM, _interrupt)
+        for _ in range(args.workers - 1):
+            self.procs.append(subprocess.Popen(cmd, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True))
         return self
-
-    def start(self) -> None:
-        """Start the workers (once; nothing for ``--workers 1`` or a launched worker)."""
-        if not self.cmd or self.procs:
-            return
-        for _ in range(self.args.workers - 1):
-            proc = subprocess.Popen(self.cmd, env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
-            self.procs.append(proc)
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if self.previous is not None:
@@ -565,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each job gets cores / N torch threads unless --threads is given; default 1)",
     )
     p.add_argument("--launched", type=int, metavar="PID", help=argparse.SUPPRESS)  # started by PID's --workers
+    p.add_argument("--launch", metavar="TOKEN", help=argparse.SUPPRESS)  # join what that launch publishes
     p.add_argument(
         "--wait-s",
         type=float,

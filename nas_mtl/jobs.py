@@ -45,6 +45,9 @@ PREFIX = "nas_mtl.study:"
 """The Optuna study of a nas_mtl study named NAME is ``PREFIX + NAME``."""
 SETTINGS_ATTR = "settings"
 """Study user attribute: what the study's results depend on (a joining worker's study file must agree)."""
+LAUNCH_ATTR = "launch"
+"""Study user attribute: the token of the ``--workers`` launch that published the study last (its workers start
+before it publishes and join only once this names their launch, not the record a previous run left)."""
 WORKER_ATTR_PREFIX = "worker:"
 """Study user attributes ``worker:HOST:PID`` -> the time that worker last looked for a job."""
 MAX_RETRY = 3
@@ -121,17 +124,32 @@ class JobQueue:
         self.study_id = storage.get_study_id_from_name(name)
 
     @classmethod
-    def join(cls, spec: str, name: str, settings: Mapping[str, Any], wait_s: float = 0.0, **kwargs: Any) -> JobQueue:
+    def join(
+        cls,
+        spec: str,
+        name: str,
+        settings: Mapping[str, Any],
+        wait_s: float = 0.0,
+        launch: str | None = None,
+        **kwargs: Any,
+    ) -> JobQueue:
         """The queue of a study another process publishes, once its settings are recorded (waiting up to
-        ``wait_s`` for both: a worker may start first), checked against ``settings`` (:meth:`agree`)."""
+        ``wait_s`` for both: a worker may start first), checked against ``settings`` (:meth:`agree`). With
+        ``launch``, only once the publisher recorded that launch token (:data:`LAUNCH_ATTR`): a worker started by
+        a launcher never joins the record a previous run left."""
         deadline = time.monotonic() + wait_s
         while True:
             try:
                 queue = cls(spec, name, **kwargs)
-                if SETTINGS_ATTR in queue.study.user_attrs:
+                attrs = queue.study.user_attrs
+                if SETTINGS_ATTR in attrs and (launch is None or attrs.get(LAUNCH_ATTR) == launch):
                     queue.agree(settings)
                     return queue
-                missing = ValueError(f"storage {queue.shown!r}: study {name!r} records no settings; restart it")
+                missing = ValueError(
+                    f"storage {queue.shown!r}: study {name!r} records no settings; restart it"
+                    if launch is None
+                    else f"storage {queue.shown!r}: study {name!r} was not published by this launch (yet)"
+                )
             except ValueError as err:
                 if "no study" not in str(err):
                     raise
@@ -319,4 +337,4 @@ def _iso(when: datetime.datetime | None) -> str:
     return "" if when is None else when.strftime("%Y-%m-%d %H:%M:%S")
 
 
-__all__ = ["MAX_RETRY", "PREFIX", "STATES", "Claim", "Job", "JobQueue", "count_states", "worker_id"]
+__all__ = ["LAUNCH_ATTR", "MAX_RETRY", "PREFIX", "STATES", "Claim", "Job", "JobQueue", "count_states", "worker_id"]

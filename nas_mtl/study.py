@@ -50,7 +50,7 @@ from .config import options as config_options
 from .data import MultiTaskData, create_dataset
 from .data.base import DATASETS
 from .graph import SharingGraph
-from .jobs import SETTINGS_ATTR, Job, JobQueue, count_states, worker_id
+from .jobs import LAUNCH_ATTR, SETTINGS_ATTR, Job, JobQueue, count_states, worker_id
 from .metrics import delta_m
 from .processes import exit_with_parent
 from .registry import is_reference, resolve_reference
@@ -448,7 +448,7 @@ def run_distributed_study(
     poll_s: float = 2.0,
     wait_s: float = 0.0,
     outcome: bool = True,
-    on_published: Callable[[], None] | None = None,
+    launch: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``spec``'s jobs from the queue in ``storage`` (:mod:`nas_mtl.jobs`) until none is left; returns
     the result rows (none with ``outcome=False``).
@@ -468,9 +468,9 @@ def run_distributed_study(
         wait_s: a worker waits this long for the study to be published (it may start first).
         outcome: end by raising on failed jobs and mirroring to MLflow (``spec.tracking``); False in the workers
             a launcher started (``--workers``): the launcher does both, once.
-        on_published: called once this process has published the study (jobs enqueued, settings recorded),
-            before it works: a launcher starts its local workers there, so none of them can join the record a
-            previous run left in the storage.
+        launch: the token of a ``--workers`` launch: the publisher records it once the jobs and settings are in
+            the storage, and a worker given it joins only then (it starts beside its launcher, before that), never
+            the record a previous run left.
         heartbeat_s, grace_s: heartbeat period and the silence after which a worker counts as dead (default:
             :func:`~nas_mtl.storage.heartbeat_settings`; every worker of a study should use the same).
 
@@ -492,7 +492,7 @@ def run_distributed_study(
     settings = json.loads(json.dumps(_queue_settings(spec, space)))
     beats = {"heartbeat_s": heartbeat_s, "grace_s": grace_s}
     if worker_only:
-        queue = JobQueue.join(storage, spec.name, settings, wait_s, **beats)
+        queue = JobQueue.join(storage, spec.name, settings, wait_s, launch, **beats)
     else:
         queue = JobQueue(storage, spec.name, create=True, **beats)
         with run_lock(run_dir):
@@ -501,12 +501,12 @@ def run_distributed_study(
         # workers join once the settings are recorded (the run folder's record accepted them): after the jobs,
         # so that none joins a queue still empty and leaves at once
         queue.study.set_user_attr(SETTINGS_ATTR, settings)
+        if launch is not None:
+            queue.study.set_user_attr(LAUNCH_ATTR, launch)
         shown = storage if storage.startswith(("env:", "file:")) or redact(storage) == storage else None
         write_json_atomic({"storage": shown, "study": spec.name}, run_dir / QUEUE_RECORD)
         if progress:
             print(f"study {spec.name!r}: {added} job(s) enqueued in {queue.shown}", file=sys.stderr, flush=True)
-        if on_published is not None:
-            on_published()
     _work(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
     if not outcome:
         return []

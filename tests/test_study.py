@@ -866,27 +866,31 @@ def test_distributed_study_errors_are_one_line_and_status_lists_the_jobs(tmp_pat
         study_mod.run_distributed_study(load_study(grid), tmp_path / "grid-run", url)
 
 
-def test_local_workers_start_once_a_rerun_is_published(tmp_path):
-    """A rerun that adds a seed: when `on_published` runs (a `--workers` launcher starts its workers there), the
-    storage already holds the new record and the new jobs, so a worker starting then agrees and finds work (before,
-    the workers started first and could join the previous run's record: leave at once, or fail on its settings)."""
+def test_launched_workers_join_only_what_their_launch_publishes(tmp_path, monkeypatch):
+    """A rerun that adds a seed: a worker of the new launch (started beside its launcher, before it publishes)
+    must not join the record the previous run left, whose settings differ or whose jobs are done (it would leave
+    at once or fail); it joins once the launcher published with its token, and finds the new jobs."""
     from nas_mtl.jobs import JobQueue
 
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     run = tmp_path / "run"
-    study_mod.run_distributed_study(
-        load_study(_write(tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]"))), run, url
-    )
+    first = load_study(_write(tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]")))
+    study_mod.run_distributed_study(first, run, url, launch="old")
     (tmp_path / "more").mkdir()
     spec = load_study(_write(tmp_path / "more", STUDY))
+    data, space = study_mod._data_and_space(spec)
+    settings = json.loads(json.dumps(study_mod._queue_settings(spec, space)))
+    with pytest.raises(ValueError, match="was not published by this launch"):
+        JobQueue.join(url, spec.name, settings, wait_s=0, launch="new")
     seen: dict[str, int] = {}
+    original = study_mod._work
 
-    def on_published() -> None:
-        data, space = study_mod._data_and_space(spec)
-        settings = json.loads(json.dumps(study_mod._queue_settings(spec, space)))
-        seen.update(JobQueue.join(url, spec.name, settings).counts())  # raises on the previous run's record
+    def work(*args, **kwargs):  # the launcher has published: what a worker of its launch finds
+        seen.update(JobQueue.join(url, spec.name, settings, wait_s=0, launch="new").counts())
+        return original(*args, **kwargs)
 
-    rows = study_mod.run_distributed_study(spec, run, url, on_published=on_published)
+    monkeypatch.setattr(study_mod, "_work", work)
+    rows = study_mod.run_distributed_study(spec, run, url, launch="new")
     assert seen["waiting"] == 3 and seen["done"] == 3 and len(rows) == 6
 
 
