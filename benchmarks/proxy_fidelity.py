@@ -94,6 +94,23 @@ def _run(graph: SharingGraph, data, space, config: TrainConfig, out: Path) -> di
     return row
 
 
+def record_cache(run_dir: Path, tasks: list[str], train: TrainConfig) -> None:
+    """Record what the retrains in ``run_dir`` depend on, or check it against the record (one cache, shared by
+    ``search_quality.py``)."""
+    settings = {
+        "tasks": list(tasks),
+        "space": SPACE,
+        "data": DATA,
+        "train": {k: v for k, v in train.to_dict().items() if k != "seed"},
+    }
+    record = run_dir / "settings.json"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if record.is_file():
+        check_settings(read_json(record, "settings record"), settings, record, "retrain cache")
+    else:
+        write_json_atomic(settings, record)
+
+
 def _interval(a: np.ndarray, b: np.ndarray, statistic, n_boot: int = 10000) -> list[float]:
     """95 % percentile-bootstrap interval of ``statistic(a, b)`` over resampled rows (seed 0; resamples where
     one side is constant have no rank correlation and are left out)."""
@@ -132,18 +149,7 @@ def main(argv=None) -> dict:
     train = dataclasses.replace(study_train, device="cpu", progress=False)
     if args.epochs:
         train = dataclasses.replace(train, epochs=args.epochs)
-    settings = {
-        "tasks": tasks,
-        "space": SPACE,
-        "data": DATA,
-        "train": {k: v for k, v in train.to_dict().items() if k != "seed"},
-    }
-    record = run_dir / "settings.json"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if record.is_file():
-        check_settings(read_json(record, "settings record"), settings, record, "retrain cache")
-    else:
-        write_json_atomic(settings, record)
+    record_cache(run_dir, tasks, train)
 
     positions = pick(len(ranking), args.trees)
     picked = [ranking[i] for i in positions]
@@ -247,7 +253,7 @@ def main(argv=None) -> dict:
         },
         "retrain": {
             "study": args.study,
-            "train": settings["train"],
+            "train": {k: v for k, v in train.to_dict().items() if k != "seed"},
             "epochs_override": args.epochs or None,
             "study_epochs": study_train.epochs,
             "seeds": list(range(args.seeds)),

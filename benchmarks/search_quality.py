@@ -81,7 +81,6 @@ from nas_mtl.data.markers import SMALL_BUDGET_ADASHARE
 from nas_mtl.graph import SKIP, SharingGraph
 from nas_mtl.metrics import delta_m
 from nas_mtl.report import seed_stats
-from nas_mtl.runs import check_settings, read_json, write_json_atomic
 from nas_mtl.search.adashare import AdaShareConfig, adashare_search
 from nas_mtl.search.affinity import AffinityConfig, affinity_search
 from nas_mtl.search.branching import BranchSearchConfig, branch_search, open_storage
@@ -324,18 +323,7 @@ class Retrain:
         self.space = load_search_space(pf.SPACE, input_shape=self.data.input_shape)
         train = dataclasses.replace(load_study(study).train, device="cpu", progress=False)
         self.train = train
-        settings = {
-            "tasks": TASKS.split(","),
-            "space": pf.SPACE,
-            "data": pf.DATA,
-            "train": {k: v for k, v in train.to_dict().items() if k != "seed"},
-        }
-        record = run_dir / "settings.json"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if record.is_file():
-            check_settings(read_json(record, "settings record"), settings, record, "retrain cache")
-        else:
-            write_json_atomic(settings, record)
+        pf.record_cache(run_dir, TASKS.split(","), train)
         self.directions = primary_directions(self.data)
         self.refs = []
         for seed in range(seeds):
