@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,29 @@ def standardize(train: Tensor, *others: Tensor, dims: tuple[int, ...]) -> tuple[
     return [(x - mean) / std for x in (train, *others)], mean, std
 
 
+def procedural_splits(
+    made: Sequence[tuple[np.ndarray, Mapping[str, np.ndarray]]], specs: Sequence[TaskSpec], standardized: Container[str]
+) -> tuple[dict[str, TensorMultiTaskDataset], dict[str, dict[str, float]], dict[str, list[float]]]:
+    """The train / val / test datasets of a procedural generator's ``(images, targets)`` per split: images
+    standardised per channel with train statistics, the ``standardized`` targets with their train mean / std,
+    floating targets as float32. Returns the datasets by split, the target scaling (``info["target_scaling"]``)
+    and the image normalisation (``info["normalization"]``)."""
+    images, mean, std = standardize(*(torch.from_numpy(x).float() for x, _ in made), dims=(0, 2, 3))
+    targets: list[dict[str, Tensor]] = [{} for _ in made]
+    scaling = {}
+    for spec in specs:
+        values = [torch.from_numpy(t[spec.name]) for _, t in made]
+        if spec.name in standardized:
+            values, t_mean, t_std = standardize(*(v.float() for v in values), dims=(0,))
+            scaling[spec.name] = {"mean": float(t_mean), "std": float(t_std)}
+        for split_targets, value in zip(targets, values, strict=True):
+            split_targets[spec.name] = value.float() if value.is_floating_point() else value
+    splits = {
+        s: TensorMultiTaskDataset(x, y) for s, x, y in zip(("train", "val", "test"), images, targets, strict=True)
+    }
+    return splits, scaling, {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()}
+
+
 __all__ = [
     "Batch",
     "DATASETS",
@@ -174,6 +197,7 @@ __all__ = [
     "create_dataset",
     "iterate_batches",
     "list_datasets",
+    "procedural_splits",
     "register_dataset",
     "select_names",
     "select_tasks",

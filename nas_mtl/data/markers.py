@@ -32,12 +32,11 @@ from collections.abc import Sequence
 from types import MappingProxyType
 
 import numpy as np
-import torch
 
 from ..graph import SharingGraph
 from ..space import SearchSpace
 from ..tasks import ClassificationTask, RegressionTask, TaskSpec
-from .base import MultiTaskData, TensorMultiTaskDataset, check_ints, register_dataset, select_tasks, standardize
+from .base import MultiTaskData, check_ints, procedural_splits, register_dataset, select_tasks
 
 SPLITS = ("train", "val", "test")
 TASKS: tuple[TaskSpec, ...] = (
@@ -134,28 +133,19 @@ def markers(
     check_ints("markers", n_train=(n_train, 2), n_val=(n_val, 1), n_test=(n_test, 1), size=(size, 8))
     specs = select_tasks("markers", TASKS, tasks)
     made = [_generate(n, size, np.random.default_rng([seed, k])) for k, n in enumerate((n_train, n_val, n_test))]
-    images, mean, std = standardize(*(torch.from_numpy(x) for x, _ in made), dims=(0, 2, 3))
-    targets: list[dict[str, torch.Tensor]] = [{} for _ in SPLITS]
-    scaling = {}
-    for spec in specs:
-        values = [torch.from_numpy(t[spec.name]) for _, t in made]
-        if spec.name in STANDARDIZED:
-            values, t_mean, t_std = standardize(*(v.float() for v in values), dims=(0,))
-            scaling[spec.name] = {"mean": float(t_mean), "std": float(t_std)}
-        for split_targets, value in zip(targets, values, strict=True):
-            split_targets[spec.name] = value
+    splits, scaling, normalization = procedural_splits(made, specs, STANDARDIZED)
     chosen = [t.name for t in specs]
     return MultiTaskData(
         name="markers",
         tasks=specs,
         input_shape=(3, size, size),
-        **{s: TensorMultiTaskDataset(x, y) for s, x, y in zip(SPLITS, images, targets, strict=True)},
+        **splits,
         info={
             "planted_groups": planted_groups(chosen),
             "shallow_tasks": [t for t in SHALLOW if t in chosen],
             "class_names": {k: list(v) for k, v in CLASS_NAMES.items() if k in chosen},
             "target_scaling": scaling,
-            "normalization": {"mean": mean.flatten().tolist(), "std": std.flatten().tolist()},
+            "normalization": normalization,
         },
     )
 
