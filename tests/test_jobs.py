@@ -35,19 +35,24 @@ def _claim_all(storage, name, out):
     out.put(mine)
 
 
+def _in_processes(target, args, out, n=4, timeout=300):
+    """Run ``target(*args, out)`` in ``n`` spawned processes; each puts one result on ``out``: the results."""
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=target, args=(*args, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=timeout) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    return results
+
+
 def test_each_job_is_claimed_by_exactly_one_of_four_processes(storage, request):
     name = _name(request)
     queue = JobQueue(storage, name, create=True)
     assert queue.publish([Job(k, {"i": i}) for i, k in enumerate(KEYS)]) == len(KEYS)
     assert queue.publish([Job(k, {"i": i}) for i, k in enumerate(KEYS)]) == 0  # published once
-    context = multiprocessing.get_context("spawn")
-    out = context.Queue()
-    procs = [context.Process(target=_claim_all, args=(storage, name, out)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    claimed = [out.get(timeout=300) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
+    claimed = _in_processes(_claim_all, (storage, name), multiprocessing.get_context("spawn").Queue())
     every = [k for mine in claimed for k in mine]
     assert sorted(every) == sorted(KEYS)  # every job once: none lost, none twice
     table = queue.table()
@@ -175,12 +180,6 @@ def test_processes_opening_a_new_storage_at_once_all_succeed(tmp_path):
     """Workers started together on a new SQLite file raced to create Optuna's tables: one failed with `UNIQUE
     constraint failed: alembic_version.version_num` (seen in benchmarks/distributed.py)."""
     context = multiprocessing.get_context("spawn")
-    barrier, out = context.Barrier(4), context.Queue()
     url = f"sqlite:///{tmp_path / 'new.db'}"
-    procs = [context.Process(target=_open_at_once, args=(url, barrier, out)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=180) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
+    results = _in_processes(_open_at_once, (url, context.Barrier(4)), context.Queue(), timeout=180)
     assert results == ["ok"] * 4, results
