@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy as _copy
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -428,12 +429,15 @@ class StreamBatchNorm3d(_StreamNorm, nn.BatchNorm3d):
 _STREAM_CLASSES: dict[object, type] = {nn.BatchNorm1d.forward: StreamBatchNorm1d}
 """Stream class by the norm's ``forward`` (torch's 1d/2d/3d share one): only forwards known to be reproduced."""
 
-try:  # timm's BatchNorm + activation (EfficientNet / MobileNet blocks); none when timm cannot load beside this torch
-    from timm.layers.norm_act import BatchNormAct2d
-except Exception:  # a torchvision built for another torch raises RuntimeError, a missing timm ImportError
-    BatchNormAct2d = None
 
-if BatchNormAct2d is not None:
+def _timm_norm_act() -> None:
+    """Define :class:`StreamBatchNormAct2d`, the twin of timm's BatchNorm + activation (EfficientNet / MobileNet
+    blocks), once timm is imported: a module holding a ``BatchNormAct2d`` means timm is, and importing timm here
+    would cost every process seconds (none when timm cannot load beside this torch)."""
+    global StreamBatchNormAct2d
+    if "StreamBatchNormAct2d" in globals() or "timm.layers.norm_act" not in sys.modules:
+        return
+    from timm.layers.norm_act import BatchNormAct2d
 
     class StreamBatchNormAct2d(_StreamNorm, BatchNormAct2d):
         """timm's ``BatchNormAct2d`` over interleaved streams: batch norm, then ``self.drop``, then ``self.act``."""
@@ -441,7 +445,19 @@ if BatchNormAct2d is not None:
         def _after_norm(self, y: Tensor) -> Tensor:
             return self.act(self.drop(y))
 
+    StreamBatchNormAct2d.__qualname__ = "StreamBatchNormAct2d"
     _STREAM_CLASSES[BatchNormAct2d.forward] = StreamBatchNormAct2d
+
+
+def __getattr__(name: str) -> type:
+    if name == "StreamBatchNormAct2d":
+        try:
+            import timm.layers.norm_act  # noqa: F401
+        except Exception as err:  # a torchvision built for another torch raises RuntimeError, no timm ImportError
+            raise AttributeError(f"{__name__}.{name}: timm cannot be imported ({type(err).__name__})") from None
+        _timm_norm_act()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def stream_norms(module: nn.Module) -> list[nn.Module]:
@@ -455,6 +471,7 @@ def stream_norms(module: nn.Module) -> list[nn.Module]:
     found = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if any(name == "" for name, _ in found):
         raise ValueError("stream_norms: pass the module that holds the BatchNorm layer, not the layer itself")
+    _timm_norm_act()
     plan = []
     for name, m in found:
         if isinstance(m, _StreamNorm):

@@ -100,6 +100,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, group: str | None = None) -> None:
         self.kind, self.group = kind, group
         self._factories: dict[str, Callable[..., T]] = {}
+        self._lazy: dict[str, tuple[str, Callable[[Exception], str]]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: make ``factory(**kwargs)`` available as ``create(name, **kwargs)``."""
@@ -108,9 +109,28 @@ class Registry(Generic[T]):
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._factories[name] = factory
+            self._lazy.pop(name, None)
             return factory
 
         return deco
+
+    def register_lazy(self, names: tuple[str, ...], module: str, unavailable: Callable[[Exception], str]) -> None:
+        """Names whose factories ``module`` registers when imported, which happens the first time one of them is
+        used (a module with heavy imports, such as timm's, costs nothing to a process that never uses them). If
+        importing it fails, using one of them raises ValueError(``unavailable(error)``)."""
+        for name in names:
+            if name in self._factories or name in self._lazy:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._lazy[name] = (module, unavailable)
+
+    def _load_lazy(self, name: str) -> None:
+        module, unavailable = self._lazy[name]
+        try:
+            importlib.import_module(module)
+        except Exception as err:
+            raise ValueError(unavailable(err)) from None
+        if name not in self._factories:
+            raise RuntimeError(f"{module} did not register {self.kind} {name!r}")
 
     def _entry_points(self) -> dict[str, importlib.metadata.EntryPoint]:
         if self.group is None:
@@ -119,17 +139,20 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names and installed packages' entry points."""
-        return sorted(set(self._factories) | set(self._entry_points()))
+        return sorted(set(self._factories) | set(self._lazy) | set(self._entry_points()))
 
     def __contains__(self, name: object) -> bool:
-        return name in self._factories or name in self._entry_points()
+        return name in self._factories or name in self._lazy or name in self._entry_points()
 
     def is_user_code(self, name: str) -> bool:
         """Whether ``name`` is a reference or an entry point (code outside nas_mtl)."""
-        return name not in self._factories and (is_reference(name) or name in self._entry_points())
+        ours = name in self._factories or name in self._lazy
+        return not ours and (is_reference(name) or name in self._entry_points())
 
     def factory(self, name: str) -> Callable[..., T]:
         """The factory of ``name`` (see the module doc); ValueError for an unknown name or a bad reference."""
+        if name in self._lazy:
+            self._load_lazy(name)
         if name in self._factories:
             return self._factories[name]
         if is_reference(name):

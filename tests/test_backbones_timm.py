@@ -247,3 +247,30 @@ def test_without_a_loadable_timm_the_package_imports_and_timm_backbones_say_why(
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.startswith("timm backbones are unavailable: importing timm failed (") and "resnet_small" in out
+
+
+def test_timm_is_imported_only_when_a_timm_backbone_is_used():
+    """Importing timm (and the torchvision it imports) takes seconds, which every command and worker process paid
+    before: ``nas_mtl`` and its command line import it the first time a timm backbone is built, and the
+    stream-aware twin of timm's BatchNormAct2d exists once timm does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "import nas_mtl, nas_mtl.cli, nas_mtl.network as network\n"
+        "from nas_mtl.backbones import create_backbone, list_backbones\n"
+        "heavy = [m for m in ('timm', 'torchvision', 'sklearn', 'scipy.optimize') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert {'timm_resnet', 'timm_vit', 'timm_efficientnet'} <= set(list_backbones())\n"
+        "assert 'StreamBatchNormAct2d' not in vars(network)\n"
+        "bb = create_backbone('timm_efficientnet', model='mobilenetv3_small_050', input_size=[32, 32])\n"
+        "assert 'timm' in sys.modules\n"
+        "from timm.layers.norm_act import BatchNormAct2d\n"
+        "twins = network.stream_norms(torch.nn.Sequential(*bb.build()))\n"
+        "print(issubclass(network.StreamBatchNormAct2d, BatchNormAct2d),"
+        " any(isinstance(t, BatchNormAct2d) for t in twins))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True"]

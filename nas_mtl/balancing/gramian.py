@@ -31,7 +31,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import scipy.optimize
 
 from .base import check_number, register_balancer
 from .representation import RepresentationBalancer, ub_cost
@@ -70,6 +69,8 @@ def cagrad_weights(gram: np.ndarray, c: float = 0.4, rescale: int = 1) -> np.nda
         norm = float(np.linalg.norm(aw))
         grad = gb + (radius * (a.T @ aw) / norm if norm > 0 else 0.0)
         return float(w @ gb) + radius * norm, grad
+
+    import scipy.optimize  # here: scipy.optimize takes a fifth of a second to import
 
     best = None
     for start in (b, *np.eye(n)):  # convex: every start reaches the optimum; the best guards against stalls
@@ -118,6 +119,8 @@ def aligned_mtl_weights(gram: np.ndarray, scale: str = "min") -> np.ndarray:
 def dual_cone_weights(gram: np.ndarray, u: np.ndarray) -> np.ndarray:
     """``argmin_{v ≥ u} vᵀ G v`` (Quinton & Rey 2024, Prop. 1): ``v = u + z``, ``z = argmin_{z ≥ 0} ||A(u + z)||``
     with ``Aᵀ A = G``, by scipy's exact active-set NNLS (Lawson & Hanson)."""
+    import scipy.optimize
+
     a = _sqrt_factor(_check(gram))
     z, _ = scipy.optimize.nnls(a, -(a @ u), maxiter=50 * len(u))
     return u + z

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 from torch import Tensor
 
 from ..tasks import ClassificationTask
@@ -58,6 +57,8 @@ def multidigits(
     train mean and std. ``info["source_split"]`` holds the source-digit indices of each split.
     """
     check_ints("multidigits", n_train=(n_train, 1), n_val=(n_val, 1), n_test=(n_test, 1), size=(size, 14))
+    from sklearn.datasets import load_digits  # here: importing scikit-learn takes half a second
+
     bunch = load_digits()
     d = round(size * 4 / 7)
     raw = torch.from_numpy(bunch.images).float()[:, None] / 16.0
