@@ -156,7 +156,7 @@ class JobQueue:
                 missing = err
             if time.monotonic() >= deadline:
                 raise missing
-            time.sleep(1.0)
+            time.sleep(0.25)
 
     # ------------------------------------------------------------------ publishing
     def agree(self, settings: Mapping[str, Any]) -> None:

@@ -445,7 +445,7 @@ def run_distributed_study(
     local_workers: int = 1,
     heartbeat_s: int | None = None,
     grace_s: int | None = None,
-    poll_s: float = 2.0,
+    poll_s: float = 0.5,
     wait_s: float = 0.0,
     outcome: bool = True,
     launch: str | None = None,
