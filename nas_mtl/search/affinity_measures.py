@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -197,6 +196,8 @@ def rdm(features: Tensor) -> np.ndarray:
 def rsa_similarity(rdm_a: np.ndarray, rdm_b: np.ndarray) -> float:
     """Spearman rank correlation between the upper triangles of two RDMs (Vandenhende et al. 2020)."""
     upper = np.triu_indices_from(rdm_a, k=1)
+    from scipy.stats import rankdata  # here: scipy.stats takes half a second to import
+
     a, b = rankdata(rdm_a[upper]), rankdata(rdm_b[upper])
     return float(np.corrcoef(a, b)[0, 1])
 

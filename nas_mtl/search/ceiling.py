@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import spearmanr
 
 
 @dataclass(frozen=True)
@@ -116,6 +115,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation (average ranks for ties); 0 where one side is constant (no ranking)."""
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
+    from scipy.stats import spearmanr  # here: scipy.stats takes half a second to import
+
     return float(spearmanr(a, b).statistic)
 
 

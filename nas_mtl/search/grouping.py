@@ -15,7 +15,6 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-from sklearn.cluster import AgglomerativeClustering, SpectralClustering
 
 from ..graph import SharingGraph, set_partitions
 from ..space import SearchSpace
@@ -147,6 +146,8 @@ def _from_labels(labels: Sequence[int]) -> Partition:
 def _agglomerative(affinity: np.ndarray, k: int) -> Partition:
     if k in (1, len(affinity)):
         return _canonical([list(range(len(affinity)))] if k == 1 else [[i] for i in range(len(affinity))])
+    from sklearn.cluster import AgglomerativeClustering  # here: scikit-learn takes half a second to import
+
     model = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average")
     return _from_labels(model.fit_predict(task_distance(affinity)))
 
@@ -156,6 +157,8 @@ def _spectral(affinity: np.ndarray, k: int) -> Partition:
         return _agglomerative(affinity, k)
     distance = task_distance(affinity)
     similarity = distance.max() - distance  # the symmetric affinity shifted to >= 0
+    from sklearn.cluster import SpectralClustering
+
     model = SpectralClustering(n_clusters=k, affinity="precomputed", random_state=0)
     return _from_labels(model.fit_predict(similarity))
 
