@@ -20,8 +20,9 @@ is what start-up, the report and idle workers cost; ``first_job``: when each wor
 (seconds after the command started); ``after_last_job``: the seconds from the last job's end to the exit.
 
 Each configuration gets a fresh run folder and SQLite storage; configurations are interleaved over repeats.
-The speed-up is 1-worker time / 2-worker time (median over repeats); ``--only`` runs some rows (a quick check),
-speed-ups are printed where both rows ran. Run it on an otherwise idle machine.
+The speed-up is 1-worker time / 2-worker time: of the medians over repeats, and repeat by repeat (``paired_``: the
+two runs of one repeat ran minutes apart, so a machine that slows down for a while slows both); ``--only`` runs
+some rows (a quick check), speed-ups are printed where both rows ran. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -159,6 +160,13 @@ def main() -> None:
         for key, name in (("1_worker_1_thread", CONFIGS["1x1"][0]), ("1_worker_2_threads", CONFIGS["1x2"][0])):
             if two and name in median:
                 study[f"speedup_vs_{key}"] = median[name] / two
+                # repeat by repeat (the two runs of one repeat ran minutes apart, so a slower machine slows both)
+                paired = [a / b for a, b in zip(seconds[n][name], seconds[n][two_name], strict=True)]
+                study[f"paired_speedups_vs_{key}"] = paired
+                print(
+                    f"{'':>10}2 workers vs {name}, by repeat: {', '.join(f'{r:.2f}x' for r in paired)} "
+                    f"(median {statistics.median(paired):.2f}x, {min(paired):.2f}-{max(paired):.2f}x)"
+                )
         studies.append(study)
     write_report(
         args.out,
