@@ -13,8 +13,8 @@ start-up, imports, data and the report included):
   * ``2``: 2 workers from one command, ``nas-mtl study --workers 2``: the process publishes the study and starts
     a ``--worker`` beside it; each job gets cores / 2 torch threads from the first; the report is written once.
 
-Each process spends several seconds starting (imports, data, the study record) and the launcher writes the
-report at the end: the smaller study shows that fixed cost, the larger one what the jobs themselves gain. Each
+Each process spends ~3 s starting (imports, data, the study record) and the launcher writes the report at the
+end (~1 s): the smaller study shows more of that fixed cost, the larger one what the jobs themselves gain. Each
 run also records (``runs``, from the storage) ``work``: the sum of its jobs' own seconds, so wall - work / workers
 is what start-up, the report and idle workers cost; ``first_job``: when each worker started its first job
 (seconds after the command started); ``after_last_job``: the seconds from the last job's end to the exit.
