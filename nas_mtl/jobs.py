@@ -98,6 +98,7 @@ class JobQueue:
     grace_s: int | None = None
     study: optuna.Study = field(init=False)
     shown: str = field(init=False)
+    _seen_at: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.shown = redact(resolve(self.spec))
@@ -138,9 +139,10 @@ class JobQueue:
         ``launch``, only once the publisher recorded that launch token (:data:`LAUNCH_ATTR`): a worker started by
         a launcher never joins the record a previous run left."""
         deadline = time.monotonic() + wait_s
+        queue = None
         while True:
             try:
-                queue = cls(spec, name, **kwargs)
+                queue = queue or cls(spec, name, **kwargs)  # connects once the study exists, then only re-reads
                 attrs = queue.study.user_attrs
                 if SETTINGS_ATTR in attrs and (launch is None or attrs.get(LAUNCH_ATTR) == launch):
                     queue.agree(settings)
@@ -156,7 +158,7 @@ class JobQueue:
                 missing = err
             if time.monotonic() >= deadline:
                 raise missing
-            time.sleep(0.25)
+            time.sleep(1.0 if queue is None else 0.25)  # a study not created yet: each try opens the storage anew
 
     # ------------------------------------------------------------------ publishing
     def agree(self, settings: Mapping[str, Any]) -> None:
@@ -246,23 +248,32 @@ class JobQueue:
 
     def local_workers(self, worker: str) -> int:
         """Workers on this machine (``worker``'s host) seen within the grace period, ``worker`` included."""
-        host = worker.rsplit(":", 1)[0]
+        return self.workers(worker, worker.rsplit(":", 1)[0])
+
+    def workers(self, worker: str, host: str | None = None) -> int:
+        """Workers (on ``host``, or anywhere) seen within the grace period, ``worker`` included."""
         now = time.time()
         seen = [
             k
             for k, t in self.study.user_attrs.items()
             if k.startswith(WORKER_ATTR_PREFIX)
-            and k.removeprefix(WORKER_ATTR_PREFIX).rsplit(":", 1)[0] == host
+            and (host is None or k.removeprefix(WORKER_ATTR_PREFIX).rsplit(":", 1)[0] == host)
             and now - float(t) < self.grace_s
         ]
         return max(1, len(set(seen) | {WORKER_ATTR_PREFIX + worker}))
 
     def _seen(self, worker: str) -> None:
-        self.study.set_user_attr(WORKER_ATTR_PREFIX + worker, time.time())
+        """Record that ``worker`` is alive: at most every half heartbeat period (the window :meth:`workers` counts
+        in is the grace period, longer than a heartbeat period), so idle workers polling do not write each time."""
+        now = time.time()
+        if now - self._seen_at.get(worker, 0.0) >= self.heartbeat_s / 2:
+            self.study.set_user_attr(WORKER_ATTR_PREFIX + worker, now)
+            self._seen_at[worker] = now
 
     def leave(self, worker: str) -> None:
         """Stop counting ``worker`` among this machine's workers (it found nothing left to do)."""
         self.study.set_user_attr(WORKER_ATTR_PREFIX + worker, 0.0)
+        self._seen_at.pop(worker, None)
 
     # ------------------------------------------------------------------ progress
     def table(self) -> list[dict[str, Any]]:

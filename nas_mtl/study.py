@@ -432,6 +432,9 @@ def _prepare(spec: StudySpec, data: MultiTaskData, space: SearchSpace, run_dir: 
 # ------------------------------------------------------------------ distributed studies
 QUEUE_RECORD = "queue.json"
 """``RUN_DIR/queue.json``: the storage (when it holds no password) and study of a distributed study."""
+MAX_POLL_S = 10.0
+"""The longest an idle worker waits before it looks for a job again: it waits ``poll_s`` x (workers seen / 4), at
+least ``poll_s``, so the storage answers about 8 idle looks a second however many workers wait."""
 
 
 def run_distributed_study(
@@ -625,7 +628,8 @@ def _work(
             counts = queue.counts()
             if not counts["waiting"] and not counts["running"]:
                 break
-            time.sleep(poll_s)
+            # every idle worker reads the whole queue each time: the more workers, the less often each looks
+            time.sleep(min(MAX_POLL_S, poll_s * max(1.0, queue.workers(worker) / 4)))
             continue
         workers = max(local_workers, queue.local_workers(worker))
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))

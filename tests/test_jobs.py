@@ -149,9 +149,25 @@ def test_workers_on_one_machine_share_its_cores(tmp_path):
     assert queue.local_workers("hostA:1") == 2 and queue.local_workers("hostB:3") == 1
     queue.leave("hostA:2")
     assert queue.local_workers("hostA:1") == 1
+    assert queue.workers("hostA:1") == 2  # anywhere: hostA:1 and hostB:3
     with queue.heartbeat(claim, "hostA:1"):  # a job longer than the grace period: its worker still counts
         time.sleep(3)
         assert queue.local_workers("hostB:9") == 1 and queue.local_workers("hostA:9") == 2
+
+
+def test_an_idle_worker_polling_records_itself_once_per_half_heartbeat(tmp_path, monkeypatch):
+    """Idle workers look for a job every fraction of a second; each look used to write the worker's record."""
+    queue = JobQueue(f"sqlite:///{tmp_path / 'q.db'}", "idle", create=True, heartbeat_s=60, grace_s=120)
+    queue.publish([Job("later", {}, ("never",))])  # waits for a job that never comes
+    writes = []
+    record = queue.study.set_user_attr
+    monkeypatch.setattr(queue.study, "set_user_attr", lambda k, v: (writes.append(k), record(k, v)))
+    for _ in range(5):
+        assert queue.claim("hostA:1") is None
+    assert writes == ["worker:hostA:1"]
+    assert queue.local_workers("hostA:1") == 1 and queue.workers("hostB:2") == 2
+    queue.leave("hostA:1")
+    assert queue.claim("hostA:1") is None and writes == ["worker:hostA:1"] * 3  # left, then seen again
 
 
 def test_a_worker_started_first_waits_for_the_study_to_be_published(tmp_path):
