@@ -667,7 +667,8 @@ def console() -> None:
     """The ``nas-mtl`` command (and ``python -m nas_mtl.cli``): :func:`main`, then exit without the interpreter's
     final garbage collections, which walked every object torch, pandas, optuna and the run left (1.3 s of each
     command's and worker's exit, measured on a study); the memory goes back to the system all the same, and exit
-    handlers (``atexit``, ``weakref.finalize``) still run."""
+    handlers (``atexit``, ``weakref.finalize``) still run; ``__del__`` of objects in reference cycles does not
+    (every file nas_mtl writes is closed by then)."""
     code = main()
     gc.freeze()
     sys.exit(code)

@@ -101,12 +101,14 @@ class Registry(Generic[T]):
         self.kind, self.group = kind, group
         self._factories: dict[str, Callable[..., T]] = {}
         self._lazy: dict[str, tuple[str, Callable[[Exception], str]]] = {}
+        self._unavailable: dict[str, str] = {}  # module -> why importing it failed (tried once)
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: make ``factory(**kwargs)`` available as ``create(name, **kwargs)``."""
 
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
-            if name in self._factories:
+            lazy = self._lazy.get(name)
+            if name in self._factories or (lazy is not None and factory.__module__ != lazy[0]):
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._factories[name] = factory
             self._lazy.pop(name, None)
@@ -125,10 +127,13 @@ class Registry(Generic[T]):
 
     def _load_lazy(self, name: str) -> None:
         module, unavailable = self._lazy[name]
+        if module in self._unavailable:  # a second import of a half-loaded library may fail differently, or slowly
+            raise ValueError(self._unavailable[module])
         try:
             importlib.import_module(module)
         except Exception as err:
-            raise ValueError(unavailable(err)) from None
+            self._unavailable[module] = unavailable(err)
+            raise ValueError(self._unavailable[module]) from None
         if name not in self._factories:
             raise RuntimeError(f"{module} did not register {self.kind} {name!r}")
 

@@ -192,3 +192,37 @@ def test_a_balancer_by_reference_with_options_in_the_cli_and_a_study(project, ca
     assert ("hard", "bal.py:make:beta=0.5") in rows and ("hard", "equal") in rows
     with pytest.raises(ValueError, match="balancer 'my_pkg.bal:nope': my_pkg.bal has no function 'nope'"):
         create_balancer("my_pkg.bal:nope")
+
+
+def test_a_lazy_registration_imports_its_module_on_first_use_and_a_failure_once(tmp_path, monkeypatch):
+    """``Registry.register_lazy`` (how the timm backbones are registered): the names are listed at once, the module
+    that registers them is imported the first time one is used, and a module that fails to import is tried once:
+    every later use gives the first failure's message (a half-imported library may fail differently the second
+    time). Only that module may register the names."""
+    import importlib
+    import types
+
+    from nas_mtl.registry import Registry
+
+    registry = Registry("thing")
+    holder = types.ModuleType("lazy_holder")
+    holder.registry = registry
+    monkeypatch.setitem(sys.modules, "lazy_holder", holder)
+    (tmp_path / "lazy_things.py").write_text(
+        "from lazy_holder import registry\n\n@registry.register('big')\ndef big(size=1):\n    return ['big'] * size\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.register_lazy(("big",), "lazy_things", lambda err: f"unavailable: {type(err).__name__}")
+    registry.register_lazy(("broken",), "lazy_missing_module", lambda err: f"unavailable: {type(err).__name__}")
+    assert registry.names() == ["big", "broken"] and "big" in registry and not registry.is_user_code("big")
+    assert "lazy_things" not in sys.modules
+    with pytest.raises(ValueError, match="thing 'big' is already registered"):
+        registry.register("big")(lambda: [])  # not from the module that owns the name
+    assert registry.create("big", size=2) == ["big", "big"] and "lazy_things" in sys.modules
+    imports = []
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: (imports.append(name), real(name, *a))[1])
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"^unavailable: ModuleNotFoundError$"):
+            registry.create("broken")
+    assert imports == ["lazy_missing_module"]
