@@ -9,6 +9,7 @@ from .balancing import Balancer
 from .data import MultiTaskData
 from .graph import SharingGraph
 from .network import MultiTaskNetwork
+from .runs import check_name, run_path
 from .soft import Coupling
 from .space import SearchSpace
 from .train import StepHook, TrainConfig, TrainResult, seed_everything, train
@@ -64,7 +65,7 @@ def train_single_tasks(
     out = {}
     for t in data.task_names:
         graph = SharingGraph.hard_sharing([t], space.layers, space.skippable).with_meta(name=f"single:{t}")
-        out[t] = train_graph(graph, data, space, config, balancer, Path(run_dir) / t)
+        out[t] = train_graph(graph, data, space, config, balancer, run_path(run_dir, check_name(t, "task name")))
     return out
 
 

@@ -23,7 +23,7 @@ from .balancing.base import parse_key_value
 from .config import build_config, options, to_options
 from .data import create_dataset, list_datasets
 from .graph import SharingGraph
-from .runs import read_json, run_lock
+from .runs import TEXT, or_null, read_record, run_lock
 from .space import SearchSpace, list_search_spaces, load_search_space
 from .storage import GRACE_S, HEARTBEAT_S
 from .tracking import TrackingConfig
@@ -185,6 +185,10 @@ def cmd_search(args: argparse.Namespace) -> None:
     config = config_from_args(method.config, args, CLI_DEFAULTS)
     data, space = _data_and_space(args)
     out = Path(args.out)
+    if args.method == "branch":
+        from .search.branching import study_storage
+
+        _show_storage(study_storage(config, out))
     with run_lock(out):
         result = method.run(data, space, config, out)
         path = result.save(out, method.device(config))
@@ -192,6 +196,13 @@ def cmd_search(args: argparse.Namespace) -> None:
     if result.candidates:
         print(f"{len(result.candidates)} candidate graph(s) in {out / 'candidates'}")
     print(f"graph: {path}   retrain with: nas-mtl train --graph {path} --data {args.data} --space {args.space} ...")
+
+
+def _show_storage(spec: str) -> None:
+    """Say on stderr, once per command, which storage ``spec`` opens (password hidden)."""
+    from .storage import describe
+
+    print(f"nas-mtl: storage: {describe(spec)}", file=sys.stderr, flush=True)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -205,8 +216,27 @@ def cmd_worker(args: argparse.Namespace) -> None:
         exit_with_parent()
     if args.threads:
         torch.set_num_threads(args.threads)
-    n = run_worker(args.storage, args.study, args.out, args.seed)
+    _show_storage(args.storage)
+    n = run_worker(args.storage, args.study, args.out, args.seed, trusted=_trusted(args.trust))
     print(f"worker: {n} trial(s) run; study {args.study!r} in {redact(args.storage)}")
+
+
+def _trusted(references: Sequence[str]) -> tuple[str, ...]:
+    """``--trust`` references as records store them (a relative ``FILE.py`` made absolute)."""
+    from .registry import resolve_reference
+
+    return tuple(resolve_reference(r, Path.cwd()) for r in references)
+
+
+def _add_trust_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help=f"a code reference (MODULE:FUNCTION or FILE.py:FUNCTION) that {what} may name; without it, data never "
+        "names code to run, only registered names (repeatable)",
+    )
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -234,6 +264,8 @@ def cmd_study(args: argparse.Namespace) -> None:
         rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
         _print_study(spec.name, out, rows, t0)
         return
+    if not args.launched:  # a launched worker's launcher said it
+        _show_storage(args.storage)
     if args.launched:  # one of another process's --workers: it ends with that process
         from .processes import exit_with_parent
 
@@ -389,7 +421,8 @@ def cmd_status(args: argparse.Namespace) -> None:
     record = Path(args.run_dir) / QUEUE_RECORD
     if not record.is_file():
         raise UserError(f"{record}: missing; {args.run_dir} is not a distributed study (nas-mtl study --storage)")
-    saved = read_json(record, "distributed study record", ("storage", "study"), "rerun nas-mtl study --storage")
+    schema = {"storage": or_null(TEXT), "study": TEXT}
+    saved = read_record(record, "distributed study record", schema, "rerun nas-mtl study --storage")
     storage = args.storage or saved.get("storage")
     if not storage:
         raise UserError(f"{record}: the storage URL holds a password and is not recorded; give --storage URL")
@@ -419,7 +452,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_run
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    report = export_run(args.run_dir, args.out, formats)
+    report = export_run(args.run_dir, args.out, formats, trusted=_trusted(args.trust))
     for fmt, name in report["files"].items():
         print(f"{fmt:>13}: {Path(args.out) / name}   max |Δ| vs PyTorch: {report['max_abs_diff'][fmt]:.3g}")
 
@@ -533,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="sampler seed (default: random)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    _add_trust_arg(p, "the study's record (dataset, search space's backbone, balancer)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("study", help="run (or resume) a study file: searches + baselines x balancers x seeds")
@@ -607,6 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a finished `nas-mtl train` run folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--formats", default="safetensors,torch-export,onnx", help="comma-separated subset")
+    _add_trust_arg(p, "the run's model.json (its backbone)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("graph", help="validate and describe a sharing-graph JSON file")

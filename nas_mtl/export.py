@@ -2,22 +2,28 @@
 
 The manifest names everything needed to rebuild the network without pickle: the backbone's
 registry name and arguments, the task specs, the input shape and the sharing graph.
+
+An export (and a run folder's ``model.json``) is data: its backbone must be a registered name or an installed
+entry point, never a ``module:function`` / ``file.py:function`` reference unless the caller trusts it
+(``trusted=``, ``nas-mtl export --trust``); the files it lists lie inside its folder and carry SHA-256 hashes,
+checked before anything is read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .backbones import create_backbone
+from .backbones import BACKBONES, create_backbone
 from .graph import SharingGraph
 from .network import MultiTaskNetwork
-from .runs import load_checkpoint, read_json, replace_atomic, write_json_atomic
+from .runs import TABLE, load_checkpoint, read_json, replace_atomic, run_path, write_json_atomic
 from .soft import Coupling
 from .tasks import TaskSpec
 
@@ -43,18 +49,32 @@ def network_manifest(network: MultiTaskNetwork, tasks: Sequence[TaskSpec]) -> di
     }
 
 
-def network_from_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> MultiTaskNetwork:
-    """A freshly initialised network laid out as ``manifest`` says (load weights into it next)."""
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{source}: format: expected {MANIFEST_FORMAT!r}, got {manifest.get('format')!r}")
-    for key in ("backbone", "tasks", "graph"):
-        if key not in manifest:
-            raise ValueError(f"{source}: missing key {key!r}")
+def network_from_manifest(
+    manifest: Mapping[str, Any], source: str = "manifest", trusted: Collection[str] = ()
+) -> MultiTaskNetwork:
+    """A freshly initialised network laid out as ``manifest`` says (load weights into it next).
+
+    The backbone must be registered or an installed entry point; a code reference only when in ``trusted``."""
+    if not isinstance(manifest, Mapping) or manifest.get("format") != MANIFEST_FORMAT:
+        got = manifest.get("format") if isinstance(manifest, Mapping) else type(manifest).__name__
+        raise ValueError(f"{source}: format: expected {MANIFEST_FORMAT!r}, got {got!r}")
+    for key, kind in (("backbone", Mapping), ("tasks", list), ("graph", Mapping)):
+        if not isinstance(manifest.get(key), kind):
+            raise ValueError(f"{source}: {key}: missing or not a {'table' if kind is Mapping else 'list'}")
     bb = manifest["backbone"]
+    if not isinstance(bb.get("config", {}), Mapping):
+        raise ValueError(f"{source}: backbone.config: expected a table")
+    name = BACKBONES.check_stored(bb.get("name"), f"{source}: backbone.name", trusted)
     # the exported weights replace any pretrained ones: the file they came from is not needed here
     config = {k: v for k, v in bb.get("config", {}).items() if k != "weights"}
-    backbone = create_backbone(bb["name"], **config)
-    tasks = [TaskSpec.from_dict(t) for t in manifest["tasks"]]
+    try:
+        backbone = create_backbone(name, **config)
+    except TypeError as err:
+        raise ValueError(f"{source}: backbone: {err}") from None
+    try:
+        tasks = [TaskSpec.from_dict(t) for t in manifest["tasks"]]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: tasks: {err}") from None
     graph = SharingGraph.from_dict(manifest["graph"], source=f"{source}: graph")
     coupling = Coupling.from_dict(manifest["coupling"], f"{source}: coupling") if "coupling" in manifest else None
     return MultiTaskNetwork.from_tasks(graph, backbone, tasks, coupling=coupling)
@@ -87,12 +107,43 @@ def save_weights(network: MultiTaskNetwork, tasks: Sequence[TaskSpec], out_dir: 
     network.graph.save(out_dir / "graph.json")
     manifest = network_manifest(network, tasks)
     manifest["files"] = {"weights": "weights.safetensors", "graph": "graph.json"}
+    manifest["sha256"] = {name: sha256_file(out_dir / name) for name in manifest["files"].values()}
     write_json_atomic(manifest, out_dir / "manifest.json")
     return out_dir / "manifest.json"
 
 
-def load_exported(out_dir: str | Path) -> MultiTaskNetwork:
-    """Rebuild a network written by :func:`save_weights` (eval mode)."""
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checked_file(out_dir: Path, manifest: Mapping[str, Any], role: str, source: str) -> Path:
+    """The file the manifest lists as ``role``: a name inside ``out_dir`` whose SHA-256 is the manifest's;
+    ValueError naming ``source`` and the key otherwise (a path outside, a missing hash, a changed file)."""
+    files, hashes = manifest.get("files"), manifest.get("sha256")
+    if not isinstance(files, Mapping) or not isinstance(files.get(role), str):
+        raise ValueError(f"{source}: files.{role}: missing or not a file name; export the run again")
+    name = files[role]
+    try:
+        path = run_path(out_dir, name)
+    except ValueError:
+        raise ValueError(f"{source}: files.{role}: {name!r} is not inside {out_dir}; refused") from None
+    if not isinstance(hashes, Mapping) or not isinstance(hashes.get(name), str):
+        raise ValueError(f"{source}: sha256.{name}: missing (an export older than hashes?); export the run again")
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: files.{role}: {path} not found")
+    if sha256_file(path) != hashes[name]:
+        raise ValueError(f"{source}: sha256.{name}: {path} does not match its hash (changed or damaged); refused")
+    return path
+
+
+def load_exported(out_dir: str | Path, trusted: Collection[str] = ()) -> MultiTaskNetwork:
+    """Rebuild a network written by :func:`save_weights` (eval mode); ``trusted``: code references the caller
+    accepts as the backbone (see the module doc)."""
     from safetensors.torch import load_file
 
     out_dir = Path(out_dir)
@@ -100,26 +151,30 @@ def load_exported(out_dir: str | Path) -> MultiTaskNetwork:
     if not path.is_file():
         raise FileNotFoundError(f"no manifest.json in {out_dir}")
     manifest = read_json(path, "export manifest", (), "export the run again")
-    network = network_from_manifest(manifest, source=str(path))
-    weights = out_dir / manifest.get("files", {}).get("weights", "weights.safetensors")
-    if not weights.is_file():
-        raise FileNotFoundError(f"{path}: weights file not found: {weights}")
-    network.load_state_dict(load_file(str(weights)))
+    network = network_from_manifest(manifest, str(path), trusted)  # builds registered (or trusted) code only
+    weights = checked_file(out_dir, manifest, "weights", str(path))
+    try:
+        network.load_state_dict(load_file(str(weights)))
+    except Exception as err:  # safetensors' own errors, missing or unexpected keys, shape mismatches
+        raise ValueError(f"{weights}: does not fit the network of {path}: {str(err).splitlines()[0]}") from None
     return network.eval()
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = FORMATS) -> dict[str, Any]:
-    """Export the network trained in ``run_dir`` (its ``model.json`` manifest + ``checkpoint.pt`` weights)."""
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, formats: Sequence[str] = FORMATS, trusted: Collection[str] = ()
+) -> dict[str, Any]:
+    """Export the network trained in ``run_dir`` (its ``model.json`` manifest + ``checkpoint.pt`` weights);
+    ``trusted``: code references accepted as its backbone (see the module doc)."""
     run_dir = Path(run_dir)
     manifest_path, ckpt = run_dir / MODEL_MANIFEST, run_dir / "checkpoint.pt"
     for path in (manifest_path, ckpt):
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir}: not a finished training run ({path.name} missing)")
     manifest = read_json(manifest_path, "model manifest", (), f"retrain the run in {run_dir}")
-    network = network_from_manifest(manifest, source=str(manifest_path))
-    network.load_state_dict(load_checkpoint(ckpt)["model"])
+    network = network_from_manifest(manifest, str(manifest_path), trusted)
+    network.load_state_dict(load_checkpoint(ckpt, schema={"model": TABLE})["model"])
     tasks = [TaskSpec.from_dict(t) for t in manifest["tasks"]]
-    return export_network(network, tasks, out_dir, formats)
+    return export_network(network, tasks, out_dir, formats, trusted=trusted)
 
 
 def export_network(
@@ -129,6 +184,7 @@ def export_network(
     formats: Sequence[str] = FORMATS,
     check_inputs: int = 4,
     seed: int = 0,
+    trusted: Collection[str] = (),
 ) -> dict[str, Any]:
     """Write the requested formats into ``out_dir`` and check each against eager PyTorch.
 
@@ -149,7 +205,7 @@ def export_network(
     report: dict[str, Any] = {"torch": torch.__version__, "tasks": list(network.tasks), "files": {}, "max_abs_diff": {}}
     if "safetensors" in formats:
         save_weights(network, tasks, out_dir)
-        reloaded = _TupleOutputs(load_exported(out_dir)).eval()
+        reloaded = _TupleOutputs(load_exported(out_dir, trusted)).eval()
         with torch.no_grad():
             report["max_abs_diff"]["safetensors"] = _max_diff(reloaded(inputs), expected)
         report["files"]["safetensors"] = "weights.safetensors"
@@ -165,6 +221,7 @@ def export_network(
     if "onnx" in formats:
         report["max_abs_diff"]["onnx"] = _export_onnx(wrapper, example, inputs, expected, out_dir / "model.onnx")
         report["files"]["onnx"] = "model.onnx"
+    report["sha256"] = {name: sha256_file(out_dir / name) for name in report["files"].values()}
     write_json_atomic(report, out_dir / "export.json")
     return report
 
@@ -207,6 +264,8 @@ __all__ = [
     "export_run",
     "load_exported",
     "network_from_manifest",
+    "checked_file",
     "network_manifest",
     "save_weights",
+    "sha256_file",
 ]

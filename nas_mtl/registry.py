@@ -9,6 +9,11 @@ A name is one of:
 - a **reference** to a factory in the user's code, ``module.path:function`` (imported with the current folder on
   the path, like ``python -m``) or ``path/to/file.py:function`` (a file; relative paths are resolved against the
   folder of the study or search-space file that names them).
+
+Trust: a reference runs code, so it is accepted only from what the user typed (a study or search-space file, a
+CLI flag, the Python API). A name read back from data (an export manifest, a run folder's record, a storage
+record) goes through :meth:`Registry.check_stored` first: registered names and installed entry points pass, a
+reference only when the user listed it as trusted.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Generic, TypeVar
+
+from .runs import check_name
 
 T = TypeVar("T")
 
@@ -81,7 +88,7 @@ def load_reference(name: str, kind: str) -> Callable:
             f"{kind} {name!r}: no module {err.name!r} (run from the folder that holds it, add it to PYTHONPATH, or "
             "install it)"
         ) from None
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # user code that calls sys.exit() is a failed import, not our exit
         raise ValueError(f"{kind} {name!r}: importing {target} failed: {type(err).__name__}: {err}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -95,16 +102,21 @@ class Registry(Generic[T]):
     Args:
         kind: what is registered ("backbone", "dataset", ...), used in error messages.
         group: the entry-point group installed packages register in (e.g. ``nas_mtl.datasets``).
+        path_names: registered names become folder names (search methods: ``search/METHOD``), so they must be
+            names (:func:`nas_mtl.runs.check_name`).
     """
 
-    def __init__(self, kind: str, group: str | None = None) -> None:
-        self.kind, self.group = kind, group
+    def __init__(self, kind: str, group: str | None = None, path_names: bool = False) -> None:
+        self.kind, self.group, self.path_names = kind, group, path_names
         self._factories: dict[str, Callable[..., T]] = {}
         self._lazy: dict[str, tuple[str, Callable[[Exception], str]]] = {}
         self._unavailable: dict[str, str] = {}  # module -> why importing it failed (tried once)
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: make ``factory(**kwargs)`` available as ``create(name, **kwargs)``."""
+
+        if self.path_names:
+            check_name(name, f"{self.kind} name")
 
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
             lazy = self._lazy.get(name)
@@ -191,8 +203,22 @@ class Registry(Generic[T]):
             return factory(**kwargs)
         try:
             return factory(**kwargs)
-        except Exception as err:
+        except (Exception, SystemExit) as err:
             raise ValueError(f"{self.kind} {name!r} failed: {type(err).__name__}: {err}") from None
+
+    def check_stored(self, name: object, source: str, trusted: Collection[str] = ()) -> str:
+        """``name`` as read back from data (``source``: an export manifest, a run record, a storage record):
+        a registered name or an installed entry point passes; a code reference only when it is in ``trusted``
+        (references the user typed, e.g. ``--trust``); anything else raises ValueError naming ``source``.
+        Nothing is imported here."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{source}: {self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._factories or name in self._lazy or name in trusted or not is_reference(name):
+            return name  # an entry point's name is plain; an unknown one is refused by factory() with the known names
+        raise ValueError(
+            f"{source}: {self.kind} {name!r} is a reference to code; data never names code to run (only registered "
+            f"names and installed entry points): pass --trust {name} (Python: trusted=[...]) if you wrote it"
+        )
 
 
 __all__ = [

@@ -35,10 +35,10 @@ from scipy import stats
 from .graph import SharingGraph
 from .metrics import delta_m
 from .plots import curves_plot, draw_topology, pareto_plot
-from .runs import read_json, replace_atomic
+from .runs import read_json, read_row, replace_atomic
 from .search.proxy import graph_key
 from .study import GRID_RECORD, ROW, load_rows, slug
-from .train import CURVES
+from .train import CURVE_COLUMNS, CURVES, read_curves
 from .units import count, mmacs
 from .units import seconds as duration
 
@@ -781,8 +781,9 @@ def load_curves(run_dir: str | Path) -> pd.DataFrame:
     for path in sorted(Path(run_dir).glob(f"arms/**/{ROW}")):
         if not (path.parent / CURVES).is_file():
             continue
-        row = read_json(path, "result row", ("arm", "balancer", "seed"))
-        frame = pd.read_csv(path.parent / CURVES)
+        row = read_row(path, f"delete {path.parent} to retrain that run (nas-mtl study)")
+        frame = pd.DataFrame(read_curves(path.parent / CURVES), columns=CURVE_COLUMNS)
+        frame = frame.astype({c: float for c in ("train_loss", "val_loss", "val_metric", "seconds")})
         directions = {t: bool(hib) for t, (_, hib) in row.get("primary", {}).items()}
         frame = frame.assign(
             arm=row["arm"],
@@ -887,8 +888,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     figures = out_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
     rows = load_rows(run_dir)
+    curves = load_curves(run_dir)  # every record is read (and checked) before anything is written
+    figures.mkdir(parents=True, exist_ok=True)
     runs = runs_table(rows)
     summary = summary_table(runs)
     files = {name: out_dir / name for name in ("runs.csv", "summary.csv", "paired.csv", "report.md", "report.html")}
@@ -901,7 +903,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     intervals = list(zip(summary["delta_m ci_low"], summary["delta_m ci_high"]))
     title = "arms: mean over seeds, 95 % interval"
     pareto_plot(points, "parameters", "Δm vs single-task (%)", title, figures / "pareto_params.png", intervals)
-    curves = load_curves(run_dir)
     if not curves.empty:
         replace_atomic(out_dir / "curves.csv", lambda tmp: curves.to_csv(tmp, index=False))
         files["curves.csv"] = out_dir / "curves.csv"

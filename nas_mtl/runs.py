@@ -12,15 +12,22 @@
   command runs there; a second process gets a one-line error naming the holder. The operating system drops
   the lock when its process dies, so a killed run never blocks the next one (which says whose lock it took
   over). Workers of one search coordinate through the Optuna storage instead.
+- **Names are names, paths stay inside.** A task, arm, balancer or method name that becomes a path part is
+  checked once where it enters (:func:`check_name`), and every path built under a run folder from such names
+  goes through :func:`run_path`, which refuses one that resolves outside the folder.
 - **Save / restore.** Checkpoints are plain ``torch.save`` dicts read back with :func:`load_checkpoint`
   (tensors and containers only, ``weights_only``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import os
+import re
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -38,6 +45,37 @@ SEARCH_DONE = "search.json"
 """A study's finished search (``RUN_DIR/search/METHOD/seedS/search.json``)."""
 STUDY_RECORD = "study.json"
 """What a study's results depend on (``RUN_DIR/study.json``)."""
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
+"""What a name that may become a path part looks like: letters, digits and ``_ . + = -``, not starting with ``.``
+or ``-`` (so never ``.``, ``..`` or a hidden file), no separator, at most 100 characters."""
+
+
+def check_name(name: object, what: str, source: str | Path | None = None) -> str:
+    """``name`` if it is a safe path part (:data:`NAME_PATTERN`), else ValueError naming ``what`` (e.g.
+    ``"task name"``) and ``source`` (the file or option it came from)."""
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name):
+        return name
+    where = f"{source}: " if source is not None else ""
+    raise ValueError(
+        f"{where}{what} {name!r}: not a name (use letters, digits and _ . + = -, not starting with . or -, at most "
+        "100 characters)"
+    )
+
+
+def run_path(root: str | Path, *parts: str | Path) -> Path:
+    """``root / parts...``, refused with ValueError when it would resolve outside ``root`` (an absolute part,
+    ``..``, or a link out of the folder): every path the toolkit builds from a name under a run folder, an
+    export or a data folder goes through here."""
+    root = Path(root)
+    path = root.joinpath(*parts)
+    base = root.resolve()
+    target = path.resolve()
+    if target != base and base not in target.parents:
+        shown = "/".join(str(p) for p in parts)
+        raise ValueError(f"{root}: {shown!r} leads outside this folder (to {target}); refused")
+    return path
 
 
 def replace_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -62,9 +100,12 @@ def write_json_atomic(data: Any, path: str | Path) -> None:
     replace_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu", schema: Schema | None = None, optional: Schema | None = None
+) -> dict[str, Any]:
     """A checkpoint written by :func:`save_atomic`, tensors mapped to ``device``; a damaged one (truncated, not a
-    checkpoint) raises ValueError naming the file and what to do."""
+    checkpoint, or without the keys and kinds of ``schema`` / ``optional``: :func:`check_record`) raises
+    ValueError naming the file, the key and what to do."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
@@ -76,7 +117,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         ) from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not a nas_mtl checkpoint (a {type(state).__name__}); delete it to restart that run")
-    return state
+    return check_record(
+        state, path, "checkpoint", schema or {}, "delete it to restart that run from its beginning", optional
+    )
 
 
 def read_json(path: str | Path, what: str, required: Collection[str] = (), action: str = "delete it") -> Any:
@@ -93,16 +136,147 @@ def read_json(path: str | Path, what: str, required: Collection[str] = (), actio
     return data
 
 
+# ------------------------------------------------------------------ typed records
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """What one field of a record must hold: ``name`` (said in errors), ``test``, and for a table the kind of its
+    values (``of``, checked per key); ``nullable``: JSON null is allowed too."""
+
+    name: str
+    test: Callable[[Any], bool]
+    of: Kind | None = None
+    nullable: bool = False
+
+    def problem(self, value: Any, key: str) -> str | None:
+        """None when ``value`` fits, else ``"KEY: expected NAME, got VALUE"`` naming the innermost bad key."""
+        if value is None and self.nullable:
+            return None
+        if not self.test(value):
+            return f"{key}: expected {self.name}, got {_short(value)}"
+        if self.of is not None:
+            return next((p for k, v in value.items() if (p := self.of.problem(v, f"{key}.{k}"))), None)
+        return None
+
+
+INTEGER = Kind("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool))
+NUMBER = Kind("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+TEXT = Kind("a string", lambda v: isinstance(v, str))
+FLAG = Kind("true or false", lambda v: isinstance(v, bool))
+LIST = Kind("a list", lambda v: isinstance(v, list))
+TABLE = Kind("a table", lambda v: isinstance(v, dict))
+TENSOR = Kind("a tensor", lambda v: isinstance(v, torch.Tensor))
+Schema = Mapping[str, Kind]
+"""A record's fields and their kinds (:func:`check_record`)."""
+
+
+def table_of(kind: Kind) -> Kind:
+    """A table (JSON object) with string keys whose values are each ``kind``."""
+    return Kind("a table", lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), of=kind)
+
+
+def or_null(kind: Kind) -> Kind:
+    """``kind`` or JSON null."""
+    return dataclasses.replace(kind, name=f"{kind.name} or null", nullable=True)
+
+
+def check_record(
+    data: Any, path: str | Path, what: str, schema: Schema, action: str = "delete it", optional: Schema | None = None
+) -> dict[str, Any]:
+    """``data`` (read from ``path``) if it is a table with every key of ``schema`` and the keys of both schemas
+    hold their kinds; else ValueError in one line naming the file, the ``what``, the first bad key and the
+    ``action`` that repairs the run folder."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: damaged {what} (a {type(data).__name__}, not a table); {action}")
+    missing = [k for k in schema if k not in data]
+    if missing:
+        raise ValueError(f"{path}: damaged {what} (no {', '.join(missing)}); {action}")
+    fields = [*schema.items(), *((k, kind) for k, kind in (optional or {}).items() if k in data)]
+    problem = next((p for key, kind in fields if (p := kind.problem(data[key], key))), None)
+    if problem:
+        raise ValueError(f"{path}: damaged {what} ({problem}); {action}")
+    return data
+
+
+def read_record(
+    path: str | Path, what: str, schema: Schema, action: str = "delete it", optional: Schema | None = None
+) -> dict[str, Any]:
+    """The JSON record in ``path`` checked against ``schema`` (required keys) and ``optional`` (keys checked when
+    present) by :func:`check_record`; every damage is one ValueError naming the file and the key."""
+    return check_record(read_json(path, what, (), action), path, what, schema, action, optional)
+
+
+ROW_SCHEMA: Schema = {
+    "arm": TEXT,
+    "task": or_null(TEXT),
+    "balancer": TEXT,
+    "seed": INTEGER,
+    "graph": TABLE,
+    "test": table_of(table_of(NUMBER)),
+    "val": table_of(table_of(NUMBER)),
+    "params": NUMBER,
+    "macs": NUMBER,
+    "train_seconds": NUMBER,
+    "primary": table_of(Kind("a [metric, higher_is_better] pair", lambda v: _is_pair(v, str, bool))),
+}
+"""The fields of a result row (:data:`ROW`)."""
+ROW_OPTIONAL: Schema = {
+    "coupling": or_null(TABLE),
+    "search_seconds": or_null(NUMBER),
+    "search_seed": or_null(INTEGER),
+    "env": TABLE,
+}
+SEARCH_SCHEMA: Schema = {"method": TEXT, "seconds": NUMBER, "graph": TABLE}
+"""The fields of a finished search's record (:data:`SEARCH_DONE`); ``info`` and ``env`` are optional tables."""
+
+
+def read_row(path: str | Path, action: str) -> dict[str, Any]:
+    """The result row in ``path`` (:data:`ROW_SCHEMA`), or one ValueError naming the file, the key and ``action``."""
+    return read_record(path, "result row", ROW_SCHEMA, action, ROW_OPTIONAL)
+
+
+def read_search_record(path: str | Path, action: str) -> dict[str, Any]:
+    """The finished search's record in ``path`` (:data:`SEARCH_SCHEMA`), checked like :func:`read_row`."""
+    return read_record(path, "search result", SEARCH_SCHEMA, action, {"info": TABLE, "env": TABLE})
+
+
+def _is_pair(value: Any, first: type, second: type) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], first) and isinstance(value[1], second)
+
+
 LOCK = ".lock"
 
 
-@contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[None]:
-    """Hold the exclusive lock of ``run_dir`` (created if missing) for the ``with`` block.
+_NOTE = re.compile(r"(pid \d+ on \S+\n)?")
+"""What a lock file holds: nothing, or the note of the process holding it exclusively."""
 
-    Raises ValueError naming the holder's PID and host when another process holds it. A lock file left by
-    a process that died (the lock itself died with it) is taken over with a message on stderr. Without
-    ``fcntl`` (Windows) nothing is locked.
+
+def _open_lock(path: Path) -> int:
+    """The lock file's descriptor, opened without following a link; refused when it is a link, not a regular
+    file of its own (a hard link to another file) or holds anything but a lock note: it is never truncated then."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValueError(f"{path}: is a link; a run folder's lock file must be a plain file (delete it)") from None
+        raise
+    info = os.fstat(fd)
+    content = os.pread(fd, 4096, 0) if stat.S_ISREG(info.st_mode) else b""
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or not _NOTE.fullmatch(content.decode("utf-8", "replace")):
+        os.close(fd)
+        raise ValueError(f"{path}: not a nas_mtl lock file (a link, or other content); refused: move it away")
+    return fd
+
+
+@contextmanager
+def run_lock(run_dir: str | Path, shared: bool = False) -> Iterator[None]:
+    """Hold the lock of ``run_dir`` (created if missing) for the ``with`` block: exclusive (one process: a
+    command, a local study), or ``shared`` (the processes of one distributed study: its launcher and every worker
+    for their whole run, so that an exclusive user of the folder is refused while any of them runs).
+
+    Raises ValueError naming the holder's PID and host when the lock is held in the other mode (or exclusively).
+    A lock note left by a process that died (the lock itself died with it) is taken over with a message on
+    stderr. The lock file is opened without following links and is only ever emptied when it holds a lock note.
+    Without ``fcntl`` (Windows) nothing is locked.
     """
     try:
         import fcntl
@@ -111,33 +285,35 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         return
     path = Path(run_dir) / LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = path.open("a+")
+    fd = _open_lock(path)
     try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            note = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            holder = note or "another process (a distributed study's launcher or workers, which share the lock)"
             raise ValueError(
-                f"{run_dir}: in use by {holder}; wait for it to finish or stop it (one process per run folder)"
+                f"{run_dir}: in use by {holder}; wait for it to finish or stop it (one process per run folder, or "
+                "the workers of one distributed study)"
             ) from None
-        fh.seek(0)
-        left = fh.read().strip()
+        if shared:  # several holders: none writes a note, and none empties another's
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+        left = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
         if left:  # its holder was killed: the lock went with it, the note stayed
             print(f"nas-mtl: {run_dir}: taking over the lock of {left} (no longer running)", file=sys.stderr)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        fh.flush()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         try:
             yield
         finally:
-            fh.seek(0)
-            fh.truncate()  # a clean exit leaves no note
-            fh.flush()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            os.ftruncate(fd, 0)  # a clean exit leaves no note
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        fh.close()
+        os.close(fd)
 
 
 def settings_diff(
@@ -185,15 +361,36 @@ def _short(value: Any) -> str:
 
 __all__ = [
     "LOCK",
+    "NAME_PATTERN",
     "ROW",
     "RUNTIME_KEYS",
     "SEARCH_DONE",
     "STUDY_RECORD",
+    "check_name",
+    "INTEGER",
+    "LIST",
+    "NUMBER",
+    "FLAG",
+    "ROW_OPTIONAL",
+    "ROW_SCHEMA",
+    "SEARCH_SCHEMA",
+    "TABLE",
+    "TENSOR",
+    "TEXT",
+    "Kind",
+    "Schema",
+    "check_record",
     "check_settings",
     "load_checkpoint",
+    "or_null",
     "read_json",
+    "read_record",
+    "read_row",
+    "read_search_record",
+    "table_of",
     "replace_atomic",
     "run_lock",
+    "run_path",
     "save_atomic",
     "settings_diff",
     "write_json_atomic",

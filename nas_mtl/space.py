@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backbones import Backbone, create_backbone
+from .backbones import BACKBONES, Backbone, create_backbone
 from .graph import SharingGraph
-from .registry import resolve_reference
+from .registry import is_reference, resolve_reference
 
 FORMAT = "nas_mtl.search_space/1"
 ENV_DIRS = "NAS_MTL_SEARCH_SPACES"
@@ -80,22 +80,45 @@ def find_search_space(name_or_path: str | Path) -> Path:
     raise ValueError(f"unknown search space {str(name_or_path)!r}; known: {', '.join(list_search_spaces())}")
 
 
-def load_search_space(name_or_path: str | Path, input_shape: Sequence[int] | None = None) -> SearchSpace:
+def load_search_space(
+    name_or_path: str | Path, input_shape: Sequence[int] | None = None, trusted: Sequence[str] | None = None
+) -> SearchSpace:
     """Load a search space by name (``search_spaces/NAME.toml``) or path.
 
     ``input_shape`` (C, H, W) fills the backbone's ``in_chans`` / ``input_size`` when the file leaves
-    them out; when the file sets them they must agree. Errors name the file and the key.
+    them out; when the file sets them they must agree. Errors name the file and the key. ``trusted``: None
+    when the user named this file; else the file was named by a record (a storage), and its backbone must be
+    registered or one of these code references (see :meth:`nas_mtl.registry.Registry.check_stored`).
     """
     path = find_search_space(name_or_path)
+    return parse_search_space(_read(path), str(path), path.stem, input_shape, trusted)
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
-    return parse_search_space(data, source=str(path), name=path.stem, input_shape=input_shape)
+
+
+def backbone_reference(name_or_path: str | Path) -> str | None:
+    """The code reference a search-space file names as its backbone (a ``FILE.py`` made absolute), or None
+    for a registered backbone: what a process that rebuilds the space from a record must trust."""
+    path = find_search_space(name_or_path)
+    table = _read(path).get("backbone")
+    name = table.get("name") if isinstance(table, Mapping) else None
+    if not isinstance(name, str) or name in BACKBONES:
+        return None
+    resolved = resolve_reference(name, path.parent)
+    return resolved if is_reference(resolved) else None
 
 
 def parse_search_space(
-    data: Mapping[str, Any], source: str, name: str, input_shape: Sequence[int] | None = None
+    data: Mapping[str, Any],
+    source: str,
+    name: str,
+    input_shape: Sequence[int] | None = None,
+    trusted: Sequence[str] | None = None,
 ) -> SearchSpace:
     def fail(key: str, msg: str) -> ValueError:
         return ValueError(f"{source}: {key}: {msg}")
@@ -118,8 +141,11 @@ def parse_search_space(
     base = Path(source).parent if Path(source).is_file() else None
     if isinstance(kwargs.get("weights"), str) and base is not None and not Path(kwargs["weights"]).is_absolute():
         kwargs["weights"] = str(base / kwargs["weights"])  # a weights file relative to the search-space file
+    reference = resolve_reference(bb["name"], base)  # FILE.py relative to this file
+    if trusted is not None:
+        BACKBONES.check_stored(reference, f"{source}: backbone.name", trusted)
     try:
-        backbone = create_backbone(resolve_reference(bb["name"], base), **kwargs)  # FILE.py relative to this file
+        backbone = create_backbone(reference, **kwargs)
     except (ValueError, TypeError) as err:
         raise fail("backbone", str(err)) from None
     layers_tbl = data.get("layers", {})
@@ -153,6 +179,7 @@ __all__ = [
     "ENV_DIRS",
     "FORMAT",
     "SearchSpace",
+    "backbone_reference",
     "find_search_space",
     "list_search_spaces",
     "load_search_space",

@@ -70,6 +70,87 @@ def resolve(spec: str) -> str:
     return spec
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+"""The first 16 bytes of every SQLite database file."""
+CREATING_S = 10.0
+"""An empty SQLite file younger than this may be a database another process is creating (it writes the header
+within milliseconds): it is waited for, up to this long. An older empty file is a damaged storage."""
+_QUERY = re.compile(r"[^=&/?#]+=[^&?#]*(?:&[^=&/?#]+=[^&?#]*)*")
+
+
+def check_url(url: str) -> None:
+    """Refuse an RDB URL whose path is followed by a ``#``, or by a ``?`` that does not start a query of
+    ``key=value`` pairs joined by ``&`` (for SQLite, values without ``/``): a character typed in a folder name,
+    which SQLAlchemy would silently cut the path at (``sqlite:////d/q?x/s.db`` opens ``/d/q``).
+
+    Raises:
+        ValueError: one line naming the (redacted) URL and the character, with the fix.
+    """
+    if "://" not in url:
+        return
+    tail = url.split("://", 1)[1].rsplit("@", 1)[-1].partition("/")[2]  # after the host: path and query
+    _, mark, query = tail.partition("?")
+    bad = "#" if "#" in tail else None
+    if bad is None and mark and not (_QUERY.fullmatch(query) and not (url.startswith("sqlite") and "/" in query)):
+        bad = "?"
+    if bad is not None:
+        try:
+            opened = f" (this would open {make_url(url).database!r})"
+        except Exception:  # not a URL SQLAlchemy reads
+            opened = ""
+        raise ValueError(
+            f"storage: {redact(url)!r}: a {bad!r} in a URL's path does not belong to a file name{opened}; "
+            f"percent-encode it ({'%23' if bad == '#' else '%3F'}) or choose another folder"
+        )
+
+
+def check_sqlite_file(url: str) -> None:
+    """Refuse the existing file of a ``sqlite:`` URL when it is empty or not an SQLite database: SQLite would
+    silently start a new storage there (a search's earlier trials lost). A missing file is fine (created), so is
+    an empty one another process is just creating (waited for, :data:`CREATING_S`).
+
+    Raises:
+        ValueError: one line naming the file and what to do; the file is left as it is.
+    """
+    try:
+        database = make_url(url).database
+    except Exception:  # not a URL SQLAlchemy reads: opening it says so
+        return
+    if not url.startswith("sqlite") or not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    while True:
+        try:
+            with path.open("rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+            age = time.time() - path.stat().st_mtime
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return  # created, or SQLite says what is wrong
+        if header or age > CREATING_S:
+            break
+        time.sleep(0.1)
+    if header != SQLITE_HEADER:
+        what = "empty" if not header else "not an SQLite database"
+        raise ValueError(
+            f"{path.resolve()}: the storage is {what}; restore it from a backup or delete it to start again"
+        )
+
+
+def describe(spec: str) -> str:
+    """What storage ``spec`` opens, for one line on stderr: the resolved URL, redacted, a SQLite or journal
+    file by its absolute path (``sqlite:////abs/study.db``)."""
+    url = resolve(spec)
+    if url.startswith("journal:"):
+        return f"journal:{Path(url.removeprefix('journal:')).resolve()}"
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: opening it says so
+        return redact(url)
+    if url.startswith("sqlite") and parsed.database and parsed.database != ":memory:":
+        parsed = parsed.set(database=str(Path(parsed.database).resolve()))
+    return parsed.render_as_string(hide_password=True)
+
+
 def redact(url: str) -> str:
     """``url`` with its password shown as ``***`` (``env:`` / ``file:`` / ``journal:`` specs as they are)."""
     if url.startswith(("env:", "file:", "journal:")):
@@ -126,6 +207,9 @@ def open_storage(
             raise ValueError("storage: 'journal:' needs a file path, e.g. journal:runs/x/study.journal")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
+    check_url(url)
+    if url.startswith("sqlite:"):
+        check_sqlite_file(url)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else None
     try:
         for attempt in range(5):
@@ -212,8 +296,13 @@ def _first_line(text: str) -> str:
 
 __all__ = [
     "CHILD_ENV",
+    "CREATING_S",
     "GRACE_S",
     "HEARTBEAT_S",
+    "SQLITE_HEADER",
+    "check_sqlite_file",
+    "check_url",
+    "describe",
     "fail_stale",
     "heartbeat_settings",
     "open_storage",

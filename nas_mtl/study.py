@@ -55,14 +55,18 @@ from .metrics import delta_m
 from .processes import exit_with_parent
 from .registry import is_reference, resolve_reference
 from .runs import (
+    INTEGER,
     ROW,
     SEARCH_DONE,
     STUDY_RECORD,
     check_settings,
     load_checkpoint,
     read_json,
+    read_row,
+    read_search_record,
     replace_atomic,
     run_lock,
+    run_path,
     write_json_atomic,
 )
 from .search import SEARCH_METHODS, SearchResult, load_search_methods
@@ -75,8 +79,6 @@ from .train import CHECKPOINT, Metrics, TrainConfig
 T = TypeVar("T")
 
 FORMAT = "nas_mtl.study/1"
-ROW_KEYS = ("arm", "task", "balancer", "seed", "graph", "test", "val", "params", "macs", "train_seconds", "primary")
-"""What every row.json holds (reports read them)."""
 _KEYS = (
     "format",
     "name",
@@ -494,25 +496,47 @@ def run_distributed_study(
     data, space = _data_and_space(spec)
     settings = json.loads(json.dumps(_queue_settings(spec, space)))
     beats = {"heartbeat_s": heartbeat_s, "grace_s": grace_s}
-    if worker_only:
-        queue = JobQueue.join(storage, spec.name, settings, wait_s, launch, **beats)
-    else:
-        queue = JobQueue(storage, spec.name, create=True, **beats)
-        with run_lock(run_dir):
-            _prepare(spec, data, space, run_dir)
-        added = queue.publish(study_jobs(spec, data, space))
-        # workers join once the settings are recorded (the run folder's record accepted them): after the jobs,
-        # so that none joins a queue still empty and leaves at once
-        queue.study.set_user_attr(SETTINGS_ATTR, settings)
-        if launch is not None:
-            queue.study.set_user_attr(LAUNCH_ATTR, launch)
-        shown = storage if storage.startswith(("env:", "file:")) or redact(storage) == storage else None
-        write_json_atomic({"storage": shown, "study": spec.name}, run_dir / QUEUE_RECORD)
-        if progress:
-            print(f"study {spec.name!r}: {added} job(s) enqueued in {queue.shown}", file=sys.stderr, flush=True)
-    _work(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
-    if not outcome:
-        return []
+    # the launcher and every worker share the run folder's lock for their whole run: a plain `nas-mtl study` on
+    # the same folder (exclusive) is refused while any of them runs, and they are refused while it runs
+    with run_lock(run_dir, shared=True):
+        queue = (
+            JobQueue.join(storage, spec.name, settings, wait_s, launch, **beats)
+            if worker_only
+            else _publish(spec, run_dir, storage, settings, launch, progress, data, space, beats)
+        )
+        _work(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
+        return _outcome(spec, run_dir, queue, progress) if outcome else []
+
+
+def _publish(
+    spec: StudySpec,
+    run_dir: Path,
+    storage: str,
+    settings: Mapping[str, Any],
+    launch: str | None,
+    progress: bool,
+    data: MultiTaskData,
+    space: SearchSpace,
+    beats: Mapping[str, int | None],
+) -> JobQueue:
+    """Check and record the study in the run folder and the storage, enqueue every job not done; the queue."""
+    queue = JobQueue(storage, spec.name, create=True, **beats)
+    _prepare(spec, data, space, run_dir)
+    added = queue.publish(study_jobs(spec, data, space))
+    # workers join once the settings are recorded (the run folder's record accepted them): after the jobs,
+    # so that none joins a queue still empty and leaves at once
+    queue.study.set_user_attr(SETTINGS_ATTR, dict(settings))
+    if launch is not None:
+        queue.study.set_user_attr(LAUNCH_ATTR, launch)
+    shown = storage if storage.startswith(("env:", "file:")) or redact(storage) == storage else None
+    write_json_atomic({"storage": shown, "study": spec.name}, run_dir / QUEUE_RECORD)
+    if progress:
+        print(f"study {spec.name!r}: {added} job(s) enqueued in {queue.shown}", file=sys.stderr, flush=True)
+    return queue
+
+
+def _outcome(spec: StudySpec, run_dir: Path, queue: JobQueue, progress: bool) -> list[dict[str, Any]]:
+    """Raise on failed jobs; else mirror to MLflow (``spec.tracking``) and return the rows."""
     lines = queue.table()
     counts = count_states(lines)
     if counts["failed"] or counts["blocked"]:
@@ -577,7 +601,7 @@ def run_job(job: Job, spec: StudySpec, run_dir: Path, data: MultiTaskData, space
     if args["kind"] == "search":
         method, seed = args["method"], args["seed"]
         out = _search_dir(run_dir, method, seed, legacy)
-        if _finished_search(out) is None:
+        if _finished_search(out, method, seed) is None:
             options = _set_option(spec.search, "progress", False)[method]
             _run_search(
                 method, options if legacy else {**options, "seed": seed}, out, spec.source, data=data, space=space
@@ -588,7 +612,7 @@ def run_job(job: Job, spec: StudySpec, run_dir: Path, data: MultiTaskData, space
         method = args["arm"]
         group = []
         for s in seeds_of_search(spec, method):
-            result = _finished_search(_search_dir(run_dir, method, s, legacy))
+            result = _finished_search(_search_dir(run_dir, method, s, legacy), method, s)
             if result is None:  # the queue hands out a searched arm only after its searches
                 raise RuntimeError(f"{job.key}: search {method} seed {s} has no result in {run_dir}")
             group.append(Arm(method, result.graph.with_meta(name=method), result.seconds, search_seed=s))
@@ -604,7 +628,7 @@ def run_job(job: Job, spec: StudySpec, run_dir: Path, data: MultiTaskData, space
         return {}
     attrs = {}
     if (out / CHECKPOINT).is_file():  # an interrupted run (e.g. its worker died): resumed where it stopped
-        attrs["resumed_from_epoch"] = int(load_checkpoint(out / CHECKPOINT, "cpu")["epoch"])
+        attrs["resumed_from_epoch"] = load_checkpoint(out / CHECKPOINT, "cpu", {"epoch": INTEGER})["epoch"]
     _run_arm(arm, balancer, seed, spec, out, False, data=data, space=space)
     return attrs
 
@@ -622,8 +646,15 @@ def _work(
 ) -> int:
     """Claim and run jobs until none is waiting or running; returns how many this process ran."""
     worker, ran = worker_id(), 0
+    planned = {job.key: _plain(job) for job in study_jobs(spec, data, space)}
     while True:
         claim = queue.claim(worker)
+        if claim is not None and planned.get(claim.job.key) != _plain(claim.job):
+            # a storage record is data: a job runs only as this worker's own study file plans it (a record that
+            # names another balancer, e.g. code, is refused)
+            why = f"job {claim.job.key!r} in storage {queue.shown} is not one of {spec.source} as this worker plans it"
+            queue.fail(claim, why)
+            raise ValueError(f"{why}; refused (was the storage changed by hand?)")
         if claim is None:
             counts = queue.counts()
             if not counts["waiting"] and not counts["running"]:
@@ -648,6 +679,11 @@ def _work(
             print(f"[{worker}] {claim.job.key} done ({seconds:.0f} s{again})", file=sys.stderr, flush=True)
     queue.leave(worker)
     return ran
+
+
+def _plain(job: Job) -> dict[str, Any]:
+    """A job as JSON holds it (tuples as lists): how a claimed job is compared with the planned one."""
+    return json.loads(json.dumps({"key": job.key, "args": dict(job.args), "needs": list(job.needs)}))
 
 
 def _record_settings(spec: StudySpec, space: SearchSpace, run_dir: Path) -> None:
@@ -704,7 +740,7 @@ def _run_locked(
         for method, options in search.items():
             for seed in seeds_of_search(spec, method):
                 out = _search_dir(run_dir, method, seed, legacy=spec.search_seeds is None)
-                found[method, seed] = _finished_search(out)
+                found[method, seed] = _finished_search(out, method, seed)
                 if found[method, seed] is None:
                     todo.append((method, options if spec.search_seeds is None else {**options, "seed": seed}, out))
         pending = [key for key, result in found.items() if result is None]
@@ -751,7 +787,7 @@ def _grid_search(
         StaticWeights(**w).spec for w in _checked_grid(simplex_grid(list(data.task_names), grid.step), spec.source)
     ]
     jobs = [(arm, "equal", _arm_dir(run_dir, arm, "equal", seed)) for arm in singles]
-    jobs += [(target, b, run_dir / "grid" / slug(b) / f"seed{seed}") for b in points]
+    jobs += [(target, b, run_path(run_dir, "grid", slug(b), f"seed{seed}")) for b in points]
     rows = [_finished_row(out, arm) for arm, _, out in jobs]
     todo = [k for k, row in enumerate(rows) if row is None]
     labels = [f"grid {jobs[k][1]} seed {seed}" for k in todo]
@@ -969,7 +1005,7 @@ def seeds_of_search(spec: StudySpec, method: str) -> tuple[int, ...]:
 def _search_dir(run_dir: Path, method: str, seed: int, legacy: bool) -> Path:
     """``search/METHOD/seedS``; a finished search of a study made before search seeds (``search/METHOD``) is
     read where it is when the study still runs one search per method."""
-    old = run_dir / "search" / method
+    old = run_path(run_dir, "search", method)
     if legacy and (old / SEARCH_DONE).is_file() and not (old / f"seed{seed}").exists():
         return old
     return old / f"seed{seed}"
@@ -1001,12 +1037,21 @@ def _baseline_arms(spec: StudySpec, data: MultiTaskData, space: SearchSpace) -> 
     return arms
 
 
-def _finished_search(out: Path) -> SearchResult | None:
-    """The search finished earlier in ``out`` (its ``search.json``), or None."""
+def _finished_search(out: Path, method: str, seed: int) -> SearchResult | None:
+    """The search finished earlier in ``out`` (its ``search.json``), or None; refused when it records another
+    method or seed than the study's search of that folder (a file copied from another folder)."""
     done = out / SEARCH_DONE
     if not done.is_file():
         return None
-    summary = read_json(done, "search result", ("method", "seconds", "graph"), f"delete {out} to rerun that search")
+    summary = read_search_record(done, f"delete {out} to rerun that search")
+    unit = summary.get("study")  # written by a study since it records the unit; a search run alone has none
+    if isinstance(unit, dict):
+        for key, value, want in (("method", unit.get("method"), method), ("seed", unit.get("seed"), seed)):
+            if value != want:
+                folder = f"seed{seed}" if key == "seed" else method
+                raise ValueError(
+                    f"{done}: {key} {value!r} does not match its folder ({folder}); delete {out} to rerun it"
+                )
     graph = SharingGraph.from_dict(summary["graph"], source=str(done))
     return SearchResult(summary["method"], graph, summary["seconds"], info=summary.get("info", {}))
 
@@ -1020,7 +1065,7 @@ def _run_search(
     result = runner.run(data, space, config, out)
     if result.seconds <= 0:
         result = SearchResult(result.method, result.graph, time.perf_counter() - t0, result.candidates, result.info)
-    result.save(out, runner.device(config))
+    result.save(out, runner.device(config), study={"method": method, "seed": to_options(config).get("seed", 0)})
     return result
 
 
@@ -1029,17 +1074,16 @@ def _arm_name(arm: Arm) -> str:
 
 
 def _arm_dir(run_dir: Path, arm: Arm, balancer: str, seed: int) -> Path:
-    """``arms/ARM/BALANCER/seedS`` (a run made before slug folder names is moved there first)."""
-    out = run_dir / "arms" / slug(_arm_name(arm)) / slug(balancer) / f"seed{seed}"
-    _adopt_legacy_folder(run_dir / "arms" / _arm_name(arm).replace(":", "_") / balancer / f"seed{seed}", out)
-    return out
+    """``arms/ARM/BALANCER/seedS``."""
+    return run_path(run_dir, "arms", slug(_arm_name(arm)), slug(balancer), f"seed{seed}")
 
 
 def _finished_row(out: Path, arm: Arm) -> dict[str, Any] | None:
     """The row of the arm run finished earlier in ``out``, or None; refused when it trained another graph."""
     if not (out / ROW).is_file():
         return None
-    row = read_json(out / ROW, "result row", ROW_KEYS, f"delete {out} to retrain that run")
+    row = read_row(out / ROW, f"delete {out} to retrain that run")
+    _check_row_place(row, out / ROW, slug(_arm_name(arm)))
     coupling = arm.coupling.to_dict() if arm.coupling is not None else None
     if row.get("coupling") != coupling:
         raise ValueError(
@@ -1090,32 +1134,38 @@ def _run_arm(
     return row
 
 
-def _adopt_legacy_folder(legacy: Path, out: Path) -> None:
-    """Move an arm run made before folder names were slugs ("single-task/left" was nested) to ``out``.
-
-    Resuming such a study then neither retrains the arm nor counts its row twice (:func:`load_rows`).
-    """
-    if legacy == out or out.exists() or not legacy.is_dir():
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    legacy.replace(out)
-    for parent in legacy.parents:  # drop the legacy folders this emptied, up to arms/
-        if parent.name == "arms" or any(parent.iterdir()):
-            break
-        parent.rmdir()
-
-
 def slug(name: str) -> str:
-    """A file or folder name for an arm or balancer spec ("single-task/left", "mgda:normalization=l2")."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    """A file or folder name for an arm or balancer spec ("single-task/left", "mgda:normalization=l2"): other
+    characters become ``_``, and so do leading dots (never ``.``, ``..`` or a hidden name)."""
+    out = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    dots = len(out) - len(out.lstrip("."))
+    return "_" * dots + out[dots:] or "_"
+
+
+def _check_row_place(row: Mapping[str, Any], path: Path, arm_folder: str | None) -> None:
+    """Raise ValueError (one line naming ``path`` and the key) unless ``row`` is what the run of its folder
+    (``[ARM/]BALANCER/seedS/row.json``; ``arm_folder``: the ARM part, None where unknown) wrote: a row copied
+    from another seed, balancer or arm is never reused."""
+    arm = f"{row['arm']}/{row['task']}" if row.get("task") else row["arm"]
+    places = [("seed", row["seed"], path.parent.name, f"seed{row['seed']}")]
+    places.append(("balancer", row["balancer"], path.parent.parent.name, slug(row["balancer"])))
+    if arm_folder is not None:
+        places.append(("arm", arm, arm_folder, slug(arm)))
+    for key, value, folder, want in places:
+        if folder != want:
+            raise ValueError(
+                f"{path}: {key} {value!r} does not match its folder ({folder}); delete {path.parent} to retrain it"
+            )
 
 
 def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every finished arm run's row under ``run_dir`` (what a report is built from)."""
-    rows = [
-        read_json(p, "result row", ROW_KEYS, f"delete {p.parent} to retrain that run (nas-mtl study)")
-        for p in sorted(Path(run_dir).glob(f"arms/**/{ROW}"))
-    ]
+    """Every finished arm run's row under ``run_dir`` (what a report is built from), each checked against its
+    folder (``arms/ARM/BALANCER/seedS``)."""
+    rows = []
+    for p in sorted(Path(run_dir).glob(f"arms/**/{ROW}")):
+        rows.append(read_row(p, f"delete {p.parent} to retrain that run (nas-mtl study)"))
+        parts = p.relative_to(run_dir).parts
+        _check_row_place(rows[-1], p, parts[1] if len(parts) == 5 else None)
     if not rows:
         raise ValueError(f"{run_dir}: no finished arm runs (arms/**/{ROW}); run `nas-mtl study` first")
     return rows

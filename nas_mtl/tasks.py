@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .runs import check_name
+
 Stats = dict[str, Tensor]
 """Per-batch sums (counts, error sums, confusion matrices, histograms) a :class:`MetricMeter` adds up."""
 
@@ -137,6 +139,7 @@ class TaskSpec(ABC):
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"{self.kind} task: name must be a non-empty string, got {self.name!r}")
+        check_name(self.name, f"{self.kind} task name")  # names become folders (single-task runs) and file names
         for f in dataclasses.fields(self):
             if f.name.startswith("num_"):
                 value, low = getattr(self, f.name), 2 if f.name == "num_classes" else 1

@@ -24,7 +24,6 @@ its config), and reading a study file or ``--help`` need not load MLflow, matplo
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import json
 import os
@@ -233,10 +232,11 @@ def _log_arm(
 ) -> None:
     from .graph import SharingGraph
     from .plots import curves_plot, draw_topology
+    from .runs import INTEGER, read_record, read_row
     from .search.proxy import graph_key
     from .train import CURVES, RESULT
 
-    row = json.loads(entry.record.read_text())
+    row = read_row(entry.record, f"delete {entry.folder} to retrain that run (nas-mtl study)")
     graph = SharingGraph.from_dict(row["graph"], source=str(entry.record))
     params: dict[str, Any] = {"arm": row["arm"], "balancer": row["balancer"], "seed": row["seed"]}
     params.update({"graph": graph_key(graph), "graph_name": graph.meta.get("name", "")})
@@ -254,7 +254,10 @@ def _log_arm(
     metrics += [(k, row.get(k), 0) for k in ("params", "macs", "train_seconds", "search_seconds")]
     result = entry.folder / RESULT
     if result.is_file():
-        metrics.append(("skipped_steps", json.loads(result.read_text()).get("skipped_steps"), 0))
+        done = read_record(
+            result, "training result", {}, f"retrain the run in {entry.folder}", {"skipped_steps": INTEGER}
+        )
+        metrics.append(("skipped_steps", done.get("skipped_steps"), 0))
     curves = _read_curves(entry.folder / CURVES)
     metrics += curves
     name = " ".join(str(p) for p in (row["arm"], row.get("task"), row["balancer"], f"seed{row['seed']}") if p)
@@ -281,22 +284,23 @@ def _log_arm(
 
 def _read_curves(path: Path) -> list[tuple[str, float, int]]:
     """``(key, value, epoch)`` of every value in a run's ``curves.csv`` (empty cells: a task without labels)."""
+    from .train import read_curves
+
     if not path.is_file():
         return []
     out = []
-    seconds: dict[int, str] = {}
-    with path.open(newline="") as f:
-        for line in csv.DictReader(f):
-            epoch, task = int(line["epoch"]), line["task"]
-            for key, cell in (
-                (_name("epoch", "train_loss", task), line["train_loss"]),
-                (_name("epoch", "val_loss", task), line["val_loss"]),
-                (_name("epoch", "val", task, line["metric"]), line["val_metric"]),
-            ):
-                if cell:
-                    out.append((key, float(cell), epoch))
-            seconds.setdefault(epoch, line["seconds"])
-    out += [("epoch/seconds", float(s), epoch) for epoch, s in seconds.items() if s]
+    seconds: dict[int, float | None] = {}
+    for line in read_curves(path):
+        epoch, task = line["epoch"], line["task"]
+        for key, value in (
+            (_name("epoch", "train_loss", task), line["train_loss"]),
+            (_name("epoch", "val_loss", task), line["val_loss"]),
+            (_name("epoch", "val", task, line["metric"]), line["val_metric"]),
+        ):
+            if value is not None:
+                out.append((key, value, epoch))
+        seconds.setdefault(epoch, line["seconds"])
+    out += [("epoch/seconds", s, epoch) for epoch, s in seconds.items() if s is not None]
     return out
 
 
@@ -304,11 +308,12 @@ def _log_search(
     client: Any, experiment_id: str, entry: _Entry, tags: dict[str, str], digest: str, settings: Mapping[str, Any]
 ) -> None:
     from .graph import SharingGraph
+    from .runs import read_search_record
     from .search.proxy import graph_key
     from .storage import redact
     from .train import CHECKPOINT
 
-    summary = json.loads(entry.record.read_text())
+    summary = read_search_record(entry.record, f"delete {entry.folder} to rerun that search (nas-mtl study)")
     where = entry.key.split("/")[1:]  # METHOD/seedS (METHOD: a study made before search seeds)
     method = summary["method"]
     options = dict(settings.get("search", {}).get(where[0], {}))

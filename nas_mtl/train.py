@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import math
 import random
@@ -19,12 +20,27 @@ from torch.utils.data import Dataset
 
 from .balancing import Balancer, EqualWeights
 from .config import option
-from .data import MultiTaskData, iterate_batches
+from .data import MultiTaskData, data_fingerprint, iterate_batches
 from .environment import environment
 from .export import MODEL_MANIFEST, network_manifest
 from .network import MultiTaskNetwork
 from .progress import progress
-from .runs import RUNTIME_KEYS, check_settings, load_checkpoint, replace_atomic, save_atomic, write_json_atomic
+from .runs import (
+    INTEGER,
+    LIST,
+    NUMBER,
+    RUNTIME_KEYS,
+    TABLE,
+    TENSOR,
+    TEXT,
+    Schema,
+    check_settings,
+    load_checkpoint,
+    or_null,
+    replace_atomic,
+    save_atomic,
+    write_json_atomic,
+)
 from .tasks import labelled_losses
 
 Metrics = dict[str, dict[str, float]]
@@ -337,7 +353,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.checkpoint.exists():
             return False
-        state = load_checkpoint(self.checkpoint, self.device)
+        state = load_checkpoint(self.checkpoint, self.device, CHECKPOINT_SCHEMA, CHECKPOINT_OPTIONAL)
         _check_resumable(state, self.network, self.data, self.config, self.balancer, self.checkpoint)
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -490,7 +506,7 @@ class Trainer:
                 "skipped": self.skipped,
                 "graph": self.network.graph.to_dict(),
                 "coupling": _coupling(self.network),
-                "data": data_identity(self.data),
+                "data": data_fingerprint(self.data),
                 "config": self.config.to_dict(),
                 "env": self.env,
                 **({"extra": {name: obj.state_dict() for name, obj in self.state.items()}} if self.state else {}),
@@ -529,20 +545,31 @@ def train(*args: Any, **kwargs: Any) -> TrainResult:
     return Trainer(*args, **kwargs).fit()
 
 
-def data_identity(data: MultiTaskData) -> dict[str, Any]:
-    """What a training run's numbers depend on in ``data``: how it was made (:attr:`MultiTaskData.origin`),
-    its tasks and split sizes (recorded in checkpoints; a resume on other data is refused)."""
-    return {
-        "name": data.name,
-        "origin": None if data.origin is None else dict(data.origin),
-        "tasks": list(data.task_names),
-        "sizes": [len(data.train), len(data.val), len(data.test)],
-    }
-
-
 CURVES = "curves.csv"
 """Per-epoch training curves in a run folder: one row per epoch and task."""
 CURVE_COLUMNS = ("epoch", "task", "train_loss", "val_loss", "metric", "val_metric", "seconds")
+CHECKPOINT_SCHEMA: Schema = {
+    "epoch": INTEGER,
+    "model": TABLE,
+    "optimizer": TABLE,
+    "rng": TENSOR,
+    "history": LIST,
+    "elapsed": NUMBER,
+}
+"""What a training checkpoint must hold (:meth:`Trainer.restore`); the keys of :data:`CHECKPOINT_OPTIONAL` are
+checked when present (checkpoints of earlier versions lack some)."""
+CHECKPOINT_OPTIONAL: Schema = {
+    "scheduler": or_null(TABLE),
+    "balancer": TABLE,
+    "balancer_spec": or_null(TEXT),
+    "skipped": INTEGER,
+    "extra": TABLE,
+    "graph": TABLE,
+    "coupling": or_null(TABLE),
+    "data": or_null(TABLE),
+    "config": TABLE,
+    "env": or_null(TABLE),
+}
 
 
 def write_curves(history: Sequence[Mapping[str, Any]], specs: Sequence, path: Path) -> None:
@@ -563,6 +590,39 @@ def write_curves(history: Sequence[Mapping[str, Any]], specs: Sequence, path: Pa
             )
             lines.append(",".join(repr(c) if isinstance(c, float) else str(c) for c in cells))
     replace_atomic(path, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+
+
+def read_curves(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``curves.csv`` (:func:`write_curves`): ``epoch`` an int, ``task`` and ``metric``
+    strings, the other columns floats or None (an empty cell: a task without labels there).
+
+    Raises:
+        ValueError: a damaged file (not text, another header, a short line, a cell that is not a number), in one
+            line naming the file and the line; the file is left as it is.
+    """
+    action = "restore it from a backup or delete it to report that run without its curves"
+    try:
+        lines = list(csv.reader(Path(path).read_text().splitlines()))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: damaged training curves (not text); {action}") from None
+    if not lines or tuple(lines[0]) != CURVE_COLUMNS:
+        raise ValueError(f"{path}: damaged training curves (header is not {','.join(CURVE_COLUMNS)}); {action}")
+    rows = []
+    for number, cells in enumerate(lines[1:], start=2):
+        if len(cells) != len(CURVE_COLUMNS):
+            raise ValueError(
+                f"{path}: damaged training curves (line {number}: {len(cells)} cells, expected "
+                f"{len(CURVE_COLUMNS)}); {action}"
+            )
+        row: dict[str, Any] = dict(zip(CURVE_COLUMNS, cells))
+        try:
+            row["epoch"] = int(row["epoch"])
+            for column in ("train_loss", "val_loss", "val_metric", "seconds"):
+                row[column] = float(row[column]) if row[column] else None
+        except ValueError as err:
+            raise ValueError(f"{path}: damaged training curves (line {number}: {err}); {action}") from None
+        rows.append(row)
+    return rows
 
 
 def buffer_snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -654,18 +714,22 @@ def _check_resumable(
     now = {
         "graph": network.graph.to_dict(),
         "coupling": _coupling(network),
-        "data": data_identity(data),
+        "data": data_fingerprint(data),
         "config": config.to_dict(),
     }
     now["balancer"] = balancer.spec
     for key in ("data", "balancer"):  # checkpoints written before these were recorded
         if saved[key] is None:
             now[key] = None
+    if isinstance(saved["data"], Mapping) and "sample" not in saved["data"]:  # written before the sample hash
+        del now["data"]["sample"]
     check_settings(saved, now, path, "checkpoint")
 
 
 __all__ = [
     "CHECKPOINT",
+    "CHECKPOINT_OPTIONAL",
+    "CHECKPOINT_SCHEMA",
     "CURVES",
     "CURVE_COLUMNS",
     "DEVICES",
@@ -683,9 +747,9 @@ __all__ = [
     "Trainer",
     "balanced_backward",
     "buffer_snapshot",
-    "data_identity",
     "evaluate",
     "kept_buffers",
+    "read_curves",
     "resolve_device",
     "restore_buffers",
     "seed_everything",

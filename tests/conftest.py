@@ -65,3 +65,17 @@ def postgres_url():
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def finished_faults_study(tmp_path_factory):
+    """A finished tiny study (``test_faults.STUDY``): rows, curves, a search result, an affinity cache, training
+    checkpoints. Shared by the fault tests, which each work on a copy (the ``study`` fixtures there)."""
+    from test_faults import STUDY
+
+    from nas_mtl.cli import main
+
+    root = tmp_path_factory.mktemp("faults")
+    (root / "study.toml").write_text(STUDY)
+    assert main(["study", str(root / "study.toml"), "--out", str(root / "run"), "--no-progress"]) == 0
+    return root

@@ -412,7 +412,7 @@ def test_affinity_search_end_to_end_with_cache(tiny, tmp_path, monkeypatch):
     ):
         measure_affinity(data, space, _cfg(every=3), tmp_path, "gradcos")
     other = create_dataset("shapes", **{**TINY, "seed": 1})  # same sizes, other images
-    with pytest.raises(ValueError, match=r"other settings: data\.fingerprint \("):
+    with pytest.raises(ValueError, match=r"other settings: data\.origin\.kwargs\.seed \(None -> 1\), data\.sample \("):
         measure_affinity(other, space, _cfg(probe_size=8), tmp_path, "rsa")
 
 

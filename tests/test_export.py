@@ -48,6 +48,18 @@ def test_every_format_matches_pytorch(exported):
     assert report["max_abs_diff"]["torch-export"] <= tol and report["max_abs_diff"]["onnx"] <= tol
 
 
+def test_every_exported_file_carries_its_sha256(exported):
+    """export.json hashes each format's file, manifest.json the files it lists; checked against hashlib."""
+    import hashlib
+
+    _, out, report = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    on_disk = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in report["files"].values()}
+    assert json.loads((out / "export.json").read_text())["sha256"] == on_disk and len(on_disk) == 3
+    listed = manifest["files"].values()
+    assert manifest["sha256"] == {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in listed}
+
+
 def test_reloaded_without_pickle_reproduces_outputs(exported):
     net, out, _ = exported
     manifest = json.loads((out / "manifest.json").read_text())  # plain JSON

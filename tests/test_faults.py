@@ -38,18 +38,9 @@ def _error(argv, capsys) -> str:
     return err
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished tiny study: rows, a search result, an affinity cache, training checkpoints."""
-    root = tmp_path_factory.mktemp("faults")
-    (root / "study.toml").write_text(STUDY)
-    assert main(["study", str(root / "study.toml"), "--out", str(root / "run"), "--no-progress"]) == 0
-    return root
-
-
 @pytest.fixture
-def study(finished, tmp_path):
-    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
+def study(finished_faults_study, tmp_path):
+    shutil.copytree(finished_faults_study, tmp_path, dirs_exist_ok=True)
     return tmp_path / "study.toml", tmp_path / "run"
 
 
@@ -191,7 +182,9 @@ def test_bad_places_and_sizes_are_one_line_errors(tmp_path, capsys, monkeypatch)
     for out in (file, file / "below"):  # --out is a file, or lies under one
         assert str(file) in _error([*_train_argv(out), *argv], capsys)
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    assert "study 'nope' not found in" in _error(["worker", "--storage", url, "--study", "nope"], capsys)
+    assert main(["worker", "--storage", url, "--study", "nope"]) == 2
+    shown, err = capsys.readouterr().err.strip().splitlines()  # the storage the command opened, then the error
+    assert shown == f"nas-mtl: storage: {url}" and err.startswith("nas-mtl: error: study 'nope' not found in")
 
     def huge(*args, **kwargs):
         raise MemoryError

@@ -83,21 +83,6 @@ def test_killed_study_resumes_without_retraining_finished_arms(finished, monkeyp
     assert len(again) == len(rows)
 
 
-def test_study_made_with_nested_arm_folders_resumes_without_retraining(finished, monkeypatch, tmp_path):
-    """Studies from before slug folder names kept single-task nets in arms/single-task/<task>/<balancer>/."""
-    d, spec, rows = finished
-    run = tmp_path / "run"
-    shutil.copytree(d / "run", run)
-    for task in ("left", "right"):
-        (run / "arms" / "single-task").mkdir(exist_ok=True)
-        (run / "arms" / f"single-task_{task}").rename(run / "arms" / "single-task" / task)
-    monkeypatch.setattr(study_mod, "train_graph", lambda *a, **k: pytest.fail("a finished arm was retrained"))
-    again = run_study(spec, run, progress=False)
-    assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, rows))
-    assert not (run / "arms" / "single-task").exists() and (run / "arms" / "single-task_left" / "equal").is_dir()
-    assert len(load_rows(run)) == len(rows)  # no row counted twice
-
-
 @pytest.mark.parametrize(
     ("edit", "match"),
     [

@@ -6,7 +6,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -171,6 +171,19 @@ def parse_balancer(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), options
 
 
+def check_stored_balancer(spec: object, source: str, trusted: Collection[str] = ()) -> str:
+    """A balancer spec read back from data (a storage record): its name must be registered (or an installed
+    entry point), or a code reference in ``trusted`` (see :meth:`nas_mtl.registry.Registry.check_stored`)."""
+    if not isinstance(spec, str):
+        raise ValueError(f"{source}: expected a balancer spec such as 'mgda', got {spec!r}")
+    try:
+        name = parse_balancer(spec)[0]
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    BALANCERS.check_stored(name, source, trusted)
+    return spec
+
+
 def create_balancer(spec: str, **kwargs: Any) -> Balancer:
     """Build a balancer from its name or spec (see :func:`parse_balancer`) plus keyword options.
 
@@ -189,6 +202,7 @@ __all__ = [
     "Balancer",
     "SeededGenerator",
     "check_number",
+    "check_stored_balancer",
     "create_balancer",
     "list_balancers",
     "parse_balancer",

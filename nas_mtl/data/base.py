@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +48,37 @@ class MultiTaskData:
             raise ValueError(f"dataset {self.name!r}: no tasks")
         if len(set(names)) != len(names):
             raise ValueError(f"dataset {self.name!r}: duplicate task names in {names}")
+        for split in ("train", "val", "test"):  # in memory: one cheap pass, before any training
+            dataset = getattr(self, split)
+            if isinstance(dataset, TensorMultiTaskDataset):
+                check_finite_inputs(dataset.images, f"dataset {self.name!r}: {split} images")
 
     @property
     def task_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tasks)
+
+
+def check_finite_inputs(inputs: np.ndarray | Tensor, where: Path | str, stacked: bool = True) -> None:
+    """Raise ValueError naming ``where`` (and for ``stacked`` inputs, the first sample along the first dimension)
+    when a floating input holds NaN or Inf: one pass, a few million values at a time (a memory-mapped array is
+    never read whole). Targets may be NaN (a missing label); inputs never."""
+    if isinstance(inputs, Tensor):
+        inputs = inputs.detach().cpu().numpy()
+    if not np.issubdtype(inputs.dtype, np.floating):
+        return
+    if not stacked:
+        if not np.isfinite(inputs).all():
+            raise ValueError(f"{where}: NaN or Inf in this input; inputs must be finite numbers (fix or drop it)")
+        return
+    chunk = max(1, 2**24 // max(1, math.prod(inputs.shape[1:])))
+    for start in range(0, len(inputs), chunk):
+        block = np.asarray(inputs[start : start + chunk])
+        bad = ~np.isfinite(block.reshape(len(block), -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{where}: sample {start + int(np.argmax(bad))} has a NaN or Inf input; inputs must be finite numbers "
+                "(fix or drop that sample)"
+            )
 
 
 class TensorMultiTaskDataset(Dataset):
@@ -143,6 +173,33 @@ def create_dataset(name: str, **kwargs: Any) -> MultiTaskData:
     return dataclasses.replace(data, origin={"dataset": name, "kwargs": dict(kwargs)})
 
 
+def data_fingerprint(data: MultiTaskData, n: int = 16) -> dict[str, Any]:
+    """What a run's numbers depend on in ``data``, recorded by every resumable run (checkpoints, search records,
+    caches, score tables) and compared on resume: how it was made (:attr:`MultiTaskData.origin`, None for data
+    made otherwise), its tasks, the train / val / test sizes and a SHA-256 (first 16 hex digits) of ``n`` evenly
+    spaced items per split (input and target bytes), which tells apart data of equal size and origin (edited files).
+
+    Deterministic: another process that builds the same data (a search's workers) gets the same fingerprint.
+    """
+    digest = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        size, count = len(split), min(n, len(split))
+        for i in sorted({round(k * (size - 1) / max(count - 1, 1)) for k in range(count)}):
+            x, y = split[i]
+            digest.update(np.ascontiguousarray(torch.as_tensor(x).detach().cpu().numpy()).tobytes())
+            for task in sorted(y):
+                digest.update(task.encode())
+                digest.update(np.ascontiguousarray(torch.as_tensor(y[task]).detach().cpu().numpy()).tobytes())
+    origin = None if data.origin is None else json.loads(json.dumps(dict(data.origin), default=str))
+    return {
+        "name": data.name,
+        "origin": origin,
+        "tasks": list(data.task_names),
+        "sizes": [len(data.train), len(data.val), len(data.test)],
+        "sample": digest.hexdigest()[:16],  # 64 bits: shown whole in a refusal
+    }
+
+
 def carve_val(n: int, val_fraction: float, seed: int, dataset: str) -> tuple[list[int], list[int]]:
     """Seeded (train, val) index lists partitioning ``range(n)``."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
@@ -157,10 +214,13 @@ def carve_val(n: int, val_fraction: float, seed: int, dataset: str) -> tuple[lis
 def standardize(train: Tensor, *others: Tensor, dims: tuple[int, ...]) -> tuple[list[Tensor], Tensor, Tensor]:
     """Subtract the train mean and divide by the train std (over ``dims``) in every split.
 
-    Returns the scaled splits (train first) and the mean / std (``keepdim`` shapes) to undo it.
+    Returns the scaled splits (train first) and the mean / std (``keepdim`` shapes) to undo it. The statistics
+    are summed in float64 and rounded to ``train``'s dtype, so the data is bitwise the same whatever the thread
+    count (a float32 sum's order, and so its last bits, depends on it): a search's workers rebuild the same data
+    (:func:`data_fingerprint`).
     """
-    mean = train.mean(dim=dims, keepdim=True)
-    std = train.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    mean = train.double().mean(dim=dims, keepdim=True).to(train.dtype)
+    std = train.double().std(dim=dims, keepdim=True).to(train.dtype).clamp_min(1e-8)
     return [(x - mean) / std for x in (train, *others)], mean, std
 
 
@@ -193,8 +253,10 @@ __all__ = [
     "MultiTaskData",
     "TensorMultiTaskDataset",
     "carve_val",
+    "check_finite_inputs",
     "check_ints",
     "create_dataset",
+    "data_fingerprint",
     "iterate_batches",
     "list_datasets",
     "procedural_splits",

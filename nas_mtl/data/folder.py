@@ -54,8 +54,16 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..runs import NAME_PATTERN
 from ..tasks import TASK_KINDS, TaskSpec
-from .base import MultiTaskData, TensorMultiTaskDataset, carve_val, iterate_batches, register_dataset
+from .base import (
+    MultiTaskData,
+    TensorMultiTaskDataset,
+    carve_val,
+    check_finite_inputs,
+    iterate_batches,
+    register_dataset,
+)
 
 TASKS_FILE = "tasks.toml"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -108,8 +116,8 @@ def read_tasks_file(root: str | Path) -> FolderFormat:
 
     def text(key: str, default: str) -> str:
         value = data.get(key, default)
-        if not isinstance(value, str) or not value or "/" in value or value in (".", ".."):
-            raise fail(f"data.{key}", f"expected a name (no '/'), got {value!r}")
+        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+            raise fail(f"data.{key}", f"expected a file or folder name in the data folder, got {value!r}")
         return value
 
     layout = data.get("layout", "CHW")
@@ -140,8 +148,8 @@ def read_tasks_file(root: str | Path) -> FolderFormat:
             raise fail(f"tasks.{task}", "expected a table")
         fields = dict(fields)
         target = fields.pop("target", task)
-        if not isinstance(target, str) or not target or "/" in target:
-            raise fail(f"tasks.{task}.target", f"expected a file or folder name, got {target!r}")
+        if not isinstance(target, str) or not NAME_PATTERN.fullmatch(target):
+            raise fail(f"tasks.{task}.target", f"expected a file or folder name in the data folder, got {target!r}")
         kind = fields.get("kind")
         if kind not in TASK_KINDS:
             raise fail(f"tasks.{task}.kind", f"expected one of {', '.join(sorted(TASK_KINDS))}, got {kind!r}")
@@ -156,7 +164,7 @@ def read_tasks_file(root: str | Path) -> FolderFormat:
         raise fail("data", f"train, val and test must be different folders, got {splits}")
     return FolderFormat(
         root=root,
-        name=text("name", root.resolve().name),
+        name=_dataset_name(data.get("name", root.resolve().name), fail),
         inputs=text("inputs", "inputs"),
         layout=layout,
         channels=channels,
@@ -166,6 +174,13 @@ def read_tasks_file(root: str | Path) -> FolderFormat:
         tasks=tuple(specs),
         targets=targets,
     )
+
+
+def _dataset_name(value: Any, fail: Any) -> str:
+    """The dataset's display name (no path part: any non-empty text on one line)."""
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise fail("data.name", f"expected a non-empty name, got {value!r}")
+    return value
 
 
 # ---------------------------------------------------------------------- reading one component
@@ -233,6 +248,8 @@ class _Reader:
             arr = arr[None] if arr.ndim == 2 else _channels_first(arr, self.layout, None)
         if arr.ndim != 3:
             raise ValueError(f"{where}: expected an input of shape (C, H, W) (layout {self.layout}), got {arr.shape}")
+        if not image_file:  # image files hold no NaN
+            check_finite_inputs(arr, where, stacked=False)
         return self._input_tensor(arr, where)
 
     def stacked_inputs(self, arr: np.ndarray, where: Path) -> Tensor:
@@ -242,6 +259,7 @@ class _Reader:
             arr = arr.transpose(0, 3, 1, 2)
         if arr.ndim != 4:
             raise ValueError(f"{where}: expected inputs of shape (N, C, H, W) (layout {self.layout}), got {arr.shape}")
+        check_finite_inputs(arr, where)
         return self._input_tensor(arr, where)
 
     @staticmethod
@@ -393,6 +411,8 @@ def _read_split(fmt: FolderFormat, split: str) -> Dataset:
             raise ValueError(f"{split_dir / stem}.npy: {len(source)} rows but {n} inputs in {split_dir / fmt.inputs}")
         targets[spec.name] = source
     if isinstance(inputs, dict) or any(isinstance(s, dict) for s in targets.values()):
+        if not isinstance(inputs, dict):  # stacked inputs read per item: checked whole now, not mid-training
+            check_finite_inputs(inputs, split_dir / f"{fmt.inputs}.npy")
         return FolderSplit(split_dir, fmt, inputs, targets)
     x = _Reader(None, fmt.layout, fmt.channels).stacked_inputs(np.asarray(inputs), split_dir / f"{fmt.inputs}.npy")
     hw = tuple(x.shape[2:])

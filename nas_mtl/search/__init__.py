@@ -40,11 +40,12 @@ class SearchResult:
     candidates: tuple[SharingGraph, ...] = ()
     info: Mapping[str, Any] = field(default_factory=dict)
 
-    def save(self, run_dir: str | Path, device: str = "cpu") -> Path:
+    def save(self, run_dir: str | Path, device: str = "cpu", study: Mapping[str, Any] | None = None) -> Path:
         """Write ``graph.json``, ``candidates/NN.json`` and ``search.json`` into ``run_dir``.
 
         ``search.json`` (written last and atomically: it marks a finished search) also records the
-        reproducibility facts of this session, computing on ``device`` (``auto``, ``cpu`` or ``cuda``).
+        reproducibility facts of this session, computing on ``device`` (``auto``, ``cpu`` or ``cuda``), and
+        ``study``: which search of a study this is (its method and seed, checked against the folder on resume).
         """
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -58,6 +59,7 @@ class SearchResult:
             "graph": self.graph.to_dict(),
             "info": self.info,
             "env": environment(resolve_device(device)),
+            **({"study": dict(study)} if study is not None else {}),
         }
         write_json_atomic(summary, run_dir / "search.json")
         return run_dir / "graph.json"
@@ -86,7 +88,7 @@ class SearchMethod:
         return to_options(config).get("device", "cpu")
 
 
-SEARCH_METHODS: Registry[SearchMethod] = Registry("search method")
+SEARCH_METHODS: Registry[SearchMethod] = Registry("search method", path_names=True)
 register_search_method = SEARCH_METHODS.register
 
 _BUILTIN_MODULES = ("adashare", "branching", "affinity", "exhaustive")

@@ -76,11 +76,23 @@ from torch.utils.data import Dataset
 from ..backbones import Backbone
 from ..balancing import create_balancer
 from ..config import nested, option, to_options
-from ..data import MultiTaskData, iterate_batches
+from ..data import MultiTaskData, data_fingerprint, iterate_batches
 from ..graph import SharingGraph
 from ..network import Gates, MultiTaskNetwork
 from ..progress import progress
-from ..runs import check_settings, load_checkpoint, save_atomic, write_json_atomic
+from ..runs import (
+    INTEGER,
+    LIST,
+    NUMBER,
+    TABLE,
+    TENSOR,
+    Schema,
+    check_record,
+    check_settings,
+    load_checkpoint,
+    save_atomic,
+    write_json_atomic,
+)
 from ..space import SearchSpace
 from ..tasks import TaskSpec, labelled_losses
 from ..train import TrainConfig, balanced_backward, kept_buffers, resolve_device, seed_everything
@@ -95,6 +107,18 @@ Measured in ``benchmarks/search_quality.py``: with the paper's policy settings a
 probabilities end in 0.40-0.51 and at 4 of 5 seeds the argmax skips every block for every task (13 Δm points
 below hard sharing when retrained); see :func:`adashare_search`."""
 CHECKPOINT = "adashare_checkpoint.pt"
+CHECKPOINT_SCHEMA: Schema = {
+    "identity": TABLE,
+    "epoch": INTEGER,
+    "elapsed": NUMBER,
+    "history": LIST,
+    "net": TABLE,
+    "weight_opt": TABLE,
+    "policy_opt": TABLE,
+    "gumbel": TENSOR,
+    "rng": TENSOR,
+}
+"""What an AdaShare checkpoint (:data:`CHECKPOINT`) holds besides an optional ``balancer`` state table."""
 HISTORY = "policy_history.json"
 FINALS = ("sample", "argmax")
 
@@ -379,6 +403,7 @@ class _Search:
         )
         self.weight_opt = self._weight_optimizer(search=False)  # replaced by SGD at search round 0
         self.epoch, self.elapsed, self.history = 0, 0.0, []
+        self.fingerprint = data_fingerprint(data)  # recorded with every checkpoint, compared on resume
 
     def _weight_optimizer(self, search: bool) -> torch.optim.Optimizer:
         params, c = self.net.weight_parameters(), self.config
@@ -531,6 +556,7 @@ class _Search:
             "layers": list(self.space.layers),
             "blocks": list(self.blocks),
             "config": c,
+            "data": self.fingerprint,
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -548,12 +574,18 @@ class _Search:
         }
 
     def load_state_dict(self, state: Mapping[str, Any], source: Path) -> None:
-        if not any(k.startswith("network.") for k in state.get("net", {})):
+        net = state.get("net")
+        if isinstance(net, dict) and not any(str(k).startswith("network.") for k in net):
             raise ValueError(
                 f"{source}: an AdaShare checkpoint of an earlier nas_mtl version (before the shared executor); "
                 "delete it to restart the search"
             )
-        check_settings(state["identity"], self._identity(), source, "checkpoint")
+        action = "delete it to restart the search"
+        check_record(state, source, "AdaShare checkpoint", CHECKPOINT_SCHEMA, action, {"balancer": TABLE})
+        now = self._identity()
+        if "data" not in state["identity"]:  # a checkpoint written before the data was recorded
+            del now["data"]
+        check_settings(state["identity"], now, source, "checkpoint")
         self.net.load_state_dict(state["net"])
         self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], list(state["history"])
         self.weight_opt = self._weight_optimizer(search=self.epoch > self.config.warmup_epochs)

@@ -28,7 +28,6 @@ Deviations from the papers:
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -40,7 +39,7 @@ import numpy as np
 from ..balancing import create_balancer
 from ..baselines import train_graph, train_single_tasks
 from ..config import nested, option
-from ..data import MultiTaskData, iterate_batches
+from ..data import MultiTaskData, data_fingerprint, iterate_batches
 from ..graph import SharingGraph
 from ..runs import check_settings, read_json, write_json_atomic
 from ..space import SearchSpace
@@ -203,12 +202,7 @@ def measure_affinity(
     folder = Path(run_dir) / AFFINITY_DIR
     training = measure in TRAINING_MEASURES
     settings: dict[str, Any] = {
-        "data": {
-            "name": data.name,
-            "train_size": len(data.train),
-            "input_shape": list(data.input_shape),
-            "fingerprint": _fingerprint(data),
-        },
+        "data": data_fingerprint(data),
         "tasks": list(data.task_names),
         "config": train.identity(),
     }
@@ -229,15 +223,6 @@ def measure_affinity(
         results[name] = replace(result, settings=settings)
         write_json_atomic(results[name].to_dict(), folder / f"{name}.json")
     return results[measure]
-
-
-def _fingerprint(data: MultiTaskData, n: int = 16) -> str:
-    """A hash of the first ``n`` training and validation images: tells datasets of equal size apart."""
-    digest = hashlib.sha1()
-    for split in (data.train, data.val):
-        x, _ = next(iterate_batches(split, n, shuffle=False))
-        digest.update(x.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _load_cached(path: Path, settings: Mapping[str, Any]) -> AffinityResult | None:

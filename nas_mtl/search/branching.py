@@ -48,7 +48,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +60,14 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from ..balancing.base import BALANCERS, check_stored_balancer, parse_balancer
 from ..config import config_from_dict, nested, option
-from ..data import MultiTaskData, create_dataset
+from ..data import MultiTaskData, create_dataset, data_fingerprint
+from ..data.base import DATASETS
 from ..graph import SharingGraph
+from ..registry import is_reference
 from ..runs import check_settings
-from ..space import SearchSpace, load_search_space
+from ..space import SearchSpace, backbone_reference, load_search_space
 from ..storage import CHILD_ENV, GRACE_S, HEARTBEAT_S, fail_stale, open_storage, redact, resolve, sqlite_url
 from . import SearchMethod, SearchResult, register_search_method
 from .exhaustive import count_trees
@@ -202,14 +205,23 @@ class BranchSearchConfig:
     def directions(self) -> list[str]:
         return [OBJECTIVES[o] for o in self.objectives]
 
+    @property
+    def sampler_name(self) -> str:
+        """The sampler in :data:`SAMPLERS` that ``sampler`` names (auto resolved)."""
+        return self.sampler if self.sampler != "auto" else "tpe"
+
+    @property
+    def pruner_name(self) -> str:
+        """The pruner in :data:`PRUNERS` that ``pruner`` names (auto resolved)."""
+        return self.pruner if self.pruner != "auto" else ("none" if self.multi_objective else "median")
+
     def make_sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
-        name = self.sampler if self.sampler != "auto" else "tpe"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return SAMPLERS[name](seed, self.n_trials)
+            return SAMPLERS[self.sampler_name](seed, self.n_trials)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        return PRUNERS[self.pruner if self.pruner != "auto" else ("none" if self.multi_objective else "median")]()
+        return PRUNERS[self.pruner_name]()
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "proxy": self.proxy.to_dict(), "objectives": list(self.objectives)}
@@ -239,9 +251,23 @@ class Setup:
             return None
         return cls(data.origin["dataset"], dict(data.origin["kwargs"]), str(Path(space.source).resolve()))
 
-    def build(self) -> tuple[MultiTaskData, SearchSpace]:
+    def build(self, trusted: Collection[str] = (), source: str = "setup") -> tuple[MultiTaskData, SearchSpace]:
+        """The data and space, for a process that read this setup from a record (a storage): the dataset and
+        the space's backbone must be registered or listed in ``trusted`` (code references its user typed)."""
+        DATASETS.check_stored(self.dataset, f"{source}: setup.dataset", trusted)
         data = create_dataset(self.dataset, **dict(self.dataset_kwargs))
-        return data, load_search_space(self.space, input_shape=data.input_shape)
+        return data, load_search_space(self.space, input_shape=data.input_shape, trusted=tuple(trusted))
+
+    def references(self, config: BranchSearchConfig) -> tuple[str, ...]:
+        """The code references (the user's, typed in the search's own process) that a worker rebuilding this
+        setup and ``config``'s proxy runs: what the search passes its workers as ``--trust``."""
+        balancer = parse_balancer(config.proxy.balancer)[0]
+        names = [
+            self.dataset if self.dataset not in DATASETS else None,
+            backbone_reference(self.space),
+            balancer if balancer not in BALANCERS else None,
+        ]
+        return tuple(n for n in names if n is not None and is_reference(n))
 
 
 # ---------------------------------------------------------------------- one trial
@@ -411,7 +437,8 @@ def branch_search(
             "space from a file give it) and the default proxy"
         )
     objective, url, stale = _open(data, space, config, Path(run_dir), setup, scorer)
-    with _WorkerProcesses(url, config, workers, Path(run_dir)) as procs:
+    trusted = () if setup is None else setup.references(config)  # the user's code this search already runs
+    with _WorkerProcesses(url, config, workers, Path(run_dir), trusted) as procs:
         _optimize(objective, heartbeats(url), lambda: procs.fail_orphans(objective.study))
     if procs.fail_orphans(objective.study):  # a worker died mid-trial: its trials go back into the budget, run here
         _optimize(objective, heartbeats(url))
@@ -468,12 +495,12 @@ def _open(
 ) -> tuple[TreeObjective, str, list[int]]:
     """:func:`create_branch_study`; returns the objective (with the study), the storage URL, the stale trials."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    url = config.storage or sqlite_url(run_dir / "study.db")
+    url = study_storage(config, run_dir)
     storage = open_storage(url)
     study = optuna.create_study(
         storage=storage, study_name=config.study_name, directions=config.directions, load_if_exists=True
     )
-    record = _check_record(study, data.task_names, space, config)
+    record = _check_record(study, data, space, config)
     if scorer is None:
         scorer = Proxy.prepare(data, space, config.proxy, run_dir, reference=record.get("reference"))
     study.set_user_attr(
@@ -492,12 +519,18 @@ def _open(
 
 
 def run_worker(
-    storage: str, study_name: str = "branch", run_dir: str | Path | None = None, seed: int | None = None
+    storage: str,
+    study_name: str = "branch",
+    run_dir: str | Path | None = None,
+    seed: int | None = None,
+    trusted: Collection[str] = (),
 ) -> int:
     """Join the branch-search study ``study_name`` in ``storage`` and run trials until its budget is claimed.
 
     Everything else (data, space, proxy, budget) comes from the study; the warm start is loaded from (or
     trained into) ``run_dir``, by default the run folder recorded in the study. Returns the trials run here.
+    The record is data: its dataset, space backbone and balancer must be registered names (or installed entry
+    points), or code references listed in ``trusted`` (``nas-mtl worker --trust``).
     """
     handle = open_storage(storage)
     try:
@@ -512,13 +545,26 @@ def run_worker(
         raise ValueError(
             f"study {study_name!r} records no dataset setup (started from Python without setup=); workers cannot join"
         )
-    config = BranchSearchConfig.from_dict(record["config"], f"study {study_name!r}: config")
-    data, space = Setup(**record["setup"]).build()
-    _check_record(study, data.task_names, space, config)
+    source = f"study {study_name!r} in {redact(storage)!r}"
+    raw = record.get("config")
+    proxy = raw.get("proxy") if isinstance(raw, Mapping) else None
+    if isinstance(proxy, Mapping) and "balancer" in proxy:  # before the config, whose checks build the balancer
+        check_stored_balancer(proxy["balancer"], f"{source}: config.proxy.balancer", trusted)
+    config = BranchSearchConfig.from_dict(raw, f"{source}: config")
+    setup = record["setup"]
+    if not isinstance(setup, Mapping) or set(setup) != {f.name for f in dataclasses.fields(Setup)}:
+        raise ValueError(f"{source}: setup: expected a table with dataset, dataset_kwargs and space")
+    data, space = Setup(**setup).build(trusted, source)
+    _check_record(study, data, space, config)
     study = _attach(study_name, handle, config, seed)
     proxy = Proxy.prepare(data, space, config.proxy, run_dir or record["run_dir"], reference=record["reference"])
     objective = TreeObjective(study, proxy, data.task_names, space.layers, space.branchable, config)
     return _optimize(objective, heartbeats(storage))
+
+
+def study_storage(config: BranchSearchConfig, run_dir: str | Path) -> str:
+    """The storage spec a branch search in ``run_dir`` opens: ``config.storage``, else ``RUN_DIR/study.db``."""
+    return config.storage or sqlite_url(Path(run_dir) / "study.db")
 
 
 def heartbeats(storage: str) -> bool:
@@ -537,24 +583,31 @@ def _attach(study_name: str, storage: BaseStorage, config: BranchSearchConfig, s
 
 
 def _check_record(
-    study: optuna.Study, tasks: tuple[str, ...], space: SearchSpace, config: BranchSearchConfig
+    study: optuna.Study, data: MultiTaskData, space: SearchSpace, config: BranchSearchConfig
 ) -> dict[str, Any]:
-    """The study's record; raise ValueError if it was created for other tasks, layers, objectives or proxy."""
+    """The study's record (with what this session checks); raise ValueError if it was created for other data
+    (:func:`~nas_mtl.data.data_fingerprint`), tasks, layers, objectives, proxy, sampler or pruner (``n_trials``
+    may grow)."""
     want = {
         "format": STUDY_FORMAT,
-        "tasks": list(tasks),
+        "data": data_fingerprint(data),
+        "tasks": list(data.task_names),
         "layers": list(space.layers),
         "branchable": list(space.branchable),
         "objectives": list(config.objectives),
         "proxy": config.proxy.to_dict(),
+        "sampler": config.sampler_name,
+        "pruner": config.pruner_name,
     }
     record = study.user_attrs.get(STUDY_ATTR)
     if record is None:
         if study.get_trials(deepcopy=False):
             raise ValueError(f"study {study.study_name!r} has trials but no {STUDY_ATTR!r} record; use another study")
         return want
-    check_settings({k: record.get(k) for k in want}, want, f"study {study.study_name!r}", "search")
-    return dict(record)
+    unrecorded = {"data", "sampler", "pruner"} - set(record)  # a study created before these were recorded
+    checked = {k: v for k, v in want.items() if k not in unrecorded}
+    check_settings({k: record.get(k) for k in checked}, checked, f"study {study.study_name!r}", "search")
+    return {**record, **want}
 
 
 def _fail_running(
@@ -581,8 +634,10 @@ class _WorkerProcesses:
     or an error) is reported with a warning, not as a failure of the search: :meth:`fail_orphans` then fails the
     trial it left RUNNING so that this process runs it again."""
 
-    def __init__(self, url: str, config: BranchSearchConfig, n: int, run_dir: Path) -> None:
-        self.url, self.config, self.n, self.run_dir = url, config, n, run_dir
+    def __init__(
+        self, url: str, config: BranchSearchConfig, n: int, run_dir: Path, trusted: Sequence[str] = ()
+    ) -> None:
+        self.url, self.config, self.n, self.run_dir, self.trusted = url, config, n, run_dir, tuple(trusted)
         self.procs: list[tuple[subprocess.Popen, Path]] = []
         self.failed: list[tuple[subprocess.Popen, int, Path]] = []
         self.orphans: list[int] = []
@@ -612,6 +667,7 @@ class _WorkerProcesses:
                 "--threads",
                 str(share),
                 "--exit-with-parent",
+                *(arg for name in self.trusted for arg in ("--trust", name)),
             ]
             env = {**os.environ, CHILD_ENV: resolve(self.url)}
             with log.open("w") as fh:
@@ -717,5 +773,6 @@ __all__ = [
     "plot_history",
     "run_worker",
     "sqlite_url",
+    "study_storage",
     "suggest_tree",
 ]
