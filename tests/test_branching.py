@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from nas_mtl.data import create_dataset
-from nas_mtl.graph import enumerate_trees
+from nas_mtl.graph import SharingGraph, enumerate_trees
 from nas_mtl.search.branching import (
     SAMPLERS,
     STUDY_ATTR,
@@ -22,6 +22,7 @@ from nas_mtl.search.branching import (
     open_storage,
     run_worker,
     suggest_tree,
+    tree_params,
 )
 from nas_mtl.search.proxy import Proxy, ProxyConfig, Score, graph_key
 from nas_mtl.space import load_search_space
@@ -487,3 +488,54 @@ def test_on_postgresql_a_killed_workers_trial_is_rerun_by_the_workers_that_join_
     pids = {str(t.user_attrs.get("worker", "")).split(":")[1] for t in trials if t.state.name in ("COMPLETE", "PRUNED")}
     survivors = {str(p.pid) for p in others}
     assert pids & survivors and pids <= survivors | {str(first.pid)}  # the survivors finished the budget
+
+
+# ---------------------------------------------------------------------- warm starts
+@pytest.mark.parametrize("branchable", [LAYERS, ("l1", "l2"), ("l0",)])
+def test_tree_params_inverts_suggest_tree_on_every_tree(branchable):
+    """Exhaustive: each tree of the space (enumerate_trees) is drawn back from its parameters, and distinct trees
+    get distinct parameters."""
+    trees = list(enumerate_trees(TASKS, LAYERS, branchable))
+    seen = set()
+    for graph in trees:
+        params = tree_params(graph, LAYERS, branchable)
+        assert graph_key(suggest_tree(optuna.trial.FixedTrial(params), TASKS, LAYERS, branchable)) == graph_key(graph)
+        seen.add(tuple(sorted(params.items())))
+    assert len(seen) == len(trees)
+
+
+def test_a_graph_that_is_not_a_tree_of_the_space_is_no_warm_start():
+    split_early = SharingGraph.from_groups(TASKS, LAYERS, [["a"], ["b", "c"]], 1)
+    with pytest.raises(ValueError, match="not a tree of this space that branches only at"):
+        tree_params(split_early, LAYERS, ("l2",))
+
+
+def test_warm_start_trees_are_the_first_trials_and_count_in_the_budget(shapes, tmp_path):
+    data, space, _ = shapes
+    graph = SharingGraph.from_groups(data.task_names, space.layers, [["quadrant", "hue"], ["orientation"]], 2)
+    graph.save(tmp_path / "mine.json")
+    warm = ("hard", "independent", str(tmp_path / "mine.json"))
+    config = _config(tmp_path, n_trials=6, sampler="random", warm_start=warm)
+    branch_search(data, space, config, tmp_path, scorer=StubScorer())
+    trials = sorted(_study(config).trials, key=lambda t: t.number)
+    assert len(trials) == 6 and [t.user_attrs.get("warm_start") for t in trials[:3]] == list(warm)
+    independent = SharingGraph.from_groups(data.task_names, space.layers, [[t] for t in data.task_names], 1)
+    expected = [space.hard_sharing(data.task_names), independent, graph]
+    assert [t.user_attrs["key"] for t in trials[:3]] == [graph_key(g) for g in expected]
+    assert all("warm_start" not in t.user_attrs for t in trials[3:])
+    again = dataclasses.replace(config, n_trials=8)  # a resume enqueues nothing again
+    branch_search(data, space, again, tmp_path, scorer=StubScorer())
+    assert sum("warm_start" in t.user_attrs for t in _study(config).trials) == 3
+
+
+def test_the_affinity_warm_start_is_the_affinity_searchs_tree(shapes, tmp_path):
+    from nas_mtl.search.affinity import AffinityConfig, affinity_search
+
+    data, space, _ = shapes
+    config = _config(tmp_path, n_trials=2, sampler="random", warm_start=("affinity",))
+    branch_search(data, space, config, tmp_path / "run", scorer=StubScorer())
+    first = min(_study(config).trials, key=lambda t: t.number)
+    affinity = AffinityConfig(train=PROXY.warmstart, branch_at=space.branchable[0], plots=False)
+    expected = affinity_search(data, space, affinity, tmp_path / "again").graph
+    assert first.user_attrs["warm_start"] == "affinity" and first.user_attrs["key"] == graph_key(expected)
+    assert (tmp_path / "run" / "affinity").is_dir()

@@ -93,6 +93,8 @@ PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
 }
 """Pruner name -> factory; ``"auto"`` = median (one objective) or none (several)."""
 
+WARM_STARTS = ("hard", "independent", "affinity")
+"""Named trees a search can start from (:attr:`BranchSearchConfig.warm_start`), besides graph files."""
 STUDY_ATTR = "nas_mtl"
 """Study user attr holding everything a worker needs to join (format :data:`STUDY_FORMAT`)."""
 STUDY_FORMAT = "nas_mtl.branch_study/1"
@@ -122,10 +124,44 @@ def _split(trial: Trial, layer: str, group: tuple[str, ...]) -> list[tuple[str, 
     for task in group[1:]:
         name = f"{layer}:{'+'.join(group)}:{task}@{'.'.join(map(str, labels))}"
         labels.append(trial.suggest_categorical(name, list(range(max(labels) + 2))))
+    return _blocks(group, labels)
+
+
+def _blocks(group: Sequence[str], labels: Sequence[int]) -> list[tuple[str, ...]]:
+    """The blocks of a restricted-growth string, in the order of their first task."""
     blocks: dict[int, list[str]] = {}
     for task, label in zip(group, labels):
         blocks.setdefault(label, []).append(task)
     return [tuple(b) for b in blocks.values()]
+
+
+def tree_params(graph: SharingGraph, layers: Sequence[str], branchable: Sequence[str]) -> dict[str, int]:
+    """The parameters under which :func:`suggest_tree` draws ``graph`` (its inverse), e.g. to enqueue a known tree
+    as a trial (``optuna.Study.enqueue_trial``); ValueError when ``graph`` is not a tree of these layers that
+    splits only at ``branchable`` ones."""
+    allowed, params = set(branchable), {}
+    partition: list[tuple[str, ...]] = [tuple(graph.tasks)]
+    for i, layer in enumerate(layers):
+        if layer not in allowed:
+            continue
+        block_of = {t: k for k, block in enumerate(graph.partition(i)) for t in block}
+        refined = []
+        for group in partition:
+            labels, seen = [0], {block_of[group[0]]: 0}
+            for task in group[1:]:
+                params[f"{layer}:{'+'.join(group)}:{task}@{'.'.join(map(str, labels))}"] = label = seen.setdefault(
+                    block_of[task], len(seen)
+                )
+                labels.append(label)
+            refined += _blocks(group, labels)
+        partition = refined
+    drawn = suggest_tree(optuna.trial.FixedTrial(params), graph.tasks, layers, branchable)
+    if graph_key(drawn) != graph_key(graph):
+        raise ValueError(
+            f"warm start: {graph.meta.get('name', 'the graph')} is not a tree of this space that branches only at "
+            f"{list(branchable)} ({graph.describe()})"
+        )
+    return params
 
 
 # ---------------------------------------------------------------------- configuration
@@ -148,6 +184,12 @@ class BranchSearchConfig:
         top_k: single objective: how many of the best trees to return as candidates.
         duplicate_wait_s: how long a trial that drew a tree another worker is scoring waits for that score.
         workers: processes on this machine (this one + ``workers - 1`` ``nas-mtl worker`` processes).
+        warm_start: trees enqueued as the first trials of a new study (``optuna.Study.enqueue_trial``; they count
+            in ``n_trials``), so the sampler starts from what a user would try without a search: ``hard``
+            (hard sharing), ``independent`` (every task on its own from the first branchable layer),
+            ``affinity`` (the affinity search's grouping, TAG lookahead on a hard-sharing run as long as the
+            proxy's warm start, branching at the first branchable layer; its cost is part of the search's), or
+            a graph JSON file.
     """
 
     proxy: ProxyConfig = nested(ProxyConfig())
@@ -161,6 +203,7 @@ class BranchSearchConfig:
     top_k: int = 5
     duplicate_wait_s: float = 600.0
     workers: int = 1
+    warm_start: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.proxy, ProxyConfig):
@@ -193,6 +236,14 @@ class BranchSearchConfig:
             raise ValueError(f"branch search config: storage must be a non-empty URL or None, got {self.storage!r}")
         if not isinstance(self.study_name, str) or not self.study_name:
             raise ValueError(f"branch search config: study_name must be a non-empty string, got {self.study_name!r}")
+        warm = tuple(self.warm_start)
+        bad = [w for w in warm if not isinstance(w, str) or (w not in WARM_STARTS and not w.endswith(".json"))]
+        if bad or len(set(warm)) != len(warm) or len(warm) > self.n_trials:
+            raise ValueError(
+                f"branch search config: warm_start must be distinct names from {list(WARM_STARTS)} or graph .json "
+                f"files, at most n_trials ({self.n_trials}) of them, got {list(warm)}"
+            )
+        object.__setattr__(self, "warm_start", warm)
         wait = self.duplicate_wait_s
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < math.inf:
             raise ValueError(f"branch search config: duplicate_wait_s must be a finite number >= 0, got {wait!r}")
@@ -224,7 +275,12 @@ class BranchSearchConfig:
         return PRUNERS[self.pruner_name]()
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "proxy": self.proxy.to_dict(), "objectives": list(self.objectives)}
+        return {
+            **dataclasses.asdict(self),
+            "proxy": self.proxy.to_dict(),
+            "objectives": list(self.objectives),
+            "warm_start": list(self.warm_start),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "branch search config") -> BranchSearchConfig:
@@ -513,9 +569,36 @@ def _open(
             "reference": getattr(scorer, "reference", None),
         },
     )
+    if config.warm_start and not study.get_trials(deepcopy=False):  # a new study: its first trials
+        for name, graph in warm_start_trees(data, space, config, run_dir).items():
+            study.enqueue_trial(tree_params(graph, space.layers, space.branchable), user_attrs={"warm_start": name})
     stale = _fail_running(study, storage)
     study = _attach(config.study_name, storage, config, config.seed)
     return TreeObjective(study, scorer, data.task_names, space.layers, space.branchable, config), url, stale
+
+
+def warm_start_trees(
+    data: MultiTaskData, space: SearchSpace, config: BranchSearchConfig, run_dir: Path
+) -> dict[str, SharingGraph]:
+    """The trees of ``config.warm_start`` by name (see :class:`BranchSearchConfig`); ``affinity`` runs the affinity
+    search in ``run_dir/affinity`` (resumable)."""
+    tasks, trees = data.task_names, {}
+    if not space.branchable and any(w in ("independent", "affinity") for w in config.warm_start):
+        raise ValueError(f"warm_start: search space {space.name!r} has no branchable layer")
+    for name in config.warm_start:
+        if name == "hard":
+            trees[name] = space.hard_sharing(tasks)
+        elif name == "independent":
+            at = space.layers.index(space.branchable[0])
+            trees[name] = SharingGraph.from_groups(tasks, space.layers, [[t] for t in tasks], at, space.skippable)
+        elif name == "affinity":
+            from .affinity import AffinityConfig, affinity_search
+
+            affinity = AffinityConfig(train=config.proxy.warmstart, branch_at=space.branchable[0], plots=False)
+            trees[name] = affinity_search(data, space, affinity, run_dir / "affinity").graph
+        else:
+            trees[name] = SharingGraph.load(name)
+    return trees
 
 
 def run_worker(
@@ -764,6 +847,7 @@ __all__ = [
     "SAMPLERS",
     "STUDY_ATTR",
     "STUDY_FORMAT",
+    "WARM_STARTS",
     "Setup",
     "TreeObjective",
     "branch_search",
@@ -775,4 +859,6 @@ __all__ = [
     "sqlite_url",
     "study_storage",
     "suggest_tree",
+    "tree_params",
+    "warm_start_trees",
 ]
