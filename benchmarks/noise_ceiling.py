@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     if args.sample:
         graphs = random.Random(0).sample(graphs, min(args.sample, len(graphs)))
-        table = ScoreTable(run_dir / TABLE, score_header(data.task_names, space, proxy, "trees"))
+        table = ScoreTable(run_dir / TABLE, score_header(data, space, proxy, "trees"))
         setup = 0.0
         for seed in range(args.seeds):
             scorer = Proxy.prepare(data, space, proxy.seeded(seed), seed_dir(run_dir, seed))
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
         ranking = [r for r in table.ranking(range(args.seeds)) if r.key in keys]
     else:
         truth = exhaustive_search(data, space, ExhaustiveConfig(proxy=proxy, seeds=args.seeds), run_dir)
-        table = ScoreTable(run_dir / TABLE, score_header(data.task_names, space, proxy, "trees"))
+        table = ScoreTable(run_dir / TABLE, score_header(data, space, proxy, "trees"))
         ranking = table.ranking(range(args.seeds))
         setup = truth.seconds - truth.info["proxy_seconds"]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0

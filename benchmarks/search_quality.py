@@ -127,13 +127,13 @@ class Judge:
 
     def __init__(self, data, space, proxy: ProxyConfig, truth_dir: Path, run_dir: Path) -> None:
         self.data, self.space, self.proxy, self.truth_dir = data, space, proxy, truth_dir
-        table = ScoreTable(truth_dir / TABLE, score_header(data.task_names, space, proxy, "trees"))
+        table = ScoreTable(truth_dir / TABLE, score_header(data, space, proxy, "trees"))
         ranking = table.ranking(range(SEEDS))
         self.tables = [ScoreTable(truth_dir / TABLE, table.header, seed=s) for s in range(SEEDS)]
         self.truth = SeededTruth(
             {r.key: [s.delta_m for s in r.scores] for r in ranking}, {r.key: r.scores[0].params for r in ranking}
         )
-        self.extra = ScoreTable(run_dir / "policies.jsonl", score_header(data.task_names, space, proxy, "policies"))
+        self.extra = ScoreTable(run_dir / "policies.jsonl", score_header(data, space, proxy, "policies"))
         self._proxies: list[Proxy] | None = None
 
     @property

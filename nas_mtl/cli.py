@@ -416,6 +416,7 @@ def _one_device(device: str) -> str:
 
 def cmd_status(args: argparse.Namespace) -> None:
     from .jobs import JobQueue, count_states
+    from .storage import check_exists
     from .study import QUEUE_RECORD
 
     record = Path(args.run_dir) / QUEUE_RECORD
@@ -426,6 +427,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     storage = args.storage or saved.get("storage")
     if not storage:
         raise UserError(f"{record}: the storage URL holds a password and is not recorded; give --storage URL")
+    check_exists(storage)  # a read-only command: a storage named by the record is opened, never made
     queue = JobQueue(storage, saved["study"])
     lines = queue.table()
     counts = count_states(lines)
@@ -562,7 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
         "holding the URL (keeps a password off the command line)",
     )
     p.add_argument("--study", default="branch", help="study name")
-    p.add_argument("--out", help="run folder holding the warm start (default: the one recorded in the study)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder holding the warm start (the search's --out, or a copy of it; the worker trains it there "
+        "if missing)",
+    )
     p.add_argument("--seed", type=int, help="sampler seed (default: random)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)

@@ -156,7 +156,8 @@ def load_exported(out_dir: str | Path, trusted: Collection[str] = ()) -> MultiTa
     try:
         network.load_state_dict(load_file(str(weights)))
     except Exception as err:  # safetensors' own errors, missing or unexpected keys, shape mismatches
-        raise ValueError(f"{weights}: does not fit the network of {path}: {str(err).splitlines()[0]}") from None
+        why = " ".join(str(err).split())  # torch's message spans lines; its key names are the useful part
+        raise ValueError(f"{weights}: does not fit the network of {path}: {why[:500]}") from None
     return network.eval()
 
 

@@ -213,8 +213,10 @@ class Registry(Generic[T]):
         Nothing is imported here."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"{source}: {self.kind} name must be a non-empty string, got {name!r}")
-        if name in self._factories or name in self._lazy or name in trusted or not is_reference(name):
+        if name in self._factories or name in self._lazy or not is_reference(name):
             return name  # an entry point's name is plain; an unknown one is refused by factory() with the known names
+        if name in trusted or resolve_reference(name, Path.cwd()) in trusted:  # a FILE.py is imported from here
+            return name
         raise ValueError(
             f"{source}: {self.kind} {name!r} is a reference to code; data never names code to run (only registered "
             f"names and installed entry points): pass --trust {name} (Python: trusted=[...]) if you wrote it"

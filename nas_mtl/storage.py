@@ -88,7 +88,7 @@ def check_url(url: str) -> None:
     """
     if "://" not in url:
         return
-    tail = url.split("://", 1)[1].rsplit("@", 1)[-1].partition("/")[2]  # after the host: path and query
+    tail = url.split("://", 1)[1].partition("/")[2]  # after the authority (user, password, host): path and query
     _, mark, query = tail.partition("?")
     bad = "#" if "#" in tail else None
     if bad is None and mark and not (_QUERY.fullmatch(query) and not (url.startswith("sqlite") and "/" in query)):
@@ -134,6 +134,24 @@ def check_sqlite_file(url: str) -> None:
         raise ValueError(
             f"{path.resolve()}: the storage is {what}; restore it from a backup or delete it to start again"
         )
+
+
+def check_exists(spec: str) -> None:
+    """Refuse a file storage (``sqlite:`` or ``journal:``) whose file does not exist, before anything opens it
+    (opening creates it): for commands that only read a storage named by a record, such as ``nas-mtl status``."""
+    url = resolve(spec)
+    if url.startswith("journal:"):
+        path = url.removeprefix("journal:")
+    elif url.startswith("sqlite:"):
+        check_url(url)
+        try:
+            path = make_url(url).database or ""
+        except Exception:  # not a URL SQLAlchemy reads: opening it says so
+            return
+    else:
+        return
+    if path and path != ":memory:" and not Path(path).is_file():
+        raise ValueError(f"storage {redact(url)!r}: no such file {path}; nothing was created")
 
 
 def describe(spec: str) -> str:
@@ -300,6 +318,7 @@ __all__ = [
     "GRACE_S",
     "HEARTBEAT_S",
     "SQLITE_HEADER",
+    "check_exists",
     "check_sqlite_file",
     "check_url",
     "describe",
@@ -307,7 +326,7 @@ __all__ = [
     "heartbeat_settings",
     "open_storage",
     "redact",
-    "retry_stale_trials",
     "resolve",
+    "retry_stale_trials",
     "sqlite_url",
 ]

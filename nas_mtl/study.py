@@ -496,19 +496,23 @@ def run_distributed_study(
     data, space = _data_and_space(spec)
     settings = json.loads(json.dumps(_queue_settings(spec, space)))
     beats = {"heartbeat_s": heartbeat_s, "grace_s": grace_s}
-    # the launcher and every worker share the run folder's lock for their whole run: a plain `nas-mtl study` on
-    # the same folder (exclusive) is refused while any of them runs, and they are refused while it runs
+    if worker_only:
+        queue = JobQueue.join(storage, spec.name, settings, wait_s, launch, **beats)  # once it is published
+    else:
+        queue = JobQueue(storage, spec.name, create=True, **beats)
+        with run_lock(run_dir):  # alone while the folder's record is checked and written
+            _prepare(spec, data, space, run_dir)
+    # the publisher and every worker then share the run folder's lock for their whole run: a plain `nas-mtl study`
+    # on the same folder (exclusive) is refused while any of them runs, and they are refused while it runs
     with run_lock(run_dir, shared=True):
-        queue = (
-            JobQueue.join(storage, spec.name, settings, wait_s, launch, **beats)
-            if worker_only
-            else _publish(spec, run_dir, storage, settings, launch, progress, data, space, beats)
-        )
+        if not worker_only:
+            _publish(queue, spec, run_dir, storage, settings, launch, progress, data, space)
         _work(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
         return _outcome(spec, run_dir, queue, progress) if outcome else []
 
 
 def _publish(
+    queue: JobQueue,
     spec: StudySpec,
     run_dir: Path,
     storage: str,
@@ -517,11 +521,8 @@ def _publish(
     progress: bool,
     data: MultiTaskData,
     space: SearchSpace,
-    beats: Mapping[str, int | None],
-) -> JobQueue:
-    """Check and record the study in the run folder and the storage, enqueue every job not done; the queue."""
-    queue = JobQueue(storage, spec.name, create=True, **beats)
-    _prepare(spec, data, space, run_dir)
+) -> None:
+    """Enqueue every job not done and record the study's settings in the storage (workers join then)."""
     added = queue.publish(study_jobs(spec, data, space))
     # workers join once the settings are recorded (the run folder's record accepted them): after the jobs,
     # so that none joins a queue still empty and leaves at once
@@ -532,7 +533,6 @@ def _publish(
     write_json_atomic({"storage": shown, "study": spec.name}, run_dir / QUEUE_RECORD)
     if progress:
         print(f"study {spec.name!r}: {added} job(s) enqueued in {queue.shown}", file=sys.stderr, flush=True)
-    return queue
 
 
 def _outcome(spec: StudySpec, run_dir: Path, queue: JobQueue, progress: bool) -> list[dict[str, Any]]:

@@ -718,11 +718,6 @@ def _check_resumable(
         "config": config.to_dict(),
     }
     now["balancer"] = balancer.spec
-    for key in ("data", "balancer"):  # checkpoints written before these were recorded
-        if saved[key] is None:
-            now[key] = None
-    if isinstance(saved["data"], Mapping) and "sample" not in saved["data"]:  # written before the sample hash
-        del now["data"]["sample"]
     check_settings(saved, now, path, "checkpoint")
 
 

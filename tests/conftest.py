@@ -79,3 +79,28 @@ def finished_faults_study(tmp_path_factory):
     (root / "study.toml").write_text(STUDY)
     assert main(["study", str(root / "study.toml"), "--out", str(root / "run"), "--no-progress"]) == 0
     return root
+
+
+@pytest.fixture
+def study(finished_faults_study, tmp_path):
+    """A copy of :func:`finished_faults_study` to damage: (its study file, its run folder)."""
+    shutil.copytree(finished_faults_study, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "study.toml", tmp_path / "run"
+
+
+SMALL_DATA = ["--data-arg", "n_train=64", "--data-arg", "n_val=32", "--data-arg", "n_test=32", "--data-arg", "size=16"]
+"""``nas-mtl`` options for tiny multidigits (the fault tests' training runs)."""
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A finished `nas-mtl train` run on tiny multidigits (its folder) and the argv that made it; copy it before
+    changing it."""
+    from test_faults import _train_argv
+
+    from nas_mtl.cli import main
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    argv = [*_train_argv(out), *SMALL_DATA]
+    assert main(argv) == 0
+    return out, argv

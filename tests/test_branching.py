@@ -175,10 +175,12 @@ def test_a_tree_being_scored_elsewhere_is_waited_for(shapes, wait):
         assert len(stub.calls) == 1 and "duplicate_of" not in second.user_attrs
 
 
-def test_pruner_sees_every_epoch_and_stops_bad_trials(shapes, tmp_path, seed):
-    """Sampler seeds 0-4: 8-12 distinct trees trained, 1-6 of them pruned (asserted: at least one)."""
+@pytest.mark.parametrize("pruner", ["median", "halving", "hyperband"])
+def test_pruner_sees_every_epoch_and_stops_bad_trials(shapes, tmp_path, seed, pruner):
+    """Sampler seeds 0-4: 8-12 distinct trees trained, 1-6 of them pruned by the median rule (asserted for each
+    pruner: at least one)."""
     stub = StubScorer(epochs=3)
-    config = _config(tmp_path, n_trials=16, sampler="random", pruner="median", seed=seed)
+    config = _config(tmp_path, n_trials=16, sampler="random", pruner=pruner, seed=seed)
     branch_search(*shapes[:2], config, tmp_path, scorer=stub)
     study = _study(config)
     trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
@@ -281,7 +283,7 @@ def test_two_workers_claim_exactly_the_budget(shapes, tmp_path):
 
     def work(seed):
         try:
-            ran.append(run_worker(config.storage, seed=seed))
+            ran.append(run_worker(config.storage, "branch", tmp_path, seed=seed))
         except Exception as err:  # surfaced below
             errors.append(err)
 
@@ -302,7 +304,8 @@ def test_two_worker_processes_complete_one_journal_study(shapes, tmp_path):
     config = BranchSearchConfig(proxy=PROXY, n_trials=14, sampler="random", storage=url)
     study = create_branch_study(data, space, config, tmp_path, setup=Setup("shapes", DATA, str(path)))
     assert study.user_attrs[STUDY_ATTR]["setup"]["dataset"] == "shapes" and not study.trials
-    cmd = [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", url, "--threads", "1", "--seed"]
+    cmd = [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", url, "--out", str(tmp_path), "--threads", "1"]
+    cmd += ["--seed"]
     procs = [subprocess.Popen([*cmd, str(k)], stderr=subprocess.PIPE, text=True) for k in (1, 2)]
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
@@ -431,7 +434,7 @@ def test_a_worker_joining_after_the_grace_period_fails_a_dead_workers_trial_and_
     data, space, path = shapes
     config = _config(tmp_path, n_trials=3, sampler="random", storage=f"sqlite:///{tmp_path / 'study.db'}")
     study = create_branch_study(data, space, config, tmp_path, setup=Setup("shapes", DATA, str(path)))
-    assert run_worker(config.storage, seed=1) == 3
+    assert run_worker(config.storage, "branch", tmp_path, seed=1) == 3
     config = dataclasses.replace(config, n_trials=4)
     create_branch_study(data, space, config, tmp_path, setup=Setup("shapes", DATA, str(path)))  # a larger budget
     storage = open_storage(config.storage)
@@ -440,7 +443,7 @@ def test_a_worker_joining_after_the_grace_period_fails_a_dead_workers_trial_and_
     dead.set_user_attr("worker", "elsewhere:1:MainThread")
     storage.record_heartbeat(dead._trial_id)  # then that machine went silent
     time.sleep(2.5)
-    assert run_worker(config.storage, seed=2) == 1
+    assert run_worker(config.storage, "branch", tmp_path, seed=2) == 1
     _finished_correctly(_study(config), 4, dead=(dead.number,))
     assert len(study.get_trials()) == 5
 
@@ -464,6 +467,7 @@ def test_on_postgresql_a_killed_workers_trial_is_rerun_by_the_workers_that_join_
     config = BranchSearchConfig(proxy=PROXY, n_trials=10, sampler="random", storage="env:NAS_DB", study_name=name)
     create_branch_study(data, space, config, tmp_path, setup=Setup("shapes", DATA, str(path)))
     join = [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", "env:NAS_DB", "--study", name]
+    join += ["--out", str(tmp_path)]
     first = subprocess.Popen([*join, "--threads", "1", "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     storage = open_storage(postgres_url)
     killed, deadline = None, time.monotonic() + 300

@@ -111,7 +111,7 @@ def test_killed_run_resumes_scoring_only_the_rest(shapes, tmp_path, monkeypatch)
     result = exhaustive_search(*shapes, EXHAUSTIVE, tmp_path)
     assert len(calls) == 12 - 5 and not set(calls) & set(done)
     assert len(result.info["ranking"]) == 12
-    assert len(ScoreTable(tmp_path / TABLE, score_header(shapes[0].task_names, shapes[1], PROXY, "trees"))) == 12
+    assert len(ScoreTable(tmp_path / TABLE, score_header(shapes[0], shapes[1], PROXY, "trees"))) == 12
 
 
 def test_rerun_with_another_proxy_is_refused(shapes, scored):
@@ -142,7 +142,7 @@ def test_policies_are_scored_with_the_same_proxy(tmp_path):
 def test_bruteforce_search_over_the_table_finds_the_exhaustive_best(shapes, scored, tmp_path):
     """A stored table replays as a scorer: an Optuna search over it has regret 0 once it has seen every tree."""
     result, run_dir = scored
-    table = ScoreTable(run_dir / TABLE, score_header(shapes[0].task_names, shapes[1], PROXY, "trees"))
+    table = ScoreTable(run_dir / TABLE, score_header(shapes[0], shapes[1], PROXY, "trees"))
     config = BranchSearchConfig(
         proxy=PROXY, n_trials=12, sampler="bruteforce", pruner="none", storage=f"journal:{tmp_path / 'j.journal'}"
     )
@@ -193,7 +193,7 @@ def test_seed_i_moves_both_the_warm_start_and_the_fine_tuning_seed(shapes, seede
     assert PROXY.seeded(2) == moved
     proxy = Proxy.prepare(*shapes, moved, tmp_path)  # trained afresh in another folder
     assert proxy.score(result.graph).delta_m == _file_scores(run_dir / TABLE)[(2, graph_key(result.graph))]
-    table = ScoreTable(run_dir / TABLE, score_header(shapes[0].task_names, shapes[1], PROXY, "trees"), seed=2)
+    table = ScoreTable(run_dir / TABLE, score_header(shapes[0], shapes[1], PROXY, "trees"), seed=2)
     assert table.score(result.graph).delta_m == proxy.score(result.graph).delta_m  # a replay of seed 2
 
 

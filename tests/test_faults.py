@@ -4,7 +4,6 @@ one-line error naming the file (exit code 2) before any training, and lose no fi
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -36,12 +35,6 @@ def _error(argv, capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("nas-mtl: error: ") and "\n" not in err and "Traceback" not in err, err
     return err
-
-
-@pytest.fixture
-def study(finished_faults_study, tmp_path):
-    shutil.copytree(finished_faults_study, tmp_path, dirs_exist_ok=True)
-    return tmp_path / "study.toml", tmp_path / "run"
 
 
 def _no_training(monkeypatch):
@@ -182,7 +175,7 @@ def test_bad_places_and_sizes_are_one_line_errors(tmp_path, capsys, monkeypatch)
     for out in (file, file / "below"):  # --out is a file, or lies under one
         assert str(file) in _error([*_train_argv(out), *argv], capsys)
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    assert main(["worker", "--storage", url, "--study", "nope"]) == 2
+    assert main(["worker", "--storage", url, "--study", "nope", "--out", str(tmp_path / "w")]) == 2
     shown, err = capsys.readouterr().err.strip().splitlines()  # the storage the command opened, then the error
     assert shown == f"nas-mtl: storage: {url}" and err.startswith("nas-mtl: error: study 'nope' not found in")
 

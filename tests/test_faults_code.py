@@ -48,13 +48,10 @@ def evil(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished `nas-mtl train` run and its export."""
+def trained(trained_run, tmp_path_factory):
+    """A folder with a finished `nas-mtl train` run (``run``) and its export (``export``)."""
     root = tmp_path_factory.mktemp("trained")
-    argv = ["train", "--data", "multidigits", "--space", "resnet_small", "--out", str(root / "run")]
-    argv += ["--epochs", "1", "--batch-size", "32", "--no-progress", "--device", "cpu"]
-    argv += ["--data-arg", "n_train=64", "--data-arg", "n_val=32", "--data-arg", "n_test=32", "--data-arg", "size=16"]
-    assert main(argv) == 0
+    shutil.copytree(trained_run[0], root / "run")
     assert main(["export", str(root / "run"), "--out", str(root / "export"), "--formats", "safetensors"]) == 0
     return root
 
@@ -166,7 +163,7 @@ def test_a_storage_record_naming_code_is_refused_by_a_joining_worker(branch_stud
         _tamper(study, lambda r: r.update(setup={**r["setup"], "space": str(tmp_path / "evil.toml")}))
     key = {"dataset": "setup.dataset", "balancer": "config.proxy.balancer", "space": "backbone.name"}[where]
     with pytest.raises(ValueError, match=rf"{key}: \w+ '.*evil.py:make' is a reference to code"):
-        run_worker(url, "branch")
+        run_worker(url, "branch", tmp_path / "run")
     assert not marker.exists()
 
 

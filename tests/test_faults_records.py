@@ -11,26 +11,17 @@ import time
 
 import pytest
 import torch
+from conftest import SMALL_DATA
 from test_faults import _error, _no_training, _train_argv
 
 from nas_mtl.cli import main
 
-SMALL = ["--data-arg", "n_train=64", "--data-arg", "n_val=32", "--data-arg", "n_test=32", "--data-arg", "size=16"]
+SMALL = SMALL_DATA
 
 
 @pytest.fixture
-def study(finished_faults_study, tmp_path):
-    shutil.copytree(finished_faults_study, tmp_path, dirs_exist_ok=True)
-    return tmp_path / "study.toml", tmp_path / "run"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished training run (its checkpoint) and the argv that made it."""
-    out = tmp_path_factory.mktemp("trained") / "r"
-    argv = [*_train_argv(out), *SMALL]
-    assert main(argv) == 0
-    return out, argv
+def trained(trained_run):
+    return trained_run
 
 
 def _files(root) -> dict[str, bytes]:
@@ -160,17 +151,17 @@ def test_a_storage_url_cut_by_a_typed_character_is_refused(tmp_path, capsys, mon
         (f"sqlite:///{tmp_path}/q?d/b/jobs.db", "'?'"),
         (f"sqlite:///{tmp_path}/q?d", "'?'"),
     ):
-        _, err = _storage_then_error(["worker", "--storage", url, "--study", "x"], capsys)
+        _, err = _storage_then_error(["worker", "--storage", url, "--study", "x", "--out", str(tmp_path / "w")], capsys)
         assert err.startswith(f"nas-mtl: error: storage: {url!r}: a {char} in a URL's path")
         assert "percent-encode it" in err and "or choose another folder" in err
     assert list(tmp_path.iterdir()) == []  # no q, no database anywhere
     url = f"sqlite:///{tmp_path}/x.db?timeout=30"  # a real query still works
-    shown, err = _storage_then_error(["worker", "--storage", url, "--study", "x"], capsys)
+    shown, err = _storage_then_error(["worker", "--storage", url, "--study", "x", "--out", str(tmp_path / "w")], capsys)
     assert shown == f"nas-mtl: storage: {url}" and "study 'x' not found in" in err
 
 
 def test_the_storage_a_command_opens_is_said_once_with_the_password_hidden(capsys, monkeypatch):
     monkeypatch.setenv("NAS_DB", "postgresql://me:secret@127.0.0.1:9/db")
     monkeypatch.setattr("nas_mtl.search.branching.run_worker", lambda *a, **k: 0)
-    assert main(["worker", "--storage", "env:NAS_DB", "--study", "x"]) == 0
+    assert main(["worker", "--storage", "env:NAS_DB", "--study", "x", "--out", "w"]) == 0
     assert capsys.readouterr().err == "nas-mtl: storage: postgresql://me:***@127.0.0.1:9/db\n"

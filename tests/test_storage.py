@@ -72,7 +72,8 @@ def test_branch_search_with_workers_on_postgresql_keeps_the_password_out_of_file
     log = (tmp_path / "run" / "workers" / "worker-1.log").read_text()
     assert "study 'pg-branch' in env:NAS_MTL_STORAGE_URL" in log  # it connected through the environment
     joined = subprocess.run(
-        [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", "env:NAS_DB", "--study", "pg-branch"],
+        [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", "env:NAS_DB", "--study", "pg-branch",
+         "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert joined.returncode == 0, joined.stderr

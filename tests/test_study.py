@@ -928,7 +928,7 @@ def test_a_studys_branch_search_runs_with_workers_and_a_worker_can_join_it(tmp_p
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 6
     assert (folder / "workers" / "worker-1.log").is_file()
     joined = subprocess.run(
-        [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", url, "--study", "branch"],
+        [sys.executable, "-m", "nas_mtl.cli", "worker", "--storage", url, "--study", "branch", "--out", str(folder)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert joined.returncode == 0, joined.stderr  # it rebuilt the study's data and space from the record

@@ -582,10 +582,7 @@ class _Search:
             )
         action = "delete it to restart the search"
         check_record(state, source, "AdaShare checkpoint", CHECKPOINT_SCHEMA, action, {"balancer": TABLE})
-        now = self._identity()
-        if "data" not in state["identity"]:  # a checkpoint written before the data was recorded
-            del now["data"]
-        check_settings(state["identity"], now, source, "checkpoint")
+        check_settings(state["identity"], self._identity(), source, "checkpoint")
         self.net.load_state_dict(state["net"])
         self.epoch, self.elapsed, self.history = state["epoch"], state["elapsed"], list(state["history"])
         self.weight_opt = self._weight_optimizer(search=self.epoch > self.config.warmup_epochs)

@@ -65,7 +65,7 @@ from ..config import config_from_dict, nested, option
 from ..data import MultiTaskData, create_dataset, data_fingerprint
 from ..data.base import DATASETS
 from ..graph import SharingGraph
-from ..registry import is_reference
+from ..registry import is_reference, resolve_reference
 from ..runs import check_settings
 from ..space import SearchSpace, backbone_reference, load_search_space
 from ..storage import CHILD_ENV, GRACE_S, HEARTBEAT_S, fail_stale, open_storage, redact, resolve, sqlite_url
@@ -89,6 +89,8 @@ TPE, Ozaki et al. 2020: it models the conditional choices; NSGA-II samples them 
 PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
     "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5),
     "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+    # Hyperband (Li et al. 2018): successive halving in several brackets of early-stopping aggressiveness
+    "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1),
     "none": lambda: optuna.pruners.NopPruner(),
 }
 """Pruner name -> factory; ``"auto"`` = median (one objective) or none (several)."""
@@ -305,9 +307,10 @@ class Setup:
         registry name and a file (data built in Python, a space not loaded from a file)."""
         if data.origin is None or not Path(space.source).is_file():
             return None
-        return cls(data.origin["dataset"], dict(data.origin["kwargs"]), str(Path(space.source).resolve()))
+        dataset = resolve_reference(data.origin["dataset"], Path.cwd())  # a FILE.py as another process finds it
+        return cls(dataset, dict(data.origin["kwargs"]), str(Path(space.source).resolve()))
 
-    def build(self, trusted: Collection[str] = (), source: str = "setup") -> tuple[MultiTaskData, SearchSpace]:
+    def build(self, trusted: Collection[str] = (), source: str = "study record") -> tuple[MultiTaskData, SearchSpace]:
         """The data and space, for a process that read this setup from a record (a storage): the dataset and
         the space's backbone must be registered or listed in ``trusted`` (code references its user typed)."""
         DATASETS.check_stored(self.dataset, f"{source}: setup.dataset", trusted)
@@ -323,7 +326,7 @@ class Setup:
             backbone_reference(self.space),
             balancer if balancer not in BALANCERS else None,
         ]
-        return tuple(n for n in names if n is not None and is_reference(n))
+        return tuple(resolve_reference(n, Path.cwd()) for n in names if n is not None and is_reference(n))
 
 
 # ---------------------------------------------------------------------- one trial
@@ -603,15 +606,16 @@ def warm_start_trees(
 
 def run_worker(
     storage: str,
-    study_name: str = "branch",
-    run_dir: str | Path | None = None,
+    study_name: str,
+    run_dir: str | Path,
     seed: int | None = None,
     trusted: Collection[str] = (),
 ) -> int:
     """Join the branch-search study ``study_name`` in ``storage`` and run trials until its budget is claimed.
 
     Everything else (data, space, proxy, budget) comes from the study; the warm start is loaded from (or
-    trained into) ``run_dir``, by default the run folder recorded in the study. Returns the trials run here.
+    trained into) ``run_dir``, which the caller names (a storage record never says where a worker writes; the
+    search's own folder, recorded as ``run_dir`` in the study, is the usual choice). Returns the trials run here.
     The record is data: its dataset, space backbone and balancer must be registered names (or installed entry
     points), or code references listed in ``trusted`` (``nas-mtl worker --trust``).
     """
@@ -640,7 +644,10 @@ def run_worker(
     data, space = Setup(**setup).build(trusted, source)
     _check_record(study, data, space, config)
     study = _attach(study_name, handle, config, seed)
-    proxy = Proxy.prepare(data, space, config.proxy, run_dir or record["run_dir"], reference=record["reference"])
+    reference = record.get("reference")
+    if reference is not None and not _is_metric_table(reference):
+        raise ValueError(f"{source}: reference: expected {{task: {{metric: number}}}} or null")
+    proxy = Proxy.prepare(data, space, config.proxy, run_dir, reference=reference)
     objective = TreeObjective(study, proxy, data.task_names, space.layers, space.branchable, config)
     return _optimize(objective, heartbeats(storage))
 
@@ -648,6 +655,13 @@ def run_worker(
 def study_storage(config: BranchSearchConfig, run_dir: str | Path) -> str:
     """The storage spec a branch search in ``run_dir`` opens: ``config.storage``, else ``RUN_DIR/study.db``."""
     return config.storage or sqlite_url(Path(run_dir) / "study.db")
+
+
+def _is_metric_table(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(m, Mapping) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in m.values())
+        for m in value.values()
+    )
 
 
 def heartbeats(storage: str) -> bool:
@@ -687,9 +701,7 @@ def _check_record(
         if study.get_trials(deepcopy=False):
             raise ValueError(f"study {study.study_name!r} has trials but no {STUDY_ATTR!r} record; use another study")
         return want
-    unrecorded = {"data", "sampler", "pruner"} - set(record)  # a study created before these were recorded
-    checked = {k: v for k, v in want.items() if k not in unrecorded}
-    check_settings({k: record.get(k) for k in checked}, checked, f"study {study.study_name!r}", "search")
+    check_settings({k: record.get(k) for k in want}, want, f"study {study.study_name!r}", "search")
     return {**record, **want}
 
 

@@ -160,14 +160,7 @@ class ScoreTable:
             stored = None
         if not isinstance(stored, dict) or stored.get("format") not in (TABLE_FORMAT, _SINGLE_SEED_FORMAT):
             raise ValueError(f"{self.path}: damaged score table (no header line); delete it to score the graphs again")
-        # a table or a reader (benchmarks) without the data's fingerprint compares the rest
-        skip = () if "data" in stored and "data" in self.header else ("data",)
-        check_settings(
-            {**{k: v for k, v in stored.items() if k not in skip}, "format": TABLE_FORMAT},
-            {k: v for k, v in self.header.items() if k not in skip},
-            self.path,
-            "score table",
-        )
+        check_settings({**stored, "format": TABLE_FORMAT}, self.header, self.path, "score table")
         if stored["format"] != TABLE_FORMAT:  # version 1: its entries are seed 0's; mark it as holding seeds
             body = "".join(line + "\n" for line in lines[1:])
             upgraded = json.dumps({**stored, "format": TABLE_FORMAT}) + "\n" + body
@@ -277,7 +270,7 @@ def exhaustive_search(
             f"exhaustive search: space {space.name!r} has {n:,} {kind} for {len(tasks)} tasks, above limit={limit:,}"
         )
     run_dir = Path(run_dir)
-    table = ScoreTable(run_dir / TABLE, score_header(tasks, space, config.proxy, kind, data))
+    table = ScoreTable(run_dir / TABLE, score_header(data, space, config.proxy, kind))
     candidates = list(candidate_graphs(tasks, space, kind))
     proxies = []
     for seed in range(config.seeds):  # seed by seed: a killed run leaves whole seeds behind it
@@ -327,13 +320,16 @@ def seed_dir(run_dir: str | Path, seed: int) -> Path:
     return Path(run_dir) / f"seed-{seed}" if seed else Path(run_dir)
 
 
-def score_header(
-    tasks: Sequence[str], space: SearchSpace, config: ProxyConfig, kind: str, data: MultiTaskData | None = None
-) -> dict[str, Any]:
-    """What a table of scores depends on (checked when a run folder is resumed); with ``data``, also its
-    :func:`~nas_mtl.data.data_fingerprint` (compared where both the table and the reader record one)."""
-    header = {"kind": kind, "tasks": list(tasks), "layers": list(space.layers), "proxy": config.to_dict()}
-    return header if data is None else {**header, "data": data_fingerprint(data)}
+def score_header(data: MultiTaskData, space: SearchSpace, config: ProxyConfig, kind: str) -> dict[str, Any]:
+    """What a table of scores depends on (checked when a run folder is resumed): the data's
+    :func:`~nas_mtl.data.data_fingerprint` (its tasks included), the layers, the proxy and the kind of graphs."""
+    return {
+        "kind": kind,
+        "tasks": list(data.task_names),
+        "layers": list(space.layers),
+        "proxy": config.to_dict(),
+        "data": data_fingerprint(data),
+    }
 
 
 def _check(data: MultiTaskData, space: SearchSpace, config: ExhaustiveConfig) -> None:
