@@ -27,7 +27,7 @@ from nas_mtl.storage import sqlite_url
 from nas_mtl.study import load_study, run_distributed_study
 from nas_mtl.train import TrainConfig
 
-EVIL = '''
+EVIL = """
 from pathlib import Path
 
 Path({marker!r}).write_text("code ran")
@@ -36,7 +36,7 @@ Path({marker!r}).write_text("code ran")
 def make(**kwargs):
     Path({marker!r}).write_text("code ran")
     raise SystemExit(3)
-'''
+"""
 
 
 @pytest.fixture
@@ -202,3 +202,40 @@ def test_a_job_record_naming_other_code_is_refused_by_a_study_worker(tmp_path, e
     assert not marker.exists() and not (tmp_path / "run" / "arms").exists()
     failed = JobQueue(url, spec.name).table()[0]
     assert failed["state"] == "failed" and "is not one of" in failed["error"]
+
+
+def test_a_relative_file_reference_is_trusted_as_typed(tmp_path, monkeypatch):
+    """`search branch --data mine.py:make --workers 2`: the setup records the file absolutely, the workers are
+    passed that name, and a relative name typed with --trust matches it (review finding on 86aa4db)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.py").write_text(
+        "from nas_mtl.data import create_dataset\n\ndef make(**kw):\n    return create_dataset('shapes', **kw)\n"
+    )
+    (tmp_path / "tiny.toml").write_text(SPACE)
+    data = create_dataset("mine.py:make", **DATA)
+    setup = Setup.of(data, load_search_space(tmp_path / "tiny.toml", input_shape=data.input_shape))
+    absolute = f"{tmp_path / 'mine.py'}:make"
+    assert setup.dataset == absolute and setup.references(BranchSearchConfig()) == (absolute,)
+    from nas_mtl.cli import _trusted
+    from nas_mtl.data.base import DATASETS
+
+    assert DATASETS.check_stored("mine.py:make", "record", _trusted(["mine.py:make"])) == "mine.py:make"
+    assert DATASETS.check_stored(absolute, "record", _trusted(["mine.py:make"])) == absolute
+
+
+def test_status_never_creates_the_storage_its_record_names(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    for storage in (f"sqlite:///{elsewhere / 'made.db'}", f"journal:{elsewhere / 'x' / 'q.journal'}"):
+        (tmp_path / "run" / "queue.json").write_text(json.dumps({"storage": storage, "study": "s"}))
+        err = _error(["status", str(tmp_path / "run")], capsys)
+        assert "no such file" in err and "nothing was created" in err
+        assert not elsewhere.exists()
+
+
+def test_an_at_sign_after_the_path_does_not_hide_a_cut(tmp_path):
+    from nas_mtl.storage import check_url
+
+    with pytest.raises(ValueError, match="a '\\?' in a URL's path"):
+        check_url(f"sqlite:///{tmp_path}/q?x@y/jobs.db")
+    check_url("postgresql://me:p%40ss@127.0.0.1:5432/db?sslmode=require")  # a password and a real query pass
