@@ -1,6 +1,6 @@
 """Multi-task datasets behind one interface: ``create_dataset(name, **kwargs) -> MultiTaskData``."""
 
-from . import folder, markers, multidigits, real, shapes  # noqa: F401  (registration)
+from . import families, folder, markers, multidigits, real, shapes  # noqa: F401  (registration)
 from .base import (
     MultiTaskData,
     TensorMultiTaskDataset,

@@ -62,7 +62,7 @@ DISTANCE_OFFSET = 0.05
 """Added to the centre distance (in image sides) so every pixel is a valid depth-like target."""
 
 
-def _hsv_to_rgb(h: np.ndarray, s: float, v: np.ndarray) -> np.ndarray:
+def hsv_to_rgb(h: np.ndarray, s: float, v: np.ndarray) -> np.ndarray:
     """(N, 3) RGB from hue in [0, 1), one saturation and per-image values (the standard hexcone map)."""
     k = (np.array([5.0, 3.0, 1.0]) + 6.0 * h[:, None]) % 6.0
     return v[:, None] * (1 - s * np.clip(np.minimum(k, 4 - k), 0, 1))
@@ -107,7 +107,7 @@ def _generate(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     # colour latent: hue
     hue = rng.uniform(0, 1, n)
     value = rng.uniform(0.55, 1.0, n)  # nuisance
-    rgb = _hsv_to_rgb(hue, 0.85, value).astype(np.float32)[:, :, None, None]
+    rgb = hsv_to_rgb(hue, 0.85, value).astype(np.float32)[:, :, None, None]
     noise = NOISE_STD * rng.standard_normal((n, 3, size, size), dtype=np.float32)
     image = np.where(mask[:, None], rgb, background[:, None]) + noise
     targets = {
@@ -168,5 +168,6 @@ __all__ = [
     "SPLITS",
     "STANDARDIZED",
     "TASKS",
+    "hsv_to_rgb",
     "shapes",
 ]
