@@ -1052,8 +1052,7 @@ def _finished_search(out: Path, method: str, seed: int) -> SearchResult | None:
                 raise ValueError(
                     f"{done}: {key} {value!r} does not match its folder ({folder}); delete {out} to rerun it"
                 )
-    graph = SharingGraph.from_dict(summary["graph"], source=str(done))
-    return SearchResult(summary["method"], graph, summary["seconds"], info=summary.get("info", {}))
+    return SearchResult.load(out)
 
 
 def _run_search(

@@ -126,7 +126,7 @@ def test_each_parameter_name_keeps_one_distribution():
         ({"objectives": ("params",)}, "objectives"),
         ({"objectives": ("delta_m", "flops")}, "objectives"),
         ({"sampler": "cmaes"}, "sampler"),
-        ({"pruner": "hyperband"}, "pruner"),
+        ({"pruner": "asha"}, "pruner"),
         ({"objectives": ("delta_m", "params"), "pruner": "median"}, "pruner"),
         ({"duplicate_wait_s": -1}, "duplicate_wait_s"),
         ({"proxy": {"reference": "hard"}}, "proxy"),
@@ -543,3 +543,14 @@ def test_the_affinity_warm_start_is_the_affinity_searchs_tree(shapes, tmp_path):
     expected = affinity_search(data, space, affinity, tmp_path / "again").graph
     assert first.user_attrs["warm_start"] == "affinity" and first.user_attrs["key"] == graph_key(expected)
     assert (tmp_path / "run" / "affinity").is_dir()
+
+
+def test_a_saved_search_result_reads_back(shapes, tmp_path):
+    from nas_mtl.search import SearchResult
+
+    config = _config(tmp_path, n_trials=3, sampler="random")
+    result = branch_search(*shapes[:2], config, tmp_path / "run", scorer=StubScorer())
+    result.save(tmp_path / "saved")
+    again = SearchResult.load(tmp_path / "saved")
+    assert (again.method, graph_key(again.graph), again.seconds) == ("branch", graph_key(result.graph), result.seconds)
+    assert json.loads(json.dumps(result.info)) == again.info

@@ -119,6 +119,50 @@ class SeededTruth:
         return float(regrets.mean()), float(np.mean(pool == self.best))
 
 
+def payoff(
+    answers: Sequence[Sequence[float]] | np.ndarray,
+    versus: Sequence[float] | Sequence[Sequence[float]] | np.ndarray,
+    n_boot: int = 4000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, tuple[float, float]]:
+    """How much a search method's retrained answers beat an alternative, with both sources of noise in its interval.
+
+    ``answers[s][t]``: the score (e.g. test Δm) of the answer of search seed ``s`` retrained with training seed
+    ``t``. ``versus``: a free alternative's score per training seed (``[t]``: hard sharing, independent networks,
+    a planted tree), or another method's answers (``[s'][t]``: random search), retrained with the same training
+    seeds. The statistic: the mean over search seeds and training seeds of ``answers`` minus the same mean of
+    ``versus`` (a training seed's shift common to every graph cancels in expectation, since both sides use every
+    training seed). Its interval is a percentile bootstrap that resamples search seeds (each side's own, with
+    replacement) and training seeds (one draw shared by both sides, which pairs them). A t interval over search
+    seeds alone would miss the training seeds' noise, and have zero width when every search returned one graph.
+
+    Returns:
+        (statistic, (low, high)).
+    """
+    a = np.asarray(answers, dtype=float)
+    b = np.asarray(versus, dtype=float)
+    b = b[None, :] if b.ndim == 1 else b
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or not a.size or not b.size:
+        raise ValueError(
+            "payoff: expected answers (search seeds x training seeds) and versus over the same training seeds, got "
+            f"shapes {a.shape} and {np.shape(versus)}"
+        )
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("payoff: scores must be finite")
+    rng = np.random.default_rng(seed)
+    n_train = a.shape[1]
+    stats = np.empty(n_boot)
+    for k in range(n_boot):
+        t = rng.integers(0, n_train, n_train)
+        sa = rng.integers(0, a.shape[0], a.shape[0])
+        sb = rng.integers(0, b.shape[0], b.shape[0])
+        stats[k] = a[np.ix_(sa, t)].mean() - b[np.ix_(sb, t)].mean()
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return float(a.mean() - b.mean()), (float(low), float(high))
+
+
 def minus_random_median(
     answers: Sequence[Sequence[float]], pools: Sequence[Any], n_boot: int = 4000, seed: int = 0
 ) -> tuple[float, tuple[float, float]]:
@@ -154,4 +198,4 @@ def minus_random_median(
     return point, (float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5)))
 
 
-__all__ = ["SeededTruth", "Verdict", "minus_random_median"]
+__all__ = ["SeededTruth", "Verdict", "minus_random_median", "payoff"]
