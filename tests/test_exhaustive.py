@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from nas_mtl.data import create_dataset
-from nas_mtl.graph import SKIP, enumerate_trees
+from nas_mtl.graph import SKIP, SharingGraph, enumerate_trees
 from nas_mtl.search.branching import BranchSearchConfig, branch_search
 from nas_mtl.search.ceiling import noise_ceiling
 from nas_mtl.search.exhaustive import (
@@ -356,3 +356,23 @@ def test_minus_random_median_pairs_seeds_and_keeps_the_pool_noise():
     assert minus_random_median([flat[0] + 2], [flat]) == (pytest.approx(2.0), (pytest.approx(2.0), pytest.approx(2.0)))
     with pytest.raises(ValueError, match="pool must be alternatives x 3 seeds"):
         minus_random_median([answer], [pool[:, :2]])
+
+
+def test_a_proxy_without_inheritance_scores_a_tree_as_training_it_from_scratch(shapes, tmp_path):
+    """inherit=False: a candidate's score is its own training from scratch with the fine-tuning settings (bitwise,
+    against train_graph), and the reference is hard sharing trained the same way (its Δm is 0 exactly)."""
+    from nas_mtl.baselines import primary_directions, train_graph
+    from nas_mtl.metrics import delta_m
+    from nas_mtl.search.proxy import Proxy
+
+    data, space = shapes
+    config = dataclasses.replace(PROXY, inherit=False, reference="hard")
+    proxy = Proxy.prepare(data, space, config, tmp_path)
+    assert proxy.network is None and not (tmp_path / "single").exists()
+    groups = [list(data.task_names[:1]), list(data.task_names[1:])]
+    graph = SharingGraph.from_groups(data.task_names, space.layers, groups, 1)
+    score = proxy.score(graph)
+    val = train_graph(graph, data, space, config.finetune)[1].val
+    hard = train_graph(space.hard_sharing(data.task_names), data, space, config.finetune)[1].val
+    assert score.delta_m == delta_m(val, hard, primary_directions(data))
+    assert proxy.score(space.hard_sharing(data.task_names)).delta_m == 0.0

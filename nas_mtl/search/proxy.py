@@ -73,6 +73,10 @@ class ProxyConfig:
             "gain over hard sharing", a per-task re-weighting of the same quantity).
         subset: fraction of the training set used for fine-tuning (a fixed random subset).
         balancer: loss balancer (a name, or NAME:KEY=VALUE,...) for all proxy training.
+        inherit: candidates start from the warm start's weights (True); False trains every candidate from
+            scratch with ``finetune`` (Standley et al. 2020's early-stopping estimate when its epochs are a fifth
+            of a full training), and the reference networks are trained with ``finetune`` too, so Δm compares
+            like with like; no warm start is trained then.
     """
 
     warmstart: TrainConfig = nested(
@@ -93,6 +97,7 @@ class ProxyConfig:
     reference: str = option("single", choices=REFERENCES)
     subset: float = 1.0
     balancer: str = "equal"
+    inherit: bool = True
 
     def __post_init__(self) -> None:
         for name in ("warmstart", "finetune"):
@@ -102,6 +107,8 @@ class ProxyConfig:
             raise ValueError(f"proxy config: finetune.epochs must be >= 1, got {self.finetune.epochs}")
         if self.reference not in REFERENCES:
             raise ValueError(f"proxy config: reference must be one of {list(REFERENCES)}, got {self.reference!r}")
+        if not isinstance(self.inherit, bool):
+            raise ValueError(f"proxy config: inherit must be true or false, got {self.inherit!r}")
         if isinstance(self.subset, bool) or not isinstance(self.subset, (int, float)) or not 0 < self.subset <= 1:
             raise ValueError(f"proxy config: subset must be a fraction in (0, 1], got {self.subset!r}")
         try:
@@ -173,14 +180,14 @@ class Proxy:
     """The warm-start proxy, ready to score graphs of ``space``; build it with :meth:`prepare`.
 
     Args:
-        network: the trained hard-sharing network candidates inherit from.
+        network: the trained hard-sharing network candidates inherit from (None: ``config.inherit`` is False).
         reference: ``{task: {primary metric: value}}`` Δm is measured against.
     """
 
     data: MultiTaskData
     space: SearchSpace
     config: ProxyConfig
-    network: MultiTaskNetwork
+    network: MultiTaskNetwork | None
     reference: Metrics
     _train_data: MultiTaskData = field(repr=False)
     setup_seconds: float = 0.0
@@ -196,25 +203,31 @@ class Proxy:
         reference: Metrics | None = None,
     ) -> Proxy:
         """Train (or resume / reload) the warm start in ``run_dir/warmstart`` and the references in
-        ``run_dir/single``; a given ``reference`` (e.g. the one a study recorded) is used as is."""
+        ``run_dir/single``; a given ``reference`` (e.g. the one a study recorded) is used as is. Without
+        ``config.inherit`` no warm start is trained, and the references train with ``config.finetune`` on the
+        fine-tuning subset, as every candidate does."""
         run_dir = Path(run_dir)
         balancer = create_balancer(config.balancer)
-        hard = space.hard_sharing(data.task_names).with_meta(name="warmstart")
-        network, result = train_graph(hard, data, space, config.warmstart, balancer, run_dir / "warmstart")
         directions = primary_directions(data)
-        seconds = result.train_seconds
+        train_data = _subset(data, config)
+        network, seconds, val = None, 0.0, None
+        if config.inherit or (reference is None and config.reference == "hard"):
+            hard = space.hard_sharing(data.task_names).with_meta(name="warmstart")
+            how, on = (config.warmstart, data) if config.inherit else (config.finetune, train_data)
+            trained, result = train_graph(hard, on, space, how, balancer, run_dir / "warmstart")
+            network = trained if config.inherit else None
+            seconds, val = result.train_seconds, result.val
         if reference is None:
-            if config.reference == "hard":
-                val = result.val
-            else:
-                singles = train_single_tasks(data, space, config.warmstart, run_dir / "single", balancer)
+            if config.reference != "hard":
+                how, on = (config.warmstart, data) if config.inherit else (config.finetune, train_data)
+                singles = train_single_tasks(on, space, how, run_dir / "single", balancer)
                 val = {t: res.val[t] for t, (_, res) in singles.items()}
                 seconds += sum(res.train_seconds for _, res in singles.values())
             reference = {t: {m: float(val[t][m]) for m in d} for t, d in directions.items()}
         missing = sorted(set(directions) - set(reference))
         if missing:
             raise ValueError(f"proxy reference: no metrics for task(s) {missing}")
-        return cls(data, space, config, network, dict(reference), _subset(data, config), seconds)
+        return cls(data, space, config, network, dict(reference), train_data, seconds)
 
     def delta_m(self, metrics: Metrics) -> float:
         """Δm (%) of ``metrics`` against the reference, over each task's primary metric."""
@@ -226,12 +239,15 @@ class Proxy:
         return self.delta_m(metrics)
 
     def score(self, graph: SharingGraph, report: Report | None = None) -> Score:
-        """Inherit from the warm start, fine-tune, and score ``graph`` (see the module doc)."""
+        """Inherit from the warm start (or start from scratch), fine-tune, and score ``graph`` (see the module
+        doc)."""
         self.space.check_graph(graph)
         t0 = time.perf_counter()
         cfg = self.config.finetune
         seed_everything(cfg.seed)  # the same for every graph: the score is a function of the graph alone
-        network = MultiTaskNetwork.from_tasks(graph, self.space.backbone, self.data.tasks, inherit=self.network)
+        network = MultiTaskNetwork.from_tasks(
+            graph, self.space.backbone, self.data.tasks, inherit=self.network if self.config.inherit else None
+        )
         curve: list[float] = []
 
         def on_step(ctx: StepContext) -> None:
