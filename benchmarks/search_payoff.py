@@ -1,7 +1,11 @@
 """Does a search pay off? Tree searches against the free alternatives on the families benchmark, at equal budgets.
 
-    python benchmarks/search_payoff.py [--trials 8,20] [--search-seeds 5] [--train-seeds 3]
-                                       [--cache runs/search_payoff] [--out benchmarks/results/search_payoff.json]
+    python benchmarks/search_payoff.py [--trials 8,20] [--search-seeds 5] [--train-seeds 3] [--proxy warmstart]
+                                       [--methods random,tpe,tpe+warm] [--cache runs/search_payoff]
+                                       [--out benchmarks/results/search_payoff.json]
+
+``--proxy scratch-10`` scores trees by training each from scratch for 10 of the retrain's 30 epochs (against hard
+sharing trained so) instead of the default warm-start proxy.
 
 Problem: ``families`` (nas_mtl/data/families.py, data seed 0, 600 training images; six tasks in two planted
 families), space ``search_spaces/families.toml`` (12,915 trees). Whatever a method answers is retrained from scratch
@@ -61,6 +65,11 @@ TRAIN = TrainConfig(epochs=30, batch_size=64, lr=3e-3, device="cpu", progress=Fa
 PROXY = ProxyConfig(
     warmstart=dataclasses.replace(TRAIN, epochs=5), finetune=dataclasses.replace(TRAIN, epochs=3), reference="hard"
 )
+PROXIES = {
+    "warmstart": PROXY,  # the default proxy: inherit a 5-epoch hard-sharing warm start, 3 fine-tuning epochs
+    # from scratch for a third of the retrain (families_fidelity.py's scratch-10), against hard sharing trained so
+    "scratch-10": dataclasses.replace(PROXY, finetune=dataclasses.replace(TRAIN, epochs=10), inherit=False),
+}
 METHODS = {
     "random": {"sampler": "random"},
     "tpe": {"sampler": "tpe"},
@@ -88,12 +97,16 @@ class Retrains:
         return self.runs[key]
 
 
-def search(method: str, trials: int, seed: int, data, space, cache: Path) -> SearchResult:
+def search(method: str, trials: int, seed: int, data, space, cache: Path, proxy_name: str) -> SearchResult:
     """One branch search (or its cached result)."""
-    out = cache / f"{method}-n{trials}-seed{seed}"
+    out = (
+        cache / f"{method}-n{trials}-seed{seed}"
+        if proxy_name == "warmstart"
+        else cache / proxy_name / (f"{method}-n{trials}-seed{seed}")
+    )
     if (out / "search.json").is_file():
         return SearchResult.load(out)
-    proxy = PROXY.seeded(seed)
+    proxy = PROXIES[proxy_name].seeded(seed)
     config = BranchSearchConfig(proxy=proxy, n_trials=trials, seed=seed, **METHODS[method])
     result = branch_search(data, space, config, out)
     result.save(out)
@@ -105,6 +118,8 @@ def main(argv=None) -> dict:
     p.add_argument("--trials", default="8,20", help="trial counts (comma-separated)")
     p.add_argument("--search-seeds", type=int, default=5)
     p.add_argument("--train-seeds", type=int, default=3)
+    p.add_argument("--proxy", default="warmstart", choices=list(PROXIES), help="how the searches score trees")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache", default="runs/search_payoff")
     p.add_argument("--out", default="benchmarks/results/search_payoff.json")
@@ -140,11 +155,15 @@ def main(argv=None) -> dict:
     free_scores = {name: np.array([score(r) for r in rs]) for name, rs in runs.items()}
     free_costs = {name: cost(g) for name, g in free.items()}
     answers, comparisons, summary = {}, [], []
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or "random" not in methods:
+        p.error(f"--methods: known {list(METHODS)}, random included; got {methods}")
     for trials in (int(n) for n in args.trials.split(",")):
-        for method in METHODS:
+        for method in methods:
             rows = []
             for s in range(args.search_seeds):
-                result = search(method, trials, s, data, space, cache)
+                result = search(method, trials, s, data, space, cache, args.proxy)
                 retrained = [retrain(result.graph, t) for t in train_seeds]
                 rows.append(
                     {
@@ -158,7 +177,7 @@ def main(argv=None) -> dict:
                 )
                 print(f"n={trials} {method:<9} seed {s}: {np.mean(rows[-1]['scores']):+6.1f} Δm  {rows[-1]['graph']}")
             answers[(method, trials)] = rows
-        for method in METHODS:
+        for method in methods:
             rows = answers[(method, trials)]
             scores = np.array([r["scores"] for r in rows])
             macs = float(np.mean([r["macs"] for r in rows]))
@@ -211,6 +230,7 @@ def main(argv=None) -> dict:
         {
             "settings": vars(args),
             "default_method": DEFAULT_METHOD,
+            "proxy": args.proxy,
             "proxy_fidelity": None,
             "unit_seconds": unit,
             "free": {name: {"delta_m": sc.tolist(), **free_costs[name]} for name, sc in free_scores.items()},
