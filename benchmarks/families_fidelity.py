@@ -29,17 +29,14 @@ import dataclasses
 import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import optuna
-import torch
 from _report import write_report
 from scipy.stats import spearmanr
-from search_payoff import PROXY, TRAIN, Retrains
+from search_payoff import PROXY, TRAIN, Retrains, families_problem
 
 from nas_mtl.baselines import primary_directions
-from nas_mtl.data import create_dataset
 from nas_mtl.data.families import planted_groups, planted_tree
 from nas_mtl.graph import SharingGraph
 from nas_mtl.metrics import delta_m
@@ -47,7 +44,6 @@ from nas_mtl.runs import write_json_atomic
 from nas_mtl.search.branching import suggest_tree
 from nas_mtl.search.ceiling import noise_ceiling
 from nas_mtl.search.proxy import Proxy, graph_key
-from nas_mtl.space import load_search_space
 
 
 def trees(tasks, space, n: int, seed: int = 0) -> list[SharingGraph]:
@@ -79,12 +75,7 @@ def main(argv=None) -> dict:
     p.add_argument("--cache", default="runs/families_fidelity")
     p.add_argument("--out", default="benchmarks/results/families_fidelity.json")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    data = create_dataset("families", seed=0)
-    space = load_search_space("families", input_shape=data.input_shape)
+    cache, data, space = families_problem(args.threads, args.cache)
     tasks, directions = data.task_names, primary_directions(data)
     graphs = trees(tasks, space, args.trees)
     seeds = range(args.seeds)

@@ -97,6 +97,17 @@ class Retrains:
         return self.runs[key]
 
 
+def families_problem(threads: int, cache: str) -> tuple[Path, object, object]:
+    """What the families benchmarks share: torch threads, a quiet Optuna, the cache folder (made), the data (seed
+    0) and its space."""
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder = Path(cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = create_dataset("families", seed=0)
+    return folder, data, load_search_space("families", input_shape=data.input_shape)
+
+
 def search(method: str, trials: int, seed: int, data, space, cache: Path, proxy_name: str) -> SearchResult:
     """One branch search (or its cached result)."""
     out = (
@@ -124,12 +135,7 @@ def main(argv=None) -> dict:
     p.add_argument("--cache", default="runs/search_payoff")
     p.add_argument("--out", default="benchmarks/results/search_payoff.json")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    data = create_dataset("families", seed=0)
-    space = load_search_space("families", input_shape=data.input_shape)
+    cache, data, space = families_problem(args.threads, args.cache)
     tasks, directions = data.task_names, primary_directions(data)
     retrain = Retrains(cache / "retrains.json", data, space)
     train_seeds = range(args.train_seeds)
