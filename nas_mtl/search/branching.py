@@ -70,6 +70,7 @@ from ..runs import check_settings
 from ..space import SearchSpace, backbone_reference, load_search_space
 from ..storage import CHILD_ENV, GRACE_S, HEARTBEAT_S, fail_stale, open_storage, redact, resolve, sqlite_url
 from . import SearchMethod, SearchResult, register_search_method
+from .budget import CostModel
 from .exhaustive import count_trees
 from .proxy import OBJECTIVES, Proxy, ProxyConfig, Scorer, check_proxy, graph_from_key, graph_key
 
@@ -95,13 +96,18 @@ PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
 }
 """Pruner name -> factory; ``"auto"`` = median (one objective) or none (several)."""
 
-WARM_STARTS = ("hard", "independent", "affinity")
+WARM_STARTS = ("hard", "independent", "affinity", "rsa")
 """Named trees a search can start from (:attr:`BranchSearchConfig.warm_start`), besides graph files."""
 STUDY_ATTR = "nas_mtl"
 """Study user attr holding everything a worker needs to join (format :data:`STUDY_FORMAT`)."""
 STUDY_FORMAT = "nas_mtl.branch_study/1"
 SECONDS_ATTR = "nas_mtl_seconds"
 """Study user attr: wall seconds of the search's sessions so far (the result's cost adds them up)."""
+SETUP_COST_ATTR = "nas_mtl_setup_cost"
+"""Study user attr: what the search spent before its first trial (proxy set-up, warm start's affinity run), in
+hard-sharing trainings (:class:`~.budget.CostModel`)."""
+BUDGET_SPENT_ATTR = "nas_mtl_budget_spent"
+"""Study user attr: a tree did not fit :attr:`BranchSearchConfig.budget` this session (no more trials)."""
 POLL_S = 0.5
 CLAIMED = (TrialState.RUNNING, TrialState.WAITING, TrialState.COMPLETE, TrialState.PRUNED)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -190,8 +196,21 @@ class BranchSearchConfig:
             in ``n_trials``), so the sampler starts from what a user would try without a search: ``hard``
             (hard sharing), ``independent`` (every task on its own from the first branchable layer),
             ``affinity`` (the affinity search's grouping, TAG lookahead on a hard-sharing run as long as the
-            proxy's warm start, branching at the first branchable layer; its cost is part of the search's), or
-            a graph JSON file.
+            proxy's warm start, branching at the first branchable layer; its cost is part of the search's),
+            ``rsa`` (the tasks grouped by representation similarity of single-task networks trained as the
+            proxy's warm start, Vandenhende et al. 2020's measure averaged over layers, the best-scoring number
+            of groups; one tree per branchable layer, the groups splitting there: what to share is the
+            search's question, which tasks go together the measure's answer), or a graph JSON file.
+        shortlist: single objective: when > 0, the answer is chosen among the ``shortlist`` best distinct trees
+            by the proxy after training each in full (:func:`~.shortlist.retrain_shortlist`: the proxy's
+            fine-tuning settings with ``shortlist_epochs`` epochs, seed ``seed``; best validation Δm). With a
+            ``budget``, 1 reserves the answer's own retrain in it without running it.
+        shortlist_epochs: epochs of each shortlist training (the retrain the user will run).
+        budget: total compute in hard-sharing trainings of ``shortlist_epochs`` epochs
+            (:class:`~.budget.CostModel`, the same on every machine): the proxy's set-up, the warm start's
+            affinity run, every tree scored and the shortlist. A tree that would not fit (with the shortlist of
+            the best trees so far reserved) ends the search; ``n_trials`` still caps the trials. None: trials
+            only.
     """
 
     proxy: ProxyConfig = nested(ProxyConfig())
@@ -206,11 +225,14 @@ class BranchSearchConfig:
     duplicate_wait_s: float = 600.0
     workers: int = 1
     warm_start: tuple[str, ...] = ()
+    shortlist: int = 0
+    shortlist_epochs: int = 30
+    budget: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.proxy, ProxyConfig):
             raise TypeError(f"branch search config: proxy must be a ProxyConfig, got {type(self.proxy).__name__}")
-        for name, low in (("n_trials", 1), ("top_k", 1), ("seed", 0), ("workers", 1)):
+        for name, low in (("n_trials", 1), ("top_k", 1), ("seed", 0), ("workers", 1), ("shortlist", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"branch search config: {name} must be an integer >= {low}, got {value!r}")
@@ -246,6 +268,19 @@ class BranchSearchConfig:
                 f"files, at most n_trials ({self.n_trials}) of them, got {list(warm)}"
             )
         object.__setattr__(self, "warm_start", warm)
+        budget = self.budget
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < math.inf
+        ):
+            raise ValueError(f"branch search config: budget must be a finite number > 0 or none, got {budget!r}")
+        epochs = self.shortlist_epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"branch search config: shortlist_epochs must be an integer >= 1, got {epochs!r}")
+        if self.shortlist > self.top_k or (self.shortlist and self.multi_objective):
+            raise ValueError(
+                f"branch search config: shortlist ({self.shortlist}) must be at most top_k ({self.top_k}) and "
+                "needs a single objective"
+            )
         wait = self.duplicate_wait_s
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < math.inf:
             raise ValueError(f"branch search config: duplicate_wait_s must be a finite number >= 0, got {wait!r}")
@@ -350,6 +385,7 @@ class TreeObjective:
     branchable: tuple[str, ...]
     config: BranchSearchConfig
     worker: str = field(default_factory=_worker_id)
+    costs: CostModel | None = None
 
     def __call__(self, trial: Trial) -> float | list[float]:
         trials = self.study.get_trials(deepcopy=False, states=CLAIMED)
@@ -368,11 +404,35 @@ class TreeObjective:
                 raise optuna.TrialPruned(f"tree {key} was pruned in trial {owner.number}")
             assert owner.values is not None
             return owner.values[0] if len(owner.values) == 1 else list(owner.values)
+        if self.config.budget is not None:
+            self._claim_budget(trial, graph)
         report = None if self.config.multi_objective else functools.partial(_report, trial)
         score = self.scorer.score(graph, report)
         trial.set_user_attr("score", score.to_dict())
         values = [score.objective(o) for o in self.config.objectives]
         return values[0] if len(values) == 1 else values
+
+    def _claim_budget(self, trial: Trial, graph: SharingGraph) -> None:
+        """Record this tree's cost on ``trial``, or end the search when it does not fit :attr:`~BranchSearchConfig
+        .budget` beside what was spent and the shortlist of the best trees so far."""
+        assert self.costs is not None and self.config.budget is not None
+        cost = self.costs.proxy_trial(graph, self.config.proxy)
+        others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
+        spent = float(self.study.user_attrs.get(SETUP_COST_ATTR, 0.0))
+        spent += sum(float(t.user_attrs.get("cost", 0.0)) for t in others if t.state in CLAIMED)
+        reserve = sum(
+            self.costs.training(graph_from_key(k, self.tasks, self.layers), self.config.shortlist_epochs)
+            for k in _best_keys(others, self.config.shortlist)
+        )
+        if spent + cost + reserve > self.config.budget:
+            trial.set_user_attr("over_budget", True)
+            self.study.set_user_attr(BUDGET_SPENT_ATTR, True)
+            self.study.stop()
+            raise _OverBudget(
+                f"trial {trial.number}: tree cost {cost:.2f} + spent {spent:.2f} + shortlist {reserve:.2f} exceeds "
+                f"the budget of {self.config.budget} hard-sharing trainings"
+            )
+        trial.set_user_attr("cost", cost)
 
     def _owner(self, number: int, key: str) -> FrozenTrial | None:
         """A finished trial with the same tree; waits while an earlier trial is still scoring it."""
@@ -391,6 +451,15 @@ class TreeObjective:
             if time.monotonic() > deadline:
                 return None
             time.sleep(POLL_S)
+
+
+def _best_keys(trials: Sequence[FrozenTrial], n: int) -> list[str]:
+    """The ``n`` best distinct trees of the finished single-objective ``trials`` (highest Δm first)."""
+    keys: dict[str, None] = {}
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values and "key" in t.user_attrs]
+    for t in sorted(done, key=lambda t: (-t.values[0], t.number)):
+        keys.setdefault(t.user_attrs["key"])
+    return list(keys)[:n]
 
 
 def _alive(trial: FrozenTrial) -> bool:
@@ -430,7 +499,9 @@ class _StopWhenClaimed:
         self.failures = self.failures + 1 if failed else 0
         if self.failures >= self.max_failures:
             raise RuntimeError(f"{self.failures} trials in a row failed (last: {trial.number}); see the warnings above")
-        if len(study.get_trials(deepcopy=False, states=CLAIMED)) >= self.n_trials:
+        if len(study.get_trials(deepcopy=False, states=CLAIMED)) >= self.n_trials or study.user_attrs.get(
+            BUDGET_SPENT_ATTR
+        ):
             study.stop()
 
 
@@ -450,7 +521,8 @@ def _optimize(objective: TreeObjective, wait: bool = False, on_wait: Callable[[]
         fail_stale(study)
         trials = study.get_trials(deepcopy=False)
         waiting = any(t.state == TrialState.WAITING for t in trials)
-        if waiting or sum(t.state in CLAIMED for t in trials) < n:
+        spent = bool(study.user_attrs.get(BUDGET_SPENT_ATTR))
+        if not spent and (waiting or sum(t.state in CLAIMED for t in trials) < n):
             study.optimize(
                 objective,
                 callbacks=[_StopWhenClaimed(n)],
@@ -508,6 +580,16 @@ def branch_search(
     objective.study.set_user_attr(SECONDS_ATTR, total)
     result = _result(objective, url, total, stale)
     plot_history(objective.study, Path(run_dir) / "history.png")
+    if config.shortlist:
+        from .shortlist import retrain_shortlist
+
+        train = dataclasses.replace(config.proxy.finetune, epochs=config.shortlist_epochs, seed=config.seed)
+        costs, left = objective.costs, None
+        if config.budget is not None and costs is not None:
+            left = config.budget - spent_budget(objective.study)
+        result = retrain_shortlist(
+            data, space, result, config.shortlist, train, run_dir, config.proxy.balancer, costs, left
+        )
     return result
 
 
@@ -572,19 +654,35 @@ def _open(
             "reference": getattr(scorer, "reference", None),
         },
     )
-    if config.warm_start and not study.get_trials(deepcopy=False):  # a new study: its first trials
+    costs = CostModel(data, space, config.shortlist_epochs)
+    new = not study.get_trials(deepcopy=False)
+    if new:
+        study.set_user_attr(SETUP_COST_ATTR, costs.proxy_setup(config.proxy) + warm_start_cost(costs, config))
+    study.set_user_attr(BUDGET_SPENT_ATTR, False)  # a resumed search may have been given more
+    if config.warm_start and new:  # a new study: its first trials
+        distinct: dict[str, str] = {}  # e.g. rsa's tree where its one group is hard sharing, enqueued once
         for name, graph in warm_start_trees(data, space, config, run_dir).items():
+            distinct.setdefault(graph_key(graph), name)
+        if len(distinct) > config.n_trials:
+            raise ValueError(
+                f"branch search config: warm_start {list(config.warm_start)} gives {len(distinct)} distinct trees, "
+                f"more than n_trials ({config.n_trials})"
+            )
+        for key, name in distinct.items():
+            graph = graph_from_key(key, data.task_names, space.layers)
             study.enqueue_trial(tree_params(graph, space.layers, space.branchable), user_attrs={"warm_start": name})
     stale = _fail_running(study, storage)
     study = _attach(config.study_name, storage, config, config.seed)
-    return TreeObjective(study, scorer, data.task_names, space.layers, space.branchable, config), url, stale
+    objective = TreeObjective(study, scorer, data.task_names, space.layers, space.branchable, config, costs=costs)
+    return objective, url, stale
 
 
 def warm_start_trees(
     data: MultiTaskData, space: SearchSpace, config: BranchSearchConfig, run_dir: Path
 ) -> dict[str, SharingGraph]:
-    """The trees of ``config.warm_start`` by name (see :class:`BranchSearchConfig`); ``affinity`` runs the affinity
-    search in ``run_dir/affinity`` (resumable)."""
+    """The trees of ``config.warm_start`` by name (see :class:`BranchSearchConfig`; ``rsa`` gives ``rsa@LAYER``
+    per branchable layer); ``affinity`` runs the affinity search in ``run_dir/affinity``, ``rsa`` in
+    ``run_dir/rsa`` (both resumable)."""
     tasks, trees = data.task_names, {}
     if not space.branchable and any(w in ("independent", "affinity") for w in config.warm_start):
         raise ValueError(f"warm_start: search space {space.name!r} has no branchable layer")
@@ -599,9 +697,35 @@ def warm_start_trees(
 
             affinity = AffinityConfig(train=config.proxy.warmstart, branch_at=space.branchable[0], plots=False)
             trees[name] = affinity_search(data, space, affinity, run_dir / "affinity").graph
+        elif name == "rsa":
+            from .affinity import AffinityConfig, affinity_search
+
+            rsa = AffinityConfig(train=config.proxy.warmstart, measures=("rsa",), plots=False)
+            groups = affinity_search(data, space, rsa, run_dir / "rsa").info["measures"]["rsa"]["groups"]
+            for layer in space.branchable:
+                at = space.layers.index(layer)
+                trees[f"rsa@{layer}"] = SharingGraph.from_groups(tasks, space.layers, groups, at, space.skippable)
         else:
             trees[name] = SharingGraph.load(name)
     return trees
+
+
+def spent_budget(study: optuna.Study) -> float:
+    """Hard-sharing trainings ``study`` has spent: its set-up and every tree scored (claimed trials' costs)."""
+    trials = study.get_trials(deepcopy=False, states=CLAIMED)
+    return float(study.user_attrs.get(SETUP_COST_ATTR, 0.0)) + sum(float(t.user_attrs.get("cost", 0)) for t in trials)
+
+
+def warm_start_cost(costs: CostModel, config: BranchSearchConfig) -> float:
+    """Units the warm start's affinity runs spend: ``rsa`` trains each task alone, ``affinity`` one hard-sharing
+    network whose every step also takes a lookahead step and loss per task (counted as one more training per
+    task, an upper bound)."""
+    epochs = config.proxy.warmstart.epochs
+    hard = costs.space.hard_sharing(costs.data.task_names)
+    cost = costs.singles(epochs) if "rsa" in config.warm_start else 0.0
+    if "affinity" in config.warm_start:
+        cost += costs.training(hard, epochs) * (1 + len(costs.data.task_names))
+    return cost
 
 
 def run_worker(
@@ -648,7 +772,8 @@ def run_worker(
     if reference is not None and not _is_metric_table(reference):
         raise ValueError(f"{source}: reference: expected {{task: {{metric: number}}}} or null")
     proxy = Proxy.prepare(data, space, config.proxy, run_dir, reference=reference)
-    objective = TreeObjective(study, proxy, data.task_names, space.layers, space.branchable, config)
+    costs = CostModel(data, space, config.shortlist_epochs)
+    objective = TreeObjective(study, proxy, data.task_names, space.layers, space.branchable, config, costs=costs)
     return _optimize(objective, heartbeats(storage))
 
 
@@ -801,7 +926,8 @@ def _result(objective: TreeObjective, url: str, seconds: float, stale: list[int]
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
-        raise RuntimeError(f"study {config.study_name!r}: no trial completed ({len(trials)} trials)")
+        spent = " (the budget did not fit a tree)" if study.user_attrs.get(BUDGET_SPENT_ATTR) else ""
+        raise RuntimeError(f"study {config.study_name!r}: no trial completed ({len(trials)} trials){spent}")
     pool = study.best_trials if config.multi_objective else complete
     ranked: dict[str, FrozenTrial] = {}
     for t in sorted(pool, key=lambda t: (-t.values[0], t.number)):
@@ -872,5 +998,7 @@ __all__ = [
     "study_storage",
     "suggest_tree",
     "tree_params",
+    "spent_budget",
+    "warm_start_cost",
     "warm_start_trees",
 ]
