@@ -48,6 +48,7 @@ from nas_mtl.train import TrainConfig
 def _proxy(args: argparse.Namespace) -> ProxyConfig:
     base = TrainConfig(batch_size=args.batch_size, lr=3e-3, device="cpu", progress=False)
     return ProxyConfig(
+        inherit=True,
         warmstart=dataclasses.replace(base, epochs=args.warmstart_epochs),
         finetune=dataclasses.replace(base, epochs=args.proxy_epochs),
         reference="hard",

@@ -122,6 +122,8 @@ def main(argv=None) -> dict:
             flush=True,
         )
         proxy = ProxyConfig(
+            inherit=True,
+            subset=1.0,
             warmstart=dataclasses.replace(train, epochs=2),
             finetune=dataclasses.replace(train, epochs=4),
             reference="hard",

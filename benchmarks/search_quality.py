@@ -115,6 +115,7 @@ MEASURES = ("lookahead", "gradcos", "rsa", "cka")
 def _proxy() -> ProxyConfig:
     base = TrainConfig(batch_size=64, lr=3e-3, device="cpu", progress=False)
     return ProxyConfig(
+        inherit=True,
         warmstart=dataclasses.replace(base, epochs=10),
         finetune=dataclasses.replace(base, epochs=3),
         reference="hard",

@@ -44,7 +44,9 @@ skippable = "none"
 """
 DATA = {"n_train": 96, "n_val": 48, "n_test": 32, "size": 16, "tasks": "quadrant,orientation,hue"}
 TINY = TrainConfig(epochs=1, batch_size=32, device="cpu", progress=False)
-PROXY = ProxyConfig(warmstart=TINY, finetune=dataclasses.replace(TINY, epochs=2), reference="hard")
+PROXY = ProxyConfig(
+    warmstart=TINY, finetune=dataclasses.replace(TINY, epochs=2), reference="hard", inherit=True, subset=1.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +143,7 @@ def test_config_round_trips_through_the_study_record():
     config = BranchSearchConfig(proxy=PROXY, objectives=("delta_m", "macs"), n_trials=7, storage="journal:x")
     assert BranchSearchConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown key"):
-        BranchSearchConfig.from_dict({**config.to_dict(), "budget": 3})
+        BranchSearchConfig.from_dict({**config.to_dict(), "budget_s": 3})
 
 
 # ---------------------------------------------------------------------- dedup, pruning, objectives
@@ -230,7 +232,7 @@ def test_killed_run_resumes_failing_its_running_trial(shapes, tmp_path):
 def test_resuming_with_another_proxy_is_refused(shapes, tmp_path):
     data, space = shapes[:2]
     branch_search(data, space, _config(tmp_path, n_trials=1), tmp_path, scorer=StubScorer())
-    other = ProxyConfig(warmstart=TINY, finetune=TINY, reference="hard")
+    other = ProxyConfig(warmstart=TINY, finetune=TINY, reference="hard", inherit=True, subset=1.0)
     with pytest.raises(ValueError, match="proxy"):
         branch_search(data, space, _config(tmp_path, n_trials=2, proxy=other), tmp_path, scorer=StubScorer())
     # another device or progress setting is the same proxy: the study resumes (e.g. `nas-mtl study --device`)
@@ -335,6 +337,9 @@ def test_cli_search_with_workers_resumes_to_a_larger_budget(shapes, tmp_path):
         "1",
         "--proxy-epochs",
         "2",
+        "--inherit",
+        "--subset",
+        "1",
         "--batch-size",
         "32",
         "--reference",
@@ -365,6 +370,7 @@ def test_a_killed_spawned_worker_loses_no_trial_and_the_search_finishes(shapes, 
     argv = [sys.executable, "-m", "nas_mtl.cli", "search", "branch", "--data", "shapes", "--space", str(path)]
     argv += ["--out", str(tmp_path / "run"), "--workers", "2", "--sampler", "random", "--n-trials", "16"]
     argv += ["--warmstart-epochs", "1", "--proxy-epochs", "4", "--batch-size", "32", "--reference", "hard"]
+    argv += ["--inherit", "--subset", "1"]
     slower = {**DATA, "n_train": 800}  # trials of ~1 s: the worker is up (~6 s) before the budget is gone
     argv += ["--device", "cpu", "--storage", f"journal:{journal}", *[f"--data-arg={k}={v}" for k, v in slower.items()]]
     main = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -177,6 +177,8 @@ def test_branch_search_with_the_real_proxy_finds_the_planted_split(tmp_path):
         data, space = _data(seed)
         train = dataclasses.replace(TRAIN, seed=seed)
         proxy = ProxyConfig(
+            inherit=True,
+            subset=1.0,
             warmstart=dataclasses.replace(train, epochs=2),
             finetune=dataclasses.replace(train, epochs=4),
             reference="hard",

@@ -40,7 +40,9 @@ branchable = ["s0.b0", "s0.b1"]
 skippable = "auto"
 """
 TINY = TrainConfig(epochs=1, batch_size=32, device="cpu", progress=False)
-PROXY = ProxyConfig(warmstart=TINY, finetune=dataclasses.replace(TINY, epochs=2), reference="hard")
+PROXY = ProxyConfig(
+    warmstart=TINY, finetune=dataclasses.replace(TINY, epochs=2), reference="hard", inherit=True, subset=1.0
+)
 EXHAUSTIVE = ExhaustiveConfig(proxy=PROXY)
 
 

@@ -231,7 +231,7 @@ def test_a_resumed_tree_search_adds_its_sessions(tmp_path):
         ("[search.adashare]\ntask_weights = {nope = 2.0}\n", "search.adashare: adashare config: task_weights names"),
         ("[search.branch]\nsubset = 0.1\nbatch_size = 32\n", "search.branch: proxy config: subset 0.1 keeps 6 of 64"),
         (
-            "[search.exhaustive]\nlimit = 2\nbatch_size = 32\n",
+            "[search.exhaustive]\nlimit = 2\nbatch_size = 32\nsubset = 1.0\n",
             "search.exhaustive: exhaustive search: space 'resnet_small' has 7 trees",
         ),
     ],
@@ -310,7 +310,8 @@ def test_a_tree_search_in_a_folder_with_url_characters_keeps_its_study_there(tmp
     out = tmp_path / "we?ird %41"
     argv = ["search", "branch", "--data", "multidigits", "--space", "resnet_small", "--out", str(out)]
     argv += ["--data-arg", "n_train=64", "--data-arg", "n_val=32", "--data-arg", "n_test=32", "--data-arg", "size=16"]
-    argv += ["--n-trials", "1", "--warmstart-epochs", "1", "--proxy-epochs", "1", "--batch-size", "32"]
+    argv += ["--n-trials", "1", "--warmstart-epochs", "1", "--proxy-epochs", "1", "--batch-size", "32", "--inherit"]
+    argv += ["--subset", "1"]
     assert main([*argv, "--reference", "hard", "--device", "cpu"]) == 0, capsys.readouterr().err
     assert (out / "study.db").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
@@ -336,7 +337,7 @@ def test_a_resumed_exhaustive_search_reports_the_cost_of_what_it_read_back(tmp_p
     data = create_dataset("multidigits", n_train=64, n_val=32, n_test=32, size=16)
     space = load_search_space("resnet_small", input_shape=data.input_shape)
     tiny = TrainConfig(epochs=1, batch_size=32, device="cpu")
-    config = ExhaustiveConfig(proxy=ProxyConfig(warmstart=tiny, finetune=tiny, reference="hard"))
+    config = ExhaustiveConfig(proxy=ProxyConfig(warmstart=tiny, finetune=tiny, reference="hard", inherit=True, subset=1.0))
     first = exhaustive_search(data, space, config, tmp_path)
     again = exhaustive_search(data, space, dataclasses.replace(config), tmp_path)  # everything read back
     assert again.seconds == first.seconds > again.info["session_seconds"]

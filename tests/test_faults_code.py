@@ -137,7 +137,7 @@ def branch_study(tmp_path):
     data = create_dataset("shapes", **DATA)
     space = load_search_space(path, input_shape=data.input_shape)
     tiny = TrainConfig(epochs=1, batch_size=32, device="cpu", progress=False)
-    config = BranchSearchConfig(proxy=ProxyConfig(warmstart=tiny, finetune=tiny), n_trials=2)
+    config = BranchSearchConfig(proxy=ProxyConfig(warmstart=tiny, finetune=tiny, inherit=True, subset=1.0), n_trials=2)
     study = create_branch_study(
         data, space, config, tmp_path / "run", setup=Setup("shapes", DATA, str(path)), scorer=StubScorer()
     )

@@ -119,6 +119,7 @@ def test_a_search_record_with_text_seconds_is_refused_naming_the_key(study, caps
 
 def _branch_argv(out) -> list[str]:
     argv = ["search", "branch", "--data", "multidigits", "--space", "resnet_small", "--out", str(out), *SMALL]
+    argv += ["--inherit", "--subset", "1"]
     return [*argv, "--n-trials", "1", "--warmstart-epochs", "1", "--proxy-epochs", "1", "--batch-size", "32"]
 
 

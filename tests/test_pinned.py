@@ -48,6 +48,8 @@ STUDY = {
         "branch": {
             "n_trials": 3,
             "sampler": "tpe",
+            "inherit": True,
+            "subset": 1.0,
             "warmstart_epochs": 1,
             "proxy_epochs": 1,
             "batch_size": 32,
@@ -56,6 +58,8 @@ STUDY = {
         },
         "affinity": {"measure": "lookahead,gradcos", "epochs": 1, "batch_size": 32, "every": 1, "device": "cpu"},
         "exhaustive": {  # two fine-tuning epochs: the per-epoch curve a pruner reads is pinned too
+            "inherit": True,
+            "subset": 1.0,
             "warmstart_epochs": 1,
             "proxy_epochs": 2,
             "batch_size": 32,

@@ -46,7 +46,9 @@ def test_every_run_folder_kind_accepts_a_device_change_and_refuses_a_setting_cha
     from nas_mtl.search.proxy import ProxyConfig
     from nas_mtl.train import TrainConfig
 
-    proxy = ProxyConfig(warmstart=TrainConfig(epochs=1, device="cpu"))
+    proxy = ProxyConfig(
+        warmstart=TrainConfig(epochs=1, device="cpu"), finetune=TrainConfig(epochs=2), inherit=True, subset=1.0
+    )
     ScoreTable(tmp_path / "s.jsonl", {"proxy": proxy.to_dict()})
     moved = dataclasses.replace(proxy, warmstart=dataclasses.replace(proxy.warmstart, device="cuda"))
     ScoreTable(tmp_path / "s.jsonl", {"proxy": moved.to_dict()})

@@ -62,7 +62,8 @@ def test_branch_search_with_workers_on_postgresql_keeps_the_password_out_of_file
 
     monkeypatch.setattr(subprocess, "Popen", spy)
     argv = ["search", "branch", "--data", "shapes", "--space", str(space), "--out", str(tmp_path / "run")]
-    argv += ["--workers", "2", "--sampler", "random", "--warmstart-epochs", "1", "--proxy-epochs", "2"]
+    argv += ["--workers", "2", "--sampler", "random", "--warmstart-epochs", "1", "--proxy-epochs", "2", "--inherit"]
+    argv += ["--subset", "1"]
     argv += ["--batch-size", "32", "--reference", "hard", "--device", "cpu", "--n-trials", "8"]
     argv += ["--storage", "env:NAS_DB", "--study", "pg-branch", *[f"--data-arg={k}={v}" for k, v in DATA.items()]]
     assert main(argv) == 0

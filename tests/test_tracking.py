@@ -28,6 +28,8 @@ STUDY = (
     + """
 [search.branch]
 n_trials = 3
+inherit = true
+subset = 1.0
 warmstart_epochs = 1
 proxy_epochs = 1
 batch_size = 32
