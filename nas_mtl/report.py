@@ -34,7 +34,7 @@ from scipy import stats
 
 from .graph import SharingGraph
 from .metrics import delta_m
-from .plots import curves_plot, draw_topology, pareto_plot
+from .plots import curves_plot, draw_topology, pareto_front, pareto_plot
 from .runs import read_json, read_row, replace_atomic
 from .search.proxy import graph_key
 from .study import GRID_RECORD, ROW, load_rows, slug
@@ -60,6 +60,8 @@ VERSUS = ("the best", "hard sharing", "single-task nets")
 """The references of :func:`paired_table`, in report order."""
 OUTCOMES = ("better", "tie", "worse", "untested")
 """Outcome of a paired comparison (see :func:`outcome`)."""
+COSTS = {"params": "params", "macs": "MACs"}
+"""Cost columns of :func:`runs_table` the verdict weighs Δm against, with their names in words."""
 
 Key = tuple[str, str]  # (arm, balancer)
 
@@ -372,6 +374,8 @@ def verdict(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]] = ()) -> Verdi
     Rules: the best row has the highest mean Δm; every other row is tied with it when the paired
     interval of Δm − Δm(best) contains 0, worse when it lies below 0. Likewise against hard sharing
     and the single-task nets (:func:`paired_table`): "beats ... with confidence" = interval above 0.
+    Then, per cost (:data:`COSTS`), the Pareto front of mean Δm against mean cost (:func:`cost_front`) and, for
+    every row off it, the best row at or under its cost (:func:`best_at_or_under`) with their paired interval.
     Also states the noise floor (:func:`pooled_std`), each search's cost in hard-sharing trainings and
     how often repeated searches returned the same graph.
     """
@@ -392,6 +396,7 @@ def verdict(runs: pd.DataFrame, rows: Sequence[Mapping[str, Any]] = ()) -> Verdi
             chosen = [item for item, x in zip(items, table["outcome"]) if x == o]
             if chosen:
                 lines.append(f"{_PHRASES[o].format(ref=versus)}: {'; '.join(chosen)}.")
+    lines += _cost_lines(summary, _per_seed(runs))
     floor, dof = pooled_std(summary)
     lines.append(_noise_line(summary, floor, dof))
     lines += _search_lines(runs)
@@ -414,6 +419,68 @@ def _best_line(key: Key, line: pd.Series) -> str:
 def _bracket(low: float, high: float) -> str:
     """`` [low, high]`` after a difference, nothing when there is no interval."""
     return f" {_interval(low, high)}" if np.isfinite(low) else ""
+
+
+def cost_front(summary: pd.DataFrame, cost: str) -> list[Key]:
+    """The rows of :func:`summary_table` on the Pareto front of (mean Δm up, mean ``cost`` down), cheapest first:
+    no other row has at most their cost and at least their Δm, one of them strictly. Rows without Δm are left out."""
+    rows = summary[np.isfinite(summary["delta_m"]) & np.isfinite(summary[cost])]
+    points = {key: (float(line[cost]), float(line["delta_m"])) for key, line in rows.iterrows()}
+    front = set(pareto_front(list(points.values())))
+    return sorted((key for key, p in points.items() if p in front), key=lambda key: (points[key][0], -points[key][1]))
+
+
+def best_at_or_under(summary: pd.DataFrame, key: Key, cost: str) -> Key | None:
+    """The row of :func:`summary_table` other than ``key`` with the highest mean Δm among those whose mean ``cost``
+    is at most ``key``'s (the cheapest of equal ones); None when there is none."""
+    rows = summary[np.isfinite(summary["delta_m"]) & (summary[cost] <= summary.loc[key, cost])].drop(index=[key])
+    if rows.empty:
+        return None
+    return max(rows.index, key=lambda k: (rows.loc[k, "delta_m"], -rows.loc[k, cost]))
+
+
+def _cost_shown(cost: str, value: float) -> str:
+    """``1.5K params``, ``2.3 MMACs``: a cost as the report's tables show it."""
+    return f"{mmacs(value)} MMACs" if cost == "macs" else f"{count(value)} {COSTS[cost]}"
+
+
+_COST_OUTCOMES = {
+    "better": "better with confidence",
+    "tie": "a tie (the interval contains 0)",
+    "worse": "worse on the seeds both have",
+    "untested": "untested (fewer than 2 shared seeds)",
+}
+
+
+def _cost_lines(summary: pd.DataFrame, per_seed: Mapping[Key, pd.Series]) -> list[str]:
+    """Per cost: the Pareto front, and for every row off it the best row at or under its cost."""
+    lines = []
+    for cost, label in COSTS.items():
+        rows = summary[np.isfinite(summary["delta_m"]) & np.isfinite(summary[cost])]
+        front = cost_front(rows, cost)
+        if len(rows) < 2:
+            continue
+        items = ", ".join(
+            f"{_name(k)} ({_cost_shown(cost, rows.loc[k, cost])}, Δm {_signed(rows.loc[k, 'delta_m'])})" for k in front
+        )
+        lines.append(f"Pareto front in {label} (higher mean Δm at lower mean {label}, cheapest first): {items}.")
+        others = [_at_or_under(rows, per_seed, key, cost) for key in rows.index if key not in front]
+        if others:
+            lines.append(f"Cost in {label}: {'; '.join(others)}.")
+    return lines
+
+
+def _at_or_under(rows: pd.DataFrame, per_seed: Mapping[Key, pd.Series], key: Key, cost: str) -> str:
+    """The best of ``rows`` at or under ``key``'s cost (a row off the front has one), in words."""
+    best = best_at_or_under(rows, key, cost)
+    s = seed_stats((per_seed[best] - per_seed[key]).dropna())
+    x, y = rows.loc[key], rows.loc[best]
+    ratio = " (the same)" if y[cost] == x[cost] else f" ({y[cost] / x[cost]:.2g}× the {COSTS[cost]})"
+    return (
+        f"at or under {_name(key)}'s {_cost_shown(cost, x[cost])} (Δm {_signed(x['delta_m'])}), {_name(best)} is best "
+        f"with Δm {_signed(y['delta_m'])} at {_cost_shown(cost, y[cost])}{ratio}, paired difference "
+        f"{_signed(s.mean)}{_bracket(s.ci_low, s.ci_high)}: {_COST_OUTCOMES[outcome(s)]}"
+    )
 
 
 def _noise_line(summary: pd.DataFrame, floor: float, dof: int) -> str:
@@ -941,10 +1008,13 @@ def _study_title(run_dir: Path) -> str:
 
 
 __all__ = [
+    "COSTS",
     "LEVEL",
     "MIN_SEEDS",
     "SeedStats",
     "Verdict",
+    "best_at_or_under",
+    "cost_front",
     "format_paired",
     "format_runs",
     "format_table",

@@ -53,6 +53,7 @@ from .graph import SharingGraph
 from .jobs import LAUNCH_ATTR, SETTINGS_ATTR, Job, JobQueue, count_states, worker_id
 from .metrics import delta_m
 from .processes import exit_with_parent
+from .progress import TimeLeft, estimate_line, remaining_seconds, run_kind
 from .registry import is_reference, resolve_reference
 from .runs import (
     INTEGER,
@@ -595,17 +596,17 @@ def _arm_key(arm: str, balancer: str, seed: int) -> str:
 
 def run_job(job: Job, spec: StudySpec, run_dir: Path, data: MultiTaskData, space: SearchSpace) -> dict[str, Any]:
     """Do ``job`` (or read back what the run folder already holds); returns attributes for its record
-    (``skipped``: why an arm run was not needed; ``resumed_from_epoch``: the checkpoint it continued)."""
+    (``skipped``: why an arm run was not needed; ``read_back``: the run folder held its result already;
+    ``resumed_from_epoch``: the checkpoint it continued)."""
     args = job.args
     legacy = spec.search_seeds is None
     if args["kind"] == "search":
         method, seed = args["method"], args["seed"]
         out = _search_dir(run_dir, method, seed, legacy)
-        if _finished_search(out, method, seed) is None:
-            options = _set_option(spec.search, "progress", False)[method]
-            _run_search(
-                method, options if legacy else {**options, "seed": seed}, out, spec.source, data=data, space=space
-            )
+        if _finished_search(out, method, seed) is not None:
+            return {"read_back": True}
+        options = _set_option(spec.search, "progress", False)[method]
+        _run_search(method, options if legacy else {**options, "seed": seed}, out, spec.source, data=data, space=space)
         return {}
     balancer, seed = args["balancer"], args["seed"]
     if "search_seed" in args:
@@ -625,7 +626,7 @@ def run_job(job: Job, spec: StudySpec, run_dir: Path, data: MultiTaskData, space
         )
     out = _arm_dir(run_dir, arm, balancer, seed)
     if _finished_row(out, arm) is not None:
-        return {}
+        return {"read_back": True}
     attrs = {}
     if (out / CHECKPOINT).is_file():  # an interrupted run (e.g. its worker died): resumed where it stopped
         attrs["resumed_from_epoch"] = load_checkpoint(out / CHECKPOINT, "cpu", {"epoch": INTEGER})["epoch"]
@@ -644,8 +645,10 @@ def _work(
     local_workers: int,
     poll_s: float,
 ) -> int:
-    """Claim and run jobs until none is waiting or running; returns how many this process ran."""
+    """Claim and run jobs until none is waiting or running; returns how many this process ran. With ``progress``,
+    each finished job prints the time the study's jobs still need, estimated from this worker's whole runs."""
     worker, ran = worker_id(), 0
+    timed: dict[str, list[float]] = {}  # kind -> seconds of this worker's whole runs (not read back or resumed)
     planned = {job.key: _plain(job) for job in study_jobs(spec, data, space)}
     while True:
         claim = queue.claim(worker)
@@ -677,8 +680,21 @@ def _work(
         if progress:
             again = f", try {claim.retries + 1}" if claim.retries else ""
             print(f"[{worker}] {claim.job.key} done ({seconds:.0f} s{again})", file=sys.stderr, flush=True)
+            if not attrs:  # skipped, read back or resumed: not a whole run's time
+                timed.setdefault(run_kind(claim.job.key), []).append(seconds)
+            print(_queue_estimate(queue, timed, worker), file=sys.stderr, flush=True)
     queue.leave(worker)
     return ran
+
+
+def _queue_estimate(queue: JobQueue, timed: Mapping[str, Sequence[float]], worker: str) -> str:
+    """The time-left line of a distributed study: its jobs as the queue holds them (those of every worker and
+    session), the durations from ``timed``, on the workers seen now."""
+    lines = queue.table()
+    pending = [run_kind(line["job"]) for line in lines if line["state"] in ("waiting", "running")]
+    done, workers = sum(line["state"] == "done" for line in lines), queue.workers(worker)
+    left = remaining_seconds(timed, pending, workers)
+    return estimate_line(done, done + len(pending), left, workers, what="jobs")
 
 
 def _plain(job: Job) -> dict[str, Any]:
@@ -732,7 +748,7 @@ def _redacted(options: Mapping[str, Any]) -> dict[str, Any]:
 def _run_locked(
     spec: StudySpec, run_dir: Path, progress: bool, jobs: int, data: MultiTaskData, space: SearchSpace
 ) -> list[dict[str, Any]]:
-    with _Runner(spec, data, space, jobs, progress) as runner:
+    with _Runner(spec, data, space, jobs, progress, run_dir) as runner:
         show = progress and jobs == 1  # bars and search logs of parallel runs would interleave
         search = _set_option(spec.search, "progress", show)
         found: dict[tuple[str, int], SearchResult | None] = {}
@@ -743,9 +759,11 @@ def _run_locked(
                 found[method, seed] = _finished_search(out, method, seed)
                 if found[method, seed] is None:
                     todo.append((method, options if spec.search_seeds is None else {**options, "seed": seed}, out))
+        runner.clock.plan(_pending_keys(spec, run_dir, data, space, found))
         pending = [key for key, result in found.items() if result is None]
         labels = [f"search {m} seed {s}" for m, s in pending]
-        for key, result in zip(pending, runner.map(_run_search, [(*t, spec.source) for t in todo], labels)):
+        keys = [_key(run_dir, t[2]) for t in todo]
+        for key, result in zip(pending, runner.map(_run_search, [(*t, spec.source) for t in todo], labels, keys)):
             found[key] = result
         groups = [[arm] for arm in _baseline_arms(spec, data, space)]
         for method in search:
@@ -768,9 +786,33 @@ def _run_locked(
                     if rows[-1] is None:
                         todo_arms.append((len(rows) - 1, (arm, balancer, seed, spec, out, show)))
         labels = [f"{_arm_name(a)} {b} seed {s}" for _, (a, b, s, *_) in todo_arms]
-        for (k, _), row in zip(todo_arms, runner.map(_run_arm, [job for _, job in todo_arms], labels)):
+        keys = [_key(run_dir, job[4]) for _, job in todo_arms]
+        runner.clock.plan(keys)  # now exact: the balancers each searched arm's graphs need are known
+        for (k, _), row in zip(todo_arms, runner.map(_run_arm, [job for _, job in todo_arms], labels, keys)):
             rows[k] = row
     return rows
+
+
+def _key(run_dir: Path, out: Path) -> str:
+    """A run's folder as the key of its job (``arms/ARM/BALANCER/seedS``)."""
+    return out.relative_to(run_dir).as_posix()
+
+
+def _pending_keys(
+    spec: StudySpec,
+    run_dir: Path,
+    data: MultiTaskData,
+    space: SearchSpace,
+    found: Mapping[tuple[str, int], SearchResult | None],
+) -> list[str]:
+    """The folders of the runs still to do, as planned before the searches end (a searched arm with every
+    balancer; the grid's runs are added when it starts)."""
+    searches = {f"search/{m}/seed{s}": result for (m, s), result in found.items()}
+    return [
+        job.key
+        for job in study_jobs(spec, data, space)
+        if (searches[job.key] is None if job.key in searches else not (run_dir / job.key / ROW).is_file())
+    ]
 
 
 def _grid_search(
@@ -792,7 +834,8 @@ def _grid_search(
     todo = [k for k, row in enumerate(rows) if row is None]
     labels = [f"grid {jobs[k][1]} seed {seed}" for k in todo]
     args = [(jobs[k][0], jobs[k][1], seed, spec, jobs[k][2], show) for k in todo]
-    for k, row in zip(todo, runner.map(_run_arm, args, labels)):
+    keys = [_key(run_dir, jobs[k][2]) for k in todo]
+    for k, row in zip(todo, runner.map(_run_arm, args, labels, keys)):
         rows[k] = row
     single = {row["task"]: row["val"][row["task"]] for row in rows[: len(singles)]}
     results = []
@@ -918,11 +961,16 @@ class _Runner:
     """Runs study jobs ``fn(*args, data=, space=)`` here (``jobs=1``) or in a pool of ``jobs`` worker processes
     that build the study's data and search space once each. The first failed job, or Ctrl-C, terminates the
     pool (runs write checkpoints and results atomically, so finished epochs and runs are kept) and its error
-    is raised here with its own type."""
+    is raised here with its own type. ``clock`` times the runs: with ``progress``, each finished run prints the
+    time the study's runs still need (:class:`~nas_mtl.progress.TimeLeft`; a run resumed from a checkpoint in its
+    folder is not timed as a whole run)."""
 
-    def __init__(self, spec: StudySpec, data: MultiTaskData, space: SearchSpace, jobs: int, progress: bool):
+    def __init__(
+        self, spec: StudySpec, data: MultiTaskData, space: SearchSpace, jobs: int, progress: bool, run_dir: Path
+    ):
         self.spec, self.data, self.space, self.jobs, self.progress = spec, data, space, jobs, progress
         self.pool: Any = None  # started by the first job that needs it (a finished study starts no worker)
+        self.clock = TimeLeft(jobs, partial=lambda key: (run_dir / key / CHECKPOINT).is_file())
 
     def __enter__(self) -> _Runner:
         return self
@@ -935,18 +983,19 @@ class _Runner:
                 self.pool.terminate()
             self.pool.join()
 
-    def map(self, fn: Callable[..., T], jobs: Sequence[tuple], labels: Sequence[str]) -> list[T]:
-        """``fn`` of every job, in job order."""
+    def map(self, fn: Callable[..., T], jobs: Sequence[tuple], labels: Sequence[str], keys: Sequence[str]) -> list[T]:
+        """``fn`` of every job, in job order; ``keys``: the jobs' folders under the run folder."""
         t0 = time.perf_counter()
         out: list[Any] = [None] * len(jobs)
+        self.clock.expect(keys)
         if self.jobs > 1 and jobs and self.pool is None:
             threads = max(1, torch.get_num_threads() // self.jobs)
             context = multiprocessing.get_context("spawn")
             self.pool = context.Pool(self.jobs, initializer=_init_worker, initargs=(self.spec, threads))
         if self.pool is None:
             for k, args in enumerate(jobs):
-                out[k] = fn(*args, data=self.data, space=self.space)
-                self._done(k, len(jobs), labels[k], t0)
+                out[k], seconds = _timed(fn, *args, data=self.data, space=self.space)
+                self._done(k, len(jobs), labels[k], t0, keys[k], seconds)
             return out
         finished: queue.SimpleQueue = queue.SimpleQueue()
         for k, args in enumerate(jobs):
@@ -960,13 +1009,15 @@ class _Runner:
             k, result, error = _get(finished)
             if error is not None:
                 raise error  # __exit__ terminates the other runs
-            out[k] = result
-            self._done(count, len(jobs), labels[k], t0)
+            out[k], seconds = result
+            self._done(count, len(jobs), labels[k], t0, keys[k], seconds)
         return out
 
-    def _done(self, count: int, n: int, label: str, t0: float) -> None:
+    def _done(self, count: int, n: int, label: str, t0: float, key: str, seconds: float) -> None:
+        line = self.clock.finished(key, seconds)
         if self.progress:
             print(f"[{count + 1}/{n}] {label} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
 
 def _get(finished: queue.SimpleQueue) -> Any:
@@ -991,8 +1042,14 @@ def _init_worker(spec: StudySpec, threads: int) -> None:
     _WORKER.update(data=data, space=space)
 
 
-def _in_worker(fn: Callable[..., T], *args: Any) -> T:
-    return fn(*args, data=_WORKER["data"], space=_WORKER["space"])
+def _in_worker(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    return _timed(fn, *args, data=_WORKER["data"], space=_WORKER["space"])
+
+
+def _timed(fn: Callable[..., T], *args: Any, data: MultiTaskData, space: SearchSpace) -> tuple[T, float]:
+    """``fn(*args, data=, space=)`` and the wall seconds it took."""
+    t0 = time.perf_counter()
+    return fn(*args, data=data, space=space), time.perf_counter() - t0
 
 
 def seeds_of_search(spec: StudySpec, method: str) -> tuple[int, ...]:

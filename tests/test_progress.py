@@ -5,7 +5,15 @@ from tqdm import tqdm
 
 import nas_mtl.progress as progress_mod
 from nas_mtl import TrainConfig, create_dataset, load_search_space, train_graph
-from nas_mtl.progress import PlainProgress, progress
+from nas_mtl.progress import (
+    PlainProgress,
+    TimeLeft,
+    estimate_line,
+    progress,
+    remaining_seconds,
+    run_estimates,
+    run_kind,
+)
 
 
 class Terminal(io.StringIO):
@@ -59,3 +67,58 @@ def test_the_python_api_prints_nothing_unless_asked(tiny, capfd):
     train_graph(graph, data, space, TrainConfig(epochs=1, batch_size=32, progress=True))
     err = capfd.readouterr().err  # captured output is not a terminal: plain lines
     assert err.startswith("train 1/1: 2/2 steps, ") and "loss=" in err and "\r" not in err
+
+
+FINISHED = {"search/branch": [100.0, 120.0], "arms/hard": [10.0, 14.0], "arms/single-task_left": [4.0]}
+PENDING = ["search/branch", "search/affinity", "arms/hard", "arms/branch", "arms/single-task_left", "grid/static_a=1"]
+
+
+def test_run_kind_is_the_search_method_or_the_arm():
+    assert run_kind("search/branch/seed3") == "search/branch"
+    assert run_kind("arms/single-task_left/mgda/seed0") == "arms/single-task_left"
+    assert run_kind("grid/static_a=1.5_b=0.5/seed0") == "grid/static_a=1.5_b=0.5"
+
+
+def test_each_pending_run_is_estimated_by_its_kind_else_its_family_else_every_finished_run():
+    # by hand: branch's other seed = mean(100, 120) = 110; affinity, no search of its own = every search = 110;
+    # hard = mean(10, 14) = 12; branch's retraining, none yet = every retraining = (10 + 14 + 4) / 3 (as a grid
+    # point: grid runs are retrainings); single-task_left = 4
+    retrain = 28 / 3
+    assert run_estimates(FINISHED, PENDING) == pytest.approx([110, 110, 12, retrain, 4, retrain])
+    assert run_estimates({"search/branch": [50.0]}, ["arms/hard"]) == [50.0]  # no retraining yet: every run
+    assert run_estimates({}, ["arms/hard"]) is None
+
+
+def test_remaining_time_divides_by_the_workers_but_is_at_least_the_longest_run():
+    total = 110 + 110 + 12 + 28 / 3 + 4 + 28 / 3  # 254.67 s of runs
+    assert remaining_seconds(FINISHED, PENDING, 1) == pytest.approx(total)
+    assert remaining_seconds(FINISHED, PENDING, 2) == pytest.approx(total / 2)  # 127.3 s
+    assert remaining_seconds(FINISHED, PENDING, 4) == pytest.approx(110)  # 63.7 s < one search's 110 s
+    assert remaining_seconds(FINISHED, [], 2) == 0.0
+    assert remaining_seconds({}, PENDING, 2) is None
+
+
+def test_estimate_line_says_it_is_an_estimate_and_how_many_run_at_once():
+    line = estimate_line(7, 30, 360.0, 2, elapsed=130.0)
+    assert line == (
+        "study: 7 of 30 runs done in 2.2 min; about 6.0 min left (an estimate from the finished runs' times, 2 at once)"
+    )
+    assert estimate_line(30, 30, 0.0, 2, elapsed=130.0) == "study: 30 of 30 runs done in 2.2 min"
+    assert "no estimate" in estimate_line(1, 3, None, 1)
+
+
+def test_time_left_counts_only_whole_runs_of_this_session():
+    """A run continuing from a checkpoint is done but not timed; the plan can be replaced once searches end."""
+    resumed = "arms/hard/equal/seed1"
+    clock = TimeLeft(1, partial=lambda key: key == resumed)
+    clock.plan(["search/branch/seed0", "arms/hard/equal/seed0", resumed, "arms/branch/equal/seed0"])
+    assert "1 of 4 runs done" in clock.finished("search/branch/seed0", 100.0)
+    line = clock.finished(resumed, 1.0)  # not a hard run's time: the other hard run is estimated by the search's
+    assert "2 of 4 runs done" in line and "about 3.3 min left" in line  # 100 s + 100 s
+    clock.plan(["arms/hard/equal/seed0", "arms/branch/equal/seed0", "arms/branch/mgda/seed0"])
+    assert "3 of 5 runs done" in clock.finished("arms/hard/equal/seed0", 20.0)
+    assert clock.durations == {"search/branch": [100.0], "arms/hard": [20.0]}
+    line = clock.finished("grid/static/seed0", 30.0)  # a run the plan did not name: counted all the same
+    # branch's 2 retrainings, none of their own yet: each the mean of every retraining, (20 + 30) / 2 = 25 s
+    assert "4 of 6 runs done" in line and "about 50.0 s left" in line
+    assert clock.done == 4 and list(clock.pending) == ["arms/branch/equal/seed0", "arms/branch/mgda/seed0"]

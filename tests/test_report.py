@@ -15,7 +15,16 @@ from scipy import stats
 
 from nas_mtl.graph import SharingGraph
 from nas_mtl.plots import _label_offsets, pareto_plot
-from nas_mtl.report import paired_table, runs_table, seed_stats, summary_table, verdict, write_report
+from nas_mtl.report import (
+    best_at_or_under,
+    cost_front,
+    paired_table,
+    runs_table,
+    seed_stats,
+    summary_table,
+    verdict,
+    write_report,
+)
 from nas_mtl.study import slug
 
 TASKS = ("a", "b")
@@ -200,8 +209,75 @@ def test_verdict_names_the_winner_and_calls_differences_inside_the_noise_ties(tm
     md = files["report.md"].read_text()
     assert md.index("## Verdict") < md.index("## Summary")  # the verdict comes first
     assert all(s in md for s in v.lines)
+    assert "Pareto front in params" in md and "Cost in MACs: at or under affinity/equal's 0.01 MMACs" in md
     assert "averaged over all seeds" in md
     assert "Beats hard sharing with confidence" in files["report.html"].read_text()
+
+
+# (Δm per seed, params, MACs): on params the front is hard (1K) and branch (1.5K); tree (1.8K) is within the noise
+# of branch (paired differences 1, -1, 0.6); on MACs tree is the cheapest (5 M) and hard (10 M) falls off the front;
+# independent is off both fronts (the most params and MACs, the lowest Δm)
+COST_DM = {
+    ("single-task", "equal"): ((-1.0, 0.0, 1.0), 2000, 20e6),
+    ("hard", "equal"): ((1.0, 2.0, 3.0), 1000, 10e6),
+    ("branch", "equal"): ((9.0, 10.0, 11.0), 1500, 15e6),
+    ("tree", "equal"): ((8.0, 11.0, 10.4), 1800, 5e6),
+    ("independent", "equal"): ((-3.0, -2.0, -4.0), 3000, 30e6),
+}
+
+
+def _cost_runs():
+    """A :func:`runs_table` built by hand from COST_DM: three seeds per row, Δm and costs as given."""
+    records = [
+        {"arm": arm, "balancer": balancer, "seed": seed, "search_seed": pd.NA, "graph": None, "delta_m": dm}
+        | {"params": params, "macs": macs, "train_seconds": 1.0, "search_seconds": 0.0}
+        for (arm, balancer), (values, params, macs) in COST_DM.items()
+        for seed, dm in enumerate(values)
+    ]
+    return pd.DataFrame.from_records(records).astype({"search_seed": "Int64"})
+
+
+def test_verdict_names_the_pareto_front_and_the_best_row_at_or_under_each_others_cost():
+    runs = _cost_runs()
+    summary = summary_table(runs)
+    assert cost_front(summary, "params") == [("hard", "equal"), ("branch", "equal")]
+    assert cost_front(summary, "macs") == [("tree", "equal"), ("branch", "equal")]
+    for key, params, macs in [
+        (("tree", "equal"), ("branch", "equal"), None),  # the cheapest of all in MACs: nothing at or under it
+        (("hard", "equal"), None, ("tree", "equal")),
+        (("independent", "equal"), ("branch", "equal"), ("branch", "equal")),
+    ]:
+        assert (best_at_or_under(summary, key, "params"), best_at_or_under(summary, key, "macs")) == (params, macs)
+    lines = verdict(runs).lines
+    assert (
+        "Pareto front in params (higher mean Δm at lower mean params, cheapest first): hard/equal (1K params, "
+        "Δm +2.00), branch/equal (1.5K params, Δm +10.00)." in lines
+    )
+    assert (
+        "Pareto front in MACs (higher mean Δm at lower mean MACs, cheapest first): tree/equal (5 MMACs, Δm +9.80), "
+        "branch/equal (15 MMACs, Δm +10.00)." in lines
+    )
+    params = next(line for line in lines if line.startswith("Cost in params: ")).split("; ")
+    macs = next(line for line in lines if line.startswith("Cost in MACs: ")).split("; ")
+    # by hand: branch - tree = (1, -1, 0.6), mean 0.2, std 1.058, t(0.975, 2) = 4.303: 0.2 ± 2.63 contains 0
+    assert params[0] == (
+        "Cost in params: at or under tree/equal's 1.8K params (Δm +9.80), branch/equal is best with Δm +10.00 at "
+        "1.5K params (0.83× the params), paired difference +0.20 [-2.43, +2.83]: a tie (the interval contains 0)"
+    )
+    # independent, off both fronts: branch - independent = (12, 12, 15), 13 ± 4.303 · 1.732 / √3 = 13 ± 4.30
+    assert params[2] == (
+        "at or under independent/equal's 3K params (Δm -3.00), branch/equal is best with Δm +10.00 at 1.5K params "
+        "(0.5× the params), paired difference +13.00 [+8.70, +17.30]: better with confidence."
+    )
+    assert macs[2] == (
+        "at or under independent/equal's 30 MMACs (Δm -3.00), branch/equal is best with Δm +10.00 at 15 MMACs "
+        "(0.5× the MACs), paired difference +13.00 [+8.70, +17.30]: better with confidence."
+    )
+    assert macs[0] == (
+        "Cost in MACs: at or under hard/equal's 10 MMACs (Δm +2.00), tree/equal is best with Δm +9.80 at 5 MMACs "
+        "(0.5× the MACs), paired difference +7.80 [+5.17, +10.43]: better with confidence"
+    )
+    assert len(params) == len(macs) == 3  # single-task is off both fronts too (branch: +10.00 at 0.75× the cost)
 
 
 def test_one_seed_reports_no_spread_and_warns_that_ranking_needs_three(tmp_path):

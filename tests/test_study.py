@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,35 @@ def test_killed_study_resumes_without_retraining_finished_arms(finished, monkeyp
         == next(r for r in rows if r["arm"] == "hard" and r["seed"] == 1)["test"]
     )  # resumed from its finished checkpoint: same numbers
     assert len(again) == len(rows)
+
+
+def test_a_study_prints_the_time_left_as_runs_finish_counting_only_this_sessions_runs(tmp_path, capsys):
+    spec = load_study(_write(tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]")))  # 3 runs, a few seconds
+    run_study(spec, tmp_path / "run", progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("study: ")]
+    number = r"\d+\.\d (s|min)"
+    assert re.fullmatch(
+        rf"study: 1 of 3 runs done in {number}; about {number} left "
+        r"\(an estimate from the finished runs' times, one at a time\)",
+        lines[0],
+    ), lines
+    assert len(lines) == 3 and lines[2].startswith("study: 3 of 3 runs done in ")
+    (tmp_path / "run" / "arms" / "hard" / "equal" / "seed0" / "row.json").unlink()  # as if killed before its end
+    run_study(spec, tmp_path / "run", progress=True)  # the 2 runs finished before are not runs of this session
+    again = [line for line in capsys.readouterr().err.splitlines() if line.startswith("study: ")]
+    assert len(again) == 1 and re.fullmatch(rf"study: 1 of 1 runs done in {number}", again[0]), again
+
+
+def test_a_distributed_worker_prints_the_time_left_of_the_queues_jobs(tmp_path, capsys):
+    spec = load_study(_write(tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]")))
+    study_mod.run_distributed_study(spec, tmp_path / "run", f"sqlite:///{tmp_path / 'jobs.db'}", progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("study: ")]
+    assert re.fullmatch(
+        r"study: 1 of 3 jobs done; about \d+\.\d (s|min) left \(an estimate from the finished runs' times, "
+        r"one at a time\)",
+        lines[0],
+    ), lines
+    assert lines[-1] == "study: 3 of 3 jobs done"
 
 
 @pytest.mark.parametrize(
@@ -212,6 +242,8 @@ batch_size = 32
 num_samples = 2
 [search.branch]
 n_trials = 3
+inherit = true
+subset = 1.0
 warmstart_epochs = 1
 proxy_epochs = 1
 batch_size = 32
@@ -597,6 +629,8 @@ DISTRIBUTED = (
 [search.branch]
 n_trials = 2
 sampler = "random"
+inherit = true
+subset = 1.0
 warmstart_epochs = 1
 proxy_epochs = 1
 batch_size = 32
@@ -916,7 +950,7 @@ def test_a_studys_branch_search_runs_with_workers_and_a_worker_can_join_it(tmp_p
     from nas_mtl.storage import open_storage
 
     search = "[search.branch]\nn_trials = 6\nworkers = 2\nsampler = 'random'\nwarmstart_epochs = 1\n"
-    search += "proxy_epochs = 1\nbatch_size = 32\n"
+    search += "proxy_epochs = 1\nbatch_size = 32\ninherit = true\nsubset = 1.0\n"
     path = _write(
         tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace("n_train = 64", "n_train = 256") + search
     )
