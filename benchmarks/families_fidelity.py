@@ -12,6 +12,8 @@ Proxies, each under the same seeds (the seed moves its training seeds):
 
 - ``warmstart``: the default proxy (nas_mtl.search.proxy): a hard-sharing warm start (5 epochs) every tree
   inherits, 3 fine-tuning epochs per tree, validation Δm against the warm start's own metrics;
+- ``third-20`` (search_payoff.py's proxy): each tree trained from scratch with the retrain's settings for 20
+  epochs on a fixed third of the training set; validation Δm against hard sharing trained so;
 - ``scratch-6`` (Standley et al.'s early-stopping estimate: 20 % of the retrain's 30 epochs) and ``scratch-10``
   (a third): each tree trained from scratch for that many epochs with the retrain's settings (its learning-rate
   schedule compressed to those epochs), validation Δm against the independent networks trained the same way.
@@ -34,7 +36,7 @@ import numpy as np
 import optuna
 from _report import write_report
 from scipy.stats import spearmanr
-from search_payoff import PROXY, TRAIN, Retrains, families_problem
+from search_payoff import PROXY, PROXY_NAME, TRAIN, Retrains, families_problem
 
 from nas_mtl.baselines import primary_directions
 from nas_mtl.data.families import planted_groups, planted_tree
@@ -43,7 +45,16 @@ from nas_mtl.metrics import delta_m
 from nas_mtl.runs import write_json_atomic
 from nas_mtl.search.branching import suggest_tree
 from nas_mtl.search.ceiling import noise_ceiling
-from nas_mtl.search.proxy import Proxy, graph_key
+from nas_mtl.search.proxy import Proxy, ProxyConfig, graph_key
+
+WARMSTART = ProxyConfig(
+    warmstart=dataclasses.replace(TRAIN, epochs=5),
+    finetune=dataclasses.replace(TRAIN, epochs=3),
+    reference="hard",
+    inherit=True,
+    subset=1.0,
+)
+"""The toolkit's inheriting proxy as search_payoff.py ran it before: a 5-epoch hard-sharing warm start, 3 epochs."""
 
 
 def trees(tasks, space, n: int, seed: int = 0) -> list[SharingGraph]:
@@ -92,12 +103,13 @@ def main(argv=None) -> dict:
     seconds: dict[str, float] = {}
     scores_path = cache / "proxy_scores.json"
     stored = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
-    for name in ("warmstart", "scratch-6", "scratch-10"):
+    for name in ("warmstart", "scratch-6", "scratch-10", PROXY_NAME):
         if name not in stored:
             table, t0 = [], time.perf_counter()
             for s in seeds:
-                if name == "warmstart":
-                    proxy = Proxy.prepare(data, space, PROXY.seeded(s), cache / f"warmstart-{s}")
+                if name in ("warmstart", PROXY_NAME):
+                    config = WARMSTART if name == "warmstart" else PROXY
+                    proxy = Proxy.prepare(data, space, config.seeded(s), cache / f"{name}-{s}")
                     table.append([proxy.score(g).delta_m for g in graphs])
                 else:
                     epochs = int(name.split("-")[1])
