@@ -48,8 +48,9 @@ def test_costs_are_macs_times_passes_relative_to_one_hard_sharing_training(shape
 
 
 @pytest.mark.parametrize("shortlist", [0, 2])
-def test_a_budget_ends_the_search_at_the_first_tree_that_does_not_fit(shapes, tmp_path, shortlist):  # noqa: F811
+def test_a_budget_ends_the_search_at_the_first_tree_that_does_not_fit(shapes, tmp_path, shortlist, capfd):  # noqa: F811
     data, space, _ = shapes
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     budget = 12.0
     config = _config(tmp_path, n_trials=200, sampler="random", budget=budget, shortlist=shortlist, shortlist_epochs=1)
     branch_search(data, space, config, tmp_path / "run", scorer=StubScorer())
@@ -75,6 +76,8 @@ def test_a_budget_ends_the_search_at_the_first_tree_that_does_not_fit(shapes, tm
     graph = graph_from_key(over[0].user_attrs["key"], data.task_names, space.layers)
     assert spent + reserve <= budget
     assert spent + 2 * _macs(graph, data, space) / hard_macs + reserve > budget
+    err = capfd.readouterr().err
+    assert "_OverBudget" not in err and f"Trial {over[0].number} failed" not in err  # an end, not an error
 
 
 def test_the_rsa_warm_start_splits_the_rsa_groups_at_every_branchable_layer(shapes, tmp_path):  # noqa: F811

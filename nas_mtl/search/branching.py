@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import socket
@@ -366,7 +367,31 @@ class Setup:
 
 # ---------------------------------------------------------------------- one trial
 class _OverBudget(Exception):
-    """This trial was created after the budget had been claimed by others (it ends as FAIL)."""
+    """This trial was created after the budget had been claimed by others, or its tree does not fit
+    :attr:`BranchSearchConfig.budget` (it ends as FAIL)."""
+
+
+class _QuietBudgetEnd(logging.Filter):
+    """Drops Optuna's two warnings (with a traceback) about a trial that ended as :class:`_OverBudget`: the end of
+    a budget, not an error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_of: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "because of the following error: _OverBudget(" in message:
+            self.next_of.add(message.split(" failed ")[0])  # "Trial N"
+            return False
+        head = message.split(" failed with value ")[0]
+        if head in self.next_of:
+            self.next_of.discard(head)
+            return False
+        return True
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_QuietBudgetEnd())
 
 
 def _worker_id() -> str:
