@@ -646,7 +646,27 @@ def _work(
     poll_s: float,
 ) -> int:
     """Claim and run jobs until none is waiting or running; returns how many this process ran. With ``progress``,
-    each finished job prints the time the study's jobs still need, estimated from this worker's whole runs."""
+    each finished job prints the time the study's jobs still need, estimated from this worker's whole runs. Torch's
+    thread count, set per job, is restored on return (a Python caller keeps its own)."""
+    before = torch.get_num_threads()
+    try:
+        return _claim_and_run(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _claim_and_run(
+    spec: StudySpec,
+    run_dir: Path,
+    queue: JobQueue,
+    data: MultiTaskData,
+    space: SearchSpace,
+    progress: bool,
+    threads: int | None,
+    local_workers: int,
+    poll_s: float,
+) -> int:
+    """:func:`_work`'s loop."""
     worker, ran = worker_id(), 0
     timed: dict[str, list[float]] = {}  # kind -> seconds of this worker's whole runs (not read back or resumed)
     planned = {job.key: _plain(job) for job in study_jobs(spec, data, space)}

@@ -203,7 +203,8 @@ def test_shipped_study_files_are_valid(path):
         return
     assert set(spec.search) == {"adashare", "branch", "affinity"}
     assert len(spec.search_seeds or ()) >= 3
-    assert set(spec.balancers) >= ({"equal", "mgda"} if spec.name == "quickstart" else {"equal", "mgda", "pcgrad"})
+    # the quickstart compares structures within 5 minutes (equal weights); the fuller studies add the balancers
+    assert set(spec.balancers) >= ({"equal"} if spec.name == "quickstart" else {"equal", "mgda", "pcgrad"})
 
 
 def test_each_arm_is_retrained_only_with_the_balancers_that_change_its_training():
