@@ -10,7 +10,9 @@ by its folder under the run folder (``search/METHOD/seedS``, ``arms/ARM/BALANCER
 and its *kind* is the first two parts: ``search/METHOD`` (a search's other seeds cost about what one did) or
 ``arms/ARM`` (an arm's other seeds and balancers cost about what one retraining of it did). A run still to do is
 estimated by the mean duration of the finished runs of its kind; without one, by the mean of the finished runs
-of its family (searches, or retrainings: arm and grid runs), else of every finished run. Runs read back from an
+of its family (searches, or retrainings: arm and grid runs); while a family has no finished run there is no
+estimate (a search's time says nothing about a retraining's: on the quickstart one search took ten retrainings'
+time, and guessing with it said 18 minutes left of a 4.5-minute study). Runs read back from an
 earlier session never enter the means (they take no time), nor do runs that continued from a checkpoint (their
 time is part of a run's).
 """
@@ -85,17 +87,16 @@ def _family(kind: str) -> str:
 
 
 def run_estimates(finished: Mapping[str, Sequence[float]], pending: Sequence[str]) -> list[float] | None:
-    """The estimated seconds of each run of kind ``pending[i]`` (see the module docstring); None when no run
-    has finished (nothing to estimate from)."""
-    every = [s for durations in finished.values() for s in durations]
-    if not every:
-        return None
+    """The estimated seconds of each run of kind ``pending[i]`` (see the module docstring); None while a pending
+    run's family has no finished run (nothing like it to estimate from)."""
     families: dict[str, list[float]] = {}
     for kind, durations in finished.items():
         families.setdefault(_family(kind), []).extend(durations)
     out = []
     for kind in pending:
-        same = finished.get(kind) or families.get(_family(kind)) or every
+        same = finished.get(kind) or families.get(_family(kind))
+        if not same:
+            return None
         out.append(fmean(same))
     return out
 
@@ -127,7 +128,9 @@ def estimate_line(
     if done >= total:
         return head
     if left is None:
-        return f"{head}; no estimate of the time left yet (no whole run timed in this session)"
+        return (
+            f"{head}; no estimate of the time left yet (a kind of run still to do has not been timed in this session)"
+        )
     at_once = f", {workers} at once" if workers > 1 else ", one at a time"
     return f"{head}; about {duration(left)} left (an estimate from the finished runs' times{at_once})"
 

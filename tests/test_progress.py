@@ -79,13 +79,13 @@ def test_run_kind_is_the_search_method_or_the_arm():
     assert run_kind("grid/static_a=1.5_b=0.5/seed0") == "grid/static_a=1.5_b=0.5"
 
 
-def test_each_pending_run_is_estimated_by_its_kind_else_its_family_else_every_finished_run():
-    # by hand: branch's other seed = mean(100, 120) = 110; affinity, no search of its own = every search = 110;
+def test_each_pending_run_is_estimated_by_its_kind_else_its_family_else_not_at_all():
+    # by hand: branch's other seed = mean(100, 120) = 110; affinity, no search of its own = the searches' 110;
     # hard = mean(10, 14) = 12; branch's retraining, none yet = every retraining = (10 + 14 + 4) / 3 (as a grid
     # point: grid runs are retrainings); single-task_left = 4
     retrain = 28 / 3
     assert run_estimates(FINISHED, PENDING) == pytest.approx([110, 110, 12, retrain, 4, retrain])
-    assert run_estimates({"search/branch": [50.0]}, ["arms/hard"]) == [50.0]  # no retraining yet: every run
+    assert run_estimates({"search/branch": [50.0]}, ["arms/hard"]) is None  # no retraining timed yet: no guess
     assert run_estimates({}, ["arms/hard"]) is None
 
 
@@ -113,8 +113,8 @@ def test_time_left_counts_only_whole_runs_of_this_session():
     clock = TimeLeft(1, partial=lambda key: key == resumed)
     clock.plan(["search/branch/seed0", "arms/hard/equal/seed0", resumed, "arms/branch/equal/seed0"])
     assert "1 of 4 runs done" in clock.finished("search/branch/seed0", 100.0)
-    line = clock.finished(resumed, 1.0)  # not a hard run's time: the other hard run is estimated by the search's
-    assert "2 of 4 runs done" in line and "about 3.3 min left" in line  # 100 s + 100 s
+    line = clock.finished(resumed, 1.0)  # not a hard run's time: no retraining timed, so no guess from the search's
+    assert "2 of 4 runs done" in line and "no estimate of the time left yet" in line
     clock.plan(["arms/hard/equal/seed0", "arms/branch/equal/seed0", "arms/branch/mgda/seed0"])
     assert "3 of 5 runs done" in clock.finished("arms/hard/equal/seed0", 20.0)
     assert clock.durations == {"search/branch": [100.0], "arms/hard": [20.0]}
