@@ -508,7 +508,11 @@ def run_distributed_study(
     with run_lock(run_dir, shared=True):
         if not worker_only:
             _publish(queue, spec, run_dir, storage, settings, launch, progress, data, space)
-        _work(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
+        before = torch.get_num_threads()  # set per job by _work; a Python caller keeps its own
+        try:
+            _work(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
+        finally:
+            torch.set_num_threads(before)
         return _outcome(spec, run_dir, queue, progress) if outcome else []
 
 
@@ -646,27 +650,7 @@ def _work(
     poll_s: float,
 ) -> int:
     """Claim and run jobs until none is waiting or running; returns how many this process ran. With ``progress``,
-    each finished job prints the time the study's jobs still need, estimated from this worker's whole runs. Torch's
-    thread count, set per job, is restored on return (a Python caller keeps its own)."""
-    before = torch.get_num_threads()
-    try:
-        return _claim_and_run(spec, run_dir, queue, data, space, progress, threads, local_workers, poll_s)
-    finally:
-        torch.set_num_threads(before)
-
-
-def _claim_and_run(
-    spec: StudySpec,
-    run_dir: Path,
-    queue: JobQueue,
-    data: MultiTaskData,
-    space: SearchSpace,
-    progress: bool,
-    threads: int | None,
-    local_workers: int,
-    poll_s: float,
-) -> int:
-    """:func:`_work`'s loop."""
+    each finished job prints the time the study's jobs still need, estimated from this worker's whole runs."""
     worker, ran = worker_id(), 0
     timed: dict[str, list[float]] = {}  # kind -> seconds of this worker's whole runs (not read back or resumed)
     planned = {job.key: _plain(job) for job in study_jobs(spec, data, space)}
