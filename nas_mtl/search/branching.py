@@ -681,7 +681,7 @@ def _open(
     )
     costs = CostModel(data, space, config.shortlist_epochs)
     new = not study.get_trials(deepcopy=False)
-    if new:
+    if config.budget is not None and SETUP_COST_ATTR not in study.user_attrs:  # pricing builds networks
         study.set_user_attr(SETUP_COST_ATTR, costs.proxy_setup(config.proxy) + warm_start_cost(costs, config))
     study.set_user_attr(BUDGET_SPENT_ATTR, False)  # a resumed search may have been given more
     if config.warm_start and new:  # a new study: its first trials
