@@ -16,9 +16,9 @@ trainings, or, without a shortlist, one retrain of the proxy's first place, rese
 of one). The measured wall time is reported beside it, in the same unit (one hard-sharing retrain, timed here).
 
 Proxy (:data:`PROXY`, every method): each tree trained from scratch with :data:`TRAIN`'s settings for 20 epochs on
-a fixed third of the training set (``subset``), Δm of validation against hard sharing trained so; no pruning (a short-training
-pruner stops exactly the trees whose gain shows late). ``benchmarks/families_fidelity.py`` measures how it ranks
-trees against retraining (``proxy_fidelity`` below).
+a fixed third of the training set (``subset``), Δm of validation against hard sharing trained so; no pruning (a
+short-training pruner stops exactly the trees whose gain shows late). ``benchmarks/families_fidelity.py``
+measures how it ranks trees against retraining (``proxy_fidelity`` below).
 
 Methods, each with search seeds 0 .. search_seeds - 1 (the seed moves the sampler and the proxy's training seeds):
 
@@ -59,6 +59,7 @@ from nas_mtl.network import MultiTaskNetwork
 from nas_mtl.runs import write_json_atomic
 from nas_mtl.search import SearchResult
 from nas_mtl.search.branching import BranchSearchConfig, branch_search, spent_budget
+from nas_mtl.search.budget import CostModel
 from nas_mtl.search.proxy import ProxyConfig, graph_key
 from nas_mtl.search.quality import payoff
 from nas_mtl.space import load_search_space
@@ -137,8 +138,6 @@ def search(method: str, budget: float, seed: int, data, space, cache: Path) -> S
     study = optuna.load_study(study_name=config.study_name, storage=f"sqlite:///{out / 'study.db'}")
     trained = result.info.get("shortlist_cost")
     if trained is None:  # no shortlist trained: the reserved retrain of the proxy's first place
-        from nas_mtl.search.budget import CostModel
-
         trained = CostModel(data, space, TRAIN.epochs).training(result.graph, TRAIN.epochs)
     info = {
         **result.info,

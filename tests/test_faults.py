@@ -337,7 +337,8 @@ def test_a_resumed_exhaustive_search_reports_the_cost_of_what_it_read_back(tmp_p
     data = create_dataset("multidigits", n_train=64, n_val=32, n_test=32, size=16)
     space = load_search_space("resnet_small", input_shape=data.input_shape)
     tiny = TrainConfig(epochs=1, batch_size=32, device="cpu")
-    config = ExhaustiveConfig(proxy=ProxyConfig(warmstart=tiny, finetune=tiny, reference="hard", inherit=True, subset=1.0))
+    proxy = ProxyConfig(warmstart=tiny, finetune=tiny, reference="hard", inherit=True, subset=1.0)
+    config = ExhaustiveConfig(proxy=proxy)
     first = exhaustive_search(data, space, config, tmp_path)
     again = exhaustive_search(data, space, dataclasses.replace(config), tmp_path)  # everything read back
     assert again.seconds == first.seconds > again.info["session_seconds"]

@@ -142,3 +142,24 @@ def test_budget_and_shortlist_settings_are_checked():
         BranchSearchConfig(shortlist=6, top_k=5)
     with pytest.raises(ValueError, match="shortlist_epochs must be an integer >= 1"):
         BranchSearchConfig(shortlist_epochs=0)
+
+
+def test_a_budget_too_small_for_one_tree_is_refused_before_anything_trains(shapes, tmp_path):  # noqa: F811
+    data, space, _ = shapes
+    costs = CostModel(data, space, 1)
+    hard = space.hard_sharing(data.task_names)
+    # by hand: the 1-epoch warm start (1 unit) + hard sharing's 2-epoch proxy score (2) + its 1-epoch retrain (1)
+    assert costs.proxy_setup(PROXY) + costs.proxy_trial(hard, PROXY) + costs.training(hard, 1) == pytest.approx(4.0)
+    config = _config(tmp_path, n_trials=5, budget=3.9, shortlist=1, shortlist_epochs=1)
+    with pytest.raises(ValueError, match=r"budget 3.9 hard-sharing trainings .* needs at least 4.00"):
+        branch_search(data, space, config, tmp_path / "run")  # the real proxy: it would train first
+    assert not (tmp_path / "run" / "warmstart").exists()
+
+
+def test_the_rsa_warm_start_needs_a_branchable_layer(shapes, tmp_path):  # noqa: F811
+    data, space, _ = shapes
+    flat = dataclasses.replace(space, branchable=())
+    with pytest.raises(ValueError, match="warm_start: search space .* has no branchable layer"):
+        branch_search(
+            data, flat, _config(tmp_path, n_trials=3, warm_start=("rsa",)), tmp_path / "r", scorer=StubScorer()
+        )

@@ -442,12 +442,10 @@ class TreeObjective:
         .budget` beside what was spent and the shortlist of the best trees so far."""
         assert self.costs is not None and self.config.budget is not None
         cost = self.costs.proxy_trial(graph, self.config.proxy)
-        others = [t for t in self.study.get_trials(deepcopy=False) if t.number != trial.number]
-        spent = float(self.study.user_attrs.get(SETUP_COST_ATTR, 0.0))
-        spent += sum(float(t.user_attrs.get("cost", 0.0)) for t in others if t.state in CLAIMED)
+        spent = spent_budget(self.study)  # this trial has no cost recorded yet
         reserve = sum(
             self.costs.training(graph_from_key(k, self.tasks, self.layers), self.config.shortlist_epochs)
-            for k in _best_keys(others, self.config.shortlist)
+            for k in _best_keys(self.study.get_trials(deepcopy=False), self.config.shortlist)
         )
         if spent + cost + reserve > self.config.budget:
             trial.set_user_attr("over_budget", True)
@@ -667,6 +665,9 @@ def _open(
         storage=storage, study_name=config.study_name, directions=config.directions, load_if_exists=True
     )
     record = _check_record(study, data, space, config)
+    costs = CostModel(data, space, config.shortlist_epochs)
+    if config.budget is not None and SETUP_COST_ATTR not in study.user_attrs:  # priced before anything trains
+        study.set_user_attr(SETUP_COST_ATTR, _check_budget(costs, config))
     if scorer is None:
         scorer = Proxy.prepare(data, space, config.proxy, run_dir, reference=record.get("reference"))
     study.set_user_attr(
@@ -679,10 +680,7 @@ def _open(
             "reference": getattr(scorer, "reference", None),
         },
     )
-    costs = CostModel(data, space, config.shortlist_epochs)
     new = not study.get_trials(deepcopy=False)
-    if config.budget is not None and SETUP_COST_ATTR not in study.user_attrs:  # pricing builds networks
-        study.set_user_attr(SETUP_COST_ATTR, costs.proxy_setup(config.proxy) + warm_start_cost(costs, config))
     study.set_user_attr(BUDGET_SPENT_ATTR, False)  # a resumed search may have been given more
     if config.warm_start and new:  # a new study: its first trials
         distinct: dict[str, str] = {}  # e.g. rsa's tree where its one group is hard sharing, enqueued once
@@ -709,7 +707,7 @@ def warm_start_trees(
     per branchable layer); ``affinity`` runs the affinity search in ``run_dir/affinity``, ``rsa`` in
     ``run_dir/rsa`` (both resumable)."""
     tasks, trees = data.task_names, {}
-    if not space.branchable and any(w in ("independent", "affinity") for w in config.warm_start):
+    if not space.branchable and any(w in ("independent", "affinity", "rsa") for w in config.warm_start):
         raise ValueError(f"warm_start: search space {space.name!r} has no branchable layer")
     for name in config.warm_start:
         if name == "hard":
@@ -739,6 +737,22 @@ def spent_budget(study: optuna.Study) -> float:
     """Hard-sharing trainings ``study`` has spent: its set-up and every tree scored (claimed trials' costs)."""
     trials = study.get_trials(deepcopy=False, states=CLAIMED)
     return float(study.user_attrs.get(SETUP_COST_ATTR, 0.0)) + sum(float(t.user_attrs.get("cost", 0)) for t in trials)
+
+
+def _check_budget(costs: CostModel, config: BranchSearchConfig) -> float:
+    """The set-up's cost (proxy references, warm start's affinity run); ValueError, before anything trains, when
+    ``config.budget`` cannot also pay for the cheapest tree (hard sharing) and its retrain."""
+    assert config.budget is not None
+    setup = costs.proxy_setup(config.proxy) + warm_start_cost(costs, config)
+    hard = costs.space.hard_sharing(costs.data.task_names)
+    least = setup + costs.proxy_trial(hard, config.proxy)
+    least += costs.training(hard, config.shortlist_epochs) if config.shortlist else 0.0
+    if least > config.budget:
+        raise ValueError(
+            f"branch search config: budget {config.budget} hard-sharing trainings does not cover the set-up "
+            f"({setup:.2f}) and one tree with its retrain; it needs at least {least:.2f}"
+        )
+    return setup
 
 
 def warm_start_cost(costs: CostModel, config: BranchSearchConfig) -> float:

@@ -82,9 +82,8 @@ class CostModel:
 
 
 def subset_size(data: MultiTaskData, config: ProxyConfig) -> int:
-    """Training samples the proxy fine-tunes on (``config.subset`` of the training set)."""
-    n = len(data.train)
-    return n if round(config.subset * n) == n else round(config.subset * n)
+    """Training samples the proxy trains each tree on (``config.subset`` of the training set, as ``_subset``)."""
+    return round(config.subset * len(data.train))
 
 
 __all__ = ["TRAIN_PASSES", "CostModel", "subset_size"]

@@ -3,10 +3,10 @@
 By default (``inherit = False``) every candidate is trained from scratch for ``finetune.epochs`` on a fixed
 ``subset`` of the training set (a third), as Standley et al. (2020) estimate a network's final quality from a
 short training: on the families benchmark (benchmarks/families_fidelity.py, 24 trees, 2 seeds) 20 of the
-retrain's 30 epochs on a third of the data rank trees like the retrain at Spearman 0.90 and put the planted tree
-first or second, at 0.29 of a retrain per tree, where the inheriting proxy below reached 0.76 and put it below
-independent networks (what sharing gives there shows only near convergence). Set ``proxy_epochs`` to about two
-thirds of the epochs the answer will be trained for.
+retrain's 30 epochs on a third of the data rank trees like the retrain at Spearman 0.91 [0.78, 0.95] and put the
+planted tree second or third, at 0.29 of a retrain per tree, where the inheriting proxy below reached 0.76 and
+put it below independent networks (what sharing gives there shows only near convergence). Set ``proxy_epochs``
+to about two thirds of the epochs the answer will be trained for.
 
 With ``inherit = True`` the proxy follows the inheritance protocol of weight-sharing evolutionary NAS (Elsken et al.,
 "Efficient Multi-Objective Neural Architecture Search via Lamarckian Evolution", ICLR 2019): a hard-sharing
@@ -101,7 +101,7 @@ class ProxyConfig:
         TrainConfig(epochs=7),
         only=PROXY_TRAIN,
         rename={"epochs": "proxy_epochs"},
-        helps={"proxy_epochs": "fine-tuning epochs per candidate"},
+        helps={"proxy_epochs": "training (or, inheriting, fine-tuning) epochs per candidate"},
     )
     reference: str = option("single", choices=REFERENCES)
     subset: float = 1 / 3
