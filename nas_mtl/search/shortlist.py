@@ -78,7 +78,8 @@ def retrain_shortlist(
     scores = shortlist_scores(val, directions)
     order = sorted(range(len(shortlist)), key=lambda i: (-scores[i], i))
     ranked = tuple(shortlist[i].with_meta(shortlist_val_delta_m=scores[i]) for i in order)
-    rest = tuple(g for g in result.candidates if graph_key(g) not in {graph_key(s) for s in shortlist})
+    trained = {graph_key(g) for g in shortlist}
+    rest = tuple(g for g in result.candidates if graph_key(g) not in trained)
     info = {
         **result.info,
         "shortlist": [
