@@ -23,6 +23,7 @@ from nas_mtl.search.adashare import (
     policy_regularizer,
     sharing_loss,
 )
+from nas_mtl.search.adashare_training import AdaShareSearch
 from nas_mtl.space import SearchSpace, load_search_space
 from nas_mtl.tasks import ClassificationTask, RegressionTask, labelled_losses
 from nas_mtl.train import seed_everything
@@ -125,7 +126,7 @@ def test_sharing_term_pulls_task_decisions_together_in_the_search(data, space, s
     with λ_sharing (asserted < 0.08) and stays >= 0.43 without (asserted > 0.25)."""
 
     def gaps(sharing: float) -> tuple[float, float]:
-        search = adashare._Search(
+        search = AdaShareSearch(
             data, space, _config(sparsity=0.0, sharing=sharing, policy_lr=0.03, policy_steps=30, seed=seed)
         )
         with torch.no_grad():  # task 0 selects every block (p ~ 0.95), task 1 skips them, task 2 undecided
@@ -190,7 +191,7 @@ def test_final_policy_selects_blocks_the_search_never_learned(data, space, seed)
 
 
 def test_policy_scoring_uses_batch_statistics_and_keeps_running_ones(data, space):
-    search = adashare._Search(data, space, _config(epochs=1))
+    search = AdaShareSearch(data, space, _config(epochs=1))
     search.run_epoch()
     before = [b.clone() for b in search.net.buffers()]
     select = [[True, False, True]] * 3
@@ -208,7 +209,7 @@ def test_policy_scoring_uses_batch_statistics_and_keeps_running_ones(data, space
 def _policy_network(net: AdaShareSupernet, space: SearchSpace, select) -> MultiTaskNetwork:
     rows = {layer: row for layer, row in zip(net.policy_layers, select)}
     policy = [rows.get(i, [True] * len(TASKS)) for i in range(len(space.layers))]
-    graph = adashare.SharingGraph.from_policy(net.tasks, space.layers, policy, space.skippable)
+    graph = SharingGraph.from_policy(net.tasks, space.layers, policy, space.skippable)
     ref = MultiTaskNetwork.from_tasks(graph, space.backbone, TASKS).to(net.logits.dtype)
     for layer in range(len(space.layers)):
         if graph.copies(layer):
@@ -429,7 +430,7 @@ def test_cli_search_adashare_on_multidigits(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     for name in ("graph.json", "search.json", "policy.png", "policy_epochs.png", adashare.HISTORY):
         assert (out / name).is_file(), name
-    graph = adashare.SharingGraph.load(out / "graph.json")
+    graph = SharingGraph.load(out / "graph.json")
     assert graph.tasks == ("left", "right") and graph.meta["method"] == "adashare"
     config = json.loads((out / "search.json").read_text())["info"]["config"]
     assert config["task_weights"] == {"left": 2.0, "right": 0.5}

@@ -410,7 +410,7 @@ def test_a_duplicate_does_not_wait_for_a_dead_worker():
     import socket
     import types
 
-    from nas_mtl.search.branching import _alive
+    from nas_mtl.search.branch_objective import _alive
 
     def trial(worker):
         return types.SimpleNamespace(user_attrs={"worker": worker})

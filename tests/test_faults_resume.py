@@ -41,7 +41,9 @@ def test_adashare_resumed_on_other_data_is_refused(tmp_path, capsys, monkeypatch
     argv += ["--epochs", "1", "--warmup-epochs", "1", "--batch-size", "32", "--device", "cpu"]
     assert main([*argv, "--data-arg", "n_train=64"]) == 0
     graph = (tmp_path / "graph.json").read_text()
-    monkeypatch.setattr("nas_mtl.search.adashare._Search.run_epoch", lambda self: pytest.fail("searched again"))
+    monkeypatch.setattr(
+        "nas_mtl.search.adashare_training.AdaShareSearch.run_epoch", lambda self: pytest.fail("searched again")
+    )
     err = _error([*argv, "--data-arg", "n_train=96"], capsys)
     assert "checkpoint.pt: this checkpoint was made with other settings: data.origin.kwargs.n_train (64 -> 96)" in err
     assert "data.sizes" in err and "data.sample" in err and (tmp_path / "graph.json").read_text() == graph
