@@ -22,14 +22,14 @@ from torch import nn
 
 from .backbones import BACKBONES, create_backbone
 from .graph import SharingGraph
+from .layout import CHECKPOINT, MODEL_MANIFEST
 from .network import MultiTaskNetwork
 from .runs import TABLE, load_checkpoint, read_json, replace_atomic, run_path, write_json_atomic
 from .soft import Coupling
 from .tasks import TaskSpec
 
 MANIFEST_FORMAT = "nas_mtl.network/1"
-MODEL_MANIFEST = "model.json"
-"""The manifest a training run writes next to its checkpoint."""
+"""The format of the manifest (``model.json``) a training run writes next to its checkpoint."""
 FORMATS = ("safetensors", "torch-export", "onnx")
 
 
@@ -167,7 +167,7 @@ def export_run(
     """Export the network trained in ``run_dir`` (its ``model.json`` manifest + ``checkpoint.pt`` weights);
     ``trusted``: code references accepted as its backbone (see the module doc)."""
     run_dir = Path(run_dir)
-    manifest_path, ckpt = run_dir / MODEL_MANIFEST, run_dir / "checkpoint.pt"
+    manifest_path, ckpt = run_dir / MODEL_MANIFEST, run_dir / CHECKPOINT
     for path in (manifest_path, ckpt):
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir}: not a finished training run ({path.name} missing)")

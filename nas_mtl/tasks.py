@@ -12,6 +12,10 @@ labels only); dense tasks keep their invalid-pixel conventions too. Losses avera
 of the batch only (0, with zero gradient, when there are none) and metrics count labelled entries only, so a
 task's numbers equal those computed on its labelled samples alone. :func:`labelled_losses` leaves a task
 without any label in a batch out of that step (no gradient; balancers see only the other tasks).
+
+Heads (:mod:`~nas_mtl.heads`), metric accumulation (:mod:`~nas_mtl.meters`) and the missing-label conventions
+(:mod:`~nas_mtl.labels`) live in their own modules; :class:`DenseHead`, :func:`pooled_head`, :class:`MetricMeter`
+and :data:`Stats` are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,89 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .heads import DenseHead, pooled_head
+from .labels import check_ignore_index, class_range, fill_nan, is_int, per_sample
+from .meters import MetricMeter, Stats, histogram_median, ratio
 from .runs import check_name
-
-Stats = dict[str, Tensor]
-"""Per-batch sums (counts, error sums, confusion matrices, histograms) a :class:`MetricMeter` adds up."""
 
 ANGLE_BIN_DEGREES = 0.01
 """Resolution of the angle histogram behind ``median_angle`` (the median is exact to this many degrees)."""
-
-
-class MetricMeter:
-    """Accumulates exact per-batch sums over a whole evaluation set, then turns them into metrics.
-
-    Every metric is a function of sums, so the result does not depend on how the set is batched
-    (no average-of-batch-averages bias).
-
-    Args:
-        stats: ``(pred, target) -> {name: tensor}`` of per-batch sums (fixed shape per name).
-        finalize: ``{name: summed tensor} -> {metric: value}``.
-    """
-
-    def __init__(self, stats: Callable[[Tensor, Tensor], Stats], finalize: Callable[[Stats], dict[str, float]]) -> None:
-        self._stats = stats
-        self._finalize = finalize
-        self._sums: Stats = {}
-
-    @torch.no_grad()
-    def update(self, pred: Tensor, target: Tensor) -> None:
-        """Add one batch (predictions as the head outputs them, targets as the dataset gives them)."""
-        for key, value in self._stats(pred.detach(), target).items():
-            value = value.detach().to("cpu", torch.float64)
-            self._sums[key] = self._sums[key] + value if key in self._sums else value
-
-    def compute(self) -> dict[str, float]:
-        """Metrics over every batch seen so far.
-
-        Raises:
-            ValueError: nothing seen, or (with a ``labelled`` count among the stats) no labelled sample.
-        """
-        if not self._sums:
-            raise ValueError("metric meter: compute() called before any update()")
-        if "labelled" in self._sums and not self._sums["labelled"] > 0:
-            raise ValueError("no labelled sample in the evaluation set: its metrics are undefined")
-        return self._finalize(self._sums)
-
-
-class DenseHead(nn.Module):
-    """Per-pixel head: 3x3 conv + BN + ReLU + 1x1 conv, bilinearly upsampled to the input size.
-
-    Args:
-        in_channels: channels of the backbone feature map.
-        out_channels: predicted channels per pixel.
-        output_hw: (H, W) of the prediction (the network input's size).
-        unit: L2-normalise the prediction over channels (surface normals).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, output_hw: tuple[int, int], unit: bool = False) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(in_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(in_channels, out_channels, 1),
-        )
-        self.output_hw = (int(output_hw[0]), int(output_hw[1]))
-        self.unit = unit
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = F.interpolate(self.body(x), size=self.output_hw, mode="bilinear", align_corners=False)
-        return F.normalize(y, dim=1) if self.unit else y
-
-
-def pooled_head(in_channels: int, out_features: int) -> nn.Module:
-    """Image-level head: global average pool + Linear."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_channels, out_features))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """Elementwise ``num / den`` with 0 where ``den`` is 0."""
-    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.zeros_like(num))
 
 
 @dataclass(frozen=True)
@@ -143,7 +71,7 @@ class TaskSpec(ABC):
         for f in dataclasses.fields(self):
             if f.name.startswith("num_"):
                 value, low = getattr(self, f.name), 2 if f.name == "num_classes" else 1
-                if not _is_int(value) or value < low:
+                if not is_int(value) or value < low:
                     raise ValueError(f"task {self.name!r}: {f.name} must be an integer >= {low}, not {value!r}")
         if self.metric is not None and self.metric not in self.METRICS:
             raise ValueError(
@@ -286,36 +214,6 @@ def create_task(kind: str, name: str, **kwargs: Any) -> TaskSpec:
         raise TypeError(f"task kind {kind!r}: {err}; fields: {allowed}") from None
 
 
-def _fill_nan(target: Tensor) -> Tensor:
-    """``target`` with missing (NaN) entries as 0: masked out, they must not turn gradients into NaN."""
-    return torch.where(torch.isnan(target), torch.zeros_like(target), target)
-
-
-def _per_sample(mask: Tensor) -> Tensor:
-    """(B,) bool: samples with at least one True entry in ``mask`` (B, ...)."""
-    return mask.reshape(mask.shape[0], -1).any(dim=1)
-
-
-def _check_ignore_index(spec: TaskSpec, ignore_index: int, num_classes: int) -> None:
-    if not _is_int(ignore_index):
-        raise ValueError(f"task {spec.name!r}: ignore_index must be an integer, not {ignore_index!r}")
-    if 0 <= ignore_index < num_classes:
-        raise ValueError(
-            f"task {spec.name!r}: ignore_index {ignore_index} is a class id; use a value outside [0, {num_classes - 1}]"
-        )
-
-
-def _class_range(target: Tensor, num_classes: int, ignore_index: int | None = None) -> str | None:
-    values = target if ignore_index is None else target[target != ignore_index]
-    if values.numel() and (int(values.min()) < 0 or int(values.max()) >= num_classes):
-        extra = "" if ignore_index is None else f" (or ignore_index {ignore_index})"
-        return (
-            f"class labels must lie in [0, {num_classes - 1}]{extra}, "
-            f"got values in [{int(values.min())}, {int(values.max())}]"
-        )
-    return None
-
-
 # --- image-level tasks ---------------------------------------------------------------------------
 @_register("classification")
 @dataclass(frozen=True)
@@ -331,14 +229,14 @@ class ClassificationTask(TaskSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_ignore_index(self, self.ignore_index, self.num_classes)
+        check_ignore_index(self.name, self.ignore_index, self.num_classes)
 
     @property
     def out_channels(self) -> int:
         return self.num_classes
 
     def _check_values(self, target: Tensor) -> str | None:
-        return _class_range(target, self.num_classes, self.ignore_index)
+        return class_range(target, self.num_classes, self.ignore_index)
 
     def labelled(self, target: Tensor) -> Tensor:
         return target != self.ignore_index
@@ -381,13 +279,13 @@ class MultiLabelTask(TaskSpec):
         return None
 
     def labelled(self, target: Tensor) -> Tensor:
-        return _per_sample(~torch.isnan(target))
+        return per_sample(~torch.isnan(target))
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid = ~torch.isnan(target)
         if bool(valid.all()):
             return F.binary_cross_entropy_with_logits(pred, target.to(pred.dtype))
-        each = F.binary_cross_entropy_with_logits(pred, _fill_nan(target).to(pred.dtype), reduction="none")
+        each = F.binary_cross_entropy_with_logits(pred, fill_nan(target).to(pred.dtype), reduction="none")
         return torch.where(valid, each, torch.zeros_like(each)).sum() / valid.sum().clamp_min(1)
 
     def _stats(self, pred: Tensor, target: Tensor) -> Stats:
@@ -402,7 +300,7 @@ class MultiLabelTask(TaskSpec):
         }
 
     def _finalize(self, sums: Stats) -> dict[str, float]:
-        f1 = _ratio(2 * sums["tp"], 2 * sums["tp"] + sums["fp"] + sums["fn"])
+        f1 = ratio(2 * sums["tp"], 2 * sums["tp"] + sums["fp"] + sums["fn"])
         return {"accuracy": float(sums["correct"] / sums["count"]), "f1": float(f1.mean())}
 
 
@@ -420,13 +318,13 @@ class RegressionTask(TaskSpec):
         return self.num_outputs
 
     def labelled(self, target: Tensor) -> Tensor:
-        return _per_sample(~torch.isnan(target))
+        return per_sample(~torch.isnan(target))
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid = ~torch.isnan(target)
         if bool(valid.all()):
             return F.mse_loss(pred, target.to(pred.dtype))
-        sq = (pred - _fill_nan(target).to(pred.dtype)).square()
+        sq = (pred - fill_nan(target).to(pred.dtype)).square()
         return torch.where(valid, sq, torch.zeros_like(sq)).sum() / valid.sum().clamp_min(1)
 
     def _stats(self, pred: Tensor, target: Tensor) -> Stats:
@@ -459,17 +357,17 @@ class SegmentationTask(TaskSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_ignore_index(self, self.ignore_index, self.num_classes)
+        check_ignore_index(self.name, self.ignore_index, self.num_classes)
 
     @property
     def out_channels(self) -> int:
         return self.num_classes
 
     def _check_values(self, target: Tensor) -> str | None:
-        return _class_range(target, self.num_classes, self.ignore_index)
+        return class_range(target, self.num_classes, self.ignore_index)
 
     def labelled(self, target: Tensor) -> Tensor:
-        return _per_sample(target != self.ignore_index)
+        return per_sample(target != self.ignore_index)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid = (target != self.ignore_index).sum()
@@ -488,7 +386,7 @@ class SegmentationTask(TaskSpec):
         union = conf.sum(0) + conf.sum(1) - hits
         present = union > 0
         miou = float((hits[present] / union[present]).mean()) if present.any() else 0.0
-        return {"miou": miou, "pixel_acc": float(_ratio(hits.sum(), conf.sum()))}
+        return {"miou": miou, "pixel_acc": float(ratio(hits.sum(), conf.sum()))}
 
 
 @_register("dense_regression")
@@ -514,14 +412,14 @@ class DenseRegressionTask(TaskSpec):
     def _valid(target: Tensor) -> Tensor:
         """(B, C, H, W) bool: valid pixel, broadcast over channels."""
         finite = ~torch.isnan(target).any(dim=1, keepdim=True)
-        return (finite & (_fill_nan(target).sum(dim=1, keepdim=True) != 0)).expand_as(target)
+        return (finite & (fill_nan(target).sum(dim=1, keepdim=True) != 0)).expand_as(target)
 
     def labelled(self, target: Tensor) -> Tensor:
-        return _per_sample(self._valid(target))
+        return per_sample(self._valid(target))
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         valid = self._valid(target)
-        err = (pred - _fill_nan(target).to(pred.dtype)).abs()
+        err = (pred - fill_nan(target).to(pred.dtype)).abs()
         return torch.where(valid, err, torch.zeros_like(err)).sum() / valid.sum().clamp_min(1)
 
     def _stats(self, pred: Tensor, target: Tensor) -> Stats:
@@ -538,8 +436,8 @@ class DenseRegressionTask(TaskSpec):
 
     def _finalize(self, sums: Stats) -> dict[str, float]:
         return {
-            "abs_err": float(_ratio(sums["abs"], sums["count"])),
-            "rel_err": float(_ratio(sums["rel"], sums["rel_count"])),
+            "abs_err": float(ratio(sums["abs"], sums["count"])),
+            "rel_err": float(ratio(sums["rel"], sums["rel_count"])),
         }
 
 
@@ -567,11 +465,11 @@ class SurfaceNormalTask(TaskSpec):
     def _cosine(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         """Cosine similarity at valid pixels (1-D) and the (B, H, W) validity mask."""
         valid = target.norm(dim=1) > 0  # False where a channel is NaN
-        cos = (F.normalize(pred, dim=1) * F.normalize(_fill_nan(target), dim=1)).sum(dim=1)
+        cos = (F.normalize(pred, dim=1) * F.normalize(fill_nan(target), dim=1)).sum(dim=1)
         return cos[valid], valid
 
     def labelled(self, target: Tensor) -> Tensor:
-        return _per_sample(target.norm(dim=1) > 0)
+        return per_sample(target.norm(dim=1) > 0)
 
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         cos, valid = self._cosine(pred, target.to(pred.dtype))
@@ -592,9 +490,9 @@ class SurfaceNormalTask(TaskSpec):
     def _finalize(self, sums: Stats) -> dict[str, float]:
         n = sums["count"]
         return {
-            "mean_angle": float(_ratio(sums["sum"], n)),
-            "median_angle": _histogram_median(sums["hist"], ANGLE_BIN_DEGREES),
-            "within_11_25": float(_ratio(sums["within"], n)),
+            "mean_angle": float(ratio(sums["sum"], n)),
+            "median_angle": histogram_median(sums["hist"], ANGLE_BIN_DEGREES),
+            "within_11_25": float(ratio(sums["within"], n)),
         }
 
 
@@ -612,17 +510,6 @@ def labelled_losses(
         if counts[t.name]:
             losses[t.name] = t.loss(out[t.name], targets[t.name])
     return losses, counts
-
-
-def _histogram_median(hist: Tensor, width: float) -> float:
-    """Median of values binned as ``hist`` (bins ``[k w, (k+1) w)``), linear within the median bin."""
-    total = float(hist.sum())
-    if total == 0:
-        return 0.0
-    cum = hist.cumsum(0)
-    k = int(torch.searchsorted(cum, torch.tensor(total / 2, dtype=cum.dtype)))
-    before = float(cum[k - 1]) if k > 0 else 0.0
-    return (k + (total / 2 - before) / float(hist[k])) * width
 
 
 __all__ = [

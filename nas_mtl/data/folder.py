@@ -36,14 +36,14 @@ are the file stems, sorted as numbers when all are numbers. Splits whose inputs 
 arrays are held in memory; per-sample folders are read on access.
 
 The MTAN / LibMTL ``.npy`` layout of NYUv2 and CityScapes is this format with ``inputs = "image"``,
-``layout = "HWC"``, ``test = "val"``, ``val = false`` and one table per task naming its folder (README).
+``layout = "HWC"``, ``test = "val"``, ``val = false`` and one table per task naming its folder (docs/data.md).
 """
 
 from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,18 +92,53 @@ def read_tasks_file(root: str | Path) -> FolderFormat:
     """Parse ``ROOT/tasks.toml``; a ValueError naming the file and the key when it does not fit."""
     root = Path(root)
     path = root / TASKS_FILE
+    raw = _load_toml(root, path)
+
+    def fail(key: str, problem: str) -> ValueError:
+        return ValueError(f"{path}: {key}: {problem}")
+
+    data = _data_table(raw, fail)
+    layout, channels, val_fraction, seed = _data_options(data, fail)
+    val = data.get("val", "val")
+    splits = {
+        "train": _file_name(data, "train", "train", fail),
+        "val": None if val is False else _file_name(data, "val", "val", fail),
+        "test": _file_name(data, "test", "test", fail),
+    }
+    specs, targets = _task_tables(raw.get("tasks"), fail)
+    if splits["val"] in (splits["train"], splits["test"]) or splits["train"] == splits["test"]:
+        raise fail("data", f"train, val and test must be different folders, got {splits}")
+    return FolderFormat(
+        root=root,
+        name=_dataset_name(data.get("name", root.resolve().name), fail),
+        inputs=_file_name(data, "inputs", "inputs", fail),
+        layout=layout,
+        channels=channels,
+        splits=splits,
+        val_fraction=float(val_fraction),
+        seed=seed,
+        tasks=tuple(specs),
+        targets=targets,
+    )
+
+
+_Fail = Callable[[str, str], ValueError]
+"""``(key, problem) -> ValueError`` naming the ``tasks.toml`` and the key."""
+
+
+def _load_toml(root: Path, path: Path) -> dict[str, Any]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data folder not found")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (a data folder declares its tasks there)")
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid TOML ({err})") from None
 
-    def fail(key: str, problem: str) -> ValueError:
-        return ValueError(f"{path}: {key}: {problem}")
 
+def _data_table(raw: Mapping[str, Any], fail: _Fail) -> Mapping[str, Any]:
+    """The ``[data]`` table (empty when absent), after checking the file's tables and the table's keys."""
     extra = sorted(set(raw) - {"data", "tasks"})
     if extra:
         raise fail(extra[0], "unknown table; expected [data] and [tasks.NAME]")
@@ -113,13 +148,11 @@ def read_tasks_file(root: str | Path) -> FolderFormat:
     unknown = sorted(set(data) - set(DATA_KEYS))
     if unknown:
         raise fail(f"data.{unknown[0]}", f"unknown key; accepted: {', '.join(DATA_KEYS)}")
+    return data
 
-    def text(key: str, default: str) -> str:
-        value = data.get(key, default)
-        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-            raise fail(f"data.{key}", f"expected a file or folder name in the data folder, got {value!r}")
-        return value
 
+def _data_options(data: Mapping[str, Any], fail: _Fail) -> tuple[str, int, int | float, int]:
+    """``[data]``'s layout, channels, val_fraction and seed, checked in that order."""
     layout = data.get("layout", "CHW")
     if layout not in LAYOUTS:
         raise fail("data.layout", f"expected one of {list(LAYOUTS)}, got {layout!r}")
@@ -132,14 +165,19 @@ def read_tasks_file(root: str | Path) -> FolderFormat:
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise fail("data.seed", f"expected an integer, got {seed!r}")
-    val = data.get("val", "val")
-    splits = {
-        "train": text("train", "train"),
-        "val": None if val is False else text("val", "val"),
-        "test": text("test", "test"),
-    }
+    return layout, channels, val_fraction, seed
 
-    tasks_table = raw.get("tasks")
+
+def _file_name(data: Mapping[str, Any], key: str, default: str, fail: _Fail) -> str:
+    """``[data]``'s ``key``: a file or folder name inside the data folder."""
+    value = data.get(key, default)
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise fail(f"data.{key}", f"expected a file or folder name in the data folder, got {value!r}")
+    return value
+
+
+def _task_tables(tasks_table: Any, fail: _Fail) -> tuple[list[TaskSpec], dict[str, str]]:
+    """The ``[tasks.NAME]`` tables, in order: each task's spec and its target file / folder stem."""
     if not isinstance(tasks_table, Mapping) or not tasks_table:
         raise fail("tasks", "expected one [tasks.NAME] table per task")
     specs, targets = [], {}
@@ -160,23 +198,10 @@ def read_tasks_file(root: str | Path) -> FolderFormat:
         except (TypeError, ValueError) as err:
             raise fail(f"tasks.{task}", str(err)) from None
         targets[task] = target
-    if splits["val"] in (splits["train"], splits["test"]) or splits["train"] == splits["test"]:
-        raise fail("data", f"train, val and test must be different folders, got {splits}")
-    return FolderFormat(
-        root=root,
-        name=_dataset_name(data.get("name", root.resolve().name), fail),
-        inputs=text("inputs", "inputs"),
-        layout=layout,
-        channels=channels,
-        splits=splits,
-        val_fraction=float(val_fraction),
-        seed=seed,
-        tasks=tuple(specs),
-        targets=targets,
-    )
+    return specs, targets
 
 
-def _dataset_name(value: Any, fail: Any) -> str:
+def _dataset_name(value: Any, fail: _Fail) -> str:
     """The dataset's display name (no path part: any non-empty text on one line)."""
     if not isinstance(value, str) or not value.strip() or "\n" in value:
         raise fail("data.name", f"expected a non-empty name, got {value!r}")
