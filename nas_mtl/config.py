@@ -256,6 +256,11 @@ def config_from_dict(cls: type, data: Mapping[str, Any], source: str) -> Any:
     return cls(**values)
 
 
+def with_option(config: Any, key: str, value: Any) -> Any:
+    """``config`` with its flat option ``key`` set to ``value`` (every path a shared key sets; checks rerun)."""
+    return build_config(type(config), {key: value}, base=config)
+
+
 def to_options(config: Any) -> dict[str, Any]:
     """``{key: value}`` of every flat option of ``config`` (the inverse of :func:`build_config`)."""
     out = {}
@@ -345,4 +350,5 @@ __all__ = [
     "option",
     "options",
     "to_options",
+    "with_option",
 ]

@@ -521,7 +521,25 @@ def set_partitions(items: Sequence[str]) -> Iterator[list[list[str]]]:
             yield [*sub[:i], [first, *sub[i]], *sub[i + 1 :]]
 
 
+def graph_key(graph: SharingGraph) -> str:
+    """Canonical identity of a sharing pattern within one space: equal graphs, equal keys.
+
+    Rows (layers) are joined by ``/``, copies by ``.``, ``-`` marks a skip: ``"0.0.0/0.0.1"``.
+    """
+    return "/".join(".".join("-" if c == SKIP else str(c) for c in row) for row in graph.assignment)
+
+
+def graph_from_key(
+    key: str, tasks: Sequence[str], layers: Sequence[str], skippable: Sequence[str] = ()
+) -> SharingGraph:
+    """The graph of :func:`graph_key` ``key`` over ``tasks`` and ``layers`` (validated as any graph)."""
+    rows = [[SKIP if c == "-" else int(c) for c in row.split(".")] for row in key.split("/")]
+    return SharingGraph(tuple(tasks), tuple(layers), rows, frozenset(skippable))
+
+
 __all__ = [
+    "graph_from_key",
+    "graph_key",
     "Cost",
     "FORMAT",
     "GraphError",

@@ -158,6 +158,15 @@ class TimeLeft:
         """Add the runs of ``keys`` to the plan (those already in it stay as they are)."""
         self.plan([*self.pending, *(k for k in keys if k not in self.pending)])
 
+    def drop(self, key: str) -> None:
+        """Take the run of ``key`` out of the plan (not needed after all, or read back)."""
+        self.pending.pop(key, None)
+
+    @property
+    def total(self) -> int:
+        """The runs of this session: done and still to do."""
+        return self.done + len(self.pending)
+
     def finished(self, key: str, seconds: float) -> str:
         """Record that the run in ``key`` took ``seconds``; returns the progress line (:func:`estimate_line`)."""
         if not self.pending.pop(key, False):

@@ -39,14 +39,6 @@ import torch
 
 RUNTIME_KEYS = frozenset({"device", "progress"})
 """Settings that may change between sessions of one run at any depth (resume on another device, without bars)."""
-ROW = "row.json"
-"""A study's finished arm run: its result row (``RUN_DIR/arms/ARM/BALANCER/seedS/row.json``)."""
-SEARCH_DONE = "search.json"
-"""A study's finished search (``RUN_DIR/search/METHOD/seedS/search.json``)."""
-STUDY_RECORD = "study.json"
-"""What a study's results depend on (``RUN_DIR/study.json``)."""
-
-
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
 """What a name that may become a path part looks like: letters, digits and ``_ . + = -``, not starting with ``.``
 or ``-`` (so never ``.``, ``..`` or a hidden file), no separator, at most 100 characters."""
@@ -205,44 +197,6 @@ def read_record(
     return check_record(read_json(path, what, (), action), path, what, schema, action, optional)
 
 
-ROW_SCHEMA: Schema = {
-    "arm": TEXT,
-    "task": or_null(TEXT),
-    "balancer": TEXT,
-    "seed": INTEGER,
-    "graph": TABLE,
-    "test": table_of(table_of(NUMBER)),
-    "val": table_of(table_of(NUMBER)),
-    "params": NUMBER,
-    "macs": NUMBER,
-    "train_seconds": NUMBER,
-    "primary": table_of(Kind("a [metric, higher_is_better] pair", lambda v: _is_pair(v, str, bool))),
-}
-"""The fields of a result row (:data:`ROW`)."""
-ROW_OPTIONAL: Schema = {
-    "coupling": or_null(TABLE),
-    "search_seconds": or_null(NUMBER),
-    "search_seed": or_null(INTEGER),
-    "env": TABLE,
-}
-SEARCH_SCHEMA: Schema = {"method": TEXT, "seconds": NUMBER, "graph": TABLE}
-"""The fields of a finished search's record (:data:`SEARCH_DONE`); ``info`` and ``env`` are optional tables."""
-
-
-def read_row(path: str | Path, action: str) -> dict[str, Any]:
-    """The result row in ``path`` (:data:`ROW_SCHEMA`), or one ValueError naming the file, the key and ``action``."""
-    return read_record(path, "result row", ROW_SCHEMA, action, ROW_OPTIONAL)
-
-
-def read_search_record(path: str | Path, action: str) -> dict[str, Any]:
-    """The finished search's record in ``path`` (:data:`SEARCH_SCHEMA`), checked like :func:`read_row`."""
-    return read_record(path, "search result", SEARCH_SCHEMA, action, {"info": TABLE, "env": TABLE})
-
-
-def _is_pair(value: Any, first: type, second: type) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], first) and isinstance(value[1], second)
-
-
 LOCK = ".lock"
 
 
@@ -362,18 +316,12 @@ def _short(value: Any) -> str:
 __all__ = [
     "LOCK",
     "NAME_PATTERN",
-    "ROW",
     "RUNTIME_KEYS",
-    "SEARCH_DONE",
-    "STUDY_RECORD",
     "check_name",
     "INTEGER",
     "LIST",
     "NUMBER",
     "FLAG",
-    "ROW_OPTIONAL",
-    "ROW_SCHEMA",
-    "SEARCH_SCHEMA",
     "TABLE",
     "TENSOR",
     "TEXT",
@@ -385,8 +333,6 @@ __all__ = [
     "or_null",
     "read_json",
     "read_record",
-    "read_row",
-    "read_search_record",
     "table_of",
     "replace_atomic",
     "run_lock",

@@ -146,7 +146,7 @@ def _file_store_allowed(uri: str) -> Iterator[None]:
 
 
 def _entries(run_dir: Path) -> list[_Entry]:
-    from .runs import ROW, SEARCH_DONE
+    from .layout import ROW, SEARCH_DONE
 
     found = [("arm", p) for p in sorted(run_dir.glob(f"arms/**/{ROW}"))]
     found += [("grid", p) for p in sorted(run_dir.glob(f"grid/**/{ROW}"))]
@@ -208,7 +208,7 @@ def _logged_runs(client: Any, experiment_id: str, run_dir: Path) -> dict[str, li
 
 def _settings(run_dir: Path) -> Mapping[str, Any]:
     """The study record's settings (training settings, search options); empty where there is none."""
-    from .runs import STUDY_RECORD
+    from .layout import STUDY_RECORD
 
     try:
         return json.loads((run_dir / STUDY_RECORD).read_text()).get("settings", {})
@@ -218,7 +218,7 @@ def _settings(run_dir: Path) -> Mapping[str, Any]:
 
 def _digest(entry: _Entry) -> str:
     """What the MLflow run mirrors: the finishing record, and the curves of an arm run."""
-    from .train import CURVES
+    from .layout import CURVES
 
     h = hashlib.sha256(FORMAT.encode())
     for path in (entry.record, entry.folder / CURVES):
@@ -230,28 +230,27 @@ def _digest(entry: _Entry) -> str:
 def _log_arm(
     client: Any, experiment_id: str, entry: _Entry, tags: dict[str, str], digest: str, settings: Mapping[str, Any]
 ) -> None:
-    from .graph import SharingGraph
+    from .graph import graph_key
+    from .layout import CURVES, RESULT, read_row
     from .plots import curves_plot, draw_topology
-    from .runs import INTEGER, read_record, read_row
-    from .search.proxy import graph_key
-    from .train import CURVES, RESULT
+    from .runs import INTEGER, read_record
 
     row = read_row(entry.record, f"delete {entry.folder} to retrain that run (nas-mtl study)")
-    graph = SharingGraph.from_dict(row["graph"], source=str(entry.record))
-    params: dict[str, Any] = {"arm": row["arm"], "balancer": row["balancer"], "seed": row["seed"]}
+    graph = row.graph
+    params: dict[str, Any] = {"arm": row.arm, "balancer": row.balancer, "seed": row.seed}
     params.update({"graph": graph_key(graph), "graph_name": graph.meta.get("name", "")})
-    for key in ("task", "search_seed"):
-        if row.get(key) is not None:
-            params[key] = row[key]
-    params.update({f"coupling.{k}": v for k, v in (row.get("coupling") or {}).items()})
+    for key, value in (("task", row.task), ("search_seed", row.search_seed)):
+        if value is not None:
+            params[key] = value
+    params.update({f"coupling.{k}": v for k, v in (row.coupling or {}).items()})
     params.update({f"train.{k}": v for k, v in settings.get("train", {}).items()})
     metrics = [
         (_name(split, task, m), v, 0)
-        for split in ("test", "val")
-        for task, d in row[split].items()
+        for split, values in (("test", row.test), ("val", row.val))
+        for task, d in values.items()
         for m, v in d.items()
     ]
-    metrics += [(k, row.get(k), 0) for k in ("params", "macs", "train_seconds", "search_seconds")]
+    metrics += [(k, getattr(row, k), 0) for k in ("params", "macs", "train_seconds", "search_seconds")]
     result = entry.folder / RESULT
     if result.is_file():
         done = read_record(
@@ -260,7 +259,7 @@ def _log_arm(
         metrics.append(("skipped_steps", done.get("skipped_steps"), 0))
     curves = _read_curves(entry.folder / CURVES)
     metrics += curves
-    name = " ".join(str(p) for p in (row["arm"], row.get("task"), row["balancer"], f"seed{row['seed']}") if p)
+    name = " ".join(str(p) for p in (row.arm, row.task, row.balancer, f"seed{row.seed}") if p)
     files = [(p, None) for p in sorted(entry.folder.glob("*.json"))]
     files += [(p, None) for p in [entry.folder / CURVES] if p.is_file()]
 
@@ -271,14 +270,12 @@ def _log_arm(
         for key, value, epoch in curves:
             parts = key.split("/")
             if parts[:2] == ["epoch", "val"] and len(parts) == 4:
-                panels.setdefault(parts[2], {}).setdefault(f"seed {row['seed']}", []).append(
-                    (epoch, value, value, value)
-                )
+                panels.setdefault(parts[2], {}).setdefault(f"seed {row.seed}", []).append((epoch, value, value, value))
                 labels[parts[2]] = f"val {parts[3]}"
         if panels:
             curves_plot(panels, labels, f"{name}: validation by epoch", out / "curves.png")
 
-    seconds = row.get("train_seconds") or 0.0
+    seconds = row.train_seconds or 0.0
     _log_run(client, experiment_id, name, tags, digest, params, metrics, files, figures, entry.record, seconds)
 
 
@@ -307,11 +304,9 @@ def _read_curves(path: Path) -> list[tuple[str, float, int]]:
 def _log_search(
     client: Any, experiment_id: str, entry: _Entry, tags: dict[str, str], digest: str, settings: Mapping[str, Any]
 ) -> None:
-    from .graph import SharingGraph
-    from .runs import read_search_record
-    from .search.proxy import graph_key
+    from .graph import SharingGraph, graph_key
+    from .layout import CHECKPOINT, read_search_record
     from .storage import redact
-    from .train import CHECKPOINT
 
     summary = read_search_record(entry.record, f"delete {entry.folder} to rerun that search (nas-mtl study)")
     where = entry.key.split("/")[1:]  # METHOD/seedS (METHOD: a study made before search seeds)

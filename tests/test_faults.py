@@ -41,7 +41,7 @@ def _no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("trained although the run folder should have been refused first")
 
-    monkeypatch.setattr("nas_mtl.study.train_graph", refuse)
+    monkeypatch.setattr("nas_mtl.study.units.train_graph", refuse)
     monkeypatch.setattr("nas_mtl.search.affinity.train_graph", refuse)
 
 

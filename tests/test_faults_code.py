@@ -19,12 +19,12 @@ from test_faults import STUDY, _error
 from nas_mtl.cli import main
 from nas_mtl.data import create_dataset
 from nas_mtl.export import load_exported
-from nas_mtl.jobs import Job, JobQueue
 from nas_mtl.search.branching import STUDY_ATTR, BranchSearchConfig, Setup, create_branch_study, run_worker
 from nas_mtl.search.proxy import ProxyConfig
 from nas_mtl.space import load_search_space
 from nas_mtl.storage import sqlite_url
 from nas_mtl.study import load_study, run_distributed_study
+from nas_mtl.study.jobs import Job, JobQueue
 from nas_mtl.train import TrainConfig
 
 EVIL = """

@@ -8,7 +8,7 @@ import os
 import pytest
 from test_faults import STUDY, _error
 
-import nas_mtl.study as study_module
+import nas_mtl.study.distributed as study_module
 from nas_mtl.cli import main
 from nas_mtl.runs import LOCK, run_lock
 from nas_mtl.storage import sqlite_url
@@ -61,7 +61,7 @@ def test_a_plain_study_is_refused_while_a_distributed_study_works_in_the_folder(
         seen.append(capsys.readouterr().err)
         return 0
 
-    monkeypatch.setattr(study_module, "_work", work)
+    monkeypatch.setattr(study_module, "work", work)
     run_distributed_study(spec, run, sqlite_url(tmp_path / "jobs.db"), outcome=False)
     assert seen[0] == 2 and f"{run}: in use by another process" in seen[1], seen
     assert not (run / "arms").exists()

@@ -1,4 +1,4 @@
-"""Study jobs in an Optuna storage (nas_mtl.jobs), on SQLite and on a real PostgreSQL server: each job is claimed
+"""Study jobs in an Optuna storage (nas_mtl.study.jobs), on SQLite and on a real PostgreSQL server: each job is claimed
 by one process only, a job waits for what it needs, a dead worker's job returns to the queue, errors name keys."""
 
 import multiprocessing
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nas_mtl.jobs import Job, JobQueue
+from nas_mtl.study.jobs import Job, JobQueue
 
 KEYS = [f"arms/a{i}/equal/seed0" for i in range(40)]
 

@@ -1,7 +1,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -13,10 +12,12 @@ from tiny_study import STUDY
 from tiny_study import write_study as _write
 
 import nas_mtl.study as study_mod
-from nas_mtl.balancing import list_balancers
+from nas_mtl.balancing import create_balancer, list_balancers
+from nas_mtl.config import to_options
 from nas_mtl.graph import SharingGraph
 from nas_mtl.metrics import delta_m
 from nas_mtl.report import write_report
+from nas_mtl.runs import write_json_atomic
 from nas_mtl.study import load_rows, load_study, run_study, with_device
 
 
@@ -30,7 +31,7 @@ def finished(tmp_path_factory):
 
 def test_study_rows_and_report_tables_hold_the_same_numbers(finished):
     d, _, rows = finished
-    assert sorted((r["arm"], r["task"], r["seed"]) for r in rows) == [
+    assert sorted((r.arm, r.task, r.seed) for r in rows) == [
         ("hard", None, 0),
         ("hard", None, 1),
         ("single-task", "left", 0),
@@ -42,20 +43,20 @@ def test_study_rows_and_report_tables_hold_the_same_numbers(finished):
     runs = pd.read_csv(files["runs.csv"])
     summary = pd.read_csv(files["summary.csv"]).set_index(["arm", "balancer"])
     directions = {"left": {"accuracy": True}, "right": {"accuracy": True}}
-    singles = [r for r in rows if r["arm"] == "single-task"]
+    singles = [r for r in rows if r.arm == "single-task"]
     single = {  # the reference: single-task metrics averaged over seeds
-        t: {"accuracy": sum(r["test"][t]["accuracy"] for r in singles if r["task"] == t) / 2} for t in ("left", "right")
+        t: {"accuracy": sum(r.test[t]["accuracy"] for r in singles if r.task == t) / 2} for t in ("left", "right")
     }
     for seed in (0, 1):
-        hard = next(r for r in rows if r["arm"] == "hard" and r["seed"] == seed)
+        hard = next(r for r in rows if r.arm == "hard" and r.seed == seed)
         line = runs[(runs.arm == "hard") & (runs.seed == seed)].iloc[0]
-        assert line["left.accuracy"] == pytest.approx(hard["test"]["left"]["accuracy"])
-        assert line["delta_m"] == pytest.approx(delta_m(hard["test"], single, directions))
-        assert line["params"] == hard["params"]
+        assert line["left.accuracy"] == pytest.approx(hard.test["left"]["accuracy"])
+        assert line["delta_m"] == pytest.approx(delta_m(hard.test, single, directions))
+        assert line["params"] == hard.params
     hard_dm = runs[runs.arm == "hard"]["delta_m"]
     assert summary.loc[("hard", "equal"), "delta_m"] == pytest.approx(hard_dm.mean())
     assert summary.loc[("hard", "equal"), "delta_m std"] == pytest.approx(hard_dm.std(ddof=1))
-    single_params = sum(r["params"] for r in rows if r["arm"] == "single-task" and r["seed"] == 0)
+    single_params = sum(r.params for r in rows if r.arm == "single-task" and r.seed == 0)
     assert summary.loc[("single-task", "equal"), "params"] == single_params
     md = files["report.md"].read_text()
     assert f"{summary.loc[('hard', 'equal'), 'delta_m']:.2f} ±" in md
@@ -68,18 +69,20 @@ def test_killed_study_resumes_without_retraining_finished_arms(finished, monkeyp
     victim = d / "run" / "arms" / "hard" / "equal" / "seed1"
     (victim / "row.json").unlink()  # as if killed before this arm finished
     calls = []
-    real = study_mod.train_graph
+    from nas_mtl.study import units
+
+    real = units.train_graph
 
     def counting(graph, *args, **kwargs):
         calls.append(graph.meta.get("name"))
         return real(graph, *args, **kwargs)
 
-    monkeypatch.setattr(study_mod, "train_graph", counting)
+    monkeypatch.setattr("nas_mtl.study.units.train_graph", counting)
     again = run_study(spec, d / "run", progress=False)
     assert calls == ["hard"]
     assert (
         json.loads((victim / "row.json").read_text())["test"]
-        == next(r for r in rows if r["arm"] == "hard" and r["seed"] == 1)["test"]
+        == next(r for r in rows if r.arm == "hard" and r.seed == 1).test
     )  # resumed from its finished checkpoint: same numbers
     assert len(again) == len(rows)
 
@@ -181,9 +184,16 @@ def test_balancers_with_distinct_options_are_accepted(tmp_path):
 
 
 def test_data_keys_are_checked_without_building_the_dataset(tmp_path, monkeypatch):
-    monkeypatch.setattr(study_mod, "create_dataset", lambda *a, **k: pytest.fail("dataset built at parse time"))
+    monkeypatch.setattr("nas_mtl.study.spec.create_dataset", lambda *a, **k: pytest.fail("dataset built at parse time"))
     spec = load_study(_write(tmp_path, STUDY.replace('"multidigits"', '"shapes"\ntasks = ["size"]')))
-    assert spec.data == {"name": "shapes", "tasks": ["size"], "n_train": 64, "n_val": 32, "n_test": 32, "size": 16}
+    assert spec.data.to_dict() == {
+        "name": "shapes",
+        "tasks": ["size"],
+        "n_train": 64,
+        "n_val": 32,
+        "n_test": 32,
+        "size": 16,
+    }
 
 
 @pytest.mark.parametrize("path", sorted(Path("studies").glob("*.toml")), ids=lambda p: p.stem)
@@ -210,7 +220,8 @@ def test_shipped_study_files_are_valid(path):
 def test_each_arm_is_retrained_only_with_the_balancers_that_change_its_training():
     """Shared-only methods (MGDA, PCGrad, ...) change nothing without shared parameters; on a one-task net DWA,
     RLW and FAMO weigh its loss by 1 too; uncertainty weighting's learned weight scales even a lone task."""
-    from nas_mtl.study import Arm, _balancers_for
+    from nas_mtl.study import Arm
+    from nas_mtl.study import balancers_for as _balancers_for
 
     tasks, layers = ["a", "b"], ["l0", "l1"]
     every = ("equal", "mgda", "pcgrad", "nash-mtl", "uncertainty", "dwa", "rlw", "famo")
@@ -224,7 +235,7 @@ def test_each_arm_is_retrained_only_with_the_balancers_that_change_its_training(
 def test_device_override_reaches_training_and_every_search():
     spec = with_device(load_study("studies/quickstart.toml"), "cpu")
     assert spec.train.device == "cpu"
-    assert all(study_mod.to_options(study_mod.method_config(m, o))["device"] == "cpu" for m, o in spec.search.items())
+    assert all(to_options(config)["device"] == "cpu" for config in spec.search.values())
     with pytest.raises(ValueError, match="device"):
         with_device(spec, "tpu")
 
@@ -257,9 +268,9 @@ batch_size = 32
     spec = load_study(_write(tmp_path, study))
     rows = run_study(spec, tmp_path / "run", progress=False)
     assert "it/s" not in capfd.readouterr().err  # no progress bars, searches included
-    arms = {(r["arm"], r["balancer"]) for r in rows if r["arm"] != "single-task"}
+    arms = {(r.arm, r.balancer) for r in rows if r.arm != "single-task"}
     balancers = ("equal", "pcgrad", "mgda:normalization=loss")
-    graphs = {r["arm"]: r["graph"]["assignment"] for r in rows}
+    graphs = {r.arm: r.graph.to_dict()["assignment"] for r in rows}
     shares = {
         a: any(len([c for c in row if c >= 0]) > len({c for c in row if c >= 0}) for row in g)
         for a, g in graphs.items()
@@ -270,13 +281,15 @@ batch_size = 32
     assert (tmp_path / "run" / "arms" / "hard" / "mgda_normalization_loss" / "seed0" / "row.json").is_file()
     for method in ("adashare", "branch", "affinity"):
         found = json.loads((tmp_path / "run" / "search" / method / "seed0" / "search.json").read_text())
-        row = next(r for r in rows if r["arm"] == method)
-        assert row["graph"]["assignment"] == found["graph"]["assignment"]  # the found graph is what was retrained
-        assert row["search_seconds"] == pytest.approx(found["seconds"]) and row["search_seconds"] > 0
+        row = next(r for r in rows if r.arm == method)
+        assert (
+            row.graph.to_dict()["assignment"] == found["graph"]["assignment"]
+        )  # the found graph is what was retrained
+        assert row.search_seconds == pytest.approx(found["seconds"]) and row.search_seconds > 0
     files = write_report(tmp_path / "run")
     summary = pd.read_csv(files["summary.csv"]).set_index(["arm", "balancer"])
     assert summary.loc[("branch", "equal"), "search_seconds"] == pytest.approx(
-        next(r for r in rows if r["arm"] == "branch")["search_seconds"]
+        next(r for r in rows if r.arm == "branch").search_seconds
     )
     figures = {p.name for p in (tmp_path / "run" / "report" / "figures").iterdir()}
     assert "search_branch_history.png" in figures  # Optuna history
@@ -291,13 +304,16 @@ def test_each_search_seed_is_searched_once_and_paired_with_a_training_seed(tmp_p
     )
     study += '[search.affinity]\nmeasure = "gradcos"\nepochs = 1\nbatch_size = 32\n'
     searched = []
-    real = study_mod._run_search
+    from nas_mtl.study import units
+    from nas_mtl.study.spec import search_config
 
-    def recording(method, options, *args, **kwargs):
-        searched.append((method, options["seed"]))
-        return real(method, options, *args, **kwargs)
+    real = units.run_search
 
-    monkeypatch.setattr(study_mod, "_run_search", recording)
+    def recording(ctx, unit, progress):
+        searched.append((unit.method, to_options(search_config(ctx.spec, unit.method, unit.seed, progress))["seed"]))
+        return real(ctx, unit, progress)
+
+    monkeypatch.setattr(units, "run_search", recording)
     spec = load_study(_write(tmp_path, study))
     rows = run_study(spec, tmp_path / "run", progress=False)
     assert searched == [("affinity", 5), ("affinity", 7)]
@@ -305,15 +321,15 @@ def test_each_search_seed_is_searched_once_and_paired_with_a_training_seed(tmp_p
         s: json.loads((tmp_path / "run" / "search" / "affinity" / f"seed{s}" / "search.json").read_text())
         for s in (5, 7)
     }
-    affinity = sorted((r["seed"], r["search_seed"]) for r in rows if r["arm"] == "affinity")
+    affinity = sorted((r.seed, r.search_seed) for r in rows if r.arm == "affinity")
     assert affinity == [(0, 5), (1, 7), (2, 5)]
     for r in rows:
-        if r["arm"] == "affinity":
-            assert r["graph"]["assignment"] == found[r["search_seed"]]["graph"]["assignment"]
-            assert r["search_seconds"] == pytest.approx(found[r["search_seed"]]["seconds"])
+        if r.arm == "affinity":
+            assert r.graph.to_dict()["assignment"] == found[r.search_seed]["graph"]["assignment"]
+            assert r.search_seconds == pytest.approx(found[r.search_seed]["seconds"])
         else:
-            assert r["search_seed"] is None
-    assert [r["seed"] for r in rows] == sorted(r["seed"] for r in rows)  # seed by seed: every arm at seed 0 first
+            assert r.search_seed is None
+    assert [r.seed for r in rows] == sorted(r.seed for r in rows)  # seed by seed: every arm at seed 0 first
     searched.clear()
     again = run_study(spec, tmp_path / "run", progress=False)
     assert again == rows and searched == []  # resumed: both searches and every arm run read back
@@ -327,25 +343,6 @@ def test_each_search_seed_is_searched_once_and_paired_with_a_training_seed(tmp_p
         run_study(spec, tmp_path / "run", progress=False)
 
 
-def test_a_finished_search_of_a_study_made_before_search_seeds_is_read_back(tmp_path):
-    study = STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace('["single", "hard"]', '["single"]')
-    study += '[search.affinity]\nmeasure = "gradcos"\nepochs = 1\nbatch_size = 32\n'
-    spec = load_study(_write(tmp_path, study))
-    rows = run_study(spec, tmp_path / "run", progress=False)
-    search = tmp_path / "run" / "search" / "affinity"
-    for f in (search / "seed0").iterdir():
-        f.rename(search / f.name)  # the old layout: search/METHOD/search.json
-    (search / "seed0").rmdir()
-    shutil.rmtree(tmp_path / "run" / "arms" / "affinity")
-    before = (search / "search.json").read_bytes()
-    again = run_study(spec, tmp_path / "run", progress=False)
-    assert (search / "search.json").read_bytes() == before and not (search / "seed0").exists()  # not re-run
-    assert (
-        next(r for r in again if r["arm"] == "affinity")["graph"]
-        == next(r for r in rows if r["arm"] == "affinity")["graph"]
-    )
-
-
 def test_rows_record_what_their_numbers_depend_on(finished):
     import platform
 
@@ -354,10 +351,10 @@ def test_rows_record_what_their_numbers_depend_on(finished):
 
     _, _, rows = finished
     for r in rows:
-        assert r["env"]["torch"] == torch.__version__ and r["env"]["numpy"] == np.__version__
-        assert r["env"]["threads"] == torch.get_num_threads() and r["env"]["device"] == "cpu"
-        assert r["env"]["python"] == platform.python_version() and r["env"]["cpu"]
-        assert r["seed"] in (0, 1)
+        assert r.env["torch"] == torch.__version__ and r.env["numpy"] == np.__version__
+        assert r.env["threads"] == torch.get_num_threads() and r.env["device"] == "cpu"
+        assert r.env["python"] == platform.python_version() and r.env["cpu"]
+        assert r.seed in (0, 1)
 
 
 def test_rerunning_a_study_on_the_same_machine_is_bitwise_identical(finished, tmp_path):
@@ -366,14 +363,14 @@ def test_rerunning_a_study_on_the_same_machine_is_bitwise_identical(finished, tm
 
     d, spec, rows = finished
     again = run_study(spec, tmp_path / "again", progress=False)
-    key = lambda r: (r["arm"], r["task"] or "", r["balancer"], r["seed"])  # noqa: E731
+    key = lambda r: (r.arm, r.task or "", r.balancer, r.seed)  # noqa: E731
     assert len(again) == len(rows)
     for a, b in zip(sorted(rows, key=key), sorted(again, key=key)):
-        assert a["balancer"] == "equal"
-        assert (a["test"], a["val"]) == (b["test"], b["val"])  # exact float equality, no tolerance
-        folder = Path("arms") / study_mod.slug(f"{a['arm']}/{a['task']}" if a["task"] else a["arm"]) / "equal"
-        first = torch.load(d / "run" / folder / f"seed{a['seed']}" / "checkpoint.pt", weights_only=True)["model"]
-        second = torch.load(tmp_path / "again" / folder / f"seed{a['seed']}" / "checkpoint.pt", weights_only=True)
+        assert a.balancer == "equal"
+        assert (a.test, a.val) == (b.test, b.val)  # exact float equality, no tolerance
+        folder = Path("arms") / study_mod.slug(f"{a.arm}/{a.task}" if a.task else a.arm) / "equal"
+        first = torch.load(d / "run" / folder / f"seed{a.seed}" / "checkpoint.pt", weights_only=True)["model"]
+        second = torch.load(tmp_path / "again" / folder / f"seed{a.seed}" / "checkpoint.pt", weights_only=True)
         assert first.keys() == second["model"].keys()
         assert all(torch.equal(first[k], second["model"][k]) for k in first)
 
@@ -393,14 +390,14 @@ def test_parallel_jobs_give_bitwise_the_rows_of_one_thread_runs(tmp_path, monkey
         parallel = run_study(spec, tmp_path / "parallel", progress=False, jobs=2)
     finally:
         torch.set_num_threads(before)
-    key = lambda r: (r["arm"], r["task"] or "", r["balancer"], r["seed"])  # noqa: E731
+    key = lambda r: (r.arm, r.task or "", r.balancer, r.seed)  # noqa: E731
     assert [key(r) for r in parallel] == [key(r) for r in rows]  # same order: seed by seed
     for a, b in zip(rows, parallel):
-        assert (a["test"], a["val"], a["graph"]) == (b["test"], b["val"], b["graph"])
-        assert b["env"]["threads"] == 1
+        assert (a.test, a.val, a.graph.to_dict()) == (b.test, b.val, b.graph.to_dict())
+        assert b.env["threads"] == 1
     with pytest.raises(ValueError, match="jobs: expected a positive integer"):
         run_study(spec, tmp_path / "bad", jobs=0)
-    monkeypatch.setattr(study_mod.multiprocessing, "get_context", lambda *a: pytest.fail("workers for nothing"))
+    monkeypatch.setattr("nas_mtl.processes.multiprocessing.get_context", lambda *a: pytest.fail("workers for nothing"))
     assert run_study(spec, tmp_path / "parallel", jobs=2) == parallel  # finished: read back, no worker started
 
 
@@ -442,7 +439,7 @@ def test_baselines_run_as_a_study_and_match_a_direct_training(tmp_path, capsys, 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished baseline was retrained")
 
-    monkeypatch.setattr("nas_mtl.study.train_graph", no_training)
+    monkeypatch.setattr("nas_mtl.study.units.train_graph", no_training)
     assert main(argv) == 0
     assert pd.read_csv(out / "baselines.csv", index_col="arm").equals(table)
 
@@ -470,7 +467,7 @@ def test_baselines_with_a_balancer_that_also_runs_unshared_graphs_count_each_arm
     table = run_baselines(data, space, config, tmp_path, ("single", "hard"), create_balancer("equal-everywhere-test"))
     assert list(table.index) == ["single-task", "hard"]
     rows = load_rows(tmp_path)
-    one_net = next(r["params"] for r in rows if r["arm"] == "single-task")
+    one_net = next(r.params for r in rows if r.arm == "single-task")
     assert table.loc["single-task", "params"] == 2 * one_net  # two tasks, each counted once
 
 
@@ -485,9 +482,13 @@ def test_grid_search_picks_the_vector_with_the_best_validation_delta_m(tmp_path,
     point's Δm and the cost."""
     trained = []
 
-    def fake_run_arm(arm, balancer, seed, spec, out, progress, *, data, space):
+    from nas_mtl.layout import RunRow
+    from nas_mtl.study import units
+
+    def fake_run_arm(ctx, arm, unit, progress):
+        balancer, seed, out = unit.balancer, unit.seed, ctx.folder(unit)
         trained.append((arm.name, balancer, seed))
-        w = study_mod.create_balancer(balancer).options() if balancer.startswith("static") else {}
+        w = create_balancer(balancer).options() if balancer.startswith("static") else {}
         wl, wr = w.get("left", 1.0), w.get("right", 1.0)
         val = 0.9 - 0.1 * ((wl - 1.5) ** 2 + (wr - 0.5) ** 2) if arm.single_task is None else 0.8
         test = 0.9 - 0.1 * ((wl - 0.5) ** 2 + (wr - 1.5) ** 2) if arm.single_task is None else 0.8
@@ -499,10 +500,10 @@ def test_grid_search_picks_the_vector_with_the_best_validation_delta_m(tmp_path,
             "primary": {t: ["accuracy", True] for t in ("left", "right")},
         }  # fmt: skip
         out.mkdir(parents=True, exist_ok=True)
-        study_mod.write_json_atomic(row, out / study_mod.ROW)
-        return row
+        write_json_atomic(row, out / study_mod.ROW)
+        return RunRow.from_dict(row)
 
-    monkeypatch.setattr(study_mod, "_run_arm", fake_run_arm)
+    monkeypatch.setattr(units, "run_arm", fake_run_arm)
     spec = load_study(_write(tmp_path, GRID_STUDY))
     assert spec.grid == study_mod.GridSpec(step=0.25, arm="hard", seed=0)
     run_study(spec, tmp_path / "run")
@@ -526,7 +527,7 @@ def test_grid_search_picks_the_vector_with_the_best_validation_delta_m(tmp_path,
     expected = [dm(v) for v in at]
     assert [p["val_delta_m"] for p in grid["points"]] == pytest.approx(expected)
     rows = load_rows(tmp_path / "run")
-    hard = sorted((r["balancer"], r["seed"]) for r in rows if r["arm"] == "hard")
+    hard = sorted((r.balancer, r.seed) for r in rows if r.arm == "hard")
     assert hard == [("equal", 0), ("equal", 1), ("static:left=1.5,right=0.5", 0), ("static:left=1.5,right=0.5", 1)]
     grid_runs = [t for t in trained if t[1].startswith("static") and t[2] == 0]
     assert len(grid_runs) == 4  # three grid points at seed 0, then the winner's own arm run
@@ -542,7 +543,7 @@ def test_grid_search_end_to_end_trains_and_reports_its_choice(tmp_path):
     assert len(grid["points"]) == 3 and grid["train_seconds"] > 0
     best = max(grid["points"], key=lambda p: p["val_delta_m"])["balancer"]
     assert grid["best"] == best
-    assert sorted(r["seed"] for r in rows if r["balancer"] == best) == [0, 1]
+    assert sorted(r.seed for r in rows if r.balancer == best) == [0, 1]
     assert all(
         (tmp_path / "run" / "grid" / study_mod.slug(p["balancer"]) / "seed0" / "row.json").is_file()
         for p in grid["points"]
@@ -594,7 +595,7 @@ def test_soft_sharing_arms_train_report_and_refuse_changed_options(tmp_path):
     spec = load_study(_write(tmp_path, SOFT_STUDY))
     assert spec.couplings["soft-l2"].strength == 0.5 and spec.couplings["cross-stitch"].init == 0.8
     rows = run_study(spec, tmp_path / "run")
-    arms = sorted({(r["arm"], r["balancer"]) for r in rows if r["arm"] != "single-task"})
+    arms = sorted({(r.arm, r.balancer) for r in rows if r.arm != "single-task"})
     assert arms == [
         ("cross-stitch", "equal"),
         ("cross-stitch", "mgda"),
@@ -602,10 +603,10 @@ def test_soft_sharing_arms_train_report_and_refuse_changed_options(tmp_path):
         ("hard", "mgda"),
         ("soft-l2", "equal"),
     ]
-    by_arm = {r["arm"]: r for r in rows if r["balancer"] == "equal"}
-    assert by_arm["soft-l2"]["coupling"] == {"kind": "l2", "strength": 0.5}
-    assert by_arm["cross-stitch"]["params"] > by_arm["soft-l2"]["params"] > by_arm["hard"]["params"]
-    assert by_arm["cross-stitch"]["macs"] > by_arm["soft-l2"]["macs"]
+    by_arm = {r.arm: r for r in rows if r.balancer == "equal"}
+    assert by_arm["soft-l2"].coupling == {"kind": "l2", "strength": 0.5}
+    assert by_arm["cross-stitch"].params > by_arm["soft-l2"].params > by_arm["hard"].params
+    assert by_arm["cross-stitch"].macs > by_arm["soft-l2"].macs
     summary = pd.read_csv(write_report(tmp_path / "run")["summary.csv"])
     assert {"soft-l2", "cross-stitch"} <= set(summary["arm"])
     changed = _write(tmp_path, SOFT_STUDY.replace("strength = 0.5", "strength = 0.25"))
@@ -667,9 +668,31 @@ def _start_worker(tmp_path, cmd, first):
 
 
 def _jobs(url, name):
-    from nas_mtl.jobs import JobQueue
+    from nas_mtl.study.jobs import JobQueue
 
     return JobQueue(url, name)
+
+
+def test_a_grid_study_runs_distributed_and_matches_the_local_run(tmp_path, study_storage):
+    """[grid] is a stage of the plan: its points, the choice of the best weights (a job needing the points and the
+    single-task nets at the grid seed) and the winner's retraining run from the queue as from the local executor,
+    with bitwise the same rows and grid record (the same threads per run)."""
+    import torch
+
+    spec = load_study(_write(tmp_path, GRID_STUDY))
+    local = run_study(spec, tmp_path / "local")
+    threads = torch.get_num_threads()
+    rows = study_mod.run_distributed_study(spec, tmp_path / "run", study_storage, threads=threads)
+    key = lambda r: (r.arm, r.task or "", r.balancer, r.seed)  # noqa: E731
+    assert sorted(map(key, rows)) == sorted(map(key, local))
+    for a, b in zip(sorted(rows, key=key), sorted(local, key=key)):
+        assert (a.test, a.val, a.graph.to_dict()) == (b.test, b.val, b.graph.to_dict())
+    untimed = lambda r: {**r, "train_seconds": 0, "points": [{**p, "train_seconds": 0} for p in r["points"]]}  # noqa: E731
+    record = json.loads((tmp_path / "run" / "grid.json").read_text())
+    assert untimed(record) == untimed(json.loads((tmp_path / "local" / "grid.json").read_text()))
+    assert sum(r.balancer == record["best"] for r in rows) == len(spec.seeds)  # the winner at every seed
+    table = {line["job"]: line for line in _jobs(study_storage, spec.name).table()}
+    assert table["grid/best"]["state"] == "done" and len(table) == 3 + 1 + 2 * 3 + 2  # points, pick, seeds, winner
 
 
 @pytest.mark.slow
@@ -686,11 +709,11 @@ def test_two_workers_finish_a_study_without_running_any_job_twice(tmp_path, stud
     assert {line["tries"] for line in table} == {1}  # no job ran twice
     assert len({line["worker"] for line in table}) == 2  # both processes took part
     rows = load_rows(tmp_path / "run")
-    keys = [(r["arm"], r["task"], r["balancer"], r["seed"]) for r in rows]
+    keys = [(r.arm, r.task, r.balancer, r.seed) for r in rows]
     assert len(keys) == len(set(keys)) == 12
     runs = pd.read_csv(tmp_path / "run" / "report" / "runs.csv")
     assert len(runs) == len(runs.drop_duplicates(["arm", "balancer", "seed"])) == 9  # single-task nets merged
-    searched = {r["search_seed"] for r in rows if r["arm"] == "branch"}
+    searched = {r.search_seed for r in rows if r.arm == "branch"}
     assert searched == {0, 1}  # training seed i retrained search seed i % 2's graph
     password = study_storage.split("@")[0].split(":")[-1] if "@" in study_storage else None
     if password:
@@ -742,7 +765,7 @@ def test_a_process_killed_mid_job_loses_nothing_and_its_job_resumes_from_its_che
     assert lines[killed]["resumed"] >= 1  # continued from the dead worker's checkpoint, not from scratch
     assert sum(line["tries"] for line in lines.values()) == len(lines) + 1  # only the killed job ran twice
     rows = load_rows(tmp_path / "run")
-    assert len(rows) == len({(r["arm"], r["task"], r["balancer"], r["seed"]) for r in rows}) == 12
+    assert len(rows) == len({(r.arm, r.task, r.balancer, r.seed) for r in rows}) == 12
 
 
 @pytest.mark.slow
@@ -826,7 +849,9 @@ def test_sigterm_to_a_launcher_stops_its_workers_and_returns_their_jobs_to_the_q
     while len(running) < 2 and launcher.poll() is None and time.monotonic() < deadline:
         if queue is None and (tmp_path / "run" / study_mod.QUEUE_RECORD).is_file():
             queue = _jobs(study_storage, name)
-        running = {line["worker"] for line in queue.table() if line["state"] == "running"} if queue else set()
+        # a job is RUNNING a moment before its worker is recorded: count the jobs whose worker is known
+        table = queue.table() if queue else []
+        running = {line["worker"] for line in table if line["state"] == "running" and line["worker"]}
         time.sleep(0.05)
     assert len(running) == 2, "the two workers never ran jobs at once"
     child = next(int(w.rsplit(":", 1)[1]) for w in running if not w.endswith(f":{launcher.pid}"))
@@ -881,16 +906,13 @@ def test_distributed_study_errors_are_one_line_and_status_lists_the_jobs(tmp_pat
     assert "--worker: needs --storage" in capsys.readouterr().err
     assert main(["study", str(path), "--out", str(run), "--storage", url, "--jobs", "2"]) == 2
     assert "--jobs: not with --storage" in capsys.readouterr().err
-    grid = _write(tmp_path / "grid", STUDY + "[grid]\nstep = 0.5\n")
-    with pytest.raises(ValueError, match="grid: not with --storage yet"):
-        study_mod.run_distributed_study(load_study(grid), tmp_path / "grid-run", url)
 
 
 def test_launched_workers_join_only_what_their_launch_publishes(tmp_path, monkeypatch):
     """A rerun that adds a seed: a worker of the new launch (started beside its launcher, before it publishes)
     must not join the record the previous run left, whose settings differ or whose jobs are done (it would leave
     at once or fail); it joins once the launcher published with its token, and finds the new jobs."""
-    from nas_mtl.jobs import JobQueue
+    from nas_mtl.study.jobs import JobQueue
 
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     run = tmp_path / "run"
@@ -898,18 +920,21 @@ def test_launched_workers_join_only_what_their_launch_publishes(tmp_path, monkey
     study_mod.run_distributed_study(first, run, url, launch="old")
     (tmp_path / "more").mkdir()
     spec = load_study(_write(tmp_path / "more", STUDY))
-    data, space = study_mod._data_and_space(spec)
-    settings = json.loads(json.dumps(study_mod._queue_settings(spec, space)))
+    from nas_mtl.study import distributed
+    from nas_mtl.study.record import queue_settings
+
+    data, space = spec.build()
+    settings = queue_settings(spec, space)
     with pytest.raises(ValueError, match="was not published by this launch"):
         JobQueue.join(url, spec.name, settings, wait_s=0, launch="new")
     seen: dict[str, int] = {}
-    original = study_mod._work
+    original = distributed.work
 
     def work(*args, **kwargs):  # the launcher has published: what a worker of its launch finds
         seen.update(JobQueue.join(url, spec.name, settings, wait_s=0, launch="new").counts())
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(study_mod, "_work", work)
+    monkeypatch.setattr(distributed, "work", work)
     rows = study_mod.run_distributed_study(spec, run, url, launch="new")
     assert seen["waiting"] == 3 and seen["done"] == 3 and len(rows) == 6
 
@@ -917,7 +942,8 @@ def test_launched_workers_join_only_what_their_launch_publishes(tmp_path, monkey
 def test_a_started_worker_that_exits_with_an_error_is_one_line_and_a_killed_one_a_warning(tmp_path, capsys):
     import signal
 
-    from nas_mtl.cli import UserError, _LocalWorkers, build_parser
+    from nas_mtl.cli import UserError, build_parser
+    from nas_mtl.cli_study import _LocalWorkers
 
     args = build_parser().parse_args(["study", "x.toml", "--storage", "sqlite:///x.db", "--workers", "3"])
     workers = _LocalWorkers(args, tmp_path)
@@ -933,7 +959,8 @@ def test_a_started_worker_that_exits_with_an_error_is_one_line_and_a_killed_one_
 
 
 def test_device_cuda_n_shows_the_process_that_gpu_only(monkeypatch):
-    from nas_mtl.cli import UserError, _one_device
+    from nas_mtl.cli import UserError
+    from nas_mtl.cli_study import _one_device
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert _one_device("cpu") == "cpu" and "CUDA_VISIBLE_DEVICES" not in os.environ
@@ -956,7 +983,7 @@ def test_a_studys_branch_search_runs_with_workers_and_a_worker_can_join_it(tmp_p
         tmp_path, STUDY.replace("seeds = [0, 1]", "seeds = [0]").replace("n_train = 64", "n_train = 256") + search
     )
     rows = run_study(load_study(path), tmp_path / "run")
-    assert {r["arm"] for r in rows} == {"single-task", "hard", "branch"}
+    assert {r.arm for r in rows} == {"single-task", "hard", "branch"}
     folder = tmp_path / "run" / "search" / "branch" / "seed0"
     url = f"sqlite:///{folder / 'study.db'}"
     trials = optuna.load_study(study_name="branch", storage=open_storage(url)).get_trials()

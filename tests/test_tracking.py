@@ -151,7 +151,7 @@ def test_resuming_a_tracked_study_logs_nothing_twice(tracked, client_of):
     before = {k: r.info.run_id for k, r in _runs(client, spec.name).items()}
     assert len(before) == len(rows) + 1  # every arm run and the search
     again = run_study(spec, d / "run", progress=False)
-    assert [r["test"] for r in again] == [r["test"] for r in rows]  # read back, not retrained
+    assert [r.test for r in again] == [r.test for r in rows]  # read back, not retrained
     assert {k: r.info.run_id for k, r in _runs(client, spec.name).items()} == before  # kept, not logged again
 
 
@@ -186,7 +186,7 @@ def test_study_results_survive_a_failing_tracking_server(tracked, monkeypatch):
     monkeypatch.setattr(tracking, "_mirror", broken)
     with pytest.warns(UserWarning, match="tracking: MLflow"):
         again = run_study(spec, d / "run", progress=False)
-    assert [r["test"] for r in again] == [r["test"] for r in rows]
+    assert [r.test for r in again] == [r.test for r in rows]
 
 
 def test_missing_mlflow_stops_before_training_with_the_install_command(tmp_path, monkeypatch):

@@ -188,7 +188,7 @@ def test_a_balancer_by_reference_with_options_in_the_cli_and_a_study(project, ca
     )
     out = tmp_path_factory.mktemp("elsewhere") / "run"
     assert main(["study", str(project / "study.toml"), "--out", str(out), "--no-progress"]) == 0
-    rows = {(r["arm"], r["balancer"].rsplit("/", 1)[-1]) for r in load_rows(out)}
+    rows = {(r.arm, r.balancer.rsplit("/", 1)[-1]) for r in load_rows(out)}
     assert ("hard", "bal.py:make:beta=0.5") in rows and ("hard", "equal") in rows
     with pytest.raises(ValueError, match="balancer 'my_pkg.bal:nope': my_pkg.bal has no function 'nope'"):
         create_balancer("my_pkg.bal:nope")

@@ -17,8 +17,9 @@ from ..config import to_options
 from ..data import MultiTaskData
 from ..environment import environment
 from ..graph import SharingGraph
+from ..layout import SEARCH_DONE, read_search_record
 from ..registry import Registry
-from ..runs import read_search_record, write_json_atomic
+from ..runs import write_json_atomic
 from ..space import SearchSpace
 from ..train import resolve_device
 
@@ -61,14 +62,14 @@ class SearchResult:
             "env": environment(resolve_device(device)),
             **({"study": dict(study)} if study is not None else {}),
         }
-        write_json_atomic(summary, run_dir / "search.json")
+        write_json_atomic(summary, run_dir / SEARCH_DONE)
         return run_dir / "graph.json"
 
     @classmethod
     def load(cls, run_dir: str | Path) -> SearchResult:
         """The result :meth:`save` wrote into ``run_dir`` (graph, cost, info; candidates stay in their files); a
         damaged ``search.json`` is one ValueError naming the file and the key."""
-        done = Path(run_dir) / "search.json"
+        done = Path(run_dir) / SEARCH_DONE
         summary = read_search_record(done, f"delete {run_dir} to rerun that search")
         graph = SharingGraph.from_dict(summary["graph"], source=str(done))
         return cls(summary["method"], graph, summary["seconds"], info=summary.get("info", {}))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +33,7 @@ from ..balancing import create_balancer
 from ..baselines import primary_directions, train_graph, train_single_tasks
 from ..config import config_from_dict, nested, option
 from ..data import MultiTaskData, TensorMultiTaskDataset
-from ..graph import SKIP, SharingGraph
+from ..graph import SharingGraph, graph_from_key, graph_key
 from ..metrics import delta_m
 from ..network import MultiTaskNetwork
 from ..space import SearchSpace
@@ -45,22 +45,6 @@ OBJECTIVES = {"delta_m": "maximize", "params": "minimize", "macs": "minimize"}
 
 Report = Callable[[int, float], None]
 """``report(epoch, delta_m)`` after every fine-tuning epoch but the last; may raise to stop (pruning)."""
-
-
-def graph_key(graph: SharingGraph) -> str:
-    """Canonical identity of a sharing pattern within one space: equal graphs, equal keys.
-
-    Rows (layers) are joined by ``/``, copies by ``.``, ``-`` marks a skip: ``"0.0.0/0.0.1"``.
-    """
-    return "/".join(".".join("-" if c == SKIP else str(c) for c in row) for row in graph.assignment)
-
-
-def graph_from_key(
-    key: str, tasks: Sequence[str], layers: Sequence[str], skippable: Sequence[str] = ()
-) -> SharingGraph:
-    """The graph of :func:`graph_key` ``key`` over ``tasks`` and ``layers`` (validated as any graph)."""
-    rows = [[SKIP if c == "-" else int(c) for c in row.split(".")] for row in key.split("/")]
-    return SharingGraph(tuple(tasks), tuple(layers), rows, frozenset(skippable))
 
 
 PROXY_TRAIN = ("epochs", "batch_size", "lr", "seed", "device")

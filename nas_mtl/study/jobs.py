@@ -38,8 +38,8 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from .runs import check_settings
-from .storage import fail_stale, heartbeat_settings, open_storage, redact, resolve, retry_stale_trials
+from ..runs import check_settings
+from ..storage import fail_stale, heartbeat_settings, open_storage, redact, resolve, retry_stale_trials
 
 PREFIX = "nas_mtl.study:"
 """The Optuna study of a nas_mtl study named NAME is ``PREFIX + NAME``."""
