@@ -9,12 +9,10 @@ task) and badly scaled (gradient norms 1e-3 .. 1e3).
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_network, toy_images
 
-from nas_mtl.backbones import create_backbone
 from nas_mtl.balancing import create_balancer
 from nas_mtl.balancing import gramian as gm
-from nas_mtl.graph import SharingGraph
-from nas_mtl.network import MultiTaskNetwork
 from nas_mtl.tasks import RegressionTask, labelled_losses
 
 tj = pytest.importorskip("torchjd.aggregation", reason="torchjd is a test dependency: pip install -e '.[test]'")
@@ -166,12 +164,9 @@ AGGREGATORS = {
 
 def _hard_sharing_batch(widths, depths):
     """A float64 hard-sharing net on tasks x, y, z (eval mode), a batch for it and its trunk parameters."""
-    torch.manual_seed(0)
-    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=widths, depths=depths)
-    net = MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(["x", "y", "z"], bb.layer_names), bb, TASKS)
-    net = net.double().eval()
+    net = tiny_network(TASKS, widths=widths, depths=depths).double().eval()
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(8, 1, 8, 8, generator=g, dtype=torch.float64)
+    x = toy_images(8, g, torch.float64)
     y = {t.name: torch.randn(8, 2, generator=g, dtype=torch.float64) * (k + 1) for k, t in enumerate(TASKS)}
     return net, x, y, [p for n, p in net.named_parameters() if n.startswith("blocks.")]
 

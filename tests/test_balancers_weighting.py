@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_network, toy_data, toy_images
 
-from nas_mtl.backbones import create_backbone
 from nas_mtl.balancing import create_balancer
 from nas_mtl.balancing.weighting import DWA, FAMO, FAMO_EPS, RLW, GradNorm, UncertaintyWeighting
-from nas_mtl.data import MultiTaskData, TensorMultiTaskDataset
-from nas_mtl.graph import SharingGraph
+from nas_mtl.data import TensorMultiTaskDataset
 from nas_mtl.network import MultiTaskNetwork
 from nas_mtl.tasks import RegressionTask
-from nas_mtl.train import TrainConfig, seed_everything, train
+from nas_mtl.train import TrainConfig, train
 
 TASKS = (RegressionTask("a", 1), RegressionTask("b", 1), RegressionTask("c", 1))
 NAMES = [t.name for t in TASKS]
@@ -28,15 +27,13 @@ F64_RTOL = 1e-10
 
 
 def _network(seed: int = 0) -> MultiTaskNetwork:
-    seed_everything(seed)
-    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4, 8), depths=(1, 1))
-    net = MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(NAMES, bb.layer_names), bb, TASKS)
-    return net.double().eval()  # eval: BatchNorm uses its running statistics, the forward pass is deterministic
+    # eval: BatchNorm uses its running statistics, the forward pass is deterministic
+    return tiny_network(TASKS, seed=seed).double().eval()
 
 
 def _batch(seed: int = 0, n: int = 16):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g, dtype=torch.float64)
+    x = toy_images(n, g, torch.float64)
     y = {t: torch.randn(n, 1, generator=g, dtype=torch.float64) * (1 + i) for i, t in enumerate(NAMES)}
     return x, y
 
@@ -154,19 +151,17 @@ def test_dwa_weights_follow_the_mtan_formula():
 def _data(n_train=64, label_c=True):
     def split(n, seed):
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 1, 8, 8, generator=g)
+        x = toy_images(n, g)
         y = {t: x[:, :, : 2 + 2 * i].mean((1, 2, 3)).view(n, 1) * (1 + i) for i, t in enumerate(NAMES)}
         if not label_c and seed == 0:  # no label of c in the training split
             y["c"][:] = float("nan")
         return TensorMultiTaskDataset(x, y)
 
-    return MultiTaskData("toy", TASKS, (1, 8, 8), split(n_train, 0), split(32, 1), split(32, 2))
+    return toy_data("toy", TASKS, split, sizes=(n_train, 32, 32))
 
 
 def _float_net(seed=0):
-    seed_everything(seed)
-    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4, 8), depths=(1, 1))
-    return MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(NAMES, bb.layer_names), bb, TASKS)
+    return tiny_network(TASKS, seed=seed)
 
 
 def test_the_trainer_gives_dwa_each_epochs_mean_training_losses():

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_network, tiny_space, toy_data, toy_images
 
-from nas_mtl.backbones import create_backbone
 from nas_mtl.balancing import create_balancer
-from nas_mtl.data import MultiTaskData, TensorMultiTaskDataset
-from nas_mtl.graph import SharingGraph
-from nas_mtl.network import MultiTaskNetwork
+from nas_mtl.data import TensorMultiTaskDataset
 from nas_mtl.tasks import (
     ClassificationTask,
     DenseRegressionTask,
@@ -27,7 +25,7 @@ from nas_mtl.tasks import (
     SurfaceNormalTask,
     labelled_losses,
 )
-from nas_mtl.train import TrainConfig, evaluate, seed_everything, train
+from nas_mtl.train import TrainConfig, evaluate, train
 
 F64_RTOL = 1e-10
 """float64 sums of a few hundred terms taken in another order: ~1e-14 relative, far below this."""
@@ -172,15 +170,13 @@ TASKS = (ClassificationTask("a", 3), RegressionTask("b", 2), MultiLabelTask("c",
 
 
 def _network():
-    torch.manual_seed(0)
-    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4, 8), depths=(1, 1))
-    net = MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing([t.name for t in TASKS], bb.layer_names), bb, TASKS)
-    return net.double().eval()  # eval: BatchNorm per sample, so a subset's forward equals the full batch's rows
+    # eval: BatchNorm per sample, so a subset's forward equals the full batch's rows
+    return tiny_network(TASKS).double().eval()
 
 
 def _batch(drop_c: bool):
     g = _gen(4)
-    x = torch.randn(10, 1, 8, 8, generator=g, dtype=torch.float64)
+    x = toy_images(10, g, torch.float64)
     a = torch.randint(0, 3, (10,), generator=g)
     a[[0, 2, 3, 7]] = -1
     b = torch.randn(10, 2, generator=g, dtype=torch.float64)
@@ -273,7 +269,7 @@ def test_balanced_gradients_equal_the_labelled_subsets(balancer, drop_c):
 # ---------------------------------------------------------------------- training end to end
 def _split(n, seed, label_c: bool):
     g = _gen(seed)
-    x = torch.randn(n, 1, 8, 8, generator=g)
+    x = toy_images(n, g)
     a = torch.randint(0, 3, (n,), generator=g)
     x[:, :, :4, :4] += a.view(n, 1, 1, 1).float()
     a[torch.rand(n, generator=g) < 0.3] = -1
@@ -287,7 +283,7 @@ def _split(n, seed, label_c: bool):
 
 BUILT_IN = ["equal", "mgda", "mgda-ub", "pcgrad", "cagrad", "imtl-g", "imtl-g-ub", "aligned-mtl", "aligned-mtl-ub"]
 BUILT_IN += ["upgrad", "nash-mtl"]
-BUILT_IN += ["uncertainty", "dwa", "rlw", "famo", "gradnorm", "static"]
+BUILT_IN += ["uncertainty", "dwa", "rlw", "famo", "gradnorm", "static", "gls"]
 
 
 def test_every_built_in_balancer_is_checked_here():
@@ -298,10 +294,8 @@ def test_every_built_in_balancer_is_checked_here():
 
 @pytest.mark.parametrize("balancer", BUILT_IN)
 def test_training_with_a_task_unlabelled_in_train_leaves_its_head_untouched(balancer):
-    data = MultiTaskData("partial", TASKS, (1, 8, 8), _split(96, 0, False), _split(48, 1, True), _split(48, 2, True))
-    seed_everything(0)
-    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4, 8), depths=(1, 1))
-    net = MultiTaskNetwork.from_tasks(SharingGraph.hard_sharing(["a", "b", "c"], bb.layer_names), bb, TASKS)
+    data = toy_data("partial", TASKS, lambda n, seed: _split(n, seed, label_c=seed > 0), sizes=(96, 48, 48))
+    net = tiny_network(TASKS)
     head_c = {k: v.clone() for k, v in net.heads[2].state_dict().items()}
     cfg = TrainConfig(epochs=2, batch_size=16, progress=False, device="cpu")
     result = train(net, data, cfg, create_balancer(balancer))
@@ -320,13 +314,11 @@ def test_searches_run_on_partially_labelled_data(tmp_path):
     from nas_mtl.config import build_config
     from nas_mtl.search.adashare import AdaShareConfig, adashare_search
     from nas_mtl.search.affinity import AffinityConfig, measure_affinity
-    from nas_mtl.space import SearchSpace
 
     train_split = _split(64, 0, True)
     train_split.targets["c"][8:] = NAN  # of 8 shuffled batches of 8 per pass, about 3 have no label of c
-    data = MultiTaskData("partial", TASKS, (1, 8, 8), train_split, _split(32, 1, True), _split(32, 2, True))
-    bb = create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4, 8), depths=(2, 2))
-    space = SearchSpace("toy", bb, bb.layer_names, bb.skippable)
+    data = toy_data("partial", TASKS, lambda n, seed: train_split if seed == 0 else _split(n, seed, True), (64, 32, 32))
+    space = tiny_space(depths=(2, 2))
     base = {"epochs": 2, "batch_size": 8, "progress": False, "device": "cpu"}
     cfg = build_config(AdaShareConfig, {**base, "warmup_epochs": 1, "weight_steps": 8, "policy_steps": 4})
     result = adashare_search(data, space, cfg, tmp_path / "adashare")

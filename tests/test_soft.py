@@ -8,40 +8,24 @@ import json
 
 import pytest
 import torch
+from helpers import TOY_TASKS, tiny_backbone, tiny_network, toy_data, toy_images, toy_split
 from torch import nn
 
-from nas_mtl.backbones import count_macs, create_backbone
-from nas_mtl.data import MultiTaskData, TensorMultiTaskDataset
+from nas_mtl.backbones import count_macs
 from nas_mtl.export import export_network, load_exported
 from nas_mtl.graph import GraphError, SharingGraph
-from nas_mtl.network import MultiTaskNetwork
 from nas_mtl.soft import Coupling
-from nas_mtl.tasks import ClassificationTask, RegressionTask
-from nas_mtl.train import TrainConfig, seed_everything, train
+from nas_mtl.train import TrainConfig, train
 
-TASKS = (ClassificationTask("a", 3), RegressionTask("b", 2))
-
-
-def _backbone():
-    return create_backbone("resnet_small", in_chans=1, input_size=(8, 8), widths=(4, 8), depths=(1, 1))
+TASKS = TOY_TASKS
 
 
 def _net(coupling=None, seed=0, graph=None):
-    seed_everything(seed)
-    bb = _backbone()
-    graph = graph or SharingGraph.independent(["a", "b"], bb.layer_names)
-    return MultiTaskNetwork.from_tasks(graph, bb, TASKS, coupling=coupling)
+    return tiny_network(TASKS, graph or SharingGraph.independent, seed, coupling=coupling)
 
 
 def _data():
-    def split(n, seed):
-        g = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, 1, 8, 8, generator=g)
-        a = (x[:, 0, :4, :4].mean((1, 2)) * 3).clamp(-1, 1).round().long() + 1
-        b = torch.stack([x.mean((1, 2, 3)), x[:, :, 4:].mean((1, 2, 3))], 1)
-        return TensorMultiTaskDataset(x, {"a": a, "b": b})
-
-    return MultiTaskData("toy", TASKS, (1, 8, 8), split(64, 0), split(32, 1), split(32, 2))
+    return toy_data("toy", TASKS, toy_split)
 
 
 CFG = TrainConfig(epochs=2, batch_size=16, lr=1e-2, progress=False, device="cpu")
@@ -114,7 +98,7 @@ def test_cross_stitch_forward_equals_a_hand_written_model():
     with torch.no_grad():
         for alpha in net.mixing.values():
             alpha.copy_(torch.tensor([[0.7, 0.3], [0.45, 0.55]], dtype=torch.float64))
-    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    x = toy_images(5, dtype=torch.float64)
     h = [x, x]
     for layer in range(len(net.blocks)):
         h = [net.blocks[layer][t](h[t]) for t in range(2)]
@@ -153,7 +137,7 @@ def test_cost_counts_the_mixing_and_matches_torchs_flop_counter():
 
 
 def test_a_coupling_needs_the_independent_pattern_and_known_layers():
-    bb = _backbone()
+    bb = tiny_backbone()
     with pytest.raises(GraphError, match="must be run by every task with its own copy"):
         _net(Coupling("l2"), graph=SharingGraph.hard_sharing(["a", "b"], bb.layer_names))
     with pytest.raises(GraphError, match=r"layers \['nope'\] are not blocks"):
@@ -198,7 +182,7 @@ def test_gradient_combining_balancers_see_every_task_reach_the_blocks_under_cros
     }
     assert {id(p) for p in groups[frozenset({"a"})]} >= {id(p) for p in net.blocks[2][0].parameters()}
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(6, 1, 8, 8, generator=g, dtype=torch.float64)
+    x = toy_images(6, g, torch.float64)
     y = {"a": torch.randint(0, 3, (6,), generator=g), "b": torch.randn(6, 2, generator=g, dtype=torch.float64)}
 
     def losses():
@@ -220,4 +204,4 @@ def test_gradient_combining_balancers_see_every_task_reach_the_blocks_under_cros
 
 def test_forward_with_unknown_tasks_is_refused_under_cross_stitch():
     with pytest.raises(ValueError, match=r"tasks: unknown \['z'\]"):
-        _net(Coupling("cross-stitch"))(torch.randn(2, 1, 8, 8), tasks=["a", "z"])
+        _net(Coupling("cross-stitch"))(toy_images(2), tasks=["a", "z"])

@@ -6,8 +6,9 @@ runs ONE backward pass through the shared trunk with ``Σ_t w_t ∂L_t/∂Z``. I
 "the gradients of the shared feature z") and Aligned-MTL (Senushkin et al. 2023, Aligned-MTL-UB) define the same
 variant. Z is the output of the deepest block that all tasks run together (the trunk for hard sharing), captured
 by a forward hook; parameters after Z (heads, and for trees the branches) are handled as in ``params`` mode with
-the per-task gradients that computing ∂L_t/∂Z yields anyway. Without such a block (independent networks) the UB
-variant equals the exact one.
+the per-task gradients that computing ∂L_t/∂Z yields anyway. Without such a block (independent networks), and at a
+step with a single task's loss (a single-task network, or one task labelled in the batch: Z is then shared with no
+other task), the UB variant equals the exact one, which gives that task its own gradient.
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ class RepresentationBalancer(GroupedGradientBalancer):
         loss = loss_values(losses, self.name)
         attachment = self._attachment
         z = attachment.capture.take()
+        if len(losses) < 2:  # Z shared with no other task: as in ``params`` mode (a normalisation would rescale it)
+            return super().backward(losses, network)
         if z is None:
             if attachment.handle is not None:
                 warnings.warn(

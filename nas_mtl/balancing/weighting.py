@@ -504,9 +504,10 @@ class FAMO(LossWeighting):
         if bad:
             raise ValueError(f"famo: needs positive losses (it weighs log losses); task(s) {bad}")
         z = self.task_weights()
-        c = sum(z[t] / (v + FAMO_EPS) for t, v in loss.items())
+        q = {t: z[t] / (v + FAMO_EPS) for t, v in loss.items()}
+        c = sum(q.values())
         self._before = dict(loss)
-        return {t: z[t] / (c * (v + FAMO_EPS)) for t, v in loss.items()}
+        return {t: q[t] / c for t in loss}  # z_t / (c L_t), written so that a lone task's weight is exactly 1
 
     def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
         weights = super().backward(losses, network)
