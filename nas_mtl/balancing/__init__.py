@@ -1,6 +1,6 @@
 """Loss balancing: one interface (:class:`Balancer`), a registry of methods."""
 
-from . import equal, gramian, mgda, pcgrad, weighting  # noqa: F401  (registration)
+from . import equal, gls, gramian, mgda, pcgrad, weighting  # noqa: F401  (registration)
 from .base import Balancer, create_balancer, list_balancers, parse_balancer, register_balancer
 from .equal import EqualWeights
 from .mgda import MGDA
