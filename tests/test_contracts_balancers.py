@@ -52,8 +52,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "uncertainty": {"lr": 0.05, "init": -0.5},
     "upgrad": {},
 }
-"""Options other than the defaults for every registered balancer (a new balancer adds its own here). ``mode`` is
-not an option of the spec: ``imtl-g`` with mode ``ub`` is ``imtl-g-ub``."""
+"""Options other than the defaults, checked beside the defaults (a balancer without options here is checked with its
+defaults only). ``mode`` is not an option of the spec: ``imtl-g`` with mode ``ub`` is ``imtl-g-ub``."""
 
 DTYPES = [pytest.param(torch.float32, id="float32"), pytest.param(torch.float64, id="float64")]
 """The flag tests run in both: float32 trains, and float64 shows a weight that is 1 only after rounding to float32
@@ -174,8 +174,10 @@ def _trains_as_equal(
 
 
 # ---------------------------------------------------------------------- spec
-def test_every_registered_balancer_has_options_here():
-    assert sorted(OPTIONS) == NAMES
+def test_the_options_table_names_only_registered_balancers():
+    """Every registered balancer runs the contracts with its defaults (a new one needs no line here); the table
+    adds non-default options, so a renamed balancer must not leave its entry behind unchecked."""
+    assert set(OPTIONS) <= set(NAMES)
 
 
 @pytest.mark.parametrize(("name", "options"), VARIANTS)
