@@ -87,7 +87,7 @@ METHODS = {
     "tpe+rsa+shortlist": {"sampler": "tpe", "warm_start": WARM, "shortlist": 3},
 }
 DEFAULT_METHOD = "tpe+rsa+shortlist"
-"""The configuration the README recommends (``search branch --warm-start rsa,hard,independent --shortlist 3``)."""
+"""The configuration docs/searches.md recommends (``search branch --warm-start rsa,hard,independent --shortlist 3``)."""
 
 
 class Retrains:
