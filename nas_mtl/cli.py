@@ -21,6 +21,7 @@ from .cli_options import (
     parse_key_values,
     show_storage,
 )
+from .cli_select import add_select_command
 from .cli_study import add_status_command, add_study_command
 from .data import create_dataset, list_datasets
 from .graph import SharingGraph
@@ -381,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report_command,
         _add_export_command,
         _add_graph_command,
+        add_select_command,
         _add_data_command,
         _add_list_command,
     ):
