@@ -27,6 +27,13 @@ def add_select_command(sub: argparse._SubParsersAction) -> None:
         default="exact",
         help="exact: the table as measured; hoa: groups of 3+ tasks predicted from the pairs (Standley et al.)",
     )
+    p.add_argument(
+        "--serve",
+        choices=("chosen", "best"),
+        default="chosen",
+        help="on --test, each task served by the network chosen for it (default) or by the selected network best on "
+        "the test table (Standley et al.'s curves)",
+    )
     p.add_argument("--json", help="also write the selections to this JSON file")
     p.set_defaults(func=cmd_select)
 
@@ -63,7 +70,7 @@ def cmd_select(args: argparse.Namespace) -> None:
             serves = [t for t in table.tasks if found.serves[t] is net]
             entry["networks"].append({"tasks": list(net.tasks), "cost": net.cost, "serves": serves})
         if test is not None:
-            entry["test_total"] = score_on(found, test)
+            entry["test_total"] = score_on(found, test, args.serve)
         out.append(entry)
         shown = "; ".join(f"{'+'.join(n['tasks'])} ({n['cost']:g}): {','.join(n['serves'])}" for n in entry["networks"])
         scored = f"{entry['test_total']:9.5f}" if test is not None else f"{'':>9}"

@@ -130,16 +130,31 @@ def select(table: NetworkTable, budget: float) -> Selection:
     return Selection(float(budget), tuple(nets[k] for k in chosen), serves, total)
 
 
-def score_on(selection: Selection, table: NetworkTable) -> float:
-    """The total of ``selection`` scored on ``table`` (e.g. test): each task served by the network that serves it
-    in the selection, looked up in ``table`` by its tasks and cost."""
+def score_on(selection: Selection, table: NetworkTable, serve: str = "chosen") -> float:
+    """The total of ``selection`` scored on ``table`` (e.g. test), its networks looked up by tasks and cost.
+
+    Args:
+        serve: ``"chosen"``: each task served by the network that serves it in the selection (fixed when
+            choosing); ``"best"``: by whichever selected network scores it best on ``table``, the protocol of
+            Standley et al.'s released curves (``translate_scores_to_test_set`` then the per-task best).
+    """
+    if serve not in ("chosen", "best"):
+        raise ValueError(f"serve: expected 'chosen' or 'best', got {serve!r}")
     by_key = {(frozenset(n.tasks), n.cost): n for n in table.networks}
-    total = []
-    for task, net in selection.serves.items():
+    there = {}
+    for net in selection.networks:
         other = by_key.get((frozenset(net.tasks), net.cost))
         if other is None:
             raise ValueError(f"{table.source}: no network {net.name} (cost {net.cost:g}) to score the selection on")
-        total.append(other.scores[task])
+        there[id(net)] = other
+    total = []
+    for task, net in selection.serves.items():
+        if serve == "best":
+            candidates = [there[id(n)] for n in selection.networks if task in n.tasks]
+            net = min(candidates, key=lambda n: table.loss(n, task))
+            total.append(net.scores[task])
+        else:
+            total.append(there[id(net)].scores[task])
     return math.fsum(total)
 
 
