@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -158,6 +159,40 @@ def score_on(selection: Selection, table: NetworkTable, serve: str = "chosen") -
     return math.fsum(total)
 
 
+def random_selection(table: NetworkTable, budget: float, rng: random.Random) -> list[Network]:
+    """One random selection as Standley et al.'s baseline draws it: the networks in a random order, each added when
+    it fits in what is left of ``budget``, until less than the cheapest network's cost is left (a pass that runs
+    out of networks starts afresh); redrawn until the selection covers every task."""
+    cheapest = min(n.cost for n in table.networks)
+    for _ in range(100_000):
+        chosen: list[Network] = []
+        left = float(budget)
+        while left >= cheapest:
+            order = list(table.networks)
+            rng.shuffle(order)
+            chosen, left = [], float(budget)
+            for net in order:
+                if net.cost <= left:
+                    chosen.append(net)
+                    left -= net.cost
+                if left < cheapest:
+                    break
+        if _covers(table, chosen):
+            return chosen
+    raise ValueError(f"{table.source}: budget {budget:g}: none of 100000 random selections covered every task")
+
+
+def _covers(table: NetworkTable, networks: Sequence[Network]) -> bool:
+    return all(any(t in n.tasks for n in networks) for t in table.tasks)
+
+
+def best_total(table: NetworkTable, networks: Sequence[Network]) -> float:
+    """The total of ``networks`` on ``table`` with each task served by the one that scores it best."""
+    return math.fsum(
+        min((n for n in networks if t in n.tasks), key=lambda n: table.loss(n, t)).scores[t] for t in table.tasks
+    )
+
+
 def hoa(table: NetworkTable) -> NetworkTable:
     """Standley's higher-order approximation (Sec. 3.3.2): every network of three or more tasks predicted from
     the pairs, each task's score the mean of its score in the pair networks inside the group; networks of one or
@@ -235,8 +270,10 @@ __all__ = [
     "Network",
     "NetworkTable",
     "Selection",
+    "best_total",
     "hoa",
     "read_csv",
+    "random_selection",
     "read_standley",
     "score_on",
     "select",
