@@ -41,7 +41,7 @@ import optuna
 from _report import write_report
 from optuna.trial import TrialState
 
-from nas_mtl.jobs import PREFIX
+from nas_mtl.study.jobs import PREFIX
 
 SPACE = """
 format = "nas_mtl.search_space/1"
