@@ -17,6 +17,7 @@ from typing import Any
 from .cli_options import UserError, add_config_arguments, config_from_args, show_storage
 from .config import to_options
 from .processes import WorkerProcesses
+from .progress import clear_stop, request_stop, stop_requested
 from .runs import TEXT, or_null, read_record
 from .storage import GRACE_S, HEARTBEAT_S
 from .tracking import TrackingConfig
@@ -120,6 +121,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         if os.getppid() != args.launched:  # it died while this one started
             raise UserError("--workers: the process that started this worker has ended")
         signal.signal(signal.SIGTERM, _interrupt)
+    clear_stop()
     with _LocalWorkers(args, out) as workers:
         rows = run_distributed_study(
             spec,
@@ -135,6 +137,8 @@ def cmd_study(args: argparse.Namespace) -> None:
             outcome=not args.launched,
             launch=args.launch or workers.launch,  # a worker joins what its launcher publishes, not an older record
         )
+        if stop_requested():  # the signal's own KeyboardInterrupt was swallowed by a finalizer it landed in
+            raise KeyboardInterrupt
         if not args.launched:  # the launcher reports, once
             _print_study(spec.name, out, rows, t0)
             workers.join()
@@ -155,7 +159,12 @@ def _print_study(name: str, out: Path, rows: list[dict[str, Any]], t0: float) ->
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM as Ctrl-C: the running job returns to the queue at once and launched workers are stopped."""
+    """SIGTERM as Ctrl-C: the running job returns to the queue at once and launched workers are stopped.
+
+    The stop is also requested (:func:`~nas_mtl.progress.request_stop`): raised inside a finalizer, the
+    ``KeyboardInterrupt`` would be printed as "Exception ignored" and lost, and the study would run on to its end.
+    """
+    request_stop()
     raise KeyboardInterrupt
 
 

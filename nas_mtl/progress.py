@@ -20,6 +20,7 @@ time is part of a run's).
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from statistics import fmean
 from time import monotonic
@@ -33,6 +34,34 @@ T = TypeVar("T")
 
 LINE_SECONDS = 60.0
 """How often a long loop prints a plain line when the output is not a terminal."""
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask every loop wrapped by :func:`progress` to stop: its next step raises ``KeyboardInterrupt``.
+
+    A signal handler that raises ``KeyboardInterrupt`` itself can land in a finalizer (a weakref callback, a
+    ``__del__``), where Python prints "Exception ignored" and goes on; the request makes the stop hold anyway.
+    """
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    """Forget an earlier :func:`request_stop` (a new command in the same process)."""
+    _STOP.clear()
+
+
+def stop_requested() -> bool:
+    """Whether :func:`request_stop` was called (and not cleared since)."""
+    return _STOP.is_set()
+
+
+def _stoppable(iterable: Iterable[T]) -> Iterator[T]:
+    for item in iterable:
+        if _STOP.is_set():
+            raise KeyboardInterrupt
+        yield item
 
 
 class PlainProgress(Iterable[T]):
@@ -69,9 +98,11 @@ def progress(
 ) -> Iterable[T]:
     """``iterable`` with progress output: none when not ``enabled``, a bar on a terminal, else plain lines.
 
-    The result has ``set_postfix(**values)`` in every case.
+    The result has ``set_postfix(**values)`` in every case; each step raises ``KeyboardInterrupt`` once
+    :func:`request_stop` was called.
     """
     stream = sys.stderr if stream is None else stream
+    iterable = _stoppable(iterable)
     if not enabled or stream.isatty():
         return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=False, file=stream)
     return PlainProgress(iterable, desc, total, stream)

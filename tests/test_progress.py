@@ -122,3 +122,28 @@ def test_time_left_counts_only_whole_runs_of_this_session():
     # branch's 2 retrainings, none of their own yet: each the mean of every retraining, (20 + 30) / 2 = 25 s
     assert "4 of 6 runs done" in line and "about 50.0 s left" in line
     assert clock.done == 4 and list(clock.pending) == ["arms/branch/equal/seed0", "arms/branch/mgda/seed0"]
+
+
+def test_a_stop_swallowed_by_a_finalizer_still_stops_the_next_step():
+    """SIGTERM's handler raises KeyboardInterrupt; landing in a finalizer, Python prints "Exception ignored" and goes
+    on (CI saw a launcher run its study to the end that way). The stop request makes the next step raise."""
+    import gc
+
+    from nas_mtl.cli_study import _interrupt
+    from nas_mtl.progress import clear_stop, progress
+
+    class Finalized:
+        def __del__(self):
+            _interrupt(15, None)
+
+    try:
+        Finalized()  # its __del__ runs now; the KeyboardInterrupt is printed and dropped
+        gc.collect()
+        steps = []
+        with pytest.raises(KeyboardInterrupt):
+            for i in progress(range(5), "loop", enabled=False):
+                steps.append(i)
+        assert steps == []
+    finally:
+        clear_stop()
+    assert list(progress(range(3), "loop", enabled=False)) == [0, 1, 2]

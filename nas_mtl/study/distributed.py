@@ -14,7 +14,7 @@ import torch
 
 from ..layout import QUEUE_RECORD, RunRow, load_rows
 from ..processes import cores_per_worker, torch_threads
-from ..progress import estimate_line, remaining_seconds, run_kind
+from ..progress import estimate_line, remaining_seconds, run_kind, stop_requested
 from ..runs import run_lock, write_json_atomic
 from ..storage import redact
 from ..tracking import mirror_study, require_mlflow
@@ -161,6 +161,8 @@ def work(
     planned = {u.key: u for u in units}
     plain = {job.key: _plain(job) for job in jobs_of(units)}
     while True:
+        if stop_requested():  # a stop that a finalizer swallowed: claim nothing more
+            raise KeyboardInterrupt
         claim = queue.claim(worker)
         if claim is not None and plain.get(claim.job.key) != _plain(claim.job):
             # a storage record is data: a job runs only as this worker's own study file plans it (a record that
