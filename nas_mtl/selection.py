@@ -25,6 +25,11 @@ from pathlib import Path
 
 STANDLEY_HALF = 0.5
 """The cost of a half-size single-task network in Standley's tables (the first line)."""
+TAG_ALONE = -1e6
+"""A task alone in TAG's network selection with overlapping groups (Fifty et al.'s released code): below any group's
+score, so a task is served alone only where no selected group trains it."""
+MAX_TAG_TASKS = 16
+""":func:`tag` lists every group of tasks: at most 2^16 - 1 networks."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,46 @@ def hoa(table: NetworkTable) -> NetworkTable:
     return NetworkTable(table.tasks, tuple(kept), table.higher_is_better, f"{table.source} (hoa)")
 
 
+def tag(
+    affinity: Sequence[Sequence[float]],
+    tasks: Sequence[str],
+    alone: float = TAG_ALONE,
+    cost: float = 1.0,
+    max_size: int | None = None,
+) -> NetworkTable:
+    """TAG's predicted table (Fifty et al. 2021, Sec. 3.2): one network per group of tasks (up to ``max_size``
+    tasks), each member's score the mean inter-task affinity onto it from the other members, higher is better.
+
+    Args:
+        affinity: (T, T); ``affinity[j][i]`` is task j's effect on task i (the lookahead affinity of
+            :mod:`nas_mtl.search.affinity`, rows = the task whose step is taken); the diagonal is not used.
+        alone: the score of a task in a network of its own (TAG's released selection with overlap:
+            :data:`TAG_ALONE`; 0 scores "no transfer", as :func:`~nas_mtl.search.grouping.partition_score` does).
+        cost: every network's cost (TAG trains one full-size network per group).
+
+    TAG averages the served scores where :func:`select` sums them: the same choice at every budget.
+    """
+    names = tuple(tasks)
+    n = len(names)
+    if not 1 <= n <= MAX_TAG_TASKS:
+        raise ValueError(f"tag: expected 1 to {MAX_TAG_TASKS} tasks, got {n}")
+    rows = [list(map(float, row)) for row in affinity]
+    if len(rows) != n or any(len(row) != n for row in rows):
+        raise ValueError(f"tag: affinity must be a {n}x{n} matrix (one row per task {list(names)})")
+    if not all(math.isfinite(v) for row in rows for v in row) or not math.isfinite(alone):
+        raise ValueError("tag: affinity and alone must be finite")
+    largest = n if max_size is None else max_size
+    networks = []
+    for size in range(1, largest + 1):
+        for group in combinations(range(n), size):
+            scores = {
+                names[i]: (math.fsum(rows[j][i] for j in group if j != i) / (size - 1) if size > 1 else float(alone))
+                for i in group
+            }
+            networks.append(Network(tuple(names[i] for i in group), float(cost), scores))
+    return NetworkTable(names, tuple(networks), dict.fromkeys(names, True), "tag")
+
+
 def read_standley(path: str | Path, tasks: Sequence[str] | None = None) -> NetworkTable:
     """A table in Standley's released format (``network_selection/results*.txt``): tab-separated, one column per
     task; the first line the half-size single-task networks (cost 0.5), then one full-size network per line
@@ -266,7 +311,9 @@ def read_csv(path: str | Path) -> NetworkTable:
 
 
 __all__ = [
+    "MAX_TAG_TASKS",
     "STANDLEY_HALF",
+    "TAG_ALONE",
     "Network",
     "NetworkTable",
     "Selection",
@@ -277,4 +324,5 @@ __all__ = [
     "read_standley",
     "score_on",
     "select",
+    "tag",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nas_mtl.selection import Network, NetworkTable, hoa, read_csv, read_standley, score_on, select
+from nas_mtl.selection import TAG_ALONE, Network, NetworkTable, hoa, read_csv, read_standley, score_on, select, tag
 
 DATA = Path(__file__).parent / "data" / "standley"
 BUDGETS = [1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5]
@@ -180,3 +180,65 @@ def test_random_selections_average_what_the_paper_plots(tables):
         se = statistics.stdev(totals) / len(totals) ** 0.5
         assert abs(statistics.fmean(totals) - paper) < 4 * se
         assert all(math.fsum(n.cost for n in random_selection(test, budget, rng)) <= budget for _ in range(50))
+
+
+# TAG (Fifty et al. 2021, Sec. 3.2): affinity[j][i] = j's effect on i
+HAND_AFFINITY = [[0.0, 0.3, -0.1], [0.2, 0.0, -0.2], [0.1, -0.3, 0.0]]
+
+
+def test_tag_scores_a_group_by_the_mean_affinity_onto_each_member_by_hand():
+    table = tag(HAND_AFFINITY, ["a", "b", "c"])
+    scores = {n.tasks: dict(n.scores) for n in table.networks}
+    assert len(scores) == 7 and all(n.cost == 1.0 for n in table.networks)
+    assert scores[("a", "b")] == pytest.approx({"a": 0.2, "b": 0.3})
+    assert scores[("a", "c")] == pytest.approx({"a": 0.1, "c": -0.1})
+    assert scores[("a", "b", "c")] == pytest.approx({"a": 0.15, "b": 0.0, "c": -0.15})
+    assert scores[("a",)] == {"a": TAG_ALONE}
+    # budget 1: only the three-task network covers every task; budget 2: {a,b} and {a,c} overlap in a, which the
+    # pair with the higher affinity onto it serves (0.2 + 0.3 - 0.1); budget 3 adds nothing better
+    assert select(table, 1).total == pytest.approx(0.0)
+    two = select(table, 2)
+    assert [n.tasks for n in two.networks] == [("a", "b"), ("a", "c")] and two.total == pytest.approx(0.4)
+    assert two.serves["a"].tasks == ("a", "b") and two.serves["c"].tasks == ("a", "c")
+    assert [n.tasks for n in select(table, 3).networks] == [("a", "b"), ("a", "c")]
+    # a task alone scoring "no transfer" (0) instead: c leaves the groups whose affinity onto it is negative
+    zero = select(tag(HAND_AFFINITY, ["a", "b", "c"], alone=0.0), 2)
+    assert [n.tasks for n in zero.networks] == [("c",), ("a", "b")] and zero.total == pytest.approx(0.5)
+
+
+def _tag_released(affinity, tasks, splits):
+    """TAG's released selection with overlap, written from its description: every set of at most ``splits`` groups
+    that covers the tasks, scored by the mean over tasks of the best score any chosen group gives it."""
+    n = len(tasks)
+    groups = [g for size in range(1, n + 1) for g in combinations(range(n), size)]
+
+    def score(group, i):
+        return sum(affinity[j][i] for j in group if j != i) / (len(group) - 1) if len(group) > 1 else TAG_ALONE
+
+    best = -math.inf
+    for k in range(1, splits + 1):
+        for chosen in combinations(groups, k):
+            if {i for g in chosen for i in g} == set(range(n)):
+                best = max(best, sum(max(score(g, i) for g in chosen if i in g) for i in range(n)) / n)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tag_selection_matches_an_enumeration_of_tags_released_rule(seed):
+    import random
+
+    rng = random.Random(seed)
+    tasks = ["a", "b", "c", "d"]
+    affinity = [[rng.uniform(-1, 1) for _ in tasks] for _ in tasks]
+    table = tag(affinity, tasks)
+    for budget in (1, 2, 3):
+        assert select(table, budget).total / len(tasks) == pytest.approx(
+            _tag_released(affinity, tasks, budget), abs=1e-12
+        )
+
+
+def test_tag_rejects_a_matrix_of_the_wrong_shape_or_non_finite_values():
+    with pytest.raises(ValueError, match="tag: affinity must be a 3x3 matrix"):
+        tag([[0, 1], [1, 0]], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="must be finite"):
+        tag([[0, math.nan], [1, 0]], ["a", "b"])
