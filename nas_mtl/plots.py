@@ -271,6 +271,7 @@ def curves_plot(
     ylabels: Mapping[str, str],
     title: str = "",
     path: str | Path | None = None,
+    xlabel: str = "epoch",
 ) -> Figure:
     """One panel per task: a line per series (e.g. balancer) of (epoch, mean, low, high) with the band shaded.
 
@@ -290,7 +291,7 @@ def curves_plot(
             color = colors(names.index(name))
             ax.plot(epoch, mean, color=color, lw=1.2, label=name)
             ax.fill_between(epoch, low, high, color=color, alpha=0.2, lw=0)
-        ax.set(title=task, xlabel="epoch", ylabel=ylabels.get(task, ""))
+        ax.set(title=task, xlabel=xlabel, ylabel=ylabels.get(task, ""))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")

@@ -30,6 +30,7 @@ TINY: dict[str, dict[str, Any]] = {
     "affinity": {"measure": ["lookahead", "rsa"], "epochs": 1, "batch_size": 32, "probe_size": 8, "plots": False},
     "branch": {**TINY_PROXY, "seed": 3, "n_trials": 3, "sampler": "tpe"},
     "exhaustive": {**TINY_PROXY, "seed": 3},
+    "selection": {"epochs": 1, "batch_size": 32, "budget": 1.5, "random_draws": 20},
 }
 """Each registered method's options for a run of about a second (a new method adds its own here)."""
 

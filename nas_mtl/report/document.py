@@ -21,6 +21,8 @@ from ..layout import CURVES, GRID_RECORD, ROW, STUDY_COPY, RunRow, load_rows, re
 from ..plots import curves_plot, draw_topology, pareto_plot
 from ..runs import read_json, replace_atomic
 from ..train import CURVE_COLUMNS, read_curves
+from .selection import EXPLAINED as SELECTION_EXPLAINED
+from .selection import curve_figure, curve_table, searches_with_curves, selection_curves
 from .tables import (
     SINGLE,
     VERSUS,
@@ -166,6 +168,7 @@ def _sections(
     figures: _Figures,
     grid: Mapping[str, Any] | None = None,
     improving: pd.DataFrame | None = None,
+    selections: Sequence[_Section] = (),
 ) -> list[_Section]:
     """The report in reading order: verdict and main table, each search, then the details."""
     v = verdict(runs, rows)
@@ -197,6 +200,8 @@ def _sections(
         sections.append(
             _Section("Searches", [f"What each search found and what it cost ({cost_unit(runs)})."], searches)
         )
+    if selections:
+        sections.append(_Section("Network selection: budget curve", [SELECTION_EXPLAINED], selections))
     comparisons = [
         _Section(f"vs {versus}", [paired[paired["versus"] == versus].drop(columns="versus")], anchor=f"vs {versus}")
         for versus in VERSUS
@@ -435,7 +440,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     title = _study_title(run_dir)
     grid_file = run_dir / GRID_RECORD
     grid = read_json(grid_file, "grid search record", ("points", "best")) if grid_file.is_file() else None
-    sections = _sections(runs, rows, summary, paired, shown, grid, still_improving(curves))
+    sections = _sections(
+        runs, rows, summary, paired, shown, grid, still_improving(curves), _selection_sections(run_dir, figures)
+    )
     seeds = sorted(runs["seed"].unique())
     subtitle = (
         f"{len(summary)} arm/balancer rows, {len(runs)} training runs over seeds {', '.join(map(str, seeds))}; "
@@ -446,6 +453,18 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     replace_atomic(files["report.md"], lambda tmp: tmp.write_text(markdown))
     replace_atomic(files["report.html"], lambda tmp: tmp.write_text(page))
     return files
+
+
+def _selection_sections(run_dir: Path, figures: Path) -> list[_Section]:
+    """Per selection search: its budget curve as a table and a figure (``figures/selection_SEARCH.png``)."""
+    curves = selection_curves(run_dir)
+    out = []
+    for search in searches_with_curves(curves):
+        name = f"selection_{slug(search)}.png"
+        curve_figure(curves, search, figures / name)
+        figure = _Figure(f"{search}: test Δm by budget (bands: 95 % interval over search seeds)", name)
+        out.append(_Section(search, [curve_table(curves, search), figure], anchor=f"selection {search}"))
+    return out
 
 
 def _study_title(run_dir: Path) -> str:

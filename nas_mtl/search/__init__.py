@@ -101,7 +101,7 @@ class SearchMethod:
 SEARCH_METHODS: Registry[SearchMethod] = Registry("search method", path_names=True)
 register_search_method = SEARCH_METHODS.register
 
-_BUILTIN_MODULES = ("adashare", "branching", "affinity", "exhaustive")
+_BUILTIN_MODULES = ("adashare", "branching", "affinity", "exhaustive", "network_selection")
 
 
 def load_search_methods() -> list[str]:

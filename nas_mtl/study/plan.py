@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..balancing import create_balancer
+from ..baselines import selection_networks
 from ..data import MultiTaskData
 from ..graph import SharingGraph
 from ..layout import arm_key, arm_label, grid_key, search_key, slug
@@ -182,7 +183,7 @@ def balancers_for(group: Sequence[Arm], balancers: Sequence[str]) -> tuple[str, 
     Gradient-combining balancers only change the update of parameters shared by several tasks, so a graph
     without any (single-task nets, independent nets) trains identically with each; on single-task nets most
     loss weightings are equal weighting too (their one weight is always 1)."""
-    if any(shares_parameters(arm.graph) or _mixes(arm) for arm in group):
+    if any(shares_parameters(arm.graph) or _mixes(arm) or _trains_together(arm) for arm in group):
         return tuple(balancers)
     one_task = all(len(arm.graph.tasks) == 1 for arm in group)
     differ = []
@@ -191,6 +192,11 @@ def balancers_for(group: Sequence[Arm], balancers: Sequence[str]) -> tuple[str, 
         if not balancer.shared_only and not (one_task and balancer.one_task_is_equal):
             differ.append(b)
     return tuple(dict.fromkeys(["equal", *differ]))
+
+
+def _trains_together(arm: Arm) -> bool:
+    """A selection whose networks train several tasks (served by them or not): balancers matter there."""
+    return any(len(trains) > 1 for trains, _ in selection_networks(arm.graph))
 
 
 def _mixes(arm: Arm) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..balancing import create_balancer, parse_balancer
 from ..balancing.weighting import StaticWeights
-from ..baselines import primary_directions, train_graph
+from ..baselines import primary_directions, selection_networks, train_graph, train_selection
 from ..config import to_options
 from ..data import MultiTaskData
 from ..layout import (
@@ -173,8 +173,11 @@ def run_arm(ctx: Context, arm: Arm, unit: ArmRun, progress: bool) -> RunRow:
     """Train ``arm`` as ``unit`` says and write its row."""
     config = dataclasses.replace(ctx.spec.train, seed=unit.seed, progress=progress)
     out = ctx.folder(unit)
-    balancer = create_balancer(unit.balancer)
-    net, result = train_graph(arm.graph, ctx.data, ctx.space, config, balancer, out, coupling=arm.coupling)
+    if selection_networks(arm.graph):  # a set of networks, each trained on its tasks, served as one graph
+        net, result = train_selection(arm.graph, ctx.data, ctx.space, config, unit.balancer, out)
+    else:
+        balancer = create_balancer(unit.balancer)
+        net, result = train_graph(arm.graph, ctx.data, ctx.space, config, balancer, out, coupling=arm.coupling)
     cost = net.cost()
     row = RunRow(
         arm=arm.name,
