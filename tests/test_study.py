@@ -211,6 +211,10 @@ def test_shipped_study_files_are_valid(path):
         else:  # Sener & Koltun's comparison
             assert set(spec.balancers) == {"equal", "gradnorm", "mgda", "mgda-ub", "pcgrad"} and spec.grid is not None
         return
+    if spec.name == "selection":  # Standley's network selection beside TAG's partition
+        assert set(spec.search) == {"selection", "affinity"} and spec.search["selection"].budget == 2
+        assert {"hard", "independent"} <= set(spec.baselines) and len(spec.search_seeds or ()) >= 3
+        return
     assert set(spec.search) == {"adashare", "branch", "affinity"}
     assert len(spec.search_seeds or ()) >= 3
     # the quickstart compares structures within 5 minutes (equal weights); the fuller studies add the balancers
