@@ -278,9 +278,21 @@ def cmd_report(args: argparse.Namespace) -> None:
 def _add_export_command(sub: argparse._SubParsersAction) -> None:
     """``nas-mtl export RUN_DIR``."""
     p = sub.add_parser("export", help="export a trained run: safetensors + manifest, torch.export, ONNX")
-    p.add_argument("run_dir", help="a finished `nas-mtl train` run folder")
+    p.add_argument(
+        "run_dir", help="a finished training run's folder (`nas-mtl train`, or a study's arms/ARM/BALANCER/seedS)"
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--formats", default="safetensors,torch-export,onnx", help="comma-separated subset")
+    p.add_argument(
+        "--formats",
+        default="safetensors,torch-export,onnx",
+        help="comma-separated subset of: safetensors, torch-export, onnx",
+    )
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="RUN_DIR is a study folder: export the run its verdict recommends (the seed closest to the mean)",
+    )
+    p.add_argument("--arm", help="with --best: the run of this arm (ARM or ARM/BALANCER) instead")
     _add_trust_arg(p, "the run's model.json (its backbone)")
     p.set_defaults(func=cmd_export)
 
@@ -289,9 +301,42 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .export import export_run
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    report = export_run(args.run_dir, args.out, formats, trusted=_trusted(args.trust))
+    run_dir = _study_run(args.run_dir, args.arm) if args.best or args.arm else Path(args.run_dir)
+    if not (run_dir / "model.json").is_file():
+        if (run_dir / "arms").is_dir():
+            raise UserError(f"{run_dir}: a study folder; export its recommended run with --best (or --arm ARM)")
+        if (run_dir / "search.json").is_file():
+            raise UserError(
+                f"{run_dir}: a search folder holds a graph, not a trained network; retrain it first: "
+                f"nas-mtl train --graph {run_dir / 'graph.json'} ... --out RUN, then export RUN"
+            )
+    report = export_run(run_dir, args.out, formats, trusted=_trusted(args.trust))
     for fmt, name in report["files"].items():
         print(f"{fmt:>13}: {Path(args.out) / name}   max |Δ| vs PyTorch: {report['max_abs_diff'][fmt]:.3g}")
+
+
+def _study_run(study_dir: str, arm: str | None) -> Path:
+    """The run folder of a study's recommended row (``--best``), or of ``arm``'s (ARM or ARM/BALANCER) row."""
+    from .layout import load_rows
+    from .report import runs_table, summary_table, verdict
+    from .report.verdict import representative_run
+
+    runs = runs_table(load_rows(study_dir))
+    if arm is None:
+        run = verdict(runs).run
+    else:
+        name, _, balancer = arm.partition("/")
+        rows = summary_table(runs).loc[lambda t: t.index.get_level_values("arm") == name]
+        keys = [k for k in rows.index if not balancer or k[1] == balancer]
+        if not keys:
+            raise UserError(
+                f"--arm: {study_dir} has no row {arm!r}; rows: {[f'{a}/{b}' for a, b in summary_table(runs).index]}"
+            )
+        run = representative_run(runs, max(keys, key=lambda k: rows.loc[k, "delta_m"]))
+    if run is None or ";" in run:
+        raise UserError(f"{study_dir}: the chosen row is one network per task; export each of its run folders: {run}")
+    print(f"exporting {Path(study_dir) / run}")
+    return Path(study_dir) / run
 
 
 def _add_graph_command(sub: argparse._SubParsersAction) -> None:

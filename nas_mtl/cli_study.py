@@ -148,13 +148,20 @@ def _print_study(name: str, out: Path, rows: list[dict[str, Any]], t0: float) ->
     """Write the report of run folder ``out`` and print its summary table and verdict."""
     import time
 
+    from .layout import load_rows
     from .report import format_table, runs_table, summary_table, verdict, write_report
+    from .report.verdict import export_commands
 
     files = write_report(out)
+    rows = load_rows(out)  # what the report shows, with each run's folder
     runs = runs_table(rows)
     print(format_table(summary_table(runs)).to_string(index=False))
     found = verdict(runs, rows)
-    print("\nVerdict:\n" + "\n".join(f"- {line}" for line in (*found.warnings, *found.lines)))
+    print("\nVerdict: " + " ".join(found.conclusion))
+    commands = export_commands(found.run, out)
+    if commands:
+        print(f"Run to use: {found.run.replace(';', ', ')}; export it with:\n" + "\n".join(f"  {c}" for c in commands))
+    print("\n".join(f"- {line}" for line in (*found.warnings, *found.lines)))
     print(f"\nstudy {name!r}: {time.perf_counter() - t0:.0f}s this session; report: {files['report.md']}")
 
 

@@ -134,6 +134,9 @@ class RunRow:
     """The seed of the search that found a searched arm's graph."""
     env: Mapping[str, Any] | None = None
     """What the run's numbers depend on (versions, threads, device, CPU); None in rows written before it was."""
+    folder: str | None = dataclasses.field(default=None, compare=False)
+    """The run's folder relative to the study's (``arms/ARM/BALANCER/seedS``), set by :func:`load_rows`; not
+    written to ``row.json``."""
 
     @property
     def label(self) -> str:
@@ -226,9 +229,10 @@ def load_rows(run_dir: str | Path) -> list[RunRow]:
     folder (``arms/ARM/BALANCER/seedS``)."""
     rows = []
     for p in sorted(Path(run_dir).glob(f"arms/**/{ROW}")):
-        rows.append(read_row(p, f"delete {p.parent} to retrain that run (nas-mtl study)"))
+        row = read_row(p, f"delete {p.parent} to retrain that run (nas-mtl study)")
         parts = p.relative_to(run_dir).parts
-        check_row_place(rows[-1], p, parts[1] if len(parts) == 5 else None)
+        check_row_place(row, p, parts[1] if len(parts) == 5 else None)
+        rows.append(dataclasses.replace(row, folder="/".join(parts[:-1])))
     if not rows:
         raise ValueError(f"{run_dir}: no finished arm runs (arms/**/{ROW}); run `nas-mtl study` first")
     return rows

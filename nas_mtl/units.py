@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 _SCALES = ((1e9, "G"), (1e6, "M"), (1e3, "K"))
 
@@ -33,4 +34,19 @@ def seconds(x: float) -> str:
     return f"{x / 3600:.1f} h"
 
 
-__all__ = ["count", "mmacs", "seconds"]
+def seconds_unit(values: Sequence[float]) -> tuple[str, float]:
+    """One unit for a column of durations (the unit :func:`seconds` picks for the largest): ``(name, seconds
+    per unit)``."""
+    finite = [x for x in values if math.isfinite(x) and x >= 0]
+    largest = max(finite, default=0.0)
+    if largest < 90:
+        return "s", 1.0
+    return ("min", 60.0) if largest < 90 * 60 else ("h", 3600.0)
+
+
+def seconds_in(x: float, unit: tuple[str, float]) -> str:
+    """``x`` seconds in ``unit`` (from :func:`seconds_unit`), one decimal, no unit name ("—" when not finite)."""
+    return "—" if not math.isfinite(x) or x < 0 else f"{x / unit[1]:.1f}"
+
+
+__all__ = ["count", "mmacs", "seconds", "seconds_in", "seconds_unit"]

@@ -585,3 +585,81 @@ def test_report_in_a_real_browser_shows_verdict_tables_and_every_figure(tmp_path
         [*chromium, f"--screenshot={shot}", files["report.html"].as_uri()], capture_output=True, timeout=120, check=True
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------- the verdict's conclusion
+def test_the_conclusion_recommends_the_cheapest_row_tied_with_the_best():
+    """branch and affinity tie (paired differences ≤ 0.3 over 5 seeds); affinity has fewer parameters here, so it
+    is recommended, with its saving; hard sharing's cost against separate networks is stated with its interval."""
+    rows = _study_rows()
+    for r in rows:
+        if r["arm"] == "affinity":
+            r["params"], r["macs"] = 750, 5_000
+    found = verdict(runs_table(rows), rows)
+    assert found.best == "branch/equal" and found.recommended == "affinity/equal"
+    first, sharing, sure = found.conclusion
+    assert first.startswith("Use affinity/equal: it ties the best row, branch/equal")
+    assert "0.5× its parameters and 0.5× its MACs" in first
+    hard = paired_table(runs_table(rows)).query("versus == 'single-task nets' and arm == 'hard'").iloc[0]
+    assert outcome_words(hard) in sharing and f"[{hard.ci_low:+.2f}, {hard.ci_high:+.2f}]" in sharing
+    # the resolvable difference: t(0.975, n-1) x pooled std x sqrt(2/n), n = 5 seeds
+    t = stats.t.ppf(0.975, 4)
+    assert f"differences smaller than about {t * found.noise_floor * math.sqrt(2 / 5):.1f} points" in sure
+    # without the cheaper tie the best row itself is recommended
+    plain = verdict(runs_table(_study_rows()), _study_rows())
+    assert plain.recommended == "branch/equal" and plain.conclusion[0].startswith(
+        "Use branch/equal: it has the highest"
+    )
+
+
+def outcome_words(hard):
+    return {"better": "gains", "worse": "loses", "tie": "a tie"}[hard.outcome]
+
+
+def test_the_report_opens_with_the_recommendation_and_an_export_command_that_runs(tmp_path):
+    """A real tiny study: report.md's verdict starts with "Use ...", names the run folder, and its bash block
+    exports that run when pasted into a shell in the folder the study was run from."""
+    import shlex
+    import sys
+
+    from tiny_study import write_study
+
+    from nas_mtl.study import load_study, run_study
+
+    study = write_study(tmp_path)
+    run_study(load_study(study), tmp_path / "run")
+    subprocess.run(
+        [sys.executable, "-m", "nas_mtl.cli", "report", "run"], cwd=tmp_path, check=True, capture_output=True
+    )
+    text = (tmp_path / "run" / "report" / "report.md").read_text()
+    verdict_text = text.split("## Verdict", 1)[1]
+    assert verdict_text.lstrip().startswith("Use ")
+    command = verdict_text.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    folder = shlex.split(command)[2]
+    assert f"Its run folder (the seed whose Δm is closest to the mean): {folder.removeprefix('run/')}" in verdict_text
+    done = subprocess.run(
+        [sys.executable, "-m", "nas_mtl.cli", *shlex.split(command)[1:], "--formats", "safetensors"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / shlex.split(command)[shlex.split(command).index("--out") + 1]
+    assert (out / "weights.safetensors").is_file()
+    runs = pd.read_csv(tmp_path / "run" / "report" / "runs.csv")
+    assert folder.removeprefix("run/") in set(runs["run_dir"])  # runs.csv names every run's folder
+    # the same run through --best, and one line naming the way out on the study folder itself
+    best = subprocess.run(
+        [sys.executable, "-m", "nas_mtl.cli", "export", "run", "--best", "--out", "best", "--formats", "safetensors"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert best.returncode == 0 and f"exporting {folder}" in best.stdout, best.stderr
+    wrong = subprocess.run(
+        [sys.executable, "-m", "nas_mtl.cli", "export", "run", "--out", "x"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode == 2 and "a study folder; export its recommended run with --best" in wrong.stderr

@@ -36,8 +36,11 @@ from .tables import (
     summary_table,
 )
 from .verdict import (
+    HOW_TO_READ,
+    Verdict,
     cost_unit,
     environment_lines,
+    export_commands,
     hard_training_seconds,
     search_facts,
     verdict,
@@ -56,8 +59,13 @@ class _Warning:
     text: str
 
 
-Block = str | list[str] | pd.DataFrame | _Figure | _Warning
-"""A paragraph, a bullet list, a table, a figure or a warning of a report section."""
+@dataclasses.dataclass(frozen=True)
+class _Code:
+    text: str
+
+
+Block = str | list[str] | pd.DataFrame | _Figure | _Warning | _Code
+"""A paragraph, a bullet list, a table, a figure, a warning or a shell command of a report section."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +106,8 @@ def _block(block: Block, figures: Path, embed: bool) -> dict[str, Any]:
         return out
     if isinstance(block, _Warning):
         return {"kind": "warning", "text": block.text}
+    if isinstance(block, _Code):
+        return {"kind": "code", "text": block.text}
     if isinstance(block, list):
         return {"kind": "list", "lines": block}
     return {"kind": "p", "text": block}
@@ -169,9 +179,11 @@ def _sections(
     grid: Mapping[str, Any] | None = None,
     improving: pd.DataFrame | None = None,
     selections: Sequence[_Section] = (),
+    run_dir: Path | None = None,
 ) -> list[_Section]:
     """The report in reading order: verdict and main table, each search, then the details."""
     v = verdict(runs, rows)
+    read = [HOW_TO_READ] if (paired["outcome"] != "untested").any() else []  # no interval, nothing to read
     paired = format_paired(paired)
     warnings = [_Warning(w) for w in v.warnings]
     if improving is not None and len(improving):
@@ -183,7 +195,7 @@ def _sections(
             )
         )
     sections = [
-        _Section("Verdict", [*warnings, list(v.lines)]),
+        _Section("Verdict", [*_conclusion_blocks(v, run_dir), *warnings, *read, list(v.lines)]),
         _Section(
             "Summary (mean over seeds)",
             [
@@ -223,6 +235,18 @@ def _sections(
     sections.append(_Section("Method", [_METHOD]))
     sections.append(_Section("Reproducibility", [environment_lines(rows)[0]]))
     return sections
+
+
+def _conclusion_blocks(v: Verdict, run_dir: Path | None) -> list[Block]:
+    """The verdict's opening: its plain sentences, then the recommended run's folder and how to export it."""
+    blocks: list[Block] = [" ".join(v.conclusion)] if v.conclusion else []
+    if v.run is None or run_dir is None:
+        return blocks
+    folders = v.run.split(";")
+    where = "Its run folder" if len(folders) == 1 else "Its run folders (one network per task)"
+    blocks.append(f"{where} (the seed whose Δm is closest to the mean): {', '.join(folders)}. Export it with:")
+    blocks.append(_Code("\n".join(export_commands(v.run, run_dir))))
+    return blocks
 
 
 _PAIRED = (
@@ -441,7 +465,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     grid_file = run_dir / GRID_RECORD
     grid = read_json(grid_file, "grid search record", ("points", "best")) if grid_file.is_file() else None
     sections = _sections(
-        runs, rows, summary, paired, shown, grid, still_improving(curves), _selection_sections(run_dir, figures)
+        runs,
+        rows,
+        summary,
+        paired,
+        shown,
+        grid,
+        still_improving(curves),
+        _selection_sections(run_dir, figures),
+        run_dir,
     )
     seeds = sorted(runs["seed"].unique())
     subtitle = (

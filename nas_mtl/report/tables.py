@@ -14,8 +14,7 @@ from scipy import stats
 from ..graph import graph_key
 from ..layout import RunRow, as_rows
 from ..metrics import delta_m
-from ..units import count, mmacs
-from ..units import seconds as duration
+from ..units import count, mmacs, seconds_in, seconds_unit
 
 SINGLE = "single-task"
 """Arm name of the per-task networks (the Δm reference)."""
@@ -27,7 +26,7 @@ LEVEL = 0.95
 """Confidence level of every interval in a report."""
 MIN_SEEDS = 3
 """Seeds per arm below which a report warns that it cannot rank."""
-ID_COLUMNS = ("arm", "balancer", "seed", "search_seed", "graph")
+ID_COLUMNS = ("arm", "balancer", "seed", "search_seed", "graph", "run_dir")
 """Columns of :func:`runs_table` that identify a run (not averaged)."""
 COST_COLUMNS = ("params", "macs", "train_seconds", "search_seconds")
 """Columns of :func:`runs_table` summarised by their mean only."""
@@ -137,6 +136,7 @@ def _merge_runs(rows: Sequence[RunRow]) -> dict[tuple[str, str, int], dict[str, 
         entry["search_seconds"] = r.search_seconds
         entry["search_seed"] = r.search_seed
         entry["graph"] = None if single else graph_key(r.graph)
+        entry.setdefault("folders", []).append(r.folder)
     return merged
 
 
@@ -148,7 +148,9 @@ def runs_table(rows: Sequence[RunRow | Mapping[str, Any]]) -> pd.DataFrame:
     seed noise to every Δm. The single-task arm gets a Δm too (one row per seed, its per-task nets
     merged: params, MACs and times add up); their spread is the seed noise. ``graph`` is the
     canonical :func:`~nas_mtl.search.proxy.graph_key` of the trained graph; ``search_seed`` the seed of
-    the search that found it (missing for baselines). ``rows``: :class:`~nas_mtl.layout.RunRow` or their dicts.
+    the search that found it (missing for baselines); ``run_dir`` the run's folder in the study's (the single-task
+    nets' folders joined by ``;``; missing for rows not read by :func:`~nas_mtl.layout.load_rows`). ``rows``:
+    :class:`~nas_mtl.layout.RunRow` or their dicts.
     """
     rows = as_rows(rows)
     directions = _directions(rows)
@@ -163,6 +165,8 @@ def runs_table(rows: Sequence[RunRow | Mapping[str, Any]]) -> pd.DataFrame:
         complete = all(t in e["test"] for t in directions)
         rec["delta_m"] = delta_m(e["test"], reference, directions) if complete else np.nan
         rec.update({c: e[c] for c in COST_COLUMNS})
+        known = [f for f in e["folders"] if f is not None]
+        rec["run_dir"] = ";".join(known) if len(known) == len(e["folders"]) else None
         records.append(rec)
     runs = pd.DataFrame.from_records(records).sort_values(["arm", "balancer", "seed"]).reset_index(drop=True)
     runs["search_seed"] = runs["search_seed"].astype("Int64")
@@ -281,14 +285,16 @@ def format_table(summary: pd.DataFrame) -> pd.DataFrame:
     for c in (m.removesuffix(" std") for m in metrics):
         shown[c] = [_mean_std(m, s, ".4f") for m, s in zip(summary[c], summary[f"{c} std"])]
     _costs(shown, summary)
-    shown["search"] = summary["search_seconds"].map(lambda s: duration(s) if s > 0 else "—")
+    unit = seconds_unit([s for s in summary["search_seconds"] if s > 0])
+    shown[f"search ({unit[0]})"] = summary["search_seconds"].map(lambda s: seconds_in(s, unit) if s > 0 else "—")
     return shown.reset_index()
 
 
 def _costs(shown: pd.DataFrame, table: pd.DataFrame) -> None:
     shown["params"] = table["params"].map(count)
     shown["MMACs"] = table["macs"].map(mmacs)
-    shown["retrain"] = table["train_seconds"].map(duration)
+    unit = seconds_unit(list(table["train_seconds"]))
+    shown[f"retrain ({unit[0]})"] = table["train_seconds"].map(lambda x: seconds_in(x, unit))
 
 
 def format_runs(runs: pd.DataFrame) -> pd.DataFrame:

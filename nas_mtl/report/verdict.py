@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from .tables import (
     LEVEL,
     MIN_SEEDS,
     OUTCOMES,
+    SINGLE,
     VERSUS,
     Key,
     best_of,
@@ -48,6 +51,10 @@ class Verdict:
         noise_floor: seed-to-seed std of Δm pooled over rows with n ≥ 2 (:func:`pooled_std`).
         warnings: what keeps the verdict from being a conclusion (too few seeds, runs that disagree).
         lines: the verdict's sentences, in report order.
+        conclusion: 1-3 plain sentences: what to use, what sharing costs or saves here, how sure.
+        recommended: ``arm/balancer`` to use: the best, or the cheapest row tied with it (None without Δm).
+        run: the recommended row's run folder in the study's (``;``-separated for single-task nets): the seed
+            whose Δm is closest to the row's mean; None when the rows carry no folders.
     """
 
     best: str | None
@@ -55,6 +62,9 @@ class Verdict:
     noise_floor: float
     warnings: tuple[str, ...]
     lines: tuple[str, ...]
+    conclusion: tuple[str, ...] = ()
+    recommended: str | None = None
+    run: str | None = None
 
 
 _PHRASES = {
@@ -104,7 +114,133 @@ def verdict(runs: pd.DataFrame, rows: Sequence[RunRow | Mapping[str, Any]] = ())
             f"about {tested * (1 - LEVEL):.1f} may exclude 0 by chance alone."
         )
     warnings = _seed_warnings(summary) + environment_lines(rows)[1]
-    return Verdict(None if best_key is None else row_name(best_key), outcomes, floor, tuple(warnings), tuple(lines))
+    pick = recommend(summary, paired, best_key)
+    return Verdict(
+        None if best_key is None else row_name(best_key),
+        outcomes,
+        floor,
+        tuple(warnings),
+        tuple(lines),
+        tuple(_conclusion(summary, paired, best_key, pick, floor, dof)),
+        None if pick is None else row_name(pick),
+        None if pick is None else representative_run(runs, pick),
+    )
+
+
+HOW_TO_READ = (
+    "How to read this: each comparison is the difference in Δm between two rows on the seeds both were trained "
+    "with, and [low, high] its 95 % interval. Entirely above 0: better with confidence; entirely below 0: worse "
+    "with confidence; containing 0: a tie, the seeds cannot tell the two apart (however large the mean difference)."
+)
+
+
+def recommend(summary: pd.DataFrame, paired: pd.DataFrame, best: Key | None) -> Key | None:
+    """The row to use: among the best row and the rows tied with it (paired interval containing 0), the one with
+    the fewest parameters, then MACs (the best row where none is cheaper)."""
+    if best is None:
+        return None
+    vs_best = paired[(paired["versus"] == "the best") & (paired["outcome"] == "tie")]
+    tied = [(a, b) for a, b in zip(vs_best["arm"], vs_best["balancer"]) if (a, b) in summary.index]
+    order = [best, *tied]
+    return min(order, key=lambda k: (summary.loc[k, "params"], summary.loc[k, "macs"], order.index(k)))
+
+
+def representative_run(runs: pd.DataFrame, key: Key) -> str | None:
+    """The run folder of ``key``'s seed whose Δm is closest to the row's mean (the lowest seed of equal ones)."""
+    rows = runs[(runs["arm"] == key[0]) & (runs["balancer"] == key[1])].dropna(subset=["delta_m"])
+    if rows.empty or "run_dir" not in rows or rows["run_dir"].isna().any():
+        return None
+    mean = rows["delta_m"].mean()
+    closest = min(rows.itertuples(), key=lambda r: (abs(r.delta_m - mean), r.seed))
+    return str(closest.run_dir)
+
+
+def _conclusion(
+    summary: pd.DataFrame, paired: pd.DataFrame, best: Key | None, pick: Key | None, floor: float, dof: int
+) -> list[str]:
+    """What to use and why, what sharing every layer does here, and how sure (see :class:`Verdict`)."""
+    if best is None or pick is None:
+        return []
+    b, p = summary.loc[best], summary.loc[pick]
+    if pick == best:
+        tied = paired[(paired["versus"] == "the best") & (paired["outcome"] == "tie")]
+        others = (
+            "no other row ties it"
+            if tied.empty
+            else f"{len(tied)} other row{'s' if len(tied) > 1 else ''} tie it, none with fewer parameters"
+        )
+        first = (
+            f"Use {row_name(pick)}: it has the highest mean Δm ({signed_text(b['delta_m'])} % against separate "
+            f"single-task networks), and {others}."
+        )
+    else:
+        first = (
+            f"Use {row_name(pick)}: it ties the best row, {row_name(best)} (Δm {signed_text(p['delta_m'])} against "
+            f"{signed_text(b['delta_m'])} %; the difference is within the seed noise), with "
+            f"{_ratio(p['params'], b['params'])} its parameters and {_ratio(p['macs'], b['macs'])} its MACs."
+        )
+    lines = [first]
+    hard = paired[(paired["versus"] == "single-task nets") & (paired["arm"] == HARD)]
+    if not hard.empty:
+        h = hard.iloc[0]
+        key = (h["arm"], h["balancer"])
+        said = {
+            "better": "gains",
+            "worse": "loses",
+        }.get(h["outcome"])
+        change = (
+            f"{said} {abs(h['mean']):.1f} points of Δm against separate networks with confidence"
+            if said
+            else f"changes Δm by {signed_text(h['mean'])} points against separate networks, a tie"
+            if h["outcome"] == "tie"
+            else f"changes Δm by {signed_text(h['mean'])} points against separate networks (not tested)"
+        )
+        single = _single_key(summary)
+        cost = (
+            f", with {_ratio(summary.loc[key, 'params'], summary.loc[single, 'params'])} their parameters"
+            if single is not None
+            else ""
+        )
+        lines.append(f"Sharing every layer ({row_name(key)}) {change}{_bracket(h['ci_low'], h['ci_high'])}{cost}.")
+    n = int(summary["n"].min())
+    if dof > 0 and n >= 2:
+        resolvable = float(stats_t(n) * floor * math.sqrt(2 / n))
+        lines.append(
+            f"How sure: {n} seed{'s' if n > 1 else ''} per row; Δm varies by {floor:.1f} points from seed to seed, "
+            f"so differences smaller than about {resolvable:.1f} points cannot be told apart here."
+        )
+    else:
+        lines.append(f"How sure: not at all; with {n} seed per row there is no interval (use 3 or more seeds).")
+    return lines
+
+
+def export_commands(run: str | None, run_dir: str | Path) -> list[str]:
+    """``nas-mtl export`` for the recommended run (one per folder: single-task nets are one network per task),
+    its paths under ``run_dir`` as given, quoted for a POSIX shell."""
+    if run is None:
+        return []
+    out = []
+    for folder in run.split(";"):
+        name = folder.split("/")[1]  # arms/ARM/BALANCER/seedS: the arm
+        target = Path(run_dir) / "export" / name
+        out.append(f"nas-mtl export {shlex.quote(str(Path(run_dir) / folder))} --out {shlex.quote(str(target))}")
+    return out
+
+
+def stats_t(n: int) -> float:
+    """Student's t quantile of a two-sided 95 % interval with n - 1 degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf((1 + LEVEL) / 2, n - 1))
+
+
+def _single_key(summary: pd.DataFrame) -> Key | None:
+    singles = [k for k in summary.index if k[0] == SINGLE]
+    return (SINGLE, EQUAL) if (SINGLE, EQUAL) in singles else (singles[0] if singles else None)
+
+
+def _ratio(x: float, y: float) -> str:
+    return "the same as" if x == y else f"{x / y:.2g}×" if y > 0 else "—"
 
 
 def _best_line(key: Key, line: pd.Series) -> str:
@@ -291,12 +427,16 @@ def environment_lines(rows: Sequence[RunRow | Mapping[str, Any]]) -> tuple[list[
 
 
 __all__ = [
+    "HOW_TO_READ",
     "Verdict",
     "best_at_or_under",
     "cost_front",
     "cost_unit",
     "environment_lines",
+    "export_commands",
     "hard_training_seconds",
+    "recommend",
+    "representative_run",
     "search_facts",
     "verdict",
 ]
