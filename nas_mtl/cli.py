@@ -171,7 +171,7 @@ def _add_search_command(sub: argparse._SubParsersAction) -> None:
     from .search import SEARCH_METHODS, load_search_methods
 
     p = sub.add_parser("search", help="search for a sharing graph")
-    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
+    methods = p.add_subparsers(dest="method", required=True, metavar="METHOD", help="the search method")
     for name in load_search_methods():
         method = SEARCH_METHODS.create(name)
         mp = methods.add_parser(name, help=method.help, description=method.help)
@@ -218,14 +218,12 @@ def _add_worker_command(sub: argparse._SubParsersAction) -> None:
         "if missing)",
     )
     p.add_argument("--seed", type=int, help="sampler seed (default: random)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     _add_trust_arg(p, "the study's record (dataset, search space's backbone, balancer)")
     p.set_defaults(func=cmd_worker)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    import torch
 
     from .processes import exit_with_parent
     from .search.branching import run_worker
@@ -233,8 +231,6 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     if args.exit_with_parent:
         exit_with_parent()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     show_storage(args.storage)
     n = run_worker(args.storage, args.study, args.out, args.seed, trusted=_trusted(args.trust))
     print(f"worker: {n} trial(s) run; study {args.study!r} in {redact(args.storage)}")
@@ -261,7 +257,7 @@ def _add_trust_arg(p: argparse.ArgumentParser, what: str) -> None:
 def _add_report_command(sub: argparse._SubParsersAction) -> None:
     """``nas-mtl report RUN_DIR``."""
     p = sub.add_parser("report", help="tables (Markdown/HTML/CSV) and figures for a study run folder")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a study's run folder (what `nas-mtl study --out` wrote)")
     p.add_argument("--out", help="output folder (default RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
 
@@ -342,7 +338,7 @@ def _study_run(study_dir: str, arm: str | None) -> Path:
 def _add_graph_command(sub: argparse._SubParsersAction) -> None:
     """``nas-mtl graph FILE``."""
     p = sub.add_parser("graph", help="validate and describe a sharing-graph JSON file")
-    p.add_argument("file")
+    p.add_argument("file", help="a sharing-graph JSON file (a search's graph.json, or one written by hand)")
     p.add_argument("--space", help="search space to check the graph against and cost it on")
     p.set_defaults(func=cmd_graph)
 
@@ -362,7 +358,7 @@ def cmd_graph(args: argparse.Namespace) -> None:
 def _add_data_command(sub: argparse._SubParsersAction) -> None:
     """``nas-mtl data check``."""
     p = sub.add_parser("data", help="check a dataset: read every sample and summarise it")
-    data_sub = p.add_subparsers(dest="data_command", required=True)
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND", help="what to do with the data")
     p = data_sub.add_parser(
         "check",
         help="read every sample of every split, check each target and print sizes, classes, ranges, missing labels",
@@ -390,6 +386,7 @@ def _add_list_command(sub: argparse._SubParsersAction) -> None:
 
 def cmd_list(args: argparse.Namespace) -> None:
     from .balancing.base import BALANCERS
+    from .config import plain_text
 
     for name, items in (
         ("datasets", list_datasets()),
@@ -400,7 +397,7 @@ def cmd_list(args: argparse.Namespace) -> None:
     print("balancers (NAME or NAME:KEY=VALUE,...; paper; cost per step):")
     for name in list_balancers():
         factory = BALANCERS.factory(name)
-        about = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+        about = plain_text((factory.__doc__ or "").strip().splitlines()[0]) if factory.__doc__ else ""
         print(f"  {name}: {about} [{getattr(factory, 'cost', 'see its documentation')}]")
 
 
@@ -413,9 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="torch_threads",
         type=int,
         metavar="N",
-        help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)",
+        help=GLOBAL_HELP,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"nas-mtl {_version()}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to run (nas-mtl COMMAND --help for its options)"
+    )
     for add in (
         _add_quickstart_command,
         _add_baselines_command,
@@ -432,7 +432,31 @@ def build_parser() -> argparse.ArgumentParser:
         _add_list_command,
     ):
         add(sub)
+    _accept_global_options(sub)
     return parser
+
+
+GLOBAL_HELP = "torch CPU threads (default: torch's; 1 is often faster on a busy machine)"
+
+
+def _accept_global_options(sub: argparse._SubParsersAction) -> None:
+    """Every sub-command (and theirs) also takes ``--threads`` after its name: ``nas-mtl study FILE --threads 1``
+    as ``nas-mtl --threads 1 study FILE`` (default suppressed, so it never overrides the one given before)."""
+    for parser in dict.fromkeys(sub.choices.values()):
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            for action in nested:
+                _accept_global_options(action)
+            continue
+        parser.add_argument(
+            "--threads", dest="torch_threads", type=int, metavar="N", default=argparse.SUPPRESS, help=GLOBAL_HELP
+        )
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

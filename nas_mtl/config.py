@@ -146,6 +146,20 @@ def _walk(
     return out
 
 
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain_text(text: str) -> str:
+    """``text`` as a terminal shows help: reStructuredText's double back-quotes dropped, a role such as
+    ":data:" reduced to its target (to the target's last name where it starts with a tilde)."""
+
+    def role(match: re.Match) -> str:
+        target = match.group(1)
+        return target.rsplit(".", 1)[-1] if match.group(0).startswith(":") and "`~" in match.group(0) else target
+
+    return _ROLE.sub(role, text).replace("``", "")
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """``{field: one-line help}`` from the ``Args:`` section of ``cls``'s docstring (``a, b: text`` lines
     document several fields; indented lines continue the entry above)."""
@@ -171,7 +185,7 @@ def field_docs(cls: type) -> dict[str, str]:
                 out[n] += " " + line.strip()
         else:
             break
-    return out
+    return {name: plain_text(text) for name, text in out.items()}
 
 
 def build_config(

@@ -137,3 +137,56 @@ def test_list_documents_every_balancer_with_its_paper_and_cost(capsys):
         authors = r"[A-Z][\w-]+(?:, [A-Z][\w-]+)* (?:et al\.|& [A-Z]\w+)"  # "Yu et al.", "Kendall, Gal & Cipolla"
         assert re.search(rf"\((?:{authors}|.*Sener & Koltun).*20\d\d", lines[name]), lines[name]
         assert "backward pass" in lines[name]
+
+
+def _parsers(parser, path=("nas-mtl",)):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_help_page_is_plain_text_and_every_argument_has_help(capsys):
+    """The --help walk: no reStructuredText (double back-quotes, :role:`...`) in any page or in `nas-mtl list`,
+    and no argument without a help line."""
+    import argparse
+    import re
+
+    from nas_mtl.cli import build_parser, main
+
+    rst = re.compile(r"``|:[a-z]+:`")
+    pages = list(_parsers(build_parser()))
+    assert len(pages) >= 20  # every command, search method and data sub-command
+    for path, parser in pages:
+        page = parser.format_help()
+        assert not rst.search(page), f"{' '.join(path)} --help: {rst.search(page).group()!r}"
+        bare = [
+            a.option_strings or a.dest
+            for a in parser._actions
+            if not a.help and not isinstance(a, argparse._HelpAction)
+        ]
+        assert not bare, f"{' '.join(path)}: arguments without help: {bare}"
+    assert main(["list"]) == 0
+    assert not rst.search(capsys.readouterr().out)
+
+
+def test_global_options_go_before_or_after_the_command_and_version_prints(capsys):
+    import torch
+
+    from nas_mtl.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        for argv in (["list", "--threads", "1"], ["--threads", "1", "list"]):
+            torch.set_num_threads(2)
+            assert main(argv) == 0 and torch.get_num_threads() == 1
+        assert main(["list", "--threads", "0"]) == 2
+        assert "--threads: expected a positive integer, got 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("nas-mtl ")
