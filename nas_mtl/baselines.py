@@ -150,7 +150,7 @@ def train_selection(
         run_dir = Path(run_dir)
         graph.save(run_dir / "graph.json")
         save_atomic({"model": network.state_dict()}, run_dir / CHECKPOINT)
-        write_json_atomic(network_manifest(network, data.tasks), run_dir / MODEL_MANIFEST)
+        write_json_atomic(network_manifest(network, data.tasks, data.info, test), run_dir / MODEL_MANIFEST)
         write_json_atomic(result.to_dict(), run_dir / RESULT)
     return network, result
 

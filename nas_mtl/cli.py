@@ -311,6 +311,35 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"{fmt:>13}: {Path(args.out) / name}   max |Δ| vs PyTorch: {report['max_abs_diff'][fmt]:.3g}")
 
 
+def _add_predict_command(sub: argparse._SubParsersAction) -> None:
+    """``nas-mtl predict EXPORT INPUTS``."""
+    p = sub.add_parser("predict", help="predictions of an exported network on new inputs (CSV and .npy)")
+    p.add_argument("export", help="an export folder (`nas-mtl export --out`)")
+    p.add_argument(
+        "inputs", help="raw inputs: a .npy array (N, C, H, W), a folder of images, or a data folder with a tasks.toml"
+    )
+    p.add_argument("--out", required=True, help="output folder: predictions.csv and one TASK.npy per task")
+    p.add_argument("--layout", default="CHW", choices=["CHW", "HWC"], help="channel order of a .npy array's samples")
+    p.add_argument("--split", default="test", help="the split of a data folder to predict (default: test)")
+    p.add_argument("--batch-size", type=int, default=256, help="inputs per forward pass")
+    _add_trust_arg(p, "the export's manifest (its backbone)")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import predict, read_inputs, write_predictions
+    from .runs import read_json
+
+    manifest = read_json(Path(args.export) / "manifest.json", "export manifest", ("tasks", "files"), "export again")
+    shape = tuple((manifest.get("input") or {}).get("shape") or manifest.get("input_shape") or ())
+    if len(shape) != 3:
+        raise UserError(f"{args.export}/manifest.json: input.shape: expected (C, H, W)")
+    inputs = read_inputs(args.inputs, shape, args.layout, args.split)
+    outputs = predict(args.export, inputs, args.batch_size, _trusted(args.trust))
+    path = write_predictions(outputs, manifest, args.out)
+    print(f"{len(inputs)} inputs, tasks {', '.join(outputs)}: {path}")
+
+
 def _study_run(study_dir: str, arm: str | None) -> Path:
     """The run folder of a study's recommended row (``--best``), or of ``arm``'s (ARM or ARM/BALANCER) row."""
     from .layout import load_rows
@@ -426,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_status_command,
         _add_report_command,
         _add_export_command,
+        _add_predict_command,
         _add_graph_command,
         add_select_command,
         _add_data_command,
@@ -454,9 +484,12 @@ def _accept_global_options(sub: argparse._SubParsersAction) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("nas_mtl")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,20 +33,71 @@ MANIFEST_FORMAT = "nas_mtl.network/1"
 FORMATS = ("safetensors", "torch-export", "onnx")
 
 
-def network_manifest(network: MultiTaskNetwork, tasks: Sequence[TaskSpec]) -> dict[str, Any]:
-    """What it takes to rebuild ``network`` (weights aside), as plain JSON."""
+def network_manifest(
+    network: MultiTaskNetwork,
+    tasks: Sequence[TaskSpec],
+    data_info: Mapping[str, Any] | None = None,
+    test: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What it takes to rebuild ``network`` (weights aside) and use it, as plain JSON.
+
+    ``input``: the (C, H, W) shape and the per-channel ``normalization`` (mean, std) the dataset applied to its
+    raw inputs (images in [0, 1]; ``data_info["normalization"]``, None where the data was not standardised), which
+    a prediction applies to new inputs. ``metrics``: the retrained network's ``test`` metrics. The graph keeps only
+    its name of its meta: a search's proxy scores are no measure of this network.
+    """
     by_name = {t.name: t for t in tasks}
     missing = [t for t in network.tasks if t not in by_name]
     if missing:
         raise ValueError(f"manifest: no task spec for {missing}")
+    graph = network.graph.to_dict()
+    graph["meta"] = {k: v for k, v in graph.get("meta", {}).items() if k == "name"}
     return {
         "format": MANIFEST_FORMAT,
         "backbone": {"name": network.backbone.name, "config": network.backbone.config},
         "input_shape": list(network.input_shape),
+        "input": {
+            "shape": list(network.input_shape),
+            "layout": "CHW",
+            "normalization": input_normalization(data_info, network.input_shape[0]),
+        },
         "tasks": [by_name[t].to_dict() for t in network.tasks],
-        "graph": network.graph.to_dict(),
+        "graph": graph,
         **({"coupling": network.coupling.to_dict()} if network.coupling is not None else {}),
+        "outputs": output_info(data_info, network.tasks),
+        **({"metrics": {"test": {t: dict(test[t]) for t in network.tasks if t in test}}} if test else {}),
     }
+
+
+def output_info(info: Mapping[str, Any] | None, tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per task what reads its output: ``class_names`` (``info["class_names"]``) and ``target_scaling``
+    (``value * std + mean`` is the raw target, ``info["target_scaling"]``), where the dataset gives them."""
+    info = info or {}
+    out: dict[str, dict[str, Any]] = {t: {} for t in tasks}
+    names, scaling = info.get("class_names") or {}, info.get("target_scaling") or {}
+    for t in tasks:
+        if isinstance(names, Mapping) and isinstance(names.get(t), list | tuple):
+            out[t]["class_names"] = [str(n) for n in names[t]]
+        found = scaling.get(t) if isinstance(scaling, Mapping) else None
+        if isinstance(found, Mapping) and all(isinstance(found.get(k), int | float) for k in ("mean", "std")):
+            out[t]["target_scaling"] = {"mean": float(found["mean"]), "std": float(found["std"])}
+    return out
+
+
+def input_normalization(info: Mapping[str, Any] | None, channels: int) -> dict[str, list[float]] | None:
+    """The per-channel ``{"mean", "std"}`` of a dataset's ``info["normalization"]`` (None without one); a malformed
+    one is a ValueError naming the key."""
+    found = (info or {}).get("normalization")
+    if found is None:
+        return None
+    ok = isinstance(found, Mapping) and all(
+        isinstance(found.get(k), list | tuple) and len(found[k]) == channels for k in ("mean", "std")
+    )
+    if not ok or not all(isinstance(v, int | float) for k in ("mean", "std") for v in found[k]):
+        raise ValueError(f"info.normalization: expected mean and std lists of {channels} numbers, got {found!r}")
+    if any(v <= 0 for v in found["std"]):
+        raise ValueError("info.normalization: std must be positive")
+    return {"mean": [float(v) for v in found["mean"]], "std": [float(v) for v in found["std"]]}
 
 
 def network_from_manifest(
@@ -92,8 +143,11 @@ class _TupleOutputs(nn.Module):
         return tuple(out[t] for t in self.network.tasks)
 
 
-def save_weights(network: MultiTaskNetwork, tasks: Sequence[TaskSpec], out_dir: str | Path) -> Path:
-    """``weights.safetensors`` + ``graph.json`` + ``manifest.json`` (no pickle anywhere)."""
+def save_weights(
+    network: MultiTaskNetwork, tasks: Sequence[TaskSpec], out_dir: str | Path, usage: Mapping[str, Any] | None = None
+) -> Path:
+    """``weights.safetensors`` + ``graph.json`` + ``manifest.json`` (no pickle anywhere); ``usage``: the run
+    manifest's ``input`` and ``metrics`` (:func:`network_manifest`), carried into the export's."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -104,9 +158,26 @@ def save_weights(network: MultiTaskNetwork, tasks: Sequence[TaskSpec], out_dir: 
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)  # safetensors writes 0600; the export's other files follow the umask
-    network.graph.save(out_dir / "graph.json")
+    return write_manifest(network, tasks, out_dir, {"weights": "weights.safetensors"}, usage)
+
+
+EXPORT_FILES = {"safetensors": ("weights", "weights.safetensors"), "torch-export": ("program", "program.pt2")}
+EXPORT_FILES["onnx"] = ("onnx", "model.onnx")
+"""Each format's role and file in an export's manifest."""
+
+
+def write_manifest(
+    network: MultiTaskNetwork,
+    tasks: Sequence[TaskSpec],
+    out_dir: Path,
+    files: Mapping[str, str],
+    usage: Mapping[str, Any] | None = None,
+) -> Path:
+    """``graph.json`` and ``manifest.json`` of an export holding ``files`` (role -> name), each with its SHA-256."""
     manifest = network_manifest(network, tasks)
-    manifest["files"] = {"weights": "weights.safetensors", "graph": "graph.json"}
+    manifest |= {k: v for k, v in (usage or {}).items() if k in ("input", "outputs", "metrics")}
+    SharingGraph.from_dict(manifest["graph"]).save(out_dir / "graph.json")  # without a search's proxy scores
+    manifest["files"] = {**files, "graph": "graph.json"}
     manifest["sha256"] = {name: sha256_file(out_dir / name) for name in manifest["files"].values()}
     write_json_atomic(manifest, out_dir / "manifest.json")
     return out_dir / "manifest.json"
@@ -175,7 +246,7 @@ def export_run(
     network = network_from_manifest(manifest, str(manifest_path), trusted)
     network.load_state_dict(load_checkpoint(ckpt, schema={"model": TABLE})["model"])
     tasks = [TaskSpec.from_dict(t) for t in manifest["tasks"]]
-    return export_network(network, tasks, out_dir, formats, trusted=trusted)
+    return export_network(network, tasks, out_dir, formats, trusted=trusted, usage=manifest)
 
 
 def export_network(
@@ -186,8 +257,10 @@ def export_network(
     check_inputs: int = 4,
     seed: int = 0,
     trusted: Collection[str] = (),
+    usage: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the requested formats into ``out_dir`` and check each against eager PyTorch.
+    """Write the requested formats into ``out_dir`` and check each against eager PyTorch; ``manifest.json`` (with
+    ``usage``'s input normalisation and test metrics, see :func:`save_weights`) lists every file written.
 
     Returns a report: file per format and the max abs difference of every exported artefact's
     outputs vs the eager network on ``check_inputs`` random inputs (also written to ``export.json``).
@@ -205,7 +278,7 @@ def export_network(
         expected = wrapper(inputs)
     report: dict[str, Any] = {"torch": torch.__version__, "tasks": list(network.tasks), "files": {}, "max_abs_diff": {}}
     if "safetensors" in formats:
-        save_weights(network, tasks, out_dir)
+        save_weights(network, tasks, out_dir, usage)
         reloaded = _TupleOutputs(load_exported(out_dir, trusted)).eval()
         with torch.no_grad():
             report["max_abs_diff"]["safetensors"] = _max_diff(reloaded(inputs), expected)
@@ -223,6 +296,8 @@ def export_network(
         report["max_abs_diff"]["onnx"] = _export_onnx(wrapper, example, inputs, expected, out_dir / "model.onnx")
         report["files"]["onnx"] = "model.onnx"
     report["sha256"] = {name: sha256_file(out_dir / name) for name in report["files"].values()}
+    files = {EXPORT_FILES[f][0]: EXPORT_FILES[f][1] for f in FORMATS if f in report["files"]}
+    write_manifest(network, tasks, out_dir, files, usage)  # every format: the manifest says how to use it
     write_json_atomic(report, out_dir / "export.json")
     return report
 
@@ -266,7 +341,10 @@ __all__ = [
     "load_exported",
     "network_from_manifest",
     "checked_file",
+    "input_normalization",
+    "output_info",
     "network_manifest",
+    "write_manifest",
     "save_weights",
     "sha256_file",
 ]

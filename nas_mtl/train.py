@@ -394,7 +394,8 @@ class Trainer:
         result = TrainResult(val, test, tuple(self.history), self.elapsed, self.skipped, env=self.env)
         if self.run_dir is not None:
             self.network.graph.save(self.run_dir / "graph.json")
-            write_json_atomic(network_manifest(self.network, self.specs), self.run_dir / MODEL_MANIFEST)
+            manifest = network_manifest(self.network, self.specs, self.data.info, test)
+            write_json_atomic(manifest, self.run_dir / MODEL_MANIFEST)
             write_json_atomic(result.to_dict(), self.run_dir / RESULT)
         return result
 
