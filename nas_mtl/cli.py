@@ -103,13 +103,14 @@ def _training_parser(
     return p
 
 
-def _add_quickstart_command(sub: argparse._SubParsersAction) -> None:
-    """``nas-mtl quickstart``: the baselines on multidigits, one seed."""
+def _add_demo_command(sub: argparse._SubParsersAction) -> None:
+    """``nas-mtl demo``: the baselines on multidigits, one seed (the quickstart is a study file)."""
     p = _training_parser(
         sub,
-        "quickstart",
-        "single-task vs hard-sharing baselines on multidigits, one seed",
-        out="runs/quickstart-baselines",
+        "demo",
+        "a one-seed demo: single-task vs hard sharing on multidigits (the quickstart study is "
+        "nas-mtl study studies/quickstart.toml)",
+        out="runs/demo",
         data="multidigits",
         space="resnet_small",
         epochs=6,
@@ -133,9 +134,12 @@ def cmd_baselines(args: argparse.Namespace) -> None:
     data, space = _data_and_space(args)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     config = _config(args)
-    table = run_baselines(data, space, config, args.out, arms, create_balancer(args.balancer))
-    with pd.option_context("display.width", 200, "display.max_columns", 50, "display.float_format", "{:.4f}".format):
-        print(table.to_string())
+    run_baselines(data, space, config, args.out, arms, create_balancer(args.balancer))
+    from .layout import load_rows
+    from .report import format_table, runs_table, summary_table
+
+    with pd.option_context("display.width", 200, "display.max_columns", 50):  # the table `nas-mtl study` prints
+        print(format_table(summary_table(runs_table(load_rows(args.out)))).to_string(index=False))
     print(
         f"one seed ({config.seed}): these numbers have no interval, and differences smaller than the seed-to-seed "
         "noise mean nothing; a study with seeds = [0, 1, 2] (nas-mtl study) reports intervals and a verdict"
@@ -446,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", help="what to run (nas-mtl COMMAND --help for its options)"
     )
     for add in (
-        _add_quickstart_command,
+        _add_demo_command,
         _add_baselines_command,
         _add_train_command,
         _add_search_command,

@@ -278,7 +278,8 @@ def cmd_status(args: argparse.Namespace) -> None:
 
     record = Path(args.run_dir) / QUEUE_RECORD
     if not record.is_file():
-        raise UserError(f"{record}: missing; {args.run_dir} is not a distributed study (nas-mtl study --storage)")
+        _local_status(Path(args.run_dir), args.all)
+        return
     schema = {"storage": or_null(TEXT), "study": TEXT}
     saved = read_record(record, "distributed study record", schema, "rerun nas-mtl study --storage")
     storage = args.storage or saved.get("storage")
@@ -296,6 +297,26 @@ def cmd_status(args: argparse.Namespace) -> None:
         table = pd.DataFrame(shown).fillna("")
         table["seconds"] = table["seconds"].map(lambda v: f"{v:.0f}" if v != "" else "")
         print(table.to_string(index=False))
+
+
+def _local_status(run_dir: Path, show_all: bool) -> None:
+    """A study run without ``--storage``: its finished searches and runs, and the runs started but not finished
+    (a checkpoint, no result: interrupted, or running now), read from the folder."""
+    from .layout import CHECKPOINT, ROW, SEARCH_DONE, STUDY_COPY
+
+    if not (run_dir / STUDY_COPY).is_file():
+        raise UserError(f"{run_dir}: not a study folder (no {STUDY_COPY}); give the --out of nas-mtl study")
+    searches = sorted(p.parent for p in run_dir.glob(f"search/*/*/{SEARCH_DONE}"))
+    done = sorted(p.parent for p in run_dir.glob(f"arms/**/{ROW}"))
+    started = sorted(p.parent for p in run_dir.glob(f"arms/**/{CHECKPOINT}") if not (p.parent / ROW).is_file())
+    started = [p for p in started if p.parent.parent.name != "networks"]  # a selection's networks: its own run's
+    print(
+        f"study folder {run_dir} (local): {len(searches)} searches done, {len(done)} runs done, "
+        f"{len(started)} started and not finished"
+    )
+    for label, folders in (("started", started), *((("done", done), ("search done", searches)) if show_all else ())):
+        for folder in folders:
+            print(f"  {folder.relative_to(run_dir)}  {label}")
 
 
 __all__ = ["add_status_command", "add_study_command", "cmd_status", "cmd_study"]

@@ -31,7 +31,7 @@ def test_every_command_has_help(argv, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv", [c for c in _commands() if c[0] in ("search", "train", "baselines", "quickstart")], ids=" ".join
+    "argv", [c for c in _commands() if c[0] in ("search", "train", "baselines", "demo")], ids=" ".join
 )
 def test_training_and_search_commands_take_device_and_seed(argv, capsys):
     with pytest.raises(SystemExit):

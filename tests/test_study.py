@@ -99,6 +99,12 @@ def test_a_study_prints_the_time_left_as_runs_finish_counting_only_this_sessions
     ), lines
     assert len(lines) == 3 and lines[2].startswith("study: 3 of 3 runs done in ")
     (tmp_path / "run" / "arms" / "hard" / "equal" / "seed0" / "row.json").unlink()  # as if killed before its end
+    from nas_mtl.cli import main
+
+    assert main(["status", str(tmp_path / "run")]) == 0  # a local study: what the folder holds
+    out = capsys.readouterr().out
+    assert "(local): 0 searches done, 2 runs done, 1 started and not finished" in out
+    assert "arms/hard/equal/seed0  started" in out
     run_study(spec, tmp_path / "run", progress=True)  # the 2 runs finished before are not runs of this session
     again = [line for line in capsys.readouterr().err.splitlines() if line.startswith("study: ")]
     assert len(again) == 1 and re.fullmatch(rf"study: 1 of 1 runs done in {number}", again[0]), again
@@ -431,6 +437,8 @@ def test_baselines_run_as_a_study_and_match_a_direct_training(tmp_path, capsys, 
     argv += ["--batch-size", "32", "--no-progress", "--arms", "single,hard", "--device", "cpu", "--seed", "1"]
     argv += [f"--data-arg={k}={v}" for k, v in data_args.items()]
     assert main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "Δm %" in printed and "retrain (s)" in printed  # the table nas-mtl study prints, units in the header
     table = pd.read_csv(out / "baselines.csv", index_col="arm")
     assert list(table.index) == ["single-task", "hard"] and table.loc["single-task", "delta_m_%"] == 0
     hard = json.loads((out / "arms" / "hard" / "equal" / "seed1" / "row.json").read_text())
