@@ -458,7 +458,8 @@ def test_cli_search_affinity(tiny, tmp_path, capsys):
 
 # ---------------------------------------------------------------------- planted structure on shapes
 SHAPES_PLANTED = (("quadrant", "size", "mask", "distance"), ("orientation", "angle"), ("hue", "chroma"))
-PLANTED_SEEDS = range(5)
+PLANTED_SEEDS = range(3)
+"""The seeds the test runs (the rates of seeds 0-4 are in its docstring and benchmarks/affinity.py)."""
 
 
 def planted_recovery(
@@ -483,7 +484,7 @@ def test_every_measure_recovers_the_planted_groups_on_shapes(tmp_path):
     """The three shapes families each read one latent factor (object placement; stripe angle; hue), independent
     across families. Each measure -- lookahead and gradient cosine from one hard-sharing run (measured at every
     4th of its 75 steps), RSA and CKA from the same eight single-task networks -- is run on data and training
-    seeds 0-4 (whatever $NAS_MTL_TEST_SEED).
+    seeds 0-4 (the test runs seeds 0-2, whatever $NAS_MTL_TEST_SEED).
 
     Measured at 1 and 2 torch threads: with k = 3, lookahead, gradient cosine and RSA give exactly the planted
     families on 5 of 5 seeds at both, CKA on 4 of 5 at 1 thread (seed 4: size and distance joined the colour
@@ -491,10 +492,10 @@ def test_every_measure_recovers_the_planted_groups_on_shapes(tmp_path):
     2 threads (seeds 0 and 4). With k chosen by the score (TAG's score averages affinity over groupmates, so it
     favours pairs and splits geometry in two) no group mixes two families on 5 of 5 seeds, CKA on 4 of 5 at 1
     thread (seed 4) and 3 of 5 at 2 threads (seeds 0 and 4). Lookahead and gradient cosine measured at every 2nd
-    step give the same 5 of 5 at both thread counts; RSA and CKA do not depend on it. Asserted: one seed fewer
-    than measured at 1 thread, so that another machine's rounding may flip one close seed (at 2 threads CKA
-    without k has flipped it: 3 of 5, the asserted count). Random grouping would fail: a k = 3 partition of 8
-    tasks is the planted one with probability 1/966.
+    step give the same 5 of 5 at both thread counts; RSA and CKA do not depend on it. Asserted on seeds 0-2: one
+    seed fewer than measured at 1 thread (3 of 3; CKA too), so that another machine's rounding may flip one close
+    seed (at 2 threads CKA has flipped seed 0: 2 of 3, the asserted count). Random grouping would fail: a k = 3
+    partition of 8 tasks is the planted one with probability 1/966.
     """
     home = {t: n for n, g in enumerate(SHAPES_PLANTED) for t in g}
     exact, unmixed = dict.fromkeys(MEASURES, 0), dict.fromkeys(MEASURES, 0)
@@ -502,5 +503,5 @@ def test_every_measure_recovers_the_planted_groups_on_shapes(tmp_path):
         for measure, (fixed, auto) in planted_recovery(seed, tmp_path / f"seed{seed}").items():
             exact[measure] += fixed == SHAPES_PLANTED
             unmixed[measure] += all(len({home[t] for t in g}) == 1 for g in auto)
-    assert all(exact[m] >= n for m, n in {"lookahead": 4, "gradcos": 4, "rsa": 4, "cka": 2}.items()), exact
-    assert all(unmixed[m] >= n for m, n in {"lookahead": 4, "gradcos": 4, "rsa": 4, "cka": 3}.items()), unmixed
+    assert all(exact[m] >= n for m, n in {"lookahead": 2, "gradcos": 2, "rsa": 2, "cka": 1}.items()), exact
+    assert all(unmixed[m] >= n for m, n in {"lookahead": 2, "gradcos": 2, "rsa": 2, "cka": 2}.items()), unmixed

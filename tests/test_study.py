@@ -736,7 +736,7 @@ def test_two_workers_finish_a_study_without_running_any_job_twice(tmp_path, stud
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "study_storage, victim",
-    [("sqlite", "worker"), ("postgres", "worker"), ("postgres", "publisher")],
+    [("sqlite", "worker"), ("postgres", "publisher")],  # each storage and each role once (45 s each)
     indirect=["study_storage"],
 )
 def test_a_process_killed_mid_job_loses_nothing_and_its_job_resumes_from_its_checkpoint(
