@@ -39,14 +39,18 @@ from .train_checkpoint import (
 from .train_config import DEVICES, NONFINITE, OPTIMIZERS, SCHEDULERS, TrainConfig, resolve_device, seed_everything
 from .train_curves import CURVE_COLUMNS, CURVES, read_curves, write_curves
 from .train_step import (
+    LossScaler,
     StepContext,
     StepHook,
+    autocast,
     balanced_backward,
     buffer_snapshot,
     kept_buffers,
     restore_buffers,
 )
 
+_OVERFLOW = "fp16 gradient overflow"
+"""What :meth:`Trainer._backward` returns for a step the gradient scale skips (not an error)."""
 DIVERGENCE = 100.0
 """A task's epoch loss over this many times its first step's (and above 1) is reported as diverging."""
 
@@ -156,6 +160,9 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.env = environment(self.device)  # what this session's numbers depend on (checkpoints, result.json)
         network.to(self.device)
+        self.scaler = LossScaler(self.device) if config.precision == "fp16" else None
+        if self.scaler is not None:  # its scale is part of the run's state: checkpointed and restored
+            self.state["loss_scale"] = self.scaler
         self.specs = [t for t in data.tasks if t.name in network.tasks]
         _check_data(network, data, config, self.specs)
         self.optimizer = _make_optimizer(network, config)
@@ -277,19 +284,25 @@ class Trainer:
         x = x.to(device)
         # a skipped step must not leave its batch in the BatchNorm running statistics either
         snapshot = buffer_snapshot(network) if self.config.on_nonfinite == "skip" else None
-        out = network(x)
         targets = {t.name: y[t.name].to(device) for t in self.specs}
         if step == 0:
             for t in self.specs:
                 t.validate_target(targets[t.name], x.shape[0])
-        losses, counts = labelled_losses(out, targets, self.specs)
+        with autocast(self.config.precision, device):
+            losses, counts = labelled_losses(network(x), targets, self.specs)
+        losses = {k: v.float() for k, v in losses.items()}  # the balancers work in fp32 / fp64
         if not losses:  # no task has a label in this batch: nothing to learn from it
             return None
         problem = self._backward(x, y, losses, epoch, step)
+        if problem is _OVERFLOW:  # fp16 gradients too large for the scale: skipped, as GradScaler does
+            return None
         if problem is not None:
             self._skip(problem, epoch, step, snapshot)
             return None
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+        else:
+            self.optimizer.step()
         if getattr(network, "coupling", None) is not None:  # soft sharing's l2 pull, at this step's learning rate
             network.couple(self.optimizer.param_groups[0]["lr"])
         self.balancer.after_step(functools.partial(self._recompute, x, targets))
@@ -314,8 +327,12 @@ class Trainer:
             hook(StepContext(self.network, x, y, losses, epoch, step))
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            balanced_backward(self.balancer, losses, self.network)
+            balanced_backward(self.balancer, self.scaler.scale(losses) if self.scaler else losses, self.network)
         except FloatingPointError as err:
+            if self.scaler is not None:  # the losses were finite: the scaled gradients overflowed
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.overflow()
+                return _OVERFLOW
             return str(err)
         return None
 
@@ -336,9 +353,9 @@ class Trainer:
     def _recompute(self, x: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The task losses of batch ``x`` under the current weights (training mode, no gradient; BatchNorm's
         running statistics are left as they were, so each batch counts once)."""
-        with torch.no_grad(), kept_buffers(self.network):
+        with torch.no_grad(), kept_buffers(self.network), autocast(self.config.precision, self.device):
             losses, _ = labelled_losses(self.network(x), targets, self.specs)
-        return losses
+        return {k: v.float() for k, v in losses.items()}
 
     def _warn_if_diverging(self, train_loss: Mapping[str, float], epoch: int) -> None:
         """Warn (once per run) when a task's mean training loss is over DIVERGENCE times its first step's and

@@ -18,6 +18,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "none")
 DEVICES = ("auto", "cpu", "cuda")
 NONFINITE = ("raise", "skip")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class TrainConfig:
         device: auto (CUDA when available), cpu or cuda.
         eval_batch_size: samples per evaluation batch (no effect on the numbers).
         on_nonfinite: what a NaN/inf task loss or gradient does: raise (stop with an error) or skip that step.
+        precision: fp32, or bf16 / fp16 autocast of the forward pass (fp16 with a dynamic gradient scale);
+            weights, optimiser state and the balancers' Gram matrices and solves stay fp32 / fp64.
         progress: print progress (a bar on a terminal, plain lines otherwise); the CLI turns it on.
     """
 
@@ -50,12 +53,14 @@ class TrainConfig:
     device: str = option("auto", choices=DEVICES)
     eval_batch_size: int = 512
     on_nonfinite: str = option("raise", choices=NONFINITE)
+    precision: str = option("fp32", choices=PRECISIONS)
     progress: bool = False
 
     OPTIMIZERS = OPTIMIZERS
     SCHEDULERS = SCHEDULERS
     DEVICES = DEVICES
     NONFINITE = NONFINITE
+    PRECISIONS = PRECISIONS
     RUNTIME_FIELDS = tuple(sorted(RUNTIME_KEYS))
     """Fields that may change between sessions of one run (resume on another device, without bars)."""
 
@@ -74,6 +79,7 @@ class TrainConfig:
             ("scheduler", self.SCHEDULERS),
             ("device", self.DEVICES),
             ("on_nonfinite", self.NONFINITE),
+            ("precision", self.PRECISIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"train config: {name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
@@ -93,7 +99,10 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """:meth:`to_dict` without :attr:`RUNTIME_FIELDS`: what a resumed run or a cache must match."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
+        out = {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
+        if out.get("precision") == "fp32":  # what every run before the option ran: their records stay valid
+            del out["precision"]
+        return out
 
 
 def seed_everything(seed: int) -> None:

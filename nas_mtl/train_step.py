@@ -7,6 +7,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -54,6 +55,62 @@ def kept_buffers(module: torch.nn.Module) -> Iterator[None]:
         restore_buffers(module, snapshot)
 
 
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The forward pass's precision: nothing for fp32, else ``torch.autocast`` to bfloat16 / float16."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """The identity whose gradient is multiplied by ``scale``: a loss keeps its value, its gradients are scaled."""
+
+    @staticmethod
+    def forward(ctx: Any, loss: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+class LossScaler:
+    """fp16's dynamic gradient scale, kept by ``torch.amp.GradScaler`` (its growth and back-off rules).
+
+    Unlike ``GradScaler.scale(loss)``, each task loss keeps its value and only its gradients are multiplied by the
+    scale (:meth:`scale`): loss-weighting balancers see the true losses, and gradient-combining ones see every
+    task's gradient times the same factor (their combinations are invariant to it, or the unscaling undoes it).
+    A step whose gradients overflow is skipped and the scale backed off (:meth:`overflow`), as GradScaler does;
+    :meth:`step` unscales the gradients, steps and lets the scale grow.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.scaler = torch.amp.GradScaler(device.type)
+        self.scaler.scale(torch.ones((), device=device))  # GradScaler makes its scale tensor on first use
+        self.overflows = 0
+
+    def scale(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        factor = float(self.scaler.get_scale())
+        return {k: _ScaleGradient.apply(v, factor) for k, v in losses.items()}
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.scaler.unscale_(optimizer)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def overflow(self) -> None:
+        self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+        self.overflows += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scaler": self.scaler.state_dict(), "overflows": self.overflows}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.scaler.load_state_dict(state["scaler"])
+        self.overflows = int(state["overflows"])
+
+
 def balanced_backward(balancer: Balancer, losses: Mapping[str, torch.Tensor], network: MultiTaskNetwork) -> None:
     """``balancer.backward`` then a check of the gradients: FloatingPointError naming the parameters whose
     gradient has a NaN/inf (the balancer may raise it itself, naming the task)."""
@@ -71,7 +128,9 @@ def _check_gradients(network: MultiTaskNetwork, balancer: Balancer) -> None:
 
 
 __all__ = [
+    "LossScaler",
     "StepContext",
+    "autocast",
     "StepHook",
     "balanced_backward",
     "buffer_snapshot",

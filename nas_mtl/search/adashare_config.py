@@ -146,6 +146,8 @@ class AdaShareConfig:
 
 def check_adashare(data: MultiTaskData, space: SearchSpace, config: AdaShareConfig) -> None:
     """ValueError if ``config`` cannot run on ``data`` and ``space`` (checked before a study trains anything)."""
+    if config.train.precision == "fp16":
+        raise ValueError("adashare: precision fp16 has no gradient scale in the policy search; use bf16 (or fp32)")
     unknown = sorted(set(config.task_weights) - set(data.task_names))
     if unknown:
         raise ValueError(

@@ -23,6 +23,7 @@ from ..runs import INTEGER, LIST, NUMBER, TABLE, TENSOR, Schema, check_record, c
 from ..space import SearchSpace
 from ..tasks import labelled_losses
 from ..train import TrainConfig, balanced_backward, kept_buffers, resolve_device, seed_everything
+from ..train_step import autocast
 from .adashare_config import AdaShareConfig, check_adashare
 from .adashare_supernet import AdaShareSupernet, policy_regularizer
 
@@ -97,7 +98,9 @@ class AdaShareSearch:
     ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
         """The weighted total, the per-task values (checked finite) and the per-task loss tensors."""
         targets = {k: v.to(self.device) for k, v in y.items()}
-        losses, _ = labelled_losses(self.net(x.to(self.device), gates), targets, self.data.tasks)
+        with autocast(self.config.train.precision, self.device):  # the policy step's forward too
+            losses, _ = labelled_losses(self.net(x.to(self.device), gates), targets, self.data.tasks)
+        losses = {k: v.float() for k, v in losses.items()}
         if not losses:  # no task has a label in this batch
             return torch.zeros((), device=self.device), {}, {}
         values = dict(zip(losses, torch.stack([v.detach() for v in losses.values()]).tolist()))  # one host copy

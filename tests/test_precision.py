@@ -1,0 +1,109 @@
+"""Mixed precision on the CPU: bf16 autocast against fp32 within bf16's precision, fp16's gradient scale (loss
+values kept, gradients scaled, an overflowing step skipped and the scale backed off), and the setting recorded."""
+
+import math
+
+import pytest
+import torch
+from helpers import TOY_TASKS, tiny_space, toy_data, toy_split
+
+from nas_mtl import SharingGraph, TrainConfig, train_graph
+from nas_mtl.balancing import create_balancer
+from nas_mtl.network import MultiTaskNetwork
+from nas_mtl.tasks import labelled_losses
+from nas_mtl.train_step import LossScaler, _ScaleGradient, autocast, balanced_backward
+
+BF16_EPS = 2.0**-8  # bfloat16 keeps 8 significant bits
+
+
+@pytest.fixture(scope="module")
+def setting():
+    return toy_data("toy", TOY_TASKS, toy_split), tiny_space(widths=(4,), depths=(2,))
+
+
+def _network(setting, seed=0):
+    data, space = setting
+    torch.manual_seed(seed)
+    graph = SharingGraph.hard_sharing(data.task_names, space.layers)
+    return MultiTaskNetwork.from_tasks(graph, space.backbone, data.tasks)
+
+
+def _losses(network, data, precision):
+    x, y = next(iter(torch.utils.data.DataLoader(data.train, batch_size=32)))
+    with autocast(precision, torch.device("cpu")):
+        losses, _ = labelled_losses(network(x), y, data.tasks)
+    return {k: v.float() for k, v in losses.items()}
+
+
+def test_bf16_forward_losses_are_fp32_losses_within_bf16_precision(setting):
+    """Three conv blocks and a head: each rounds its inputs and products to 8 bits; the losses may differ by a few
+    such roundings (8 eps relative), and fall far outside fp32's own rounding (they are really bf16)."""
+    data, _ = setting
+    network = _network(setting).eval()
+    fp32, bf16 = _losses(network, data, "fp32"), _losses(network, data, "bf16")
+    for task in fp32:
+        assert bf16[task].dtype == torch.float32
+        assert abs(bf16[task] - fp32[task]) <= 8 * BF16_EPS * abs(fp32[task]), (task, bf16[task], fp32[task])
+    assert any(abs(bf16[t] - fp32[t]) > 1e-6 * abs(fp32[t]) for t in fp32)  # autocast did run in bf16
+
+
+@pytest.mark.parametrize("balancer", ["equal", "mgda", "pcgrad", "famo"])
+def test_a_bf16_step_leaves_fp32_weights_gradients_and_balancer_state(setting, balancer):
+    data, _ = setting
+    network = _network(setting)
+    b = create_balancer(balancer)
+    b.prepare(network)
+    try:
+        balanced_backward(b, _losses(network, data, "bf16"), network)
+    finally:
+        b.detach()
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in network.parameters())
+    assert all(torch.isfinite(p.grad).all() for p in network.parameters())
+
+
+def test_scaled_gradients_keep_the_losss_value_and_multiply_its_gradient():
+    w = torch.tensor([1.5, -2.0], requires_grad=True)
+    loss = (w**2).sum()
+    scaled = _ScaleGradient.apply(loss, 1024.0)
+    assert scaled.item() == loss.item()  # a loss-weighting balancer sees the true value
+    scaled.backward()
+    assert torch.equal(w.grad, 1024.0 * 2 * w.detach())
+
+
+def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backed_off(setting):
+    data, _ = setting
+    network = _network(setting)
+    scaler = LossScaler(torch.device("cpu"))
+    scaler.scaler.update(2.0**127)  # scaled gradients of O(1) losses overflow float32
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    with pytest.raises(FloatingPointError, match="non-finite gradient"):
+        balanced_backward(create_balancer("equal"), scaler.scale(_losses(network, data, "fp16")), network)
+    scaler.overflow()
+    assert scaler.scaler.get_scale() == 2.0**126 and scaler.overflows == 1
+    before = [p.detach().clone() for p in network.parameters()]
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scaler.update(2.0**10)
+    balanced_backward(create_balancer("equal"), scaler.scale(_losses(network, data, "fp16")), network)
+    grads = [p.grad.clone() for p in network.parameters()]
+    scaler.step(optimizer)  # unscaled before the step: the update is lr x the true gradient
+    for p, b, g in zip(network.parameters(), before, grads):
+        torch.testing.assert_close(p.detach(), b - 0.1 * g / 2.0**10, rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_and_fp16_training_runs_are_recorded_and_resume_only_as_they_ran(setting, tmp_path):
+    data, space = setting
+    graph = SharingGraph.hard_sharing(data.task_names, space.layers)
+    base = TrainConfig(epochs=2, batch_size=32, lr=1e-2, device="cpu", seed=0)
+    _, fp32 = train_graph(graph, data, space, base, run_dir=tmp_path / "fp32")
+    for precision in ("bf16", "fp16"):
+        config = TrainConfig(**{**base.to_dict(), "precision": precision})
+        _, result = train_graph(graph, data, space, config, run_dir=tmp_path / precision)
+        assert all(math.isfinite(v) for m in result.test.values() for v in m.values())
+        assert config.identity()["precision"] == precision
+        with pytest.raises(ValueError, match="precision"):  # a run folder resumes only at its own precision
+            train_graph(graph, data, space, base, run_dir=tmp_path / precision)
+    assert "precision" not in base.identity()  # fp32: the records of every earlier run stay valid
+    saved = torch.load(tmp_path / "fp16" / "checkpoint.pt", weights_only=True)
+    assert saved["extra"]["loss_scale"]["scaler"]["scale"] > 0  # the gradient scale is checkpointed
+    with pytest.raises(ValueError, match="precision: expected one of|precision must be one of"):
+        TrainConfig(precision="fp8")
