@@ -37,8 +37,9 @@ from typing import Any
 
 import torch
 
-RUNTIME_KEYS = frozenset({"device", "progress"})
-"""Settings that may change between sessions of one run at any depth (resume on another device, without bars)."""
+RUNTIME_KEYS = frozenset({"device", "progress", "num_workers", "pin_memory"})
+"""Settings that may change between sessions of one run at any depth (resume on another device, without bars, with
+another number of data-loading workers: the batches are the same)."""
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,99}")
 """What a name that may become a path part looks like: letters, digits and ``_ . + = -``, not starting with ``.``
 or ``-`` (so never ``.``, ``..`` or a hidden file), no separator, at most 100 characters."""

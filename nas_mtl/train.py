@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .balancing import Balancer, EqualWeights
-from .data import MultiTaskData, data_fingerprint, iterate_batches
+from .data import MultiTaskData, batch_loader, data_fingerprint, iterate_batches
 from .environment import environment
 from .evaluation import Metrics, evaluate
 from .export import network_manifest
@@ -175,6 +175,10 @@ class Trainer:
         self.epoch, self.elapsed, self.skipped = 0, 0.0, 0
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.checkpoint = None if self.run_dir is None else self.run_dir / CHECKPOINT
+        self._order = torch.Generator()  # the training order, re-seeded each epoch
+        pin = config.pin_memory and self.device.type == "cuda"
+        self._loader = batch_loader(data.train, config.batch_size, self._order, config.num_workers, pin)
+        self._non_blocking = pin
         self._balancer_state: dict[str, Any] = {}
         self._first_losses: dict[str, float] | None = None
         self._warned = False
@@ -236,10 +240,15 @@ class Trainer:
         network, config, device, epoch = self.network, self.config, self.device, self.epoch
         t0 = time.perf_counter()
         network.train()
-        order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        self._order.manual_seed(config.seed * 100_003 + epoch)  # the loader below draws from it
         sums: dict[str, float] = dict.fromkeys(network.tasks, 0.0)
         seen: dict[str, int] = dict.fromkeys(network.tasks, 0)  # labelled samples per task
-        batches = iterate_batches(self.data.train, config.batch_size, shuffle=True, generator=order, drop_last=True)
+        if self._loader is None:
+            batches = iterate_batches(
+                self.data.train, config.batch_size, shuffle=True, generator=self._order, drop_last=True
+            )
+        else:
+            batches = iter(self._loader)
         steps = len(self.data.train) // config.batch_size
         bar = progress(batches, f"{self.desc} {epoch + 1}/{config.epochs}", config.progress, total=steps)
         for step, (x, y) in enumerate(bar):
@@ -281,10 +290,10 @@ class Trainer:
         """One optimisation step on the batch ``(x, y)``: its task losses and labelled-sample counts, or None
         when it taught nothing (no task labelled in the batch, or a non-finite step skipped)."""
         network, device = self.network, self.device
-        x = x.to(device)
+        x = x.to(device, non_blocking=self._non_blocking)
         # a skipped step must not leave its batch in the BatchNorm running statistics either
         snapshot = buffer_snapshot(network) if self.config.on_nonfinite == "skip" else None
-        targets = {t.name: y[t.name].to(device) for t in self.specs}
+        targets = {t.name: y[t.name].to(device, non_blocking=self._non_blocking) for t in self.specs}
         if step == 0:
             for t in self.specs:
                 t.validate_target(targets[t.name], x.shape[0])

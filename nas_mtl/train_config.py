@@ -37,6 +37,9 @@ class TrainConfig:
         device: auto (CUDA when available), cpu or cuda.
         eval_batch_size: samples per evaluation batch (no effect on the numbers).
         on_nonfinite: what a NaN/inf task loss or gradient does: raise (stop with an error) or skip that step.
+        num_workers: data-loading worker processes for datasets read from disk (in-memory data is sliced
+            directly); the batches are the same for any number.
+        pin_memory: page-locked batches copied to the GPU without blocking (CUDA only).
         precision: fp32, or bf16 / fp16 autocast of the forward pass (fp16 with a dynamic gradient scale);
             weights, optimiser state and the balancers' Gram matrices and solves stay fp32 / fp64.
         progress: print progress (a bar on a terminal, plain lines otherwise); the CLI turns it on.
@@ -54,6 +57,8 @@ class TrainConfig:
     eval_batch_size: int = 512
     on_nonfinite: str = option("raise", choices=NONFINITE)
     precision: str = option("fp32", choices=PRECISIONS)
+    num_workers: int = 0
+    pin_memory: bool = False
     progress: bool = False
 
     OPTIMIZERS = OPTIMIZERS
@@ -65,11 +70,16 @@ class TrainConfig:
     """Fields that may change between sessions of one run (resume on another device, without bars)."""
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "num_workers"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
-                want = "an integer >= 0 (0: evaluate only)" if name == "epochs" else "a positive integer"
+            low = 0 if name in ("epochs", "num_workers") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                want = {"epochs": "an integer >= 0 (0: evaluate only)", "num_workers": "an integer >= 0"}.get(
+                    name, "a positive integer"
+                )
                 raise ValueError(f"train config: {name} must be {want}, got {value!r}")
+        if not isinstance(self.pin_memory, bool):
+            raise ValueError(f"train config: pin_memory must be true or false, got {self.pin_memory!r}")
         for name in ("lr", "weight_decay", "momentum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

@@ -291,3 +291,36 @@ def test_read_tasks_file_requires_tasks(tmp_path):
         read_tasks_file(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere: data folder not found"):
         read_tasks_file(tmp_path / "nowhere")
+
+
+def test_loader_workers_give_bitwise_the_batches_and_the_training_of_the_in_process_path(tmp_path):
+    """A folder read per sample (mask PNGs): the trainer's DataLoader at 0 and 2 workers yields bitwise the batches
+    of the in-process path for each epoch's seed, and a training run at 2 workers is bitwise the one at 0."""
+    from nas_mtl import SharingGraph, TrainConfig, load_search_space, train_graph
+    from nas_mtl.data import batch_loader
+
+    _write_stacked(tmp_path)
+    data = create_dataset("folder", root=str(tmp_path))
+    assert not hasattr(data.train, "batch")  # read per sample: the DataLoader path
+    for epoch_seed in (0, 100_003):
+        reference = list(iterate_batches(data.train, 8, True, torch.Generator().manual_seed(epoch_seed), True))
+        for workers in (0, 2):
+            order = torch.Generator()
+            loader = batch_loader(data.train, 8, order, workers)
+            for _ in range(2):  # the same loader, re-seeded: each epoch's order again (workers persist)
+                order.manual_seed(epoch_seed)
+                got = list(loader)
+                assert len(got) == len(reference)
+                for (x, y), (rx, ry) in zip(got, reference):  # missing levels are NaN: equal as NaN
+                    assert torch.equal(x, rx)
+                    for k in ry:
+                        torch.testing.assert_close(y[k], ry[k], rtol=0, atol=0, equal_nan=True)
+    space = load_search_space("resnet_small", input_shape=data.input_shape)
+    graph = SharingGraph.hard_sharing(data.task_names, space.layers)
+    runs = {}
+    for workers in (0, 2):
+        config = TrainConfig(epochs=2, batch_size=8, lr=1e-2, device="cpu", num_workers=workers)
+        net, result = train_graph(graph, data, space, config)
+        runs[workers] = (net.state_dict(), result.val)
+    assert runs[0][1] == runs[2][1]
+    assert all(torch.equal(runs[0][0][k], runs[2][0][k]) for k in runs[0][0])

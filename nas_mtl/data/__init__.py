@@ -4,6 +4,7 @@ from . import families, folder, markers, multidigits, real, shapes  # noqa: F401
 from .base import (
     MultiTaskData,
     TensorMultiTaskDataset,
+    batch_loader,
     create_dataset,
     data_fingerprint,
     iterate_batches,
@@ -17,6 +18,7 @@ __all__ = [
     "MultiTaskData",
     "NpyFolderDataset",
     "TensorMultiTaskDataset",
+    "batch_loader",
     "create_dataset",
     "data_fingerprint",
     "iterate_batches",

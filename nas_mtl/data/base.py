@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from ..registry import Registry, is_reference
 from ..tasks import TaskSpec
@@ -121,14 +121,48 @@ def iterate_batches(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(dataset, TensorMultiTaskDataset):
-        loader = DataLoader(dataset, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
-        yield from loader
+        # the order from ``generator`` alone (a DataLoader also draws its workers' base seed from its own)
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else None
+        yield from DataLoader(dataset, batch_size, sampler=sampler, drop_last=drop_last, generator=torch.Generator())
         return
     n = len(dataset)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         yield dataset.batch(order[start : start + batch_size])
+
+
+def batch_loader(
+    dataset: Dataset,
+    batch_size: int,
+    generator: torch.Generator,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader | None:
+    """A shuffling, last-batch-dropping DataLoader over ``dataset`` to reuse for every epoch (re-seed
+    ``generator`` in place before each), or None for in-memory data (sliced directly by :func:`iterate_batches`).
+
+    With ``num_workers`` > 0 the workers persist across epochs. The batches are bitwise those of
+    :func:`iterate_batches` with the same generator state, for any number of workers: the order is drawn in this
+    process (``torch.randperm`` on ``generator``, as both paths do) and each sample is read the same way.
+    """
+    if isinstance(dataset, TensorMultiTaskDataset):
+        return None
+    workers = {"num_workers": num_workers, "persistent_workers": num_workers > 0, "pin_memory": pin_memory}
+    if num_workers > 0:
+        workers["worker_init_fn"] = _seed_worker
+    sampler = RandomSampler(dataset, generator=generator)  # the order: torch.randperm on ``generator`` alone
+    seeds = torch.Generator().manual_seed(generator.initial_seed())  # the workers' base seed, drawn apart
+    return DataLoader(dataset, batch_size, sampler=sampler, drop_last=True, generator=seeds, **workers)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """A worker's NumPy and ``random`` seeds from its torch seed (a dataset that augments draws from them)."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def check_ints(dataset: str, **fields: tuple[Any, int]) -> None:
@@ -249,6 +283,7 @@ def procedural_splits(
 
 __all__ = [
     "Batch",
+    "batch_loader",
     "DATASETS",
     "MultiTaskData",
     "TensorMultiTaskDataset",
