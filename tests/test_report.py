@@ -663,3 +663,15 @@ def test_the_report_opens_with_the_recommendation_and_an_export_command_that_run
         text=True,
     )
     assert wrong.returncode == 2 and "a study folder; export its recommended run with --best" in wrong.stderr
+
+
+def test_a_row_whose_seeds_retrained_different_graphs_shows_its_cost_range():
+    from nas_mtl.report import format_table
+
+    rows = _study_rows()
+    for r in rows:
+        if r["arm"] == "branch":
+            r["params"] = 1000 + 500 * r["seed"]  # 1K .. 3K over seeds 0-4 (five distinct graphs' sizes)
+    shown = format_table(summary_table(runs_table(rows))).set_index(["arm", "balancer"])
+    assert shown.loc[("branch", "equal"), "params"] == "2K (1K–3K)"
+    assert shown.loc[("hard", "equal"), "params"] == "1.5K"  # one graph over the seeds: the value alone

@@ -176,7 +176,8 @@ def runs_table(rows: Sequence[RunRow | Mapping[str, Any]]) -> pd.DataFrame:
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (arm, balancer), best mean Δm first: ``n`` (seeds), and per metric and Δm the mean ``X``,
     ``X std`` (ddof 1), ``X ci_low`` / ``X ci_high`` (95 % Student t, :func:`seed_stats`); costs and
-    times as their mean. std and interval are NaN at n = 1.
+    times as their mean, and ``params`` / ``macs`` also as ``min`` and ``max`` (they differ where a searched arm's
+    seeds retrained different graphs). std and interval are NaN at n = 1.
     """
     quality = [c for c in runs.columns if c not in ID_COLUMNS + COST_COLUMNS]
     records = []
@@ -186,6 +187,8 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
             s = seed_stats(g[c])
             rec.update({c: s.mean, f"{c} std": s.std, f"{c} ci_low": s.ci_low, f"{c} ci_high": s.ci_high})
         rec.update({c: float(g[c].mean()) for c in COST_COLUMNS})
+        for c in ("params", "macs"):  # a searched arm's seeds may retrain different graphs
+            rec.update({f"{c} min": float(g[c].min()), f"{c} max": float(g[c].max())})
         records.append(rec)
     summary = pd.DataFrame.from_records(records).set_index(["arm", "balancer"])
     return summary.sort_values("delta_m", ascending=False, kind="stable", na_position="last")
@@ -291,8 +294,18 @@ def format_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _costs(shown: pd.DataFrame, table: pd.DataFrame) -> None:
-    shown["params"] = table["params"].map(count)
-    shown["MMACs"] = table["macs"].map(mmacs)
+    """Cost columns; a row whose seeds differ in cost (several graphs) shows the mean and the range."""
+
+    def cell(name: str, shown_as: Callable[[float], str]) -> list[str]:
+        low = table.get(f"{name} min", table[name])
+        high = table.get(f"{name} max", table[name])
+        return [
+            shown_as(m) if lo == hi else f"{shown_as(m)} ({shown_as(lo)}–{shown_as(hi)})"
+            for m, lo, hi in zip(table[name], low, high)
+        ]
+
+    shown["params"] = cell("params", count)
+    shown["MMACs"] = cell("macs", mmacs)
     unit = seconds_unit(list(table["train_seconds"]))
     shown[f"retrain ({unit[0]})"] = table["train_seconds"].map(lambda x: seconds_in(x, unit))
 
