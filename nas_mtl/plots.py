@@ -249,7 +249,7 @@ def history_plot(
         ax.step(cx, np.maximum.accumulate(cy), where="post", color="C3", lw=1.2, label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     if complete or pruned:
         ax.legend(fontsize=7)

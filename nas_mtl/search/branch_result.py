@@ -63,7 +63,10 @@ def search_result(objective: TreeObjective, url: str, seconds: float, stale: lis
 
 
 def plot_history(study: optuna.Study, path: str | Path) -> None:
-    """Δm per trial (finished; pruned at their last report) and best so far, to ``path`` (PNG)."""
+    """The proxy's Δm per trial (finished; pruned at their last report) and best so far, to ``path`` (PNG).
+
+    Labelled as the proxy's: a trial's score is the search proxy's Δm (a short, subset or warm-started training
+    against its own reference), not comparable with the report's retrained Δm."""
     from ..plots import history_plot
 
     trials = study.get_trials(deepcopy=False)
@@ -73,7 +76,8 @@ def plot_history(study: optuna.Study, path: str | Path) -> None:
         for t in trials
         if t.state == TrialState.PRUNED and t.intermediate_values
     ]
-    history_plot(complete, pruned, "Δm (%)", f"Optuna study {study.study_name!r}", path)
+    title = f"Optuna study {study.study_name!r}: proxy scores (not the report's retrained Δm)"
+    history_plot(complete, pruned, "proxy Δm (%)", title, path)
 
 
 __all__ = ["plot_history", "search_result"]
