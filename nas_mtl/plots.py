@@ -43,24 +43,31 @@ def heatmap(
     vmax: float | None = None,
     ax=None,
     cell_text: Sequence[Sequence[str]] | None = None,
+    axis_titles: tuple[str, str] | None = None,
 ) -> Figure:
-    """A labelled matrix with its values written in the cells (``cell_text``: what to write instead)."""
+    """A labelled matrix with its values written in the cells (``cell_text``: what to write instead), at least
+    3.5 x 2.8 inches; ``axis_titles``: (columns, rows)."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"heatmap: matrix shape {matrix.shape} vs {len(row_labels)} x {len(col_labels)} labels")
     if cell_text is not None and [len(row) for row in cell_text] != [matrix.shape[1]] * matrix.shape[0]:
         raise ValueError(f"heatmap: cell_text must be {matrix.shape[0]} rows of {matrix.shape[1]} strings")
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(col_labels), 0.8 + 0.45 * len(row_labels)))
+        size = (max(3.5, 1.6 + 0.6 * len(col_labels)), max(2.8, 1.2 + 0.45 * len(row_labels)))
+        fig, ax = plt.subplots(figsize=size)
     else:
         fig = ax.figure
     im = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
     ax.set_yticks(range(len(row_labels)), row_labels)
-    lo, hi = np.nanmin(matrix), np.nanmax(matrix)
+    if axis_titles is not None:
+        ax.set_xlabel(axis_titles[0], fontsize=8)
+        ax.set_ylabel(axis_titles[1], fontsize=8)
+    norm = im.norm
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            light = (matrix[i, j] - lo) < 0.5 * (hi - lo) if hi > lo else True
+            r, g, b, _ = im.cmap(norm(matrix[i, j]))
+            light = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # white text on a dark cell
             text = fmt.format(matrix[i, j]) if cell_text is None else cell_text[i][j]
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if light else "black")
     ax.set_title(title)

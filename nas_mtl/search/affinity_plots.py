@@ -21,9 +21,11 @@ from .grouping import check_affinity, task_distance
 
 
 def _color_range(matrix: np.ndarray) -> tuple[float, float]:
-    """Colour limits from the off-diagonal entries: the diagonal (self-affinity) would wash them out."""
+    """Colour limits symmetric about 0 from the off-diagonal entries (the diagonal, self-affinity, would wash
+    them out): a diverging scale where 0 is "no effect" whatever the values."""
     off = matrix[~np.eye(len(matrix), dtype=bool)] if len(matrix) > 1 else matrix.ravel()
-    return float(off.min()), float(off.max())
+    bound = float(np.abs(off).max()) or 1.0
+    return -bound, bound
 
 
 def plot_affinity(
@@ -32,7 +34,18 @@ def plot_affinity(
     """Heatmap of a (T, T) affinity with task labels and values (rows: source task i, columns: j)."""
     matrix = check_affinity(matrix, tasks)
     vmin, vmax = _color_range(matrix)
-    return heatmap(matrix, tasks, tasks, title, path, fmt="{:.2g}", vmin=vmin, vmax=vmax)
+    return heatmap(
+        matrix,
+        tasks,
+        tasks,
+        title,
+        path,
+        cmap="RdBu",
+        fmt="{:.2g}",
+        vmin=vmin,
+        vmax=vmax,
+        axis_titles=("target task j", "source task i (its step)"),
+    )
 
 
 def plot_dendrogram(
