@@ -122,7 +122,31 @@ def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None 
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(title or "sharing graph")
+    _topology_legend(ax, any(n.copy == SKIP for n in nodes))
     return save_figure(fig, path) if path is not None or ax is None else fig
+
+
+def _topology_legend(ax, skips: bool) -> None:
+    """What the marks of :func:`draw_topology` mean, below the block names (never over the drawing)."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], marker="o", color="black", lw=0, markersize=5, label="input"),
+        Line2D([], [], marker="s", color=plt.get_cmap("tab10")(0), lw=0, markersize=7, label="block copy N"),
+    ]
+    if skips:
+        handles.append(Line2D([], [], marker="o", mfc="white", mec="0.4", lw=0, markersize=5, label="skipped"))
+    note = "same number and colour: shared weights"
+    ax.legend(
+        handles=handles,
+        title=note,
+        title_fontsize=6,
+        fontsize=6,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.32),
+        ncol=len(handles),
+        frameon=False,
+    )
 
 
 def pareto_plot(
