@@ -20,7 +20,7 @@ FINALS = ("sample", "argmax")
 
 TRAIN = TrainConfig(epochs=30, batch_size=64, weight_decay=1e-4)
 """AdaShare's defaults of the training options it uses (:data:`TRAIN_OPTIONS`)."""
-TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "device", "progress")
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "seed", "device", "precision", "progress")
 """The :class:`~nas_mtl.train.TrainConfig` fields AdaShare reads; the others must keep their defaults."""
 
 

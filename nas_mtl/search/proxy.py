@@ -47,8 +47,8 @@ Report = Callable[[int, float], None]
 """``report(epoch, delta_m)`` after every fine-tuning epoch but the last; may raise to stop (pruning)."""
 
 
-PROXY_TRAIN = ("epochs", "batch_size", "lr", "seed", "device")
-"""The training options a proxy exposes: epochs for each phase; batch size, lr, seed and device for both."""
+PROXY_TRAIN = ("epochs", "batch_size", "lr", "seed", "device", "precision")
+"""The training options a proxy exposes: epochs for each phase; batch size, lr, seed, device and precision for both."""
 
 
 @dataclass(frozen=True)
