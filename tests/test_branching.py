@@ -208,6 +208,7 @@ def test_multi_objective_returns_the_pareto_front(shapes, tmp_path):
     points = {tuple(t.values) for t in study.trials if t.state.name == "COMPLETE"}
     assert set(front) == {p for p in points if not any(_dominates(q, p, signs) for q in points)}
     assert len({graph_key(g) for g in result.candidates}) == len(result.candidates)
+    assert study.metric_names == ["proxy_delta_m", "params"]  # named in optuna-dashboard, as the proxy's
 
 
 def test_killed_run_resumes_failing_its_running_trial(shapes, tmp_path):

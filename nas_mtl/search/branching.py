@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import optuna
@@ -147,6 +148,18 @@ def create_branch_study(
     return _open(data, space, config, Path(run_dir), setup, scorer)[0].study
 
 
+def _name_metrics(study: optuna.Study, objectives: Sequence[str]) -> None:
+    """The objectives' names in the study (optuna-dashboard shows them instead of "Objective 0"): the proxy's Δm
+    is not the report's retrained Δm."""
+    import warnings
+
+    names = ["proxy_delta_m" if o == "delta_m" else o for o in objectives]
+    if study.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
+
+
 def _open(
     data: MultiTaskData,
     space: SearchSpace,
@@ -163,6 +176,7 @@ def _open(
         storage=storage, study_name=config.study_name, directions=config.directions, load_if_exists=True
     )
     record = check_study_record(study, data, space, config)
+    _name_metrics(study, config.objectives)
     costs = CostModel(data, space, config.shortlist_epochs)
     if config.budget is not None and SETUP_COST_ATTR not in study.user_attrs:  # priced before anything trains
         study.set_user_attr(SETUP_COST_ATTR, _check_budget(costs, config))
