@@ -309,7 +309,7 @@ def _local_status(run_dir: Path, show_all: bool) -> None:
     searches = sorted(p.parent for p in run_dir.glob(f"search/*/*/{SEARCH_DONE}"))
     done = sorted(p.parent for p in run_dir.glob(f"arms/**/{ROW}"))
     started = sorted(p.parent for p in run_dir.glob(f"arms/**/{CHECKPOINT}") if not (p.parent / ROW).is_file())
-    started = [p for p in started if p.parent.parent.name != "networks"]  # a selection's networks: its own run's
+    started = [p for p in started if p.parent.name != "networks"]  # a selection's networks: part of its run
     print(
         f"study folder {run_dir} (local): {len(searches)} searches done, {len(done)} runs done, "
         f"{len(started)} started and not finished"

@@ -31,6 +31,9 @@ from .tasks import TaskSpec
 MANIFEST_FORMAT = "nas_mtl.network/1"
 """The format of the manifest (``model.json``) a training run writes next to its checkpoint."""
 FORMATS = ("safetensors", "torch-export", "onnx")
+UNKNOWN = "not recorded"
+"""A manifest's ``input.normalization`` when nobody said what the training data's was (a network built in Python,
+a run trained before it was recorded): a prediction refuses it rather than guess."""
 
 
 def network_manifest(
@@ -42,9 +45,10 @@ def network_manifest(
     """What it takes to rebuild ``network`` (weights aside) and use it, as plain JSON.
 
     ``input``: the (C, H, W) shape and the per-channel ``normalization`` (mean, std) the dataset applied to its
-    raw inputs (images in [0, 1]; ``data_info["normalization"]``, None where the data was not standardised), which
-    a prediction applies to new inputs. ``metrics``: the retrained network's ``test`` metrics. The graph keeps only
-    its name of its meta: a search's proxy scores are no measure of this network.
+    raw inputs (images in [0, 1]; ``data_info["normalization"]``, None where the data was not standardised,
+    :data:`UNKNOWN` without ``data_info``), which a prediction applies to new inputs. ``metrics``: the retrained
+    network's ``test`` metrics. The graph keeps only its name of its meta: a search's proxy scores are no measure
+    of this network.
     """
     by_name = {t.name: t for t in tasks}
     missing = [t for t in network.tasks if t not in by_name]
@@ -59,7 +63,7 @@ def network_manifest(
         "input": {
             "shape": list(network.input_shape),
             "layout": "CHW",
-            "normalization": input_normalization(data_info, network.input_shape[0]),
+            "normalization": UNKNOWN if data_info is None else input_normalization(data_info, network.input_shape[0]),
         },
         "tasks": [by_name[t].to_dict() for t in network.tasks],
         "graph": graph,
@@ -341,6 +345,7 @@ __all__ = [
     "load_exported",
     "network_from_manifest",
     "checked_file",
+    "UNKNOWN",
     "input_normalization",
     "output_info",
     "network_manifest",

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .export import checked_file, load_exported
-from .runs import read_json, write_json_atomic
+from .export import UNKNOWN, checked_file, load_exported
+from .runs import check_name, read_json, run_path, write_json_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 LAYOUTS = ("CHW", "HWC")
@@ -38,7 +38,7 @@ def read_inputs(path: str | Path, shape: tuple[int, int, int], layout: str = "CH
     if path.is_dir() and (path / "tasks.toml").is_file():
         from .data import create_dataset
 
-        data = create_dataset(str(path))
+        data = create_dataset("folder", root=str(path.resolve()))  # this folder, never a dataset of that name
         dataset = getattr(data, split, None)
         if dataset is None:
             raise ValueError(f"{path}: no {split!r} split")
@@ -96,7 +96,12 @@ def _read_images(folder: Path, channels: int) -> np.ndarray:
 
 def normalize(inputs: np.ndarray, manifest: Mapping[str, Any]) -> np.ndarray:
     """``inputs`` standardised with the manifest's ``input.normalization`` (unchanged without one)."""
-    norm = (manifest.get("input") or {}).get("normalization")
+    norm = (manifest.get("input") or {}).get("normalization", UNKNOWN)
+    if norm == UNKNOWN:
+        raise ValueError(
+            "manifest.json: input.normalization is not recorded (exported from a network built in Python, or from "
+            "a run trained before it was recorded): export a run folder trained by this version"
+        )
     if norm is None:
         return inputs
     mean = np.asarray(norm["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
@@ -110,7 +115,7 @@ def predict(
     """Every task's raw output on ``inputs`` (raw, (N, C, H, W): normalised here), by task."""
     export_dir = Path(export_dir)
     manifest = read_json(export_dir / "manifest.json", "export manifest", ("tasks", "files"), "export the run again")
-    tasks = [t["name"] for t in manifest["tasks"]]
+    tasks = task_names(manifest, export_dir / "manifest.json")
     x = normalize(inputs, manifest)
     outputs: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
     if "weights" in manifest["files"]:
@@ -134,15 +139,29 @@ def predict(
     return {t: np.concatenate(v) for t, v in outputs.items()}
 
 
+def task_names(manifest: Mapping[str, Any], source: str | Path) -> list[str]:
+    """The manifest's task names, each a safe file name (they name the ``TASK.npy`` files written)."""
+    names = []
+    for i, task in enumerate(manifest.get("tasks") or []):
+        name = task.get("name") if isinstance(task, Mapping) else None
+        names.append(check_name(name, f"tasks[{i}].name", source))
+    if not names:
+        raise ValueError(f"{source}: tasks: expected a non-empty list")
+    return names
+
+
 def write_predictions(outputs: Mapping[str, np.ndarray], manifest: Mapping[str, Any], out_dir: str | Path) -> Path:
     """``TASK.npy`` per task and ``predictions.csv`` (see the module docstring) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    kinds = {t["name"]: t.get("kind") for t in manifest["tasks"]}
+    names = task_names(manifest, out_dir / "manifest.json")
+    kinds = dict(zip(names, (t.get("kind") for t in manifest["tasks"])))
     info = manifest.get("outputs") or {}
     columns: dict[str, list[Any]] = {}
     for task, values in outputs.items():
-        np.save(out_dir / f"{task}.npy", values)
+        if task not in kinds:
+            raise ValueError(f"predictions: task {task!r} is not one of the manifest's {names}")
+        np.save(run_path(out_dir, f"{task}.npy"), values)
         extra = info.get(task) or {}
         if kinds[task] == "classification" and values.ndim == 2:
             index = values.argmax(1)
@@ -166,4 +185,4 @@ def write_predictions(outputs: Mapping[str, np.ndarray], manifest: Mapping[str, 
     return path
 
 
-__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "normalize", "predict", "read_inputs", "write_predictions"]
+__all__ = ["IMAGE_SUFFIXES", "LAYOUTS", "normalize", "predict", "read_inputs", "task_names", "write_predictions"]

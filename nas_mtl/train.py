@@ -46,6 +46,7 @@ from .train_step import (
     balanced_backward,
     buffer_snapshot,
     kept_buffers,
+    overflowed,
     restore_buffers,
 )
 
@@ -160,6 +161,11 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.env = environment(self.device)  # what this session's numbers depend on (checkpoints, result.json)
         network.to(self.device)
+        if config.precision == "fp16" and not self.balancer.scale_invariant:
+            raise ValueError(
+                f"precision fp16: balancer {self.balancer.name!r} is not invariant to fp16's gradient scale (it clips "
+                "or normalises the combined gradient); use bf16 or fp32 with it"
+            )
         self.scaler = LossScaler(self.device) if config.precision == "fp16" else None
         if self.scaler is not None:  # its scale is part of the run's state: checkpointed and restored
             self.state["loss_scale"] = self.scaler
@@ -332,15 +338,16 @@ class Trainer:
         bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
         if bad:
             return f"non-finite loss for task(s) {bad}"
-        for hook in self.step_hooks:
-            hook(StepContext(self.network, x, y, losses, epoch, step))
+        with autocast(self.config.precision, self.device):  # a hook's own forward passes: as the step's
+            for hook in self.step_hooks:
+                hook(StepContext(self.network, x, y, losses, epoch, step))
         self.optimizer.zero_grad(set_to_none=True)
         try:
             balanced_backward(self.balancer, self.scaler.scale(losses) if self.scaler else losses, self.network)
         except FloatingPointError as err:
-            if self.scaler is not None:  # the losses were finite: the scaled gradients overflowed
+            if overflowed(self.network, self.scaler):  # finite losses, non-finite scaled gradients
+                self.scaler.step(self.optimizer)  # GradScaler skips the step and backs the scale off
                 self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.overflow()
                 return _OVERFLOW
             return str(err)
         return None

@@ -76,13 +76,14 @@ class _ScaleGradient(torch.autograd.Function):
 
 
 class LossScaler:
-    """fp16's dynamic gradient scale, kept by ``torch.amp.GradScaler`` (its growth and back-off rules).
+    """fp16's dynamic gradient scale: ``torch.amp.GradScaler`` and its own rules (growth after 2000 clean steps,
+    halving and a skipped step on an overflow).
 
     Unlike ``GradScaler.scale(loss)``, each task loss keeps its value and only its gradients are multiplied by the
-    scale (:meth:`scale`): loss-weighting balancers see the true losses, and gradient-combining ones see every
-    task's gradient times the same factor (their combinations are invariant to it, or the unscaling undoes it).
-    A step whose gradients overflow is skipped and the scale backed off (:meth:`overflow`), as GradScaler does;
-    :meth:`step` unscales the gradients, steps and lets the scale grow.
+    scale (:meth:`scale`): loss-weighting balancers see the true losses, and a scale-invariant balancer
+    (``Balancer.scale_invariant``) combines gradients that are all multiplied by the same factor, which
+    :meth:`step` divides out before the optimiser's step. A step whose gradients hold an inf is an overflow:
+    :meth:`step` then skips it and backs the scale off, as GradScaler does.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -94,14 +95,15 @@ class LossScaler:
         factor = float(self.scaler.get_scale())
         return {k: _ScaleGradient.apply(v, factor) for k, v in losses.items()}
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Unscale, step unless a gradient is inf or NaN, update the scale; whether the step was taken."""
+        before = self.scaler.get_scale()
         self.scaler.unscale_(optimizer)
         self.scaler.step(optimizer)
         self.scaler.update()
-
-    def overflow(self) -> None:
-        self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
-        self.overflows += 1
+        taken = self.scaler.get_scale() >= before
+        self.overflows += not taken
+        return taken
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict(), "overflows": self.overflows}
@@ -109,6 +111,15 @@ class LossScaler:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.scaler.load_state_dict(state["scaler"])
         self.overflows = int(state["overflows"])
+
+
+def overflowed(network: torch.nn.Module, scaler: LossScaler | None) -> bool:
+    """Whether fp16's scaled gradients overflowed: a gradient is non-finite (after finite losses; an inf in the
+    backward pass brings NaNs with it) while the scale is still above 1. At a scale of 1 or below nothing is
+    scaled up any more: the non-finite gradient is the model's own, for the trainer's ``on_nonfinite`` rule."""
+    if scaler is None or scaler.scaler.get_scale() <= 1.0:
+        return False
+    return any(not torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
 
 
 def balanced_backward(balancer: Balancer, losses: Mapping[str, torch.Tensor], network: MultiTaskNetwork) -> None:
@@ -133,6 +144,7 @@ __all__ = [
     "autocast",
     "StepHook",
     "balanced_backward",
+    "overflowed",
     "buffer_snapshot",
     "kept_buffers",
     "restore_buffers",

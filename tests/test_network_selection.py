@@ -186,6 +186,20 @@ def test_a_selection_read_back_is_data_checked_before_training(tiny, networks, m
         selection_networks(graph)
 
 
+def test_more_tasks_than_an_exact_selection_takes_are_refused_before_training():
+    from nas_mtl.search.network_selection import check_selection_search
+
+    data = create_dataset(
+        "shapes", n_train=64, n_val=32, n_test=32, size=16, tasks="quadrant,size,mask,distance,orientation,angle,hue"
+    )
+    space = load_search_space("resnet_small", input_shape=data.input_shape)
+    with pytest.raises(ValueError, match="selection: 7 tasks; .* exact up to 6 tasks"):
+        check_selection_search(data, space, SelectionConfig(train=TRAIN))
+    small = create_dataset("shapes", **{"n_train": 64, "n_val": 32, "n_test": 32, "size": 16, "tasks": TASKS})
+    with pytest.raises(ValueError, match="every = 99 exceeds the 4 steps"):
+        check_selection_search(small, space, SelectionConfig(train=TRAIN, every=99))
+
+
 def test_bad_selection_options_are_one_line_errors():
     with pytest.raises(ValueError, match="budget must be a number >= 1"):
         SelectionConfig(budget=0.5)
@@ -223,7 +237,7 @@ random_draws = 200
 """
 
 
-def test_a_study_with_the_selection_search_retrains_the_selection_and_reports_its_budget_curve(tmp_path):
+def test_a_study_with_the_selection_search_retrains_the_selection_and_reports_its_budget_curve(tmp_path, capsys):
     from nas_mtl.report import write_report
     from nas_mtl.study import load_study, run_study
 
@@ -241,3 +255,7 @@ def test_a_study_with_the_selection_search_retrains_the_selection_and_reports_it
     assert "## Network selection: budget curve" in text and "selection_selection.png" in text
     assert (files["report.md"].parent / "figures" / "selection_selection.png").is_file()
     assert "all-in-one" in text and "independent" in text
+    from nas_mtl.cli import main
+
+    assert main(["status", str(tmp_path / "run")]) == 0  # a selection's finished networks are not "started"
+    assert "0 started and not finished" in capsys.readouterr().out

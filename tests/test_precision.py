@@ -8,10 +8,10 @@ import torch
 from helpers import TOY_TASKS, tiny_space, toy_data, toy_split
 
 from nas_mtl import SharingGraph, TrainConfig, train_graph
-from nas_mtl.balancing import create_balancer
+from nas_mtl.balancing import create_balancer, list_balancers
 from nas_mtl.network import MultiTaskNetwork
 from nas_mtl.tasks import labelled_losses
-from nas_mtl.train_step import LossScaler, _ScaleGradient, autocast, balanced_backward
+from nas_mtl.train_step import LossScaler, _ScaleGradient, autocast, balanced_backward, overflowed
 
 BF16_EPS = 2.0**-8  # bfloat16 keeps 8 significant bits
 
@@ -76,18 +76,52 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backed_off(setting):
     scaler = LossScaler(torch.device("cpu"))
     scaler.scaler.update(2.0**127)  # scaled gradients of O(1) losses overflow float32
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in network.parameters()]
     with pytest.raises(FloatingPointError, match="non-finite gradient"):
         balanced_backward(create_balancer("equal"), scaler.scale(_losses(network, data, "fp16")), network)
-    scaler.overflow()
+    assert overflowed(network, scaler) and not overflowed(network, None)
+    assert not scaler.step(optimizer)  # GradScaler's own rule: skipped, scale halved
     assert scaler.scaler.get_scale() == 2.0**126 and scaler.overflows == 1
-    before = [p.detach().clone() for p in network.parameters()]
+    assert all(torch.equal(p, b) for p, b in zip(network.parameters(), before))
     optimizer.zero_grad(set_to_none=True)
     scaler.scaler.update(2.0**10)
     balanced_backward(create_balancer("equal"), scaler.scale(_losses(network, data, "fp16")), network)
     grads = [p.grad.clone() for p in network.parameters()]
-    scaler.step(optimizer)  # unscaled before the step: the update is lr x the true gradient
+    assert scaler.step(optimizer)  # unscaled before the step: the update is lr x the true gradient
+    scaler.scaler.update(1.0)
+    assert not overflowed(network, scaler)  # at scale 1 a non-finite gradient is the model's own
     for p, b, g in zip(network.parameters(), before, grads):
         torch.testing.assert_close(p.detach(), b - 0.1 * g / 2.0**10, rtol=1e-6, atol=1e-7)
+
+
+def _update(setting, name, scale):
+    """The parameters after one SGD step of ``name`` on fp32 losses whose gradients are scaled by ``scale``
+    and unscaled before the step (fp16's rule without fp16's rounding)."""
+    data, _ = setting
+    network = _network(setting)
+    torch.manual_seed(1)  # random balancers (RLW, PCGrad's order) draw the same
+    balancer = create_balancer(name)
+    balancer.prepare(network)
+    losses = _losses(network, data, "fp32")
+    scaled = {k: _ScaleGradient.apply(v, scale) for k, v in losses.items()}
+    balanced_backward(balancer, scaled, network)
+    balancer.detach()
+    return [p.detach() - 0.1 * p.grad / scale for p in network.parameters()]
+
+
+@pytest.mark.parametrize("name", list_balancers())
+def test_a_balancer_marked_scale_invariant_steps_alike_under_fp16s_gradient_scale(setting, name):
+    """Each registered balancer, scale 1 against 2^10: equal steps (float32 rounding of O(1) values: 1e-5
+    relative) exactly when it says it is scale-invariant; the others are refused with fp16."""
+    balancer = create_balancer(name)
+    one, scaled = _update(setting, name, 1.0), _update(setting, name, 2.0**10)
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(one, scaled))
+    assert same == balancer.scale_invariant, f"{name}: scale-invariant is {balancer.scale_invariant}, measured {same}"
+    if not balancer.scale_invariant:
+        data, space = setting
+        graph = SharingGraph.hard_sharing(data.task_names, space.layers)
+        with pytest.raises(ValueError, match=f"precision fp16: balancer {name!r} is not invariant"):
+            train_graph(graph, data, space, TrainConfig(epochs=1, device="cpu", precision="fp16"), balancer)
 
 
 def test_bf16_and_fp16_training_runs_are_recorded_and_resume_only_as_they_ran(setting, tmp_path):

@@ -126,3 +126,30 @@ def test_images_in_a_folder_and_a_wrong_layout(exported, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1
     assert "wrong.npy: inputs of shape (15, 16, 1) read as CHW" in err and "--layout HWC" in err
+
+
+def test_a_manifest_is_data_and_an_unrecorded_normalisation_is_refused(exported, tmp_path, capsys):
+    """An ONNX-only export whose manifest names a task '../escaped' writes nothing outside --out; a network
+    exported from Python (no training data seen) has no recorded normalisation, and predict will not guess."""
+    import shutil
+
+    from nas_mtl.cli import main
+    from nas_mtl.export import export_network, load_exported
+
+    root, _ = exported
+    onnx_only = tmp_path / "onnx_only"
+    onnx_only.mkdir()
+    shutil.copy(root / "export" / "model.onnx", onnx_only)
+    manifest = json.loads((root / "export" / "manifest.json").read_text())
+    manifest["files"] = {"onnx": "model.onnx"}
+    manifest["sha256"] = {"model.onnx": manifest["sha256"]["model.onnx"]}
+    manifest["tasks"][0]["name"] = "../escaped"
+    (onnx_only / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "deep" / "out"
+    assert main(["predict", str(onnx_only), str(root / "raw.npy"), "--out", str(out)]) == 2
+    assert "tasks[0].name" in capsys.readouterr().err
+    assert not (tmp_path / "deep" / "escaped.npy").exists() and not out.exists()
+    network = load_exported(root / "export")
+    export_network(network, create_dataset("multidigits", **DATA).tasks, tmp_path / "python", formats=["safetensors"])
+    assert main(["predict", str(tmp_path / "python"), str(root / "raw.npy"), "--out", str(tmp_path / "p")]) == 2
+    assert "input.normalization is not recorded" in capsys.readouterr().err

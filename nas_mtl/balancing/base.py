@@ -36,6 +36,11 @@ class Balancer(ABC):
     """True when, on a network with a single task, the method trains exactly as equal weighting (its weight is
     then always 1: DWA, RLW, FAMO and every shared-only method); False for uncertainty weighting, whose learned
     weight scales even a lone task's gradient."""
+    scale_invariant: bool = True
+    """True when scaling every task's gradient by one factor scales the update by that factor and leaves the
+    method's state alone: fp16's gradient scale is then undone exactly after the step (checked for every
+    registered method in tests/test_precision.py). False where the method clips or normalises the combined
+    gradient (Nash-MTL, FAMO): fp16 is refused for it."""
     cost: str = "one backward pass"
     """The method's cost class per training step (``nas-mtl list`` shows it beside the method's paper)."""
 

@@ -300,6 +300,7 @@ class NashMTL(GramWeighting):
     """
 
     name = "nash-mtl"
+    scale_invariant = False  # the bargaining weights shrink as the gradients grow, and the update is clipped
 
     def __init__(self, max_norm: float = 1.0) -> None:
         self.max_norm = check_number("nash-mtl", "max_norm", max_norm)

@@ -463,6 +463,7 @@ class FAMO(LossWeighting):
     """
 
     name = "famo"
+    scale_invariant = False  # the shared gradient is clipped to max_norm
     cost = "one backward pass, plus one forward pass for the weight update"
 
     def __init__(self, gamma: float = 0.01, lr: float = 0.025, max_norm: float = 1.0) -> None:

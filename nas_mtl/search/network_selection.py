@@ -56,7 +56,8 @@ from .affinity_measures import AffinityRecorder
 PREDICTORS = ("exact", "hoa", "tag")
 MEASURES = ("pairs", "all")
 MAX_ALL_TASKS = 6
-"""``measure = "all"`` trains 2^T - 1 networks: at most 63."""
+"""``measure = "all"`` trains 2^T - 1 networks, and HOA's and TAG's tables list as many: at most 63 (the exact
+selection on them at every budget of the curve stays in seconds; at 8 tasks a budget of 4 takes hours)."""
 AFFINITY_FILE = "affinity.json"
 CURVE_METHODS = ("optimal", "hoa", "tag", "random", "all-in-one", "independent")
 """The lines of the budget curve (``optimal``: the measured table's best; with ``measure = "pairs"`` only where
@@ -119,8 +120,14 @@ def measured_groups(tasks: Sequence[str], measure: str) -> list[tuple[str, ...]]
 def check_selection_search(data: MultiTaskData, space: SearchSpace, config: SelectionConfig) -> None:
     """ValueError if ``config`` cannot run on ``data`` (checked before a study trains anything)."""
     n = len(data.task_names)
-    if config.measure == "all" and n > MAX_ALL_TASKS:
-        raise ValueError(f"selection: measure 'all' trains 2^T - 1 networks; {n} tasks is over {MAX_ALL_TASKS}")
+    if n > MAX_ALL_TASKS:
+        raise ValueError(
+            f"selection: {n} tasks; the selection lists every group of tasks (2^T - 1 networks) and is exact up to "
+            f"{MAX_ALL_TASKS} tasks (select among fewer tasks, e.g. the tasks option of the dataset)"
+        )
+    steps = config.train.epochs * (len(data.train) // config.train.batch_size)
+    if n > 1 and config.every > steps:
+        raise ValueError(f"selection: every = {config.every} exceeds the {steps} steps TAG's affinity is measured in")
     if len(data.train) < config.train.batch_size:
         raise ValueError(
             f"selection: batch_size {config.train.batch_size} exceeds the {len(data.train)} training samples"
@@ -136,17 +143,27 @@ def _train_network(
     graph = SharingGraph.hard_sharing(list(group), space.layers, space.skippable).with_meta(name="+".join(group))
     everything = len(group) == len(data.task_names) and len(group) > 1
     hooks: list[AffinityRecorder] = []
+    lr = config.train.lr if config.lookahead_lr is None else config.lookahead_lr
+    settings = {"tasks": list(group), "lookahead_lr": lr, "every": config.every}
     if everything:
-        if out.is_dir() and not (out / AFFINITY_FILE).is_file():
-            shutil.rmtree(out)  # trained without its affinity recorded (killed in between): measured again
-        lr = config.train.lr if config.lookahead_lr is None else config.lookahead_lr
+        recorded = (
+            read_json(out / AFFINITY_FILE, "selection affinity", (), f"delete {out}")
+            if (out / AFFINITY_FILE).is_file()
+            else None
+        )
+        if out.is_dir() and (recorded is None or recorded.get("settings") != settings):
+            shutil.rmtree(out)  # no affinity recorded (killed in between) or other lookahead settings: again
         hooks.append(AffinityRecorder(data.tasks, lr, config.every))
     _, result = train_graph(graph, data, space, config.train, create_balancer(config.balancer), out, step_hooks=hooks)
     affinity = None
     if everything:
         if hooks[0].steps:
-            write_json_atomic(
-                {"tasks": list(group), "lookahead": hooks[0].matrix("lookahead").tolist()}, out / AFFINITY_FILE
+            matrix = hooks[0].matrix("lookahead").tolist()
+            write_json_atomic({"tasks": list(group), "lookahead": matrix, "settings": settings}, out / AFFINITY_FILE)
+        elif not (out / AFFINITY_FILE).is_file():
+            raise ValueError(
+                f"selection: TAG's recorder measured no step of {out} (no batch labelled every task, or every = "
+                f"{config.every} too large); lower every, or use predictor hoa"
             )
         record = read_json(out / AFFINITY_FILE, "selection affinity", ("tasks", "lookahead"), f"delete {out}")
         affinity = np.asarray(record["lookahead"], dtype=float)

@@ -160,7 +160,7 @@ def finished_row(out: Path, arm: Arm) -> RunRow | None:
             f"{out / ROW}: this run was trained with coupling {row.coupling}, the study's {arm.name!r} now "
             f"has {coupling}; use a new run folder or the same [arms.{arm.name}] options"
         )
-    if row.graph != arm.graph:  # equality ignores meta
+    if row.graph != arm.graph or selection_networks(row.graph) != selection_networks(arm.graph):  # meta aside
         searched = f" (search seed {arm.search_seed})" if arm.search_seed is not None else ""
         raise ValueError(
             f"{out / ROW}: this run trained another graph than the study's {arm.name!r}{searched} now has "
