@@ -25,6 +25,15 @@ import time
 BALANCERS = ("equal", "mgda", "mgda-ub", "pcgrad", "cagrad", "nash-mtl", "famo")
 
 
+def _losses(network, x, y) -> dict:
+    """Every task's loss of one forward pass (what the trainer's recomputation after a step gives FAMO)."""
+    import torch
+
+    with torch.no_grad():
+        out = network(x)
+    return {n: torch.nn.functional.cross_entropy(out[n], y[n]) for n in y}
+
+
 def _one(balancer: str, tasks: int, size: int, batch: int, repeats: int, threads: int, device: str) -> dict:
     """Run in a child process: time ``repeats`` steps and measure peak memory."""
     import resource
@@ -69,7 +78,7 @@ def _one(balancer: str, tasks: int, size: int, batch: int, repeats: int, threads
         losses = {n: torch.nn.functional.cross_entropy(out[n], y[n]) for n in names}
         b.backward(losses, network)
         optimizer.step()
-        b.after_step(lambda: {n: torch.nn.functional.cross_entropy(network(x)[n], y[n]).detach() for n in names})
+        b.after_step(lambda: _losses(network, x, y))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         if i:  # the first step warms up allocators and caches
