@@ -160,7 +160,8 @@ class Trainer:
         self.step_hooks, self.epoch_hooks, self.state = tuple(step_hooks), tuple(epoch_hooks), dict(state or {})
         self.device = resolve_device(config.device)
         self.env = environment(self.device)  # what this session's numbers depend on (checkpoints, result.json)
-        network.to(self.device)
+        self._layout = torch.channels_last if config.channels_last else torch.contiguous_format
+        network.to(self.device, memory_format=self._layout)
         if config.precision == "fp16" and not self.balancer.scale_invariant:
             raise ValueError(
                 f"precision fp16: balancer {self.balancer.name!r} is not invariant to fp16's gradient scale (it clips "
@@ -296,7 +297,7 @@ class Trainer:
         """One optimisation step on the batch ``(x, y)``: its task losses and labelled-sample counts, or None
         when it taught nothing (no task labelled in the batch, or a non-finite step skipped)."""
         network, device = self.network, self.device
-        x = x.to(device, non_blocking=self._non_blocking)
+        x = x.to(device, non_blocking=self._non_blocking, memory_format=self._layout)
         # a skipped step must not leave its batch in the BatchNorm running statistics either
         snapshot = buffer_snapshot(network) if self.config.on_nonfinite == "skip" else None
         targets = {t.name: y[t.name].to(device, non_blocking=self._non_blocking) for t in self.specs}

@@ -40,6 +40,8 @@ class TrainConfig:
         num_workers: data-loading worker processes for datasets read from disk (in-memory data is sliced
             directly); the batches are the same for any number.
         pin_memory: page-locked batches copied to the GPU without blocking (CUDA only).
+        channels_last: weights and batches in the channels-last memory layout (faster convolutions on GPUs
+            with tensor cores; the numbers may differ from the default layout's by rounding).
         precision: fp32, or bf16 / fp16 autocast of the forward pass (fp16 with a dynamic gradient scale);
             weights, optimiser state and the balancers' Gram matrices and solves stay fp32 / fp64.
         progress: print progress (a bar on a terminal, plain lines otherwise); the CLI turns it on.
@@ -59,6 +61,7 @@ class TrainConfig:
     precision: str = option("fp32", choices=PRECISIONS)
     num_workers: int = 0
     pin_memory: bool = False
+    channels_last: bool = False
     progress: bool = False
 
     OPTIMIZERS = OPTIMIZERS
@@ -78,8 +81,9 @@ class TrainConfig:
                     name, "a positive integer"
                 )
                 raise ValueError(f"train config: {name} must be {want}, got {value!r}")
-        if not isinstance(self.pin_memory, bool):
-            raise ValueError(f"train config: pin_memory must be true or false, got {self.pin_memory!r}")
+        for name in ("pin_memory", "channels_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train config: {name} must be true or false, got {getattr(self, name)!r}")
         for name in ("lr", "weight_decay", "momentum"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
@@ -110,8 +114,9 @@ class TrainConfig:
     def identity(self) -> dict[str, Any]:
         """:meth:`to_dict` without :attr:`RUNTIME_FIELDS`: what a resumed run or a cache must match."""
         out = {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
-        if out.get("precision") == "fp32":  # what every run before the option ran: their records stay valid
-            del out["precision"]
+        for key, default in (("precision", "fp32"), ("channels_last", False)):
+            if out.get(key) == default:  # what every run before the option ran: their records stay valid
+                del out[key]
         return out
 
 

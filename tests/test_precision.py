@@ -141,3 +141,20 @@ def test_bf16_and_fp16_training_runs_are_recorded_and_resume_only_as_they_ran(se
     assert saved["extra"]["loss_scale"]["scaler"]["scale"] > 0  # the gradient scale is checkpointed
     with pytest.raises(ValueError, match="precision: expected one of|precision must be one of"):
         TrainConfig(precision="fp8")
+
+
+def test_channels_last_trains_the_same_network_within_float32_rounding(setting):
+    """The channels-last layout changes the convolution kernels, not the model: one epoch from the same seed ends
+    within float32 rounding of the default layout's weights (a few hundred ulps over 2 steps of Adam), with the
+    weights laid out channels-last; the option is recorded (the default is not, so older records stay valid)."""
+    data, space = setting
+    graph = SharingGraph.hard_sharing(data.task_names, space.layers)
+    base = TrainConfig(epochs=1, batch_size=32, lr=1e-2, device="cpu", seed=0)
+    last = TrainConfig(**{**base.to_dict(), "channels_last": True})
+    plain, _ = train_graph(graph, data, space, base)
+    nhwc, _ = train_graph(graph, data, space, last)
+    for (name, a), b in zip(plain.state_dict().items(), nhwc.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    convs = [p for p in nhwc.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert last.identity()["channels_last"] is True and "channels_last" not in base.identity()
