@@ -105,7 +105,7 @@ def mirror_study(run_dir: str | Path, experiment: str, uri: str, progress: bool 
     run_dir = Path(run_dir).resolve()
     try:
         with _file_store_allowed(uri):
-            done = _mirror(client_class(tracking_uri=uri), experiment, run_dir)
+            done = _mirror(client_class(tracking_uri=uri), experiment, run_dir, uri)
     except Exception as err:  # MLflow and its stores raise many kinds (unreachable server, bad URI, full disk)
         reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         warnings.warn(
@@ -154,8 +154,8 @@ def _entries(run_dir: Path) -> list[_Entry]:
     return [_Entry(kind, p.parent, p.parent.relative_to(run_dir).as_posix(), p) for kind, p in found]
 
 
-def _mirror(client: Any, experiment: str, run_dir: Path) -> Mirrored:
-    experiment_id = _experiment_id(client, experiment)
+def _mirror(client: Any, experiment: str, run_dir: Path, uri: str = "") -> Mirrored:
+    experiment_id = _experiment_id(client, experiment, artifact_location(uri, run_dir))
     logged_before = _logged_runs(client, experiment_id, run_dir)
     settings = _settings(run_dir)
     logged = kept = 0
@@ -176,11 +176,26 @@ def _mirror(client: Any, experiment: str, run_dir: Path) -> Mirrored:
     return Mirrored(logged, kept)
 
 
-def _experiment_id(client: Any, name: str) -> str:
+def artifact_location(uri: str, run_dir: Path) -> str | None:
+    """Where a new experiment's artifacts go: beside the database of a ``sqlite:`` store (``mlartifacts`` next to
+    the file), in the study folder for another database (``RUN_DIR/mlartifacts``); None where the store decides (a
+    file store keeps them inside it, a tracking server serves its own). MLflow's own default for a database store
+    is ``./mlruns`` of whatever folder the command ran in, outside the store the user named."""
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        path = uri.split(":///", 1)[1] if ":///" in uri else ""
+        if path and path != ":memory:":  # sqlite:///rel/x.db is relative, sqlite:////abs/x.db absolute
+            return Path(path).resolve().parent.joinpath("mlartifacts").as_uri()
+    if scheme in ("postgresql", "mysql", "mssql") or scheme.startswith(("postgresql+", "mysql+", "mssql+")):
+        return (run_dir / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def _experiment_id(client: Any, name: str, artifacts: str | None = None) -> str:
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=artifacts)
         except Exception:  # created meanwhile by another process?
             found = client.get_experiment_by_name(name)
             if found is None:

@@ -248,3 +248,21 @@ def test_optuna_dashboard_loads_a_branch_searchs_storage(tracked):
     reference = optuna.load_study(study_name="branch", storage=url).get_trials(deepcopy=False)
     assert len(trials) == len(reference) == 3  # n_trials
     assert [t["number"] for t in trials] == [t.number for t in reference]
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_its_database_not_in_the_working_folder(
+    tracked, tmp_path, monkeypatch
+):
+    """MLflow's default artifact root for a database store is ./mlruns of the folder the command ran in; a study
+    logging to sqlite:///DIR/mlflow.db puts them in DIR/mlartifacts, and reads back."""
+    d, spec, rows, _ = tracked
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    assert tracking.mirror_study(d / "run", spec.name, uri) == tracking.Mirrored(logged=len(rows) + 1, kept=0)
+    assert not (work / "mlruns").exists() and (tmp_path / "store" / "mlartifacts").is_dir()
+    client = MlflowClient(tracking_uri=uri)
+    run = next(iter(_runs(client, spec.name).values()))
+    assert client.list_artifacts(run.info.run_id)  # the artifacts read back from where they were put
