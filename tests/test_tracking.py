@@ -266,3 +266,17 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_its_database_not_in_the_worki
     client = MlflowClient(tracking_uri=uri)
     run = next(iter(_runs(client, spec.name).values()))
     assert client.list_artifacts(run.info.run_id)  # the artifacts read back from where they were put
+
+
+def test_each_run_is_in_mlflow_before_the_next_run_finishes(tracked, client_of):
+    """Live tracking: the study logs a run as it finishes, so every MLflow run was created before the row of the
+    next run to finish was written (not all at the study's end)."""
+    d, spec, rows, uri = tracked
+    client = client_of(uri)
+    logged = {k: r for k, r in _runs(client, spec.name).items() if k.startswith("arms/")}
+    finished = sorted(
+        (p.stat().st_mtime, p.parent.relative_to(d / "run").as_posix()) for p in (d / "run").glob("arms/**/row.json")
+    )
+    assert len(finished) == len(rows) >= 3 and set(logged) == {key for _, key in finished}
+    for (_, key), (next_done, _) in zip(finished, finished[1:]):
+        assert logged[key].info.start_time / 1000 <= next_done + 0.5, key  # 0.5 s: file-time granularity

@@ -22,7 +22,7 @@ from .jobs import LAUNCH_ATTR, SETTINGS_ATTR, Job, JobQueue, count_states, worke
 from .plan import Unit, plan, unit_args
 from .record import prepare, queue_settings
 from .spec import StudySpec
-from .units import Context, run_attrs
+from .units import Context, run_attrs, track_finished
 
 MAX_POLL_S = 10.0
 """The longest an idle worker waits before it looks for a job again: it waits ``poll_s`` x (workers seen / 4), at
@@ -190,6 +190,8 @@ def work(
         seconds = time.perf_counter() - t0
         queue.finish(claim, seconds, threads=torch.get_num_threads(), **attrs)
         ran += 1
+        if attrs:  # a run made here: in MLflow now, not when the study ends
+            track_finished(ctx)
         if progress:
             again = f", try {claim.retries + 1}" if claim.retries else ""
             print(f"[{worker}] {claim.job.key} done ({seconds:.0f} s{again})", file=sys.stderr, flush=True)

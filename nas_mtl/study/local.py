@@ -28,7 +28,7 @@ from ..tracking import mirror_study, require_mlflow
 from .plan import ArmRun, GridPick, SearchRun, Unit, plan
 from .record import prepare
 from .spec import StudySpec
-from .units import Context, execute, finished, resolve
+from .units import Context, execute, finished, resolve, track_finished
 
 
 def run_study(
@@ -170,6 +170,7 @@ class LocalExecutor:
         )
 
     def _report(self, unit: Unit, seconds: float) -> None:
+        track_finished(self.ctx)
         line = self.clock.finished(unit.key, seconds)
         if self.progress:
             took = time.perf_counter() - self.t0

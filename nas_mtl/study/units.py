@@ -30,6 +30,7 @@ from ..metrics import delta_m
 from ..runs import INTEGER, load_checkpoint, read_json, write_json_atomic
 from ..search import SEARCH_METHODS, SearchResult
 from ..space import SearchSpace
+from ..tracking import mirror_study
 from .plan import GRID_BEST, Arm, ArmRun, GridPick, SearchRun, Unit, balancers_for, baseline_arms
 from .spec import StudySpec, search_config, seeds_of_search
 
@@ -257,7 +258,16 @@ def run_attrs(ctx: Context, unit: Unit) -> dict[str, Any]:
     return {} if epoch is None else {"resumed_from_epoch": epoch}
 
 
+def track_finished(ctx: Context) -> None:
+    """With MLflow tracking, log what finished so far (the run just done; the others are kept): a running study's
+    runs appear in MLflow as they finish, not at its end (:func:`~nas_mtl.tracking.mirror_study`, idempotent; a
+    failure is a warning and the study goes on)."""
+    if ctx.spec.tracking.mlflow is not None:
+        mirror_study(ctx.run_dir, ctx.spec.name, ctx.spec.tracking.mlflow, False)
+
+
 __all__ = [
+    "track_finished",
     "Context",
     "arm_of",
     "execute",
