@@ -17,6 +17,7 @@ from .cli_options import (
     UserError,
     add_config_arguments,
     config_from_args,
+    device_arguments,
     flag_name,
     parse_key_values,
     show_storage,
@@ -499,6 +500,11 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
+    try:
+        argv = device_arguments(sys.argv[1:] if argv is None else argv)  # --device cuda:N, before CUDA starts
+    except UserError as err:
+        print(f"nas-mtl: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     args = build_parser().parse_args(argv)
     if args.torch_threads is not None:
         if args.torch_threads < 1:

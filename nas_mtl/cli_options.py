@@ -5,12 +5,15 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .balancing.base import parse_key_value
 from .config import build_config, options
+from .train_config import DEVICES
 
 
 class UserError(Exception):
@@ -79,7 +82,33 @@ def show_storage(spec: str) -> None:
     print(f"nas-mtl: storage: {describe(spec)}", file=sys.stderr, flush=True)
 
 
+def one_device(device: str) -> str:
+    """``cuda:N`` shows this process GPU N only (``CUDA_VISIBLE_DEVICES``, before CUDA starts) and is then
+    ``cuda``: one process per GPU, for every command; other values pass through, checked."""
+    match = re.fullmatch(r"cuda:(\d+)", device)
+    if match is None:
+        if device not in DEVICES:
+            raise UserError(f"--device: expected one of {list(DEVICES)} or cuda:N, got {device!r}")
+        return device
+    os.environ["CUDA_VISIBLE_DEVICES"] = match.group(1)
+    return "cuda"
+
+
+def device_arguments(argv: Sequence[str]) -> list[str]:
+    """``argv`` with every ``--device cuda:N`` (or ``--device=cuda:N``) made ``cuda`` on GPU N alone
+    (:func:`one_device`): the one grammar of ``--device`` for every command."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--device" and i + 1 < len(out) and out[i + 1].startswith("cuda:"):
+            out[i + 1] = one_device(out[i + 1])
+        elif arg.startswith("--device=cuda:"):
+            out[i] = "--device=" + one_device(arg.split("=", 1)[1])
+    return out
+
+
 __all__ = [
+    "device_arguments",
+    "one_device",
     "CLI_DEFAULTS",
     "UserError",
     "add_config_arguments",

@@ -7,21 +7,19 @@ import argparse
 import dataclasses
 import math
 import os
-import re
 import signal
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-from .cli_options import UserError, add_config_arguments, config_from_args, show_storage
+from .cli_options import UserError, add_config_arguments, config_from_args, one_device, show_storage
 from .config import to_options
 from .processes import WorkerProcesses
 from .progress import clear_stop, request_stop, stop_requested
 from .runs import TEXT, or_null, read_record
 from .storage import GRACE_S, HEARTBEAT_S
 from .tracking import TrackingConfig
-from .train import TrainConfig
 
 STOP_S = 60
 """Seconds a worker started by ``--workers`` gets to end after the study has, before it is killed."""
@@ -104,7 +102,7 @@ def cmd_study(args: argparse.Namespace) -> None:
         raise UserError("--jobs: not with --storage; start one worker per device instead (--worker or --workers N)")
     spec = load_study(args.file)
     if args.device is not None:
-        spec = with_device(spec, _one_device(args.device))
+        spec = with_device(spec, one_device(args.device))
     spec = dataclasses.replace(spec, tracking=config_from_args(TrackingConfig, args, to_options(spec.tracking)))
     out = Path(args.out) if args.out else Path("runs") / spec.name
     t0 = time.perf_counter()
@@ -248,18 +246,6 @@ class _LocalWorkers(WorkerProcesses):
         if failed:
             codes = ", ".join(f"{p.pid} exited with code {p.returncode}" for p in failed)
             raise UserError(f"--workers: worker process {codes} (its error is above); the others finished the study")
-
-
-def _one_device(device: str) -> str:
-    """``cuda:N`` shows this process GPU N only (``CUDA_VISIBLE_DEVICES``, before CUDA starts) and is then
-    ``cuda``: one worker per GPU; other values pass through."""
-    match = re.fullmatch(r"cuda:(\d+)", device)
-    if match is None:
-        if device not in TrainConfig.DEVICES:
-            raise UserError(f"--device: expected one of {list(TrainConfig.DEVICES)} or cuda:N, got {device!r}")
-        return device
-    os.environ["CUDA_VISIBLE_DEVICES"] = match.group(1)
-    return "cuda"
 
 
 def add_status_command(sub: argparse._SubParsersAction) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from nas_mtl.cli import EXIT_USER_ERROR, build_parser, main
 from nas_mtl.graph import SharingGraph
@@ -190,3 +191,18 @@ def test_global_options_go_before_or_after_the_command_and_version_prints(capsys
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.startswith("nas-mtl ")
+
+
+def test_device_cuda_n_is_one_grammar_for_every_command(monkeypatch, capsys):
+    """``--device cuda:N`` (or ``--device=cuda:N``) on any command shows the process GPU N alone and runs on
+    ``cuda``; without CUDA that is the one-line "no CUDA device" error, and a malformed index is refused."""
+    from nas_mtl.cli import main
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    argv = ["train", "--data", "multidigits", "--space", "resnet_small", "--out", "unused", "--epochs", "1"]
+    if not torch.cuda.is_available():
+        assert main([*argv, "--device", "cuda:3"]) == 2
+        assert "no CUDA device is available" in capsys.readouterr().err
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert main([*argv, "--device=cuda:x"]) == 2
+    assert "--device: expected one of ['auto', 'cpu', 'cuda'] or cuda:N, got 'cuda:x'" in capsys.readouterr().err
