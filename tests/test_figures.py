@@ -1,0 +1,83 @@
+"""Every figure kind the report and the searches draw, at 2 and 6 tasks: sized to its content, and no text drawn over
+other text (matplotlib's rendered text extents, tick labels outside the axes' range left out as never drawn)."""
+
+import itertools
+
+import matplotlib
+import numpy as np
+import pytest
+
+from nas_mtl.graph import SKIP, SharingGraph
+from nas_mtl.plots import curves_plot, draw_topology, history_plot, pareto_plot
+from nas_mtl.search.affinity_plots import plot_affinity, plot_dendrogram
+
+LAYERS = ["stem", "s0.b0", "s0.b1", "s1.b0"]
+
+
+def _overlapping_text(fig) -> list[tuple[str, str]]:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    hidden = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks():
+                if not lo - 1e-9 <= tick.get_loc() <= hi + 1e-9:
+                    hidden.update((tick.label1, tick.label2))
+    texts = [
+        (t.get_text(), t.get_window_extent(renderer))
+        for t in fig.findobj(matplotlib.text.Text)
+        if t.get_visible() and t.get_text().strip() and t not in hidden
+    ]
+    bad = []
+    for (a, box_a), (b, box_b) in itertools.combinations(texts, 2):
+        width = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+        height = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+        if width > 1 and height > 1:  # more than a pixel each way: drawn over each other
+            bad.append((a, b))
+    return bad
+
+
+def _figures(n: int):
+    rng = np.random.default_rng(n)
+    tasks = [f"task_{i}" for i in range(n)]
+    policy = SharingGraph(
+        tuple(tasks),
+        tuple(LAYERS),
+        tuple(tuple(SKIP if (layer in (1, 2) and i % 2) else 0 for i in range(n)) for layer in range(4)),
+        frozenset({"s0.b0", "s0.b1"}),
+    )
+    tree = SharingGraph.branched(
+        tasks, LAYERS, [[tasks], [tasks[: n // 2], tasks[n // 2 :]], [[t] for t in tasks], [[t] for t in tasks]]
+    )
+    points = [(f"arm{i}/equal", 1000.0 * (i + 1), float(rng.normal())) for i in range(n)]
+    curves = {t: {b: [(e, 0.5 + 0.01 * e, 0.4, 0.7) for e in range(1, 9)] for b in ("equal", "mgda")} for t in tasks}
+    yield "affinity heatmap", plot_affinity(rng.normal(size=(n, n)), tasks, "lookahead affinity")
+    if n > 2:
+        yield "dendrogram", plot_dendrogram(rng.normal(size=(n, n)), tasks)
+    yield "tree", draw_topology(tree, "tree")
+    yield "policy", draw_topology(policy, "AdaShare policy")
+    yield "pareto", pareto_plot(points, "parameters", "Δm (%)", "arms", None, [(y - 1, y + 1) for _, _, y in points])
+    yield "curves", curves_plot(curves, {t: "val accuracy" for t in tasks}, "validation curves")
+    yield "history", history_plot([(i, float(v)) for i, v in enumerate(rng.normal(size=20))], [], "proxy Δm (%)", "t")
+
+
+@pytest.mark.parametrize("tasks", [2, 6])
+def test_no_figure_draws_text_over_text_and_each_fits_a_page(tasks):
+    import matplotlib.pyplot as plt
+
+    for kind, fig in _figures(tasks):
+        width, height = fig.get_size_inches()
+        assert 2.5 <= width <= 16 and 1.5 <= height <= 12, (kind, width, height)
+        assert not _overlapping_text(fig), (kind, _overlapping_text(fig))
+        plt.close(fig)
+
+
+def test_the_overlap_check_sees_text_drawn_over_text():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.text(0.5, 0.5, "one label")
+    ax.text(0.5, 0.5, "another label")
+    assert _overlapping_text(fig) == [("one label", "another label")]
+    plt.close(fig)
