@@ -130,7 +130,7 @@ def test_a_distributed_worker_prints_the_time_left_of_the_queues_jobs(tmp_path, 
         (lambda s: s.replace('balancers = ["equal"]', 'balancers = ["magic"]'), "balancers: unknown balancer 'magic'"),
         (
             lambda s: s.replace("epochs = 1", "epochs = 1\nepoch = 2"),
-            r"train\.epoch: unknown option; allowed: batch_size, device, epochs",
+            r"train\.epoch: unknown option; allowed: batch_size, channels_last, device, epochs",
         ),
         (lambda s: s.replace('baselines = ["single", "hard"]', 'baselines = ["soft"]'), "arms.baselines"),
         (lambda s: s.replace("seeds = [0, 1]", "seeds = []"), "seeds"),
@@ -972,7 +972,7 @@ def test_a_started_worker_that_exits_with_an_error_is_one_line_and_a_killed_one_
 
 def test_device_cuda_n_shows_the_process_that_gpu_only(monkeypatch):
     from nas_mtl.cli import UserError
-    from nas_mtl.cli_study import _one_device
+    from nas_mtl.cli_options import one_device as _one_device
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert _one_device("cpu") == "cpu" and "CUDA_VISIBLE_DEVICES" not in os.environ
