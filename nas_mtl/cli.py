@@ -28,7 +28,7 @@ from .data import create_dataset, list_datasets
 from .graph import SharingGraph
 from .runs import run_lock
 from .space import SearchSpace, list_search_spaces, load_search_space
-from .train import TrainConfig
+from .train import TrainConfig, resolve_device
 
 EXIT_USER_ERROR = 2
 EXIT_RUNTIME_ERROR = 1
@@ -158,12 +158,14 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .baselines import train_graph
 
+    config = _config(args)
+    resolve_device(config.device)  # --device cuda without CUDA: the error before a run folder is made
     data, space = _data_and_space(args)
     graph = _graph_arg(args.graph, space, data.task_names)
     balancer = create_balancer(args.balancer)
     out = Path(args.out)
     with run_lock(out):
-        net, result = train_graph(graph, data, space, _config(args), balancer, out)
+        net, result = train_graph(graph, data, space, config, balancer, out)
     cost = net.cost()
     print(f"graph: {graph}")
     print(f"params: {cost.params:,}  MACs/sample: {cost.macs:,}  train time: {result.train_seconds:.1f}s")

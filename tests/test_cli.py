@@ -193,16 +193,27 @@ def test_global_options_go_before_or_after_the_command_and_version_prints(capsys
     assert stop.value.code == 0 and capsys.readouterr().out.startswith("nas-mtl ")
 
 
-def test_device_cuda_n_is_one_grammar_for_every_command(monkeypatch, capsys):
+def test_device_cuda_n_is_one_grammar_for_every_command(monkeypatch, capsys, tmp_path):
     """``--device cuda:N`` (or ``--device=cuda:N``) on any command shows the process GPU N alone and runs on
     ``cuda``; without CUDA that is the one-line "no CUDA device" error, and a malformed index is refused."""
     from nas_mtl.cli import main
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    argv = ["train", "--data", "multidigits", "--space", "resnet_small", "--out", "unused", "--epochs", "1"]
+    argv = [
+        "train",
+        "--data",
+        "multidigits",
+        "--space",
+        "resnet_small",
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+    ]
     if not torch.cuda.is_available():
         assert main([*argv, "--device", "cuda:3"]) == 2
         assert "no CUDA device is available" in capsys.readouterr().err
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+        assert not (tmp_path / "run").exists()  # refused before a run folder was made
     assert main([*argv, "--device=cuda:x"]) == 2
     assert "--device: expected one of ['auto', 'cpu', 'cuda'] or cuda:N, got 'cuda:x'" in capsys.readouterr().err
