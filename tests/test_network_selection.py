@@ -8,7 +8,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 import torch
-from tiny_study import write_study
+from tiny_study import STUDY, write_study
 
 from nas_mtl import TrainConfig, create_dataset, load_search_space
 from nas_mtl.baselines import assemble_selection, network_folder, selection_networks, train_graph, train_selection
@@ -209,32 +209,13 @@ def test_bad_selection_options_are_one_line_errors():
         SelectionConfig(random_draws=0)
 
 
-SELECTION_STUDY = """
-format = "nas_mtl.study/1"
-name = "select"
-seeds = [0, 1]
-search_seeds = [0, 1]
-balancers = ["equal"]
-[data]
-name = "shapes"
-tasks = "size,hue,chroma"
-n_train = 64
-n_val = 32
-n_test = 32
-size = 16
-[space]
-name = "space.toml"
-[train]
-epochs = 1
-batch_size = 32
-[arms]
-baselines = ["single", "hard"]
-[search.selection]
-epochs = 1
-batch_size = 32
-budget = 2
-random_draws = 200
-"""
+SELECTION_STUDY = (
+    STUDY.replace('name = "tiny"', 'name = "select"')
+    .replace("seeds = [0, 1]\n", "seeds = [0, 1]\nsearch_seeds = [0, 1]\n", 1)
+    .replace('name = "multidigits"', 'name = "shapes"\ntasks = "size,hue,chroma"')
+    + "[search.selection]\nepochs = 1\nbatch_size = 32\nbudget = 2\nrandom_draws = 200\n"
+)
+"""The tiny study on three shapes tasks, with the selection search at a budget of two networks."""
 
 
 def test_a_study_with_the_selection_search_retrains_the_selection_and_reports_its_budget_curve(tmp_path, capsys):
