@@ -92,9 +92,13 @@ def require_mlflow() -> None:
     _client_class()
 
 
-def mirror_study(run_dir: str | Path, experiment: str, uri: str, progress: bool = False) -> Mirrored | None:
+def mirror_study(
+    run_dir: str | Path, experiment: str, uri: str, progress: bool = False, only: str | None = None
+) -> Mirrored | None:
     """Log every finished arm run and search of the study in ``run_dir`` to MLflow at ``uri``, in experiment
     ``experiment`` (see the module doc); returns what it did, or None after a tracking error (a warning).
+    ``only``: the one run folder (relative, e.g. ``arms/hard/equal/seed0``) to log, as a running study does after
+    each run (its other runs are neither read nor touched).
 
     Raises:
         ValueError: MLflow is not installed.
@@ -105,7 +109,7 @@ def mirror_study(run_dir: str | Path, experiment: str, uri: str, progress: bool 
     run_dir = Path(run_dir).resolve()
     try:
         with _file_store_allowed(uri):
-            done = _mirror(client_class(tracking_uri=uri), experiment, run_dir, uri)
+            done = _mirror(client_class(tracking_uri=uri), experiment, run_dir, uri, only)
     except Exception as err:  # MLflow and its stores raise many kinds (unreachable server, bad URI, full disk)
         reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         warnings.warn(
@@ -154,12 +158,12 @@ def _entries(run_dir: Path) -> list[_Entry]:
     return [_Entry(kind, p.parent, p.parent.relative_to(run_dir).as_posix(), p) for kind, p in found]
 
 
-def _mirror(client: Any, experiment: str, run_dir: Path, uri: str = "") -> Mirrored:
+def _mirror(client: Any, experiment: str, run_dir: Path, uri: str = "", only: str | None = None) -> Mirrored:
     experiment_id = _experiment_id(client, experiment, artifact_location(uri, run_dir))
     logged_before = _logged_runs(client, experiment_id, run_dir)
     settings = _settings(run_dir)
     logged = kept = 0
-    for entry in _entries(run_dir):
+    for entry in (e for e in _entries(run_dir) if only is None or e.key == only):
         digest = _digest(entry)
         before = logged_before.get(entry.key, [])
         same = [r for r in before if r.data.tags.get(DIGEST_TAG) == digest and r.info.status == "FINISHED"]

@@ -191,7 +191,7 @@ def work(
         queue.finish(claim, seconds, threads=torch.get_num_threads(), **attrs)
         ran += 1
         if attrs:  # a run made here: in MLflow now, not when the study ends
-            track_finished(ctx)
+            track_finished(ctx, claim.job.key)
         if progress:
             again = f", try {claim.retries + 1}" if claim.retries else ""
             print(f"[{worker}] {claim.job.key} done ({seconds:.0f} s{again})", file=sys.stderr, flush=True)

@@ -170,7 +170,7 @@ class LocalExecutor:
         )
 
     def _report(self, unit: Unit, seconds: float) -> None:
-        track_finished(self.ctx)
+        track_finished(self.ctx, unit.key)
         line = self.clock.finished(unit.key, seconds)
         if self.progress:
             took = time.perf_counter() - self.t0

@@ -258,12 +258,12 @@ def run_attrs(ctx: Context, unit: Unit) -> dict[str, Any]:
     return {} if epoch is None else {"resumed_from_epoch": epoch}
 
 
-def track_finished(ctx: Context) -> None:
-    """With MLflow tracking, log what finished so far (the run just done; the others are kept): a running study's
-    runs appear in MLflow as they finish, not at its end (:func:`~nas_mtl.tracking.mirror_study`, idempotent; a
-    failure is a warning and the study goes on)."""
-    if ctx.spec.tracking.mlflow is not None:
-        mirror_study(ctx.run_dir, ctx.spec.name, ctx.spec.tracking.mlflow, False)
+def track_finished(ctx: Context, key: str) -> None:
+    """With MLflow tracking, log the run just finished in folder ``key``: a running study's runs appear in MLflow as
+    they finish, not at its end (:func:`~nas_mtl.tracking.mirror_study`, idempotent; a failure is a warning and the
+    study goes on; the study's end checks every run once more)."""
+    if ctx.spec.tracking.mlflow is not None and (ctx.run_dir / key).is_dir():
+        mirror_study(ctx.run_dir, ctx.spec.name, ctx.spec.tracking.mlflow, False, only=key)
 
 
 __all__ = [
