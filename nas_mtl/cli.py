@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .backbones import list_backbones
 from .balancing import create_balancer, list_balancers
@@ -499,6 +502,21 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """A command's warnings as ``nas-mtl: warning: MESSAGE`` lines (not Python's file:line and source line)."""
+    shown = warnings.formatwarning
+
+    def one_line(message: Warning | str, *args: Any, **kwargs: Any) -> str:
+        return f"nas-mtl: warning: {message}\n"
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = shown
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
@@ -514,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USER_ERROR
         torch.set_num_threads(args.torch_threads)
     try:
-        args.func(args)
+        with one_line_warnings():
+            args.func(args)
     except (UserError, ValueError, TypeError, OSError) as err:  # OSError: a bad path (a file, read-only, ...)
         if os.environ.get("NAS_MTL_DEBUG"):
             raise

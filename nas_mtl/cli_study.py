@@ -108,7 +108,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     if not args.storage:
         rows = run_study(spec, out, progress=not args.no_progress, jobs=args.jobs)
-        _print_study(spec.name, out, rows, t0)
+        _print_study(spec.name, out, rows, t0, spec.tracking.mlflow)
         return
     if not args.launched:  # a launched worker's launcher said it
         show_storage(args.storage)
@@ -138,12 +138,13 @@ def cmd_study(args: argparse.Namespace) -> None:
         if stop_requested():  # the signal's own KeyboardInterrupt was swallowed by a finalizer it landed in
             raise KeyboardInterrupt
         if not args.launched:  # the launcher reports, once
-            _print_study(spec.name, out, rows, t0)
+            _print_study(spec.name, out, rows, t0, spec.tracking.mlflow)
             workers.join()
 
 
-def _print_study(name: str, out: Path, rows: list[dict[str, Any]], t0: float) -> None:
-    """Write the report of run folder ``out`` and print its summary table and verdict."""
+def _print_study(name: str, out: Path, rows: list[dict[str, Any]], t0: float, mlflow: str | None = None) -> None:
+    """Write the report of run folder ``out`` and print its summary table and verdict; with ``mlflow`` (a tracking
+    URI), finish the study's MLflow run with the report (:func:`nas_mtl.tracking.log_study`)."""
     import time
 
     from .layout import load_rows
@@ -151,6 +152,10 @@ def _print_study(name: str, out: Path, rows: list[dict[str, Any]], t0: float) ->
     from .report.verdict import export_commands
 
     files = write_report(out)
+    if mlflow is not None:
+        from .tracking import log_study
+
+        log_study(out, name, mlflow, files["report.md"].parent)
     rows = load_rows(out)  # what the report shows, with each run's folder
     runs = runs_table(rows)
     print(format_table(summary_table(runs)).to_string(index=False))

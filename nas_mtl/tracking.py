@@ -11,11 +11,25 @@ also the runs of a ``[grid]``) and every search becomes one MLflow run in the ex
 - a search: params (method, seed, the method's options, storage URLs redacted), metrics (``search_seconds`` and
   the numbers of its ``info`` as ``info/...``), and as artifacts its JSON files and figures.
 
+An arm run also gets ``delta_m``: its Δm (%) against the single-task nets finished so far, as the report computes
+it (:func:`~nas_mtl.report.runs_table`), with step = the number of single-task runs in that reference. The
+reference grows while a study runs, so each later mirroring logs the run's Δm again where it changed (the metric's
+latest value is the one to read; its history shows the reference growing).
+
+Every run is the child of one *study run* (``study NAME``, folder ``.``), created by the first mirroring and
+finished by :func:`log_study` once the report is written: the report's files (``report.md``, ``report.html``,
+``summary.csv``, ``runs.csv``, ``verdict.json``, figures) as artifacts, each arm's mean Δm and its 95 % interval
+as metrics (``delta_m/ARM/BALANCER``, ``.../ci_low``, ``.../ci_high``), and the verdict's conclusion as the run's
+description. The experiment is marked as model development (tag ``mlflow.experimentKind``, where not set), so
+MLflow opens it in its training-runs view.
+
 Logging is idempotent: each MLflow run is tagged with its run folder and sub-folder and with a digest of the
 files it mirrors. Mirroring again keeps the runs already logged with that digest and replaces the others (a
 logging attempt cut short, a run retrained since), so a resumed study never duplicates runs. A failure on
 MLflow's side never costs a result: the study's files are written first, a tracking error is a one-line
-warning, and the next run of the study logs what is missing.
+warning, and the next run of the study logs what is missing. What MLflow itself logs while we mirror (warnings
+with tracebacks about a damaged store, its INFO lines about database tables) is caught: each warning becomes one
+line of a ``tracking:`` warning, the rest is dropped.
 
 The nas_mtl modules this one uses are imported in its functions: :mod:`nas_mtl.study` imports this module (for
 its config), and reading a study file or ``--help`` need not load MLflow, matplotlib or optuna.
@@ -26,10 +40,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import math
 import os
 import re
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -38,12 +55,22 @@ from typing import Any
 from urllib.parse import urlparse
 
 INSTALL = 'pip install -e ".[tracking]"'
-FORMAT = "nas_mtl.tracking/1"
+FORMAT = "nas_mtl.tracking/2"
 """Part of every digest: a new way of logging (this module's) replaces the runs logged the old way."""
 RUN_DIR_TAG = "nas_mtl.run_dir"
 FOLDER_TAG = "nas_mtl.folder"
 DIGEST_TAG = "nas_mtl.digest"
 KIND_TAG = "nas_mtl.kind"
+LOGGED_AT_TAG = "nas_mtl.logged_at"
+"""When the run was logged (seconds since the epoch): MLflow's start time is the run's own, from its record."""
+PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's kind for training runs (its UI's "Machine learning" experiments), not GenAI traces."""
+STUDY_FOLDER = "."
+"""The folder tag of a study's own run (the parent of its arm runs and searches)."""
+DELTA_M = "delta_m"
 FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
 _FIGURES = (".png", ".svg", ".pdf")
 _PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
@@ -105,18 +132,9 @@ def mirror_study(
     """
     from .storage import redact
 
-    client_class = _client_class()
     run_dir = Path(run_dir).resolve()
-    try:
-        with _file_store_allowed(uri):
-            done = _mirror(client_class(tracking_uri=uri), experiment, run_dir, uri, only)
-    except Exception as err:  # MLflow and its stores raise many kinds (unreachable server, bad URI, full disk)
-        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        warnings.warn(
-            f"tracking: MLflow at {redact(uri)!r} failed ({redact(reason)}); the results are in {run_dir}: run the "
-            "study again to log them",
-            stacklevel=2,
-        )
+    done = _guarded(uri, run_dir, lambda client: _mirror(client, experiment, run_dir, uri, only))
+    if done is None:
         return None
     if progress:
         print(
@@ -125,6 +143,76 @@ def mirror_study(
             flush=True,
         )
     return done
+
+
+def log_study(run_dir: str | Path, experiment: str, uri: str, report_dir: str | Path | None = None) -> bool:
+    """Finish the study run of ``run_dir`` in MLflow (see the module doc) with the report in ``report_dir``
+    (default ``RUN_DIR/report``, as :func:`~nas_mtl.report.write_report` writes it): its files as artifacts, each
+    arm's Δm as metrics, the verdict's conclusion as the description. Returns False after a tracking error (a
+    warning).
+
+    Raises:
+        ValueError: MLflow is not installed.
+    """
+    run_dir = Path(run_dir).resolve()
+    report = Path(report_dir) if report_dir is not None else run_dir / "report"
+    return _guarded(uri, run_dir, lambda client: _log_study(client, experiment, run_dir, uri, report)) is not None
+
+
+def _guarded(uri: str, run_dir: Path, work: Callable[[Any], Any]) -> Any:
+    """``work(client)`` on a client of ``uri``; None after an error (one warning line, never a traceback)."""
+    from .storage import redact
+
+    client_class = _client_class()
+    try:
+        with _file_store_allowed(uri), _mlflow_logs() as said:
+            return work(client_class(tracking_uri=uri))
+    except Exception as err:  # MLflow and its stores raise many kinds (unreachable server, bad URI, full disk)
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        warnings.warn(
+            f"tracking: MLflow at {redact(uri)!r} failed ({redact(reason)}); the results are in {run_dir}: run the "
+            "study again to log them",
+            stacklevel=3,
+        )
+        return None
+    finally:
+        for line in said if "said" in locals() else ():
+            if (uri, line) not in _SAID:  # once per process: a running study mirrors after every run
+                _SAID.add((uri, line))
+                warnings.warn(f"tracking: MLflow at {redact(uri)!r} said: {redact(line)}", stacklevel=3)
+
+
+_SAID: set[tuple[str, str]] = set()
+
+
+class _Caught(logging.Handler):
+    """Collects the first line of each distinct warning or error logged (tracebacks dropped)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = next((x.strip() for x in record.getMessage().splitlines() if x.strip()), record.levelname)
+        if line not in self.lines:
+            self.lines.append(line)
+
+
+@contextlib.contextmanager
+def _mlflow_logs() -> Iterator[list[str]]:
+    """While MLflow works: its own log records (and those it sends to the root logger, which would otherwise make
+    the root logger print to stderr from then on) go to a collector; yields the warning lines collected."""
+    caught = _Caught()
+    loggers = [logging.getLogger(name) for name in ("", "mlflow", "alembic")]
+    saved = [(logger, logger.handlers[:], logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers = [caught]
+        logger.propagate = logger is loggers[0]
+    try:
+        yield caught.lines
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
 
 
 def _client_class() -> Any:
@@ -162,6 +250,8 @@ def _mirror(client: Any, experiment: str, run_dir: Path, uri: str = "", only: st
     experiment_id = _experiment_id(client, experiment, artifact_location(uri, run_dir))
     logged_before = _logged_runs(client, experiment_id, run_dir)
     settings = _settings(run_dir)
+    parent = _study_run(client, experiment_id, experiment, run_dir, logged_before.get(STUDY_FOLDER, []), settings)
+    scores = _delta_ms(run_dir)
     logged = kept = 0
     for entry in (e for e in _entries(run_dir) if only is None or e.key == only):
         digest = _digest(entry)
@@ -170,14 +260,93 @@ def _mirror(client: Any, experiment: str, run_dir: Path, uri: str = "", only: st
         for run in before:
             if not same or run is not same[0]:
                 client.delete_run(run.info.run_id)  # an attempt cut short, a run retrained since, a duplicate
+        score = scores.get(entry.key)
         if same:
             kept += 1
+            run_id = same[0].info.run_id
+            if same[0].data.tags.get(PARENT_TAG) != parent:  # the study run was deleted and made again
+                client.set_tag(run_id, PARENT_TAG, parent)
+            if score is not None and same[0].data.metrics.get(DELTA_M) != score[0]:  # the reference grew
+                client.log_metric(run_id, DELTA_M, score[0], int(time.time() * 1000), score[1])
             continue
         log = _log_arm if entry.kind != "search" else _log_search
-        tags = {RUN_DIR_TAG: str(run_dir), FOLDER_TAG: entry.key, KIND_TAG: entry.kind}
-        log(client, experiment_id, entry, tags, digest, settings)
+        tags = {RUN_DIR_TAG: str(run_dir), FOLDER_TAG: entry.key, KIND_TAG: entry.kind, PARENT_TAG: parent}
+        log(client, experiment_id, entry, tags, digest, settings, score)
         logged += 1
     return Mirrored(logged, kept)
+
+
+def _study_run(
+    client: Any, experiment_id: str, experiment: str, run_dir: Path, before: list[Any], settings: Mapping[str, Any]
+) -> str:
+    """The id of the study's own run (made here the first time, RUNNING until :func:`log_study`)."""
+    for extra in before[1:]:
+        client.delete_run(extra.info.run_id)
+    if before:
+        return str(before[0].info.run_id)
+    tags = {RUN_DIR_TAG: str(run_dir), FOLDER_TAG: STUDY_FOLDER, KIND_TAG: "study", LOGGED_AT_TAG: f"{time.time():.3f}"}
+    run = client.create_run(experiment_id, tags=tags, run_name=f"study {experiment}")
+    params = {f"train.{k}": v for k, v in settings.get("train", {}).items()}
+    params["run_dir"] = str(run_dir)
+    _log_batches(client, run.info.run_id, params, [])
+    return str(run.info.run_id)
+
+
+def _log_study(client: Any, experiment: str, run_dir: Path, uri: str, report: Path) -> None:
+    import pandas as pd
+
+    from .runs import read_json
+
+    experiment_id = _experiment_id(client, experiment, artifact_location(uri, run_dir))
+    before = _logged_runs(client, experiment_id, run_dir).get(STUDY_FOLDER, [])
+    parent = _study_run(client, experiment_id, experiment, run_dir, before, _settings(run_dir))
+    if before and before[0].info.status != "RUNNING":
+        client.update_run(parent, status="RUNNING")
+    now = int(time.time() * 1000)
+    metrics = []
+    summary_file = report / "summary.csv"
+    if summary_file.is_file():
+        summary = pd.read_csv(summary_file)
+        for _, row in summary.iterrows():
+            key = _name(DELTA_M, str(row["arm"]), str(row["balancer"]))
+            for column, suffix in ((DELTA_M, ""), (f"{DELTA_M} ci_low", "/ci_low"), (f"{DELTA_M} ci_high", "/ci_high")):
+                if column in row and _is_number(row[column]) and math.isfinite(row[column]):
+                    metrics.append((key + suffix, float(row[column]), 0))
+    _log_batches(client, parent, {}, [(k, v, now, step) for k, v, step in metrics])
+    for path in sorted(report.iterdir()) if report.is_dir() else ():
+        if path.is_file():
+            client.log_artifact(parent, str(path))
+        elif path.is_dir():
+            client.log_artifacts(parent, str(path), path.name)
+    verdict_file = report / "verdict.json"
+    if verdict_file.is_file():
+        found = read_json(verdict_file, "verdict", ())
+        lines = [" ".join(found.get("conclusion") or [])]
+        if found.get("recommended"):
+            lines.append(f"Recommended: {found['recommended']} (run folder {found.get('run') or 'not recorded'}).")
+        client.set_tag(parent, NOTE_TAG, "\n\n".join(x for x in lines if x))
+        if found.get("recommended"):
+            client.set_tag(parent, "nas_mtl.recommended", str(found["recommended"]))
+    client.set_terminated(parent, "FINISHED")
+
+
+def _delta_ms(run_dir: Path) -> dict[str, tuple[float, int]]:
+    """``folder -> (Δm %, single-task runs in the reference)`` of the arm runs with a Δm so far (the single-task
+    nets of one seed share their seed's); empty while some task has no single-task run yet."""
+    from .layout import load_rows
+    from .report.tables import SINGLE, runs_table
+
+    try:
+        rows = load_rows(run_dir)
+        runs = runs_table(rows)
+    except (ValueError, KeyError, OSError):  # no single-task run yet (or no run): no Δm yet
+        return {}
+    n = sum(1 for r in rows if r.arm == SINGLE)
+    out = {}
+    for folders, value in zip(runs["run_dir"], runs["delta_m"]):
+        if isinstance(folders, str) and _is_number(value) and math.isfinite(value):
+            out.update({folder: (float(value), n) for folder in folders.split(";")})
+    return out
 
 
 def artifact_location(uri: str, run_dir: Path) -> str | None:
@@ -199,7 +368,10 @@ def _experiment_id(client: Any, name: str, artifacts: str | None = None) -> str:
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(name, artifact_location=artifacts)
+            made = client.create_experiment(
+                name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+            return str(made)
         except Exception:  # created meanwhile by another process?
             found = client.get_experiment_by_name(name)
             if found is None:
@@ -208,7 +380,9 @@ def _experiment_id(client: Any, name: str, artifacts: str | None = None) -> str:
         raise ValueError(
             f"experiment {name!r} is deleted in MLflow; restore it (mlflow experiments restore) to log there"
         )
-    return found.experiment_id
+    if EXPERIMENT_KIND_TAG not in found.tags:  # a kind the user chose in MLflow's UI is kept
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(found.experiment_id)
 
 
 def _logged_runs(client: Any, experiment_id: str, run_dir: Path) -> dict[str, list[Any]]:
@@ -247,7 +421,13 @@ def _digest(entry: _Entry) -> str:
 
 
 def _log_arm(
-    client: Any, experiment_id: str, entry: _Entry, tags: dict[str, str], digest: str, settings: Mapping[str, Any]
+    client: Any,
+    experiment_id: str,
+    entry: _Entry,
+    tags: dict[str, str],
+    digest: str,
+    settings: Mapping[str, Any],
+    score: tuple[float, int] | None,
 ) -> None:
     from .graph import graph_key
     from .layout import CURVES, RESULT, read_row
@@ -270,6 +450,8 @@ def _log_arm(
         for m, v in d.items()
     ]
     metrics += [(k, getattr(row, k), 0) for k in ("params", "macs", "train_seconds", "search_seconds")]
+    if score is not None:
+        metrics.append((DELTA_M, score[0], score[1]))
     result = entry.folder / RESULT
     if result.is_file():
         done = read_record(
@@ -321,7 +503,13 @@ def _read_curves(path: Path) -> list[tuple[str, float, int]]:
 
 
 def _log_search(
-    client: Any, experiment_id: str, entry: _Entry, tags: dict[str, str], digest: str, settings: Mapping[str, Any]
+    client: Any,
+    experiment_id: str,
+    entry: _Entry,
+    tags: dict[str, str],
+    digest: str,
+    settings: Mapping[str, Any],
+    score: tuple[float, int] | None = None,
 ) -> None:
     from .graph import SharingGraph, graph_key
     from .layout import CHECKPOINT, read_search_record
@@ -380,19 +568,13 @@ def _log_run(
 ) -> None:
     """One MLflow run, ending when ``record`` was written, ``seconds`` after it started; its digest tag and FINISHED
     status come last, so a run cut short is replaced next time. ``figures(folder)`` draws figures to log."""
-    from mlflow.entities import Metric, Param
-
     end = int(record.stat().st_mtime * 1000)
     start = end - int(1000 * seconds) if _is_number(seconds) and seconds > 0 else end
-    run = client.create_run(experiment_id, start_time=start, tags=dict(tags), run_name=name)
+    tags = {**tags, LOGGED_AT_TAG: f"{time.time():.3f}"}
+    run = client.create_run(experiment_id, start_time=start, tags=tags, run_name=name)
     run_id = run.info.run_id
     try:
-        param_list = [Param(_name(k), v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()]
-        metric_list = [Metric(k, float(v), end, step) for k, v, step in metrics if _is_number(v)]
-        for i in range(0, len(param_list), _PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=param_list[i : i + _PARAMS_PER_BATCH])
-        for i in range(0, len(metric_list), _METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=metric_list[i : i + _METRICS_PER_BATCH])
+        _log_batches(client, run_id, params, [(k, v, end, step) for k, v, step in metrics])
         for path, where in files:
             client.log_artifact(run_id, str(path), where)
         if figures is not None:
@@ -406,6 +588,18 @@ def _log_run(
         with contextlib.suppress(Exception):
             client.set_terminated(run_id, "FAILED")
         raise
+
+
+def _log_batches(client: Any, run_id: str, params: Mapping[str, Any], metrics: list[tuple[str, Any, int, int]]) -> None:
+    """``params`` and ``metrics`` (key, value, time in ms, step; non-numbers skipped) in MLflow's batch sizes."""
+    from mlflow.entities import Metric, Param
+
+    param_list = [Param(_name(k), v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()]
+    metric_list = [Metric(k, float(v), t, step) for k, v, t, step in metrics if _is_number(v)]
+    for i in range(0, len(param_list), _PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=param_list[i : i + _PARAMS_PER_BATCH])
+    for i in range(0, len(metric_list), _METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metric_list[i : i + _METRICS_PER_BATCH])
 
 
 def _is_number(value: Any) -> bool:
@@ -422,4 +616,4 @@ def _name(*parts: str) -> str:
     return "/".join(_part(str(p)) for p in parts)
 
 
-__all__ = ["INSTALL", "Mirrored", "TrackingConfig", "mirror_study", "require_mlflow"]
+__all__ = ["INSTALL", "Mirrored", "TrackingConfig", "log_study", "mirror_study", "require_mlflow"]

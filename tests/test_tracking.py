@@ -2,6 +2,8 @@
 optuna-dashboard on a branch search's storage."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
@@ -61,13 +63,18 @@ def client_of(monkeypatch):
     return lambda uri: MlflowClient(tracking_uri=uri)
 
 
-def _runs(client, experiment: str) -> dict[str, object]:
-    """The active MLflow runs of ``experiment``, by run sub-folder; fails on a duplicate."""
+def _all_runs(client, experiment: str) -> dict[str, object]:
+    """The active MLflow runs of ``experiment`` by run sub-folder (the study's own run: "."); fails on a duplicate."""
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id], max_results=1000)
     by_folder = {r.data.tags[tracking.FOLDER_TAG]: r for r in runs}
     assert len(by_folder) == len(runs), "two MLflow runs for one run folder"
     return by_folder
+
+
+def _runs(client, experiment: str) -> dict[str, object]:
+    """The active MLflow runs of ``experiment``'s arm runs and searches, by run sub-folder."""
+    return {k: r for k, r in _all_runs(client, experiment).items() if k != tracking.STUDY_FOLDER}
 
 
 def test_final_metrics_read_back_equal_each_runs_result_json(tracked, client_of):
@@ -224,6 +231,49 @@ def test_mlflow_flag_overrides_the_study_file(tracked, client_of, tmp_path, caps
     assert len(_runs(client_of(uri), spec.name)) == len(rows) + 1
 
 
+def test_the_study_run_holds_the_report_and_verdict_and_parents_every_run(tracked, client_of, tmp_path):
+    """`nas-mtl study` ends by finishing the study's own MLflow run: the report's files as artifacts, each row's mean
+    Δm and interval from summary.csv as metrics, the verdict's conclusion as its description; every arm run and
+    search is its child; the experiment opens as model training (not GenAI) in MLflow's UI."""
+    d, spec, rows, _ = tracked
+    uri = f"file:{tmp_path / 'parent'}"
+    argv = ["study", str(d / "study.toml"), "--out", str(d / "run"), "--no-progress", "--mlflow", uri]
+    assert main(argv) == 0
+    client = client_of(uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    runs = _all_runs(client, spec.name)
+    study = runs.pop(tracking.STUDY_FOLDER)
+    assert study.info.status == "FINISHED" and study.data.tags[tracking.KIND_TAG] == "study"
+    assert {r.data.tags[tracking.PARENT_TAG] for r in runs.values()} == {study.info.run_id}
+    names = {a.path for a in client.list_artifacts(study.info.run_id)}
+    assert {"report.md", "report.html", "summary.csv", "runs.csv", "verdict.json", "figures"} <= names
+    summary = pd.read_csv(d / "run" / "report" / "summary.csv")
+    for _, row in summary.iterrows():
+        key = f"delta_m/{row['arm']}/{row['balancer']}"
+        assert study.data.metrics[key] == pytest.approx(row["delta_m"], rel=1e-12, abs=1e-12)
+    verdict = json.loads((d / "run" / "report" / "verdict.json").read_text())
+    assert verdict["conclusion"] and " ".join(verdict["conclusion"]) in study.data.tags[tracking.NOTE_TAG]
+    assert study.data.tags["nas_mtl.recommended"] == verdict["recommended"]
+
+
+def test_each_arm_run_logs_the_reports_delta_m(tracked, client_of):
+    """After the study, every arm run's latest ``delta_m`` is its Δm in the report's runs table (against all the
+    single-task nets), the single-task nets of a seed sharing their seed's."""
+    from nas_mtl.layout import load_rows
+    from nas_mtl.report import runs_table
+
+    d, spec, _, uri = tracked
+    runs = _runs(client_of(uri), spec.name)
+    table = runs_table(load_rows(d / "run"))
+    checked = 0
+    for folders, value in zip(table["run_dir"], table["delta_m"]):
+        for folder in folders.split(";"):
+            assert runs[folder].data.metrics["delta_m"] == pytest.approx(value, rel=1e-12, abs=1e-12), folder
+            checked += 1
+    assert checked == 4
+
+
 def _get(app, path: str) -> dict:
     environ: dict = {}
     setup_testing_defaults(environ)
@@ -268,15 +318,51 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_its_database_not_in_the_worki
     assert client.list_artifacts(run.info.run_id)  # the artifacts read back from where they were put
 
 
-def test_each_run_is_in_mlflow_before_the_next_run_finishes(tracked, client_of):
-    """Live tracking: the study logs a run as it finishes, so every MLflow run was created before the row of the
-    next run to finish was written (not all at the study's end)."""
-    d, spec, rows, uri = tracked
+LIVE = TINY.replace('name = "tiny"', 'name = "live"').replace("epochs = 1", "epochs = 2") + """
+[tracking]
+mlflow = "MLFLOW_URI"
+"""
+
+
+@pytest.mark.parametrize("store", ["file", "sqlite"])
+def test_each_run_is_in_mlflow_with_its_delta_m_before_the_next_run_finishes(store, tmp_path, client_of):
+    """Live tracking, in a file store and in sqlite: the study logs each run as it finishes, so every MLflow run
+    was logged (tag ``nas_mtl.logged_at``, the clock of the logging) before the row of the next run to finish was
+    written, i.e. within the next run's first epoch; each multi-task run has a Δm from its first logging on (the
+    single-task nets of its seed run first)."""
+    uri = f"file:{tmp_path / 'mlruns'}" if store == "file" else f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_study(_write(tmp_path, uri, LIVE))
+    rows = run_study(spec, tmp_path / "run", progress=False)
     client = client_of(uri)
-    logged = {k: r for k, r in _runs(client, spec.name).items() if k.startswith("arms/")}
+    logged = _runs(client, spec.name)
     finished = sorted(
-        (p.stat().st_mtime, p.parent.relative_to(d / "run").as_posix()) for p in (d / "run").glob("arms/**/row.json")
+        (p.stat().st_mtime, p.parent.relative_to(tmp_path / "run").as_posix())
+        for p in (tmp_path / "run").glob("arms/**/row.json")
     )
-    assert len(finished) == len(rows) >= 3 and set(logged) == {key for _, key in finished}
+    assert len(finished) == len(rows) == 6 and set(logged) == {key for _, key in finished}
     for (_, key), (next_done, _) in zip(finished, finished[1:]):
-        assert logged[key].info.start_time / 1000 <= next_done + 0.5, key  # 0.5 s: file-time granularity
+        assert float(logged[key].data.tags[tracking.LOGGED_AT_TAG]) <= next_done + 0.5, key  # 0.5 s: file times
+    for key, run in logged.items():
+        if "/hard/" in key:
+            history = client.get_metric_history(run.info.run_id, "delta_m")
+            first = min(history, key=lambda m: m.timestamp)
+            assert first.step >= 2 and abs(first.timestamp / 1000 - float(run.data.tags[tracking.LOGGED_AT_TAG])) < 5
+
+
+def test_a_damaged_store_is_one_warning_line_and_the_study_completes(tmp_path):
+    """A file store whose experiment lost its meta.yaml (MLflow logs "Malformed experiment" with a traceback):
+    the study finishes, exit 0, and the command's stderr says it in one warning line, once, with no traceback."""
+    store = tmp_path / "mlruns"
+    uri = f"file:{store}"
+    with tracking._file_store_allowed(uri):
+        client = MlflowClient(tracking_uri=uri)
+        damaged = client.create_experiment("other")
+    (store / damaged / "meta.yaml").unlink()
+    study = _write(tmp_path, uri, LIVE.replace("seeds = [0, 1]", "seeds = [0]").replace("epochs = 2", "epochs = 1"))
+    argv = [sys.executable, "-m", "nas_mtl.cli", "study", str(study), "--out", str(tmp_path / "run"), "--no-progress"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": ""})
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Malformed experiment" in done.stderr
+    warned = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("nas-mtl: warning: tracking: MLflow at"), done.stderr
+    assert (tmp_path / "run" / "report" / "report.md").is_file()

@@ -19,7 +19,7 @@ import pandas as pd
 from ..graph import SharingGraph, graph_key
 from ..layout import CURVES, GRID_RECORD, ROW, STUDY_COPY, RunRow, load_rows, read_row, slug
 from ..plots import curves_plot, draw_topology, pareto_plot
-from ..runs import read_json, replace_atomic
+from ..runs import read_json, replace_atomic, write_json_atomic
 from ..train import CURVE_COLUMNS, read_curves
 from .selection import EXPLAINED as SELECTION_EXPLAINED
 from .selection import curve_figure, curve_table, searches_with_curves, selection_curves
@@ -429,7 +429,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     Writes ``report.md`` and ``report.html`` (verdict and main table first, then one section per search, then
     the details; the HTML is one self-contained file with its figures embedded), ``runs.csv`` (:func:`runs_table`),
     ``summary.csv`` (:func:`summary_table`: n, mean, std, ci_low, ci_high), ``paired.csv``
-    (:func:`paired_table`), ``curves.csv`` (every run's per-epoch curves, :func:`load_curves`) and ``figures/``
+    (:func:`paired_table`), ``verdict.json`` (:func:`verdict`'s fields: the conclusion, the recommended row and its
+    run folder, the lines), ``curves.csv`` (every run's per-epoch curves, :func:`load_curves`) and ``figures/``
     (Pareto front Δm vs params with 95 % intervals, one topology per graph, the figures the searches left in
     their folders, and per arm its validation curves with arms still improving flagged).
     """
@@ -446,6 +447,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     replace_atomic(files["summary.csv"], lambda tmp: summary.to_csv(tmp))
     paired = paired_table(runs)
     replace_atomic(files["paired.csv"], lambda tmp: paired.to_csv(tmp, index=False))
+    files["verdict.json"] = out_dir / "verdict.json"
+    write_json_atomic(dataclasses.asdict(verdict(runs, rows)), files["verdict.json"])
 
     points = [(row_name(k), float(r["params"]), float(r["delta_m"])) for k, r in summary.iterrows()]
     intervals = list(zip(summary["delta_m ci_low"], summary["delta_m ci_high"]))
