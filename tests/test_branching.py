@@ -24,7 +24,7 @@ from nas_mtl.search.branching import (
     suggest_tree,
     tree_params,
 )
-from nas_mtl.search.proxy import Proxy, ProxyConfig, Score, graph_key
+from nas_mtl.search.proxy import Proxy, ProxyConfig, Score, graph_from_key, graph_key
 from nas_mtl.space import load_search_space
 from nas_mtl.train import TrainConfig
 
@@ -561,3 +561,32 @@ def test_a_saved_search_result_reads_back(shapes, tmp_path):
     again = SearchResult.load(tmp_path / "saved")
     assert (again.method, graph_key(again.graph), again.seconds) == ("branch", graph_key(result.graph), result.seconds)
     assert json.loads(json.dumps(result.info)) == again.info
+
+
+def test_each_trial_names_its_tree_in_words_with_its_drawing_and_one_progress_line(shapes, tmp_path, capfd):
+    """What optuna-dashboard shows beside the sampler's encoded parameters: the tree in plain words (user attribute
+    ``tree``, equal to the graph the trial's key decodes to) and its topology drawing (a PNG artifact in
+    ``RUN_DIR/artifacts``); with ``progress``, one readable line per trial on stderr and none of Optuna's INFO
+    lines (raw parameter names)."""
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+
+    data, space, _ = shapes
+    config = _config(tmp_path, n_trials=4, progress=True)
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # Optuna's default, which a study's queue may have changed
+    capfd.readouterr()
+    branch_search(data, space, config, tmp_path, scorer=StubScorer())
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("branch trial ")]
+    assert len(lines) == 4 and "[I " not in err and "parameters:" not in err, err
+    study = _study(config)
+    store = FileSystemArtifactStore(str(tmp_path / "artifacts"))
+    for trial in study.get_trials():
+        graph = graph_from_key(trial.user_attrs["key"], data.task_names, space.layers)
+        assert trial.user_attrs["tree"] == graph.describe()
+        if "duplicate_of" in trial.user_attrs:
+            continue
+        (meta,) = get_all_artifact_meta(trial, storage=study._storage)
+        out = tmp_path / f"t{trial.number}.png"
+        download_artifact(artifact_store=store, file_path=str(out), artifact_id=meta.artifact_id)
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"{trial.number + 1}/4:" in lines[trial.number] and graph.describe() in lines[trial.number]

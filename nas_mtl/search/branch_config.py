@@ -86,6 +86,8 @@ class BranchSearchConfig:
             affinity run, every tree scored and the shortlist. A tree that would not fit (with the shortlist of
             the best trees so far reserved) ends the search; ``n_trials`` still caps the trials. None: trials
             only.
+        progress: print one line per finished trial (its proxy Δm, the best so far, its tree in words). Optuna's
+            own INFO lines are not printed either way.
     """
 
     proxy: ProxyConfig = nested(ProxyConfig())
@@ -103,6 +105,7 @@ class BranchSearchConfig:
     shortlist: int = 0
     shortlist_epochs: int = 30
     budget: float | None = None
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.proxy, ProxyConfig):

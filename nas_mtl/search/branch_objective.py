@@ -4,13 +4,17 @@ budget, score it) and the loop that runs trials until the study's budget is clai
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import socket
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +31,12 @@ from .proxy import Scorer, graph_from_key, graph_key
 
 POLL_S = 0.5
 """Seconds between two looks at the study while waiting for another worker's trial."""
+TREE_ATTR = "tree"
+"""A trial's user attribute: its tree in plain words (:meth:`SharingGraph.describe`); optuna-dashboard shows it
+beside the parameters, whose names encode the tree for the sampler (``LAYER:GROUP:TASK@LABELS``)."""
+FIGURES = "artifacts"
+"""The folder (in the search's) of each trial's topology drawing, an Optuna artifact: ``optuna-dashboard STORAGE
+--artifact-dir RUN_DIR/artifacts`` shows it with the trial."""
 
 
 class _OverBudget(Exception):
@@ -74,6 +84,7 @@ class TreeObjective:
     config: BranchSearchConfig
     worker: str = field(default_factory=_worker_id)
     costs: CostModel | None = None
+    figures: Path | None = None  # where each scored tree's topology drawing goes (an Optuna artifact); None: none
 
     def __call__(self, trial: Trial) -> float | list[float]:
         trials = self.study.get_trials(deepcopy=False, states=CLAIMED)
@@ -84,6 +95,7 @@ class TreeObjective:
         graph = suggest_tree(trial, self.tasks, self.layers, self.branchable)
         key = graph_key(graph)
         trial.set_user_attr("key", key)
+        trial.set_user_attr(TREE_ATTR, graph.describe())
         trial.set_user_attr("worker", self.worker)
         owner = self._owner(trial.number, key)
         if owner is not None:
@@ -94,6 +106,8 @@ class TreeObjective:
             return owner.values[0] if len(owner.values) == 1 else list(owner.values)
         if self.config.budget is not None:
             self._claim_budget(trial, graph)
+        if self.figures is not None:
+            _upload_topology(trial, graph, self.figures)
         report = None if self.config.multi_objective else functools.partial(_report, trial)
         score = self.scorer.score(graph, report)
         trial.set_user_attr("score", score.to_dict())
@@ -137,6 +151,20 @@ class TreeObjective:
             if time.monotonic() > deadline:
                 return None
             time.sleep(POLL_S)
+
+
+def _upload_topology(trial: Trial, graph: SharingGraph, folder: Path) -> None:
+    """The tree's drawing as an artifact of ``trial`` in a file store at ``folder``."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    from ..plots import draw_topology
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        path = Path(tmp) / f"trial{trial.number}_topology.png"
+        draw_topology(graph, f"trial {trial.number}", path)
+        upload_artifact(artifact_store=FileSystemArtifactStore(str(folder)), file_path=str(path), study_or_trial=trial)
 
 
 def _best_keys(trials: Sequence[FrozenTrial], n: int) -> list[str]:
@@ -191,6 +219,38 @@ class _StopWhenClaimed:
             study.stop()
 
 
+class _TrialLine:
+    """Callback: one line per finished trial on stderr (``config.progress``), in place of Optuna's INFO lines."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get("over_budget"):
+            return
+        if trial.state == TrialState.COMPLETE and trial.values:
+            done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+            best = max(done, key=lambda t: (t.values[0], -t.number))
+            value = f"proxy Δm {trial.values[0]:+.2f} (best {best.values[0]:+.2f}, trial {best.number})"
+        else:
+            value = trial.state.name.lower()
+        same = trial.user_attrs.get("duplicate_of")
+        tree = f"same tree as trial {same}" if same is not None else trial.user_attrs.get(TREE_ATTR, "")
+        print(f"branch trial {trial.number + 1}/{self.n_trials}: {value}; {tree}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def optuna_quiet() -> Iterator[None]:
+    """Optuna's INFO lines (a trial's raw parameters and value) off while trials run: the search's own progress
+    line says it readably; Optuna's warnings still show."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
 def run_trials(objective: TreeObjective, wait: bool = False, on_wait: Callable[[], object] = lambda: None) -> int:
     """Run trials until the study's budget is claimed and no trial runs anywhere; returns how many trials this
     process ran.
@@ -209,12 +269,14 @@ def run_trials(objective: TreeObjective, wait: bool = False, on_wait: Callable[[
         waiting = any(t.state == TrialState.WAITING for t in trials)
         spent = bool(study.user_attrs.get(BUDGET_SPENT_ATTR))
         if not spent and (waiting or sum(t.state in CLAIMED for t in trials) < n):
-            study.optimize(
-                objective,
-                callbacks=[_StopWhenClaimed(n)],
-                catch=(_OverBudget, FloatingPointError),
-                gc_after_trial=False,
-            )
+            lines = [_TrialLine(n)] if objective.config.progress else []
+            with optuna_quiet():
+                study.optimize(
+                    objective,
+                    callbacks=[_StopWhenClaimed(n), *lines],
+                    catch=(_OverBudget, FloatingPointError),
+                    gc_after_trial=False,
+                )
         elif wait and any(t.state == TrialState.RUNNING for t in trials):
             on_wait()
             time.sleep(POLL_S)
@@ -223,4 +285,4 @@ def run_trials(objective: TreeObjective, wait: bool = False, on_wait: Callable[[
     return sum(t.user_attrs.get("worker") == objective.worker for t in study.get_trials(deepcopy=False)) - before
 
 
-__all__ = ["POLL_S", "TreeObjective", "run_trials"]
+__all__ = ["FIGURES", "POLL_S", "TREE_ATTR", "TreeObjective", "optuna_quiet", "run_trials"]

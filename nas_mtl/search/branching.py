@@ -49,7 +49,7 @@ from ..space import SearchSpace
 from ..storage import GRACE_S, HEARTBEAT_S, open_storage, sqlite_url
 from . import SearchMethod, SearchResult, register_search_method
 from .branch_config import PRUNERS, SAMPLERS, WARM_STARTS, BranchSearchConfig, Setup
-from .branch_objective import POLL_S, TreeObjective, run_trials
+from .branch_objective import FIGURES, POLL_S, TreeObjective, run_trials
 from .branch_result import plot_history, search_result
 from .branch_study import (
     BUDGET_SPENT_ATTR,
@@ -208,7 +208,9 @@ def _open(
             study.enqueue_trial(tree_params(graph, space.layers, space.branchable), user_attrs={"warm_start": name})
     stale = fail_running_trials(study, storage)
     study = attach_study(config.study_name, storage, config, config.seed)
-    objective = TreeObjective(study, scorer, data.task_names, space.layers, space.branchable, config, costs=costs)
+    objective = TreeObjective(
+        study, scorer, data.task_names, space.layers, space.branchable, config, costs=costs, figures=run_dir / FIGURES
+    )
     return objective, url, stale
 
 
