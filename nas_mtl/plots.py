@@ -75,12 +75,23 @@ def heatmap(
     return save_figure(fig, path) if path is not None or ax is None else fig
 
 
-def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None = None, ax=None) -> Figure:
-    """The computation the executor runs: one box per unique path prefix (layer x), tasks at the right.
+def shares_across_prefixes(graph: SharingGraph) -> bool:
+    """Whether some block copy runs for tasks that reached it by different paths (an AdaShare policy: one set of
+    weights, tasks skipping different blocks), so the executor's prefix tree would show one weight set twice."""
+    nodes = graph.prefix_nodes()
+    used = [(n.layer, n.copy) for n in nodes if n.copy != SKIP]
+    return len(used) != len(set(used))
 
-    Skipped blocks are drawn as hollow dots; boxes are labelled ``copy`` and coloured by copy, so weight
-    sharing across different prefixes (AdaShare policies) shows as equal colours on different rows.
+
+def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None = None, ax=None) -> Figure:
+    """The sharing pattern: a tree (one box per unique path prefix the executor runs, layer x, tasks at the right),
+    or, where one block copy serves tasks that reached it by different paths (AdaShare policies), the policy grid
+    of :func:`draw_policy` (a tree drawing would show those shared weights as branches).
+
+    Skipped blocks are drawn as hollow dots; boxes are labelled ``copy`` and coloured by copy.
     """
+    if shares_across_prefixes(graph):
+        return draw_policy(graph, title, path, ax)
     nodes = graph.prefix_nodes()
     rows: dict[int, float] = {}
     leaf_tasks = [n for n in nodes if n.layer == graph.num_layers - 1]
@@ -126,17 +137,51 @@ def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None 
     return save_figure(fig, path) if path is not None or ax is None else fig
 
 
-def _topology_legend(ax, skips: bool) -> None:
+def draw_policy(graph: SharingGraph, title: str = "", path: str | Path | None = None, ax=None) -> Figure:
+    """A select-or-skip policy as AdaShare draws it: a row per task, a column per block; a square where the task
+    runs the block (numbered and coloured by copy), a hollow dot where it skips it; a vertical bar joins the
+    neighbouring tasks that run one copy; every square with one number in a column is one set of weights, whatever
+    its tasks skipped before."""
+    tasks, layers = graph.tasks, graph.layers
+    if ax is None:
+        label = max((len(t) for t in tasks), default=4)
+        fig, ax = plt.subplots(figsize=(1.8 + 0.07 * label + 0.6 * len(layers), 1.7 + 0.35 * len(tasks)))
+    else:
+        fig = ax.figure
+    colors = plt.get_cmap("tab10")
+    for t in range(len(tasks)):
+        ax.plot([-0.5, len(layers) - 0.5], [t, t], color="0.85", lw=0.8, zorder=1)
+    for x, row in enumerate(graph.assignment):
+        for t in range(len(tasks) - 1):  # neighbours running one copy: a bar (never through a task that skips)
+            if row[t] != SKIP and row[t] == row[t + 1]:
+                ax.plot([x, x], [t, t + 1], color=colors(row[t] % 10), lw=3, alpha=0.45, zorder=1)
+        for t, copy in enumerate(row):
+            if copy == SKIP:
+                ax.scatter([x], [t], s=40, facecolors="white", edgecolors="0.4", zorder=2)
+            else:
+                ax.scatter([x], [t], s=160, marker="s", color=colors(copy % 10), zorder=2)
+                ax.text(x, t, str(copy), ha="center", va="center", fontsize=7, color="white", zorder=3)
+    ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(tasks)), tasks, fontsize=8)
+    ax.set_xlim(-0.6, len(layers) - 0.4)
+    ax.set_ylim(len(tasks) - 0.4, -0.6)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    ax.tick_params(axis="y", length=0)
+    ax.set_title(title or "select-or-skip policy")
+    _topology_legend(ax, any(c == SKIP for row in graph.assignment for c in row), policy=True)
+    return save_figure(fig, path) if path is not None or ax is None else fig
+
+
+def _topology_legend(ax, skips: bool, policy: bool = False) -> None:
     """What the marks of :func:`draw_topology` mean, below the block names (never over the drawing)."""
     from matplotlib.lines import Line2D
 
-    handles = [
-        Line2D([], [], marker="o", color="black", lw=0, markersize=5, label="input"),
-        Line2D([], [], marker="s", color=plt.get_cmap("tab10")(0), lw=0, markersize=7, label="block copy N"),
-    ]
+    handles = [] if policy else [Line2D([], [], marker="o", color="black", lw=0, markersize=5, label="input")]
+    handles.append(Line2D([], [], marker="s", color=plt.get_cmap("tab10")(0), lw=0, markersize=7, label="block copy N"))
     if skips:
         handles.append(Line2D([], [], marker="o", mfc="white", mec="0.4", lw=0, markersize=5, label="skipped"))
-    note = "same number and colour: shared weights"
+    note = "bar or same number in a column: one set of weights" if policy else "same number and colour: shared weights"
     ax.legend(
         handles=handles,
         title=note,
@@ -288,11 +333,13 @@ def history_plot(
 
 
 __all__ = [
+    "draw_policy",
     "draw_topology",
     "heatmap",
     "history_plot",
     "pareto_front",
     "pareto_plot",
+    "shares_across_prefixes",
     "save_figure",
 ]
 

@@ -81,3 +81,24 @@ def test_the_overlap_check_sees_text_drawn_over_text():
     ax.text(0.5, 0.5, "another label")
     assert _overlapping_text(fig) == [("one label", "another label")]
     plt.close(fig)
+
+
+def test_a_policy_that_shares_weights_across_paths_is_drawn_as_a_grid_and_a_tree_as_a_tree():
+    """AdaShare policies (one copy of a block run by tasks that skipped different blocks before it) are drawn as the
+    task x block policy grid (one row per task, whose tick label is the task), trees as the executor's prefix tree
+    (no task tick labels: tasks are written at the leaves)."""
+    import matplotlib.pyplot as plt
+
+    from nas_mtl.plots import shares_across_prefixes
+
+    figures = dict(_figures(6))
+    policy, tree = figures["policy"], figures["tree"]
+    assert [t.get_text() for t in policy.axes[0].get_yticklabels()] == [f"task_{i}" for i in range(6)]
+    assert not tree.axes[0].get_yticklabels()
+    tasks = ("a", "b")
+    hard = SharingGraph.branched(tasks, LAYERS, [[tasks]] * 4)
+    skip_then_share = SharingGraph(tasks, tuple(LAYERS), ((0, 0), (0, SKIP), (0, 0), (0, 0)), frozenset({"s0.b0"}))
+    split = SharingGraph(tasks, tuple(LAYERS), ((0, 0), (0, 1), (0, 1), (0, 1)), frozenset())
+    assert [shares_across_prefixes(g) for g in (hard, skip_then_share, split)] == [False, True, False]
+    for fig in figures.values():
+        plt.close(fig)
