@@ -153,26 +153,39 @@ class SharingGraph:
             groups.setdefault(tuple(row[j] for row in self.assignment[: layer + 1]), []).append(t)
         return tuple(tuple(g) for g in groups.values())
 
+    def weight_groups(self, layer: int) -> tuple[tuple[str, ...], ...]:
+        """Tasks grouped by the copy of block ``layer`` they run (shared weights); tasks that skip it left out."""
+        row = self.assignment[layer]
+        return tuple(self.copy_tasks(layer, c) for c in dict.fromkeys(c for c in row if c != SKIP))
+
     def describe(self) -> str:
         """Plain words: which tasks compute together over which blocks, and which blocks each task skips.
 
         Consecutive blocks with the same :meth:`partition` form one span, e.g. ``stem–s1.b1: all tasks
-        shared; s2.b0–s3.b1: left | right; right skips s3.b0``.
+        shared; s2.b0–s3.b1: left | right; right skips s3.b0``. A graph that is not a tree (:meth:`is_tree`: an
+        AdaShare policy, tasks skipping different blocks before one shared copy) is described by its
+        :meth:`weight_groups` instead, after ``shared weights, per block:``: what shares weights, not the
+        executor's prefixes, which would read as branches.
         """
+        tree = self.is_tree()
+        groups_at = self.partition if tree else self.weight_groups
+
+        def who(layer: int) -> str:
+            groups = groups_at(layer)
+            return "all tasks shared" if len(groups) == 1 else " | ".join("+".join(g) for g in groups)
+
         spans, start = [], 0
         for layer in range(1, self.num_layers + 1):
-            if layer < self.num_layers and self.partition(layer) == self.partition(start):
+            if layer < self.num_layers and who(layer) == who(start):
                 continue
-            groups = self.partition(start)
             where = self.layers[start] if layer - 1 == start else f"{self.layers[start]}–{self.layers[layer - 1]}"
-            who = "all tasks shared" if len(groups) == 1 else " | ".join("+".join(g) for g in groups)
-            spans.append(f"{where}: {who}")
+            spans.append(f"{where}: {who(start)}")
             start = layer
         for t in self.tasks:
             skipped = [name for name, c in zip(self.layers, self.path(t)) if c == SKIP]
             if skipped:
                 spans.append(f"{t} skips {', '.join(skipped)}")
-        return "; ".join(spans)
+        return "; ".join(spans) if tree else "shared weights, per block: " + "; ".join(spans)
 
     def is_tree(self) -> bool:
         """True when weight sharing implies computation sharing: tasks that use the same copy of

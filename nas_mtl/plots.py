@@ -75,14 +75,6 @@ def heatmap(
     return save_figure(fig, path) if path is not None or ax is None else fig
 
 
-def shares_across_prefixes(graph: SharingGraph) -> bool:
-    """Whether some block copy runs for tasks that reached it by different paths (an AdaShare policy: one set of
-    weights, tasks skipping different blocks), so the executor's prefix tree would show one weight set twice."""
-    nodes = graph.prefix_nodes()
-    used = [(n.layer, n.copy) for n in nodes if n.copy != SKIP]
-    return len(used) != len(set(used))
-
-
 def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None = None, ax=None) -> Figure:
     """The sharing pattern: a tree (one box per unique path prefix the executor runs, layer x, tasks at the right),
     or, where one block copy serves tasks that reached it by different paths (AdaShare policies), the policy grid
@@ -90,7 +82,7 @@ def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None 
 
     Skipped blocks are drawn as hollow dots; boxes are labelled ``copy`` and coloured by copy.
     """
-    if shares_across_prefixes(graph):
+    if not graph.is_tree():
         return draw_policy(graph, title, path, ax)
     nodes = graph.prefix_nodes()
     rows: dict[int, float] = {}
@@ -339,7 +331,6 @@ __all__ = [
     "history_plot",
     "pareto_front",
     "pareto_plot",
-    "shares_across_prefixes",
     "save_figure",
 ]
 

@@ -1,7 +1,6 @@
 """The families dataset (nas_mtl/data/families.py): its targets against closed forms, its label dealing, its
 planted tree, and -- retrained from scratch -- that the planted tree beats hard sharing and independent networks."""
 
-
 import numpy as np
 import pytest
 import torch

@@ -78,8 +78,16 @@ WRITERS = {
     "data check": lambda data, out: ["data", "check", data],
     "train": lambda data, out: ["train", "--data", data, "--out", out],
     "baselines": lambda data, out: ["baselines", "--data", data, "--out", out, "--arms", "single"],
-    "affinity (single-task nets)": lambda data, out: ["search", "affinity", "--data", data, "--out", out,
-                                                      "--measure", "rsa"],
+    "affinity (single-task nets)": lambda data, out: [
+        "search",
+        "affinity",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--measure",
+        "rsa",
+    ],
     "branch (references)": lambda data, out: ["search", "branch", "--data", data, "--out", out],
 }
 

@@ -89,8 +89,6 @@ def test_a_policy_that_shares_weights_across_paths_is_drawn_as_a_grid_and_a_tree
     (no task tick labels: tasks are written at the leaves)."""
     import matplotlib.pyplot as plt
 
-    from nas_mtl.plots import shares_across_prefixes
-
     figures = dict(_figures(6))
     policy, tree = figures["policy"], figures["tree"]
     assert [t.get_text() for t in policy.axes[0].get_yticklabels()] == [f"task_{i}" for i in range(6)]
@@ -99,6 +97,7 @@ def test_a_policy_that_shares_weights_across_paths_is_drawn_as_a_grid_and_a_tree
     hard = SharingGraph.branched(tasks, LAYERS, [[tasks]] * 4)
     skip_then_share = SharingGraph(tasks, tuple(LAYERS), ((0, 0), (0, SKIP), (0, 0), (0, 0)), frozenset({"s0.b0"}))
     split = SharingGraph(tasks, tuple(LAYERS), ((0, 0), (0, 1), (0, 1), (0, 1)), frozenset())
-    assert [shares_across_prefixes(g) for g in (hard, skip_then_share, split)] == [False, True, False]
+    assert [g.is_tree() for g in (hard, skip_then_share, split)] == [True, False, True]
+    assert skip_then_share.describe() == "shared weights, per block: stem–s1.b0: all tasks shared; b skips s0.b0"
     for fig in figures.values():
         plt.close(fig)

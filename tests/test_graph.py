@@ -244,5 +244,10 @@ def test_describe_names_each_span_of_blocks_with_its_task_groups_and_skips():
     assert SharingGraph.hard_sharing(["a", "b"], layers).describe() == "stem–l3: all tasks shared"
     select = [[True, True], [True, False], [True, True], [False, True]]
     policy = SharingGraph.from_policy(["a", "b"], layers, select, skippable=layers[1:])
-    # b skips l1, so from l1 on the two tasks' computations differ although they share every block's weights
-    assert policy.describe() == "stem: all tasks shared; l1–l3: a | b; a skips l3; b skips l1"
+    # b skips l1, so from l1 on the two tasks' computations differ, but they share every block's weights: said so
+    assert policy.describe() == "shared weights, per block: stem–l3: all tasks shared; a skips l3; b skips l1"
+    rows = ((0, 0, 0), (0, SKIP, 1), (0, 0, 1), (0, 0, 0))
+    split = SharingGraph(("a", "b", "c"), tuple(layers), rows, frozenset(layers[1:]))
+    assert split.describe() == (
+        "shared weights, per block: stem: all tasks shared; l1: a | c; l2: a+b | c; l3: all tasks shared; b skips l1"
+    )

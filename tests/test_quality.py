@@ -35,11 +35,13 @@ def test_the_interval_is_the_exact_bootstrap_distributions_quantiles():
     of the mass each here, so 20,000 draws land on them exactly."""
     answers = np.array([[1.0, 4.0, 2.0], [2.0, 9.0, 2.0]])
     versus = np.array([0.5, 3.0, 1.0])
-    values = np.sort([
-        answers[np.ix_(s, t)].mean() - versus[list(t)].mean()
-        for s in itertools.product(range(2), repeat=2)
-        for t in itertools.product(range(3), repeat=3)
-    ])
+    values = np.sort(
+        [
+            answers[np.ix_(s, t)].mean() - versus[list(t)].mean()
+            for s in itertools.product(range(2), repeat=2)
+            for t in itertools.product(range(3), repeat=3)
+        ]
+    )
     cdf = np.arange(1, len(values) + 1) / len(values)
     exact_low, exact_high = values[np.argmax(cdf >= 0.025)], values[np.argmax(cdf >= 0.975)]
     assert np.mean(values == exact_low) > 0.025 and np.mean(values == exact_high) > 0.025  # atoms, as said

@@ -528,12 +528,14 @@ window.addEventListener("load", function () {
     tables: Array.from(document.querySelectorAll("table")).map((t) => [section(t), t.tBodies[0].rows.length]),
     images: Array.from(document.images).map((i) => [section(i), i.complete, i.naturalWidth, i.width]),
     overflow: document.documentElement.scrollWidth > window.innerWidth,
+    viewport: window.innerWidth,
   };
   const summary = "#summary-mean-over-seeds";
   Array.from(document.querySelectorAll(summary + " th")).find((h) => h.textContent === "Δm %").click();
   out.ascending = Array.from(document.querySelectorAll(summary + " tbody tr")).map(
     (r) => r.cells[0].textContent + "/" + r.cells[1].textContent);
-  document.body.setAttribute("data-check", JSON.stringify(out));
+  const host = window.parent !== window ? window.parent.document.body : document.body;  // framed: the page's own
+  host.setAttribute("data-check", JSON.stringify(out));
 });
 </script>"""
 """Run in the browser after the page loaded: what a reader sees, and the summary sorted by a click on Δm."""
@@ -544,7 +546,7 @@ def chromium():
     found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     if found is None:
         pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium as root): browser test skipped")
-    return [found, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2000"]
+    return [found, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--allow-file-access-from-files"]
 
 
 class _Body(HTMLParser):
@@ -553,13 +555,23 @@ class _Body(HTMLParser):
             self.check = json.loads(dict(attrs)["data-check"])
 
 
-def test_report_in_a_real_browser_shows_verdict_tables_and_every_figure(tmp_path, chromium):
+@pytest.mark.parametrize("width", [1280, 400])
+def test_report_in_a_real_browser_shows_verdict_tables_and_every_figure(tmp_path, chromium, width):
+    """On a desktop window and a 400 px wide one (a phone): verdict, tables and every figure shown, figures scaled
+    to the page, no horizontal scrolling of the page, the summary sortable by a click. The page is shown in a frame
+    ``width`` px wide (headless Chromium's window is at least 500 px wide)."""
+    chromium = [*chromium, "--window-size=1300,2000"]
     rows = [{**r, "search_seconds": 30.0, "search_seed": 0} if r["arm"] == "branch" else r for r in _study_rows()]
     files = write_report(_write_run(tmp_path, rows))
     checked = tmp_path / "checked.html"
     checked.write_text(files["report.html"].read_text().replace("</body>", _CHECK + "</body>"))
+    framed = tmp_path / "framed.html"
+    framed.write_text(
+        f'<html><body style="margin:0"><iframe src="{checked.name}" style="width:{width}px;height:2000px;border:0">'
+        "</iframe></body></html>"
+    )
     dom = subprocess.run(
-        [*chromium, "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()],
+        [*chromium, "--virtual-time-budget=5000", "--dump-dom", framed.as_uri()],
         capture_output=True,
         text=True,
         timeout=120,
@@ -576,7 +588,8 @@ def test_report_in_a_real_browser_shows_verdict_tables_and_every_figure(tmp_path
     figures = sorted((files["report.md"].parent / "figures").glob("*.png"))
     assert len(check["images"]) == len(figures)
     for where, complete, natural, shown in check["images"]:  # decoded, and scaled to fit the page
-        assert complete and natural > 0 and 0 < shown <= 1100, (where, natural, shown)
+        assert complete and natural > 0 and 0 < shown <= min(1100, width), (where, natural, shown)
+    assert check["viewport"] == width
     assert not check["overflow"]  # wide tables scroll inside their box, not the page
     means = summary_table(runs_table(rows))["delta_m"].sort_values(kind="stable")
     assert check["ascending"] == [f"{a}/{b}" for a, b in means.index]

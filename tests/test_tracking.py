@@ -318,10 +318,13 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_its_database_not_in_the_worki
     assert client.list_artifacts(run.info.run_id)  # the artifacts read back from where they were put
 
 
-LIVE = TINY.replace('name = "tiny"', 'name = "live"').replace("epochs = 1", "epochs = 2") + """
+LIVE = (
+    TINY.replace('name = "tiny"', 'name = "live"').replace("epochs = 1", "epochs = 2")
+    + """
 [tracking]
 mlflow = "MLFLOW_URI"
 """
+)
 
 
 @pytest.mark.parametrize("store", ["file", "sqlite"])
