@@ -52,6 +52,7 @@ def heatmap(
         raise ValueError(f"heatmap: matrix shape {matrix.shape} vs {len(row_labels)} x {len(col_labels)} labels")
     if cell_text is not None and [len(row) for row in cell_text] != [matrix.shape[1]] * matrix.shape[0]:
         raise ValueError(f"heatmap: cell_text must be {matrix.shape[0]} rows of {matrix.shape[1]} strings")
+    own = ax is None  # a figure of its own: laid out (and saved) here
     if ax is None:
         size = (max(3.5, 1.6 + 0.6 * len(col_labels)), max(2.8, 1.2 + 0.45 * len(row_labels)))
         fig, ax = plt.subplots(figsize=size)
@@ -72,7 +73,7 @@ def heatmap(
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if light else "black")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return save_figure(fig, path) if path is not None or ax is None else fig
+    return save_figure(fig, path) if path is not None or own else fig
 
 
 def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None = None, ax=None) -> Figure:
@@ -96,7 +97,10 @@ def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None 
             y += 0.3
         used.add((n.layer, round(y, 2)))
         rows[i] = y
-    span = max(rows.values(), default=0.0) - min(rows.values(), default=0.0)
+    # the tasks' names are written at rows 0..T-1 at the right: the drawing spans them and every node
+    top, bottom = min(0.0, *rows.values()), max(graph.num_tasks - 1.0, *rows.values())
+    span = bottom - top
+    own = ax is None  # a figure of its own: laid out (and saved) here
     if ax is None:  # sized to the graph: a column per block, a row per task (plus room for labels and title)
         label = max((len(t) for t in graph.tasks), default=4)
         fig, ax = plt.subplots(figsize=(1.6 + 0.9 * graph.num_layers + 0.07 * label, 1.5 + 0.5 * max(span, 1.0)))
@@ -121,12 +125,12 @@ def draw_topology(graph: SharingGraph, title: str = "", path: str | Path | None 
     ax.set_yticks([])
     ax.set_xlim(-1.5, graph.num_layers - 0.5 + 0.1 * max(len(t) for t in graph.tasks))
     # top to bottom in task order, with half a row of room so no box or label touches the frame
-    ax.set_ylim(max(rows.values()) + 0.6, min(rows.values()) - 0.6)
+    ax.set_ylim(bottom + 0.6, top - 0.6)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     ax.set_title(title or "sharing graph")
     _topology_legend(ax, any(n.copy == SKIP for n in nodes))
-    return save_figure(fig, path) if path is not None or ax is None else fig
+    return save_figure(fig, path) if path is not None or own else fig
 
 
 def draw_policy(graph: SharingGraph, title: str = "", path: str | Path | None = None, ax=None) -> Figure:
@@ -135,6 +139,7 @@ def draw_policy(graph: SharingGraph, title: str = "", path: str | Path | None = 
     neighbouring tasks that run one copy; every square with one number in a column is one set of weights, whatever
     its tasks skipped before."""
     tasks, layers = graph.tasks, graph.layers
+    own = ax is None  # a figure of its own: laid out (and saved) here
     if ax is None:
         label = max((len(t) for t in tasks), default=4)
         fig, ax = plt.subplots(figsize=(1.8 + 0.07 * label + 0.6 * len(layers), 1.7 + 0.35 * len(tasks)))
@@ -162,7 +167,7 @@ def draw_policy(graph: SharingGraph, title: str = "", path: str | Path | None = 
     ax.tick_params(axis="y", length=0)
     ax.set_title(title or "select-or-skip policy")
     _topology_legend(ax, any(c == SKIP for row in graph.assignment for c in row), policy=True)
-    return save_figure(fig, path) if path is not None or ax is None else fig
+    return save_figure(fig, path) if path is not None or own else fig
 
 
 def _topology_legend(ax, skips: bool, policy: bool = False) -> None:
@@ -174,13 +179,18 @@ def _topology_legend(ax, skips: bool, policy: bool = False) -> None:
     if skips:
         handles.append(Line2D([], [], marker="o", mfc="white", mec="0.4", lw=0, markersize=5, label="skipped"))
     note = "bar or same number in a column: one set of weights" if policy else "same number and colour: shared weights"
+    # anchored below the block names, which are rotated 45°: their height in inches is known from the longest
+    labels = max((len(t.get_text()) for t in ax.get_xticklabels()), default=4)
+    drop = (0.6 * 7 * labels * 0.71 + 7) / 72 + 0.12
+    below = ax.transAxes + ScaledTranslation(0.0, -drop, ax.figure.dpi_scale_trans)
     ax.legend(
         handles=handles,
         title=note,
         title_fontsize=6,
         fontsize=6,
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.32),
+        bbox_to_anchor=(0.5, 0.0),
+        bbox_transform=below,
         ncol=len(handles),
         frameon=False,
     )

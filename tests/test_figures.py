@@ -14,7 +14,9 @@ from nas_mtl.search.affinity_plots import plot_affinity, plot_dendrogram
 LAYERS = ["stem", "s0.b0", "s0.b1", "s1.b0"]
 
 
-def _overlapping_text(fig) -> list[tuple[str, str]]:
+def _drawn_texts(fig) -> list[tuple[str, object]]:
+    """(text, window extent) of every visible text the figure draws (tick labels outside the axes' range are
+    never drawn, and left out)."""
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     hidden = set()
@@ -24,18 +26,31 @@ def _overlapping_text(fig) -> list[tuple[str, str]]:
             for tick in axis.get_major_ticks():
                 if not lo - 1e-9 <= tick.get_loc() <= hi + 1e-9:
                     hidden.update((tick.label1, tick.label2))
-    texts = [
+    return [
         (t.get_text(), t.get_window_extent(renderer))
         for t in fig.findobj(matplotlib.text.Text)
         if t.get_visible() and t.get_text().strip() and t not in hidden
     ]
+
+
+def _overlapping_text(fig) -> list[tuple[str, str]]:
     bad = []
-    for (a, box_a), (b, box_b) in itertools.combinations(texts, 2):
+    for (a, box_a), (b, box_b) in itertools.combinations(_drawn_texts(fig), 2):
         width = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
         height = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
         if width > 1 and height > 1:  # more than a pixel each way: drawn over each other
             bad.append((a, b))
     return bad
+
+
+def _outside_the_page(fig) -> list[str]:
+    """The texts drawn (partly) outside the figure: cut off in the saved image."""
+    width, height = fig.canvas.get_width_height()
+    return [
+        text
+        for text, box in _drawn_texts(fig)
+        if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1
+    ]
 
 
 def _figures(n: int):
@@ -56,6 +71,7 @@ def _figures(n: int):
     if n > 2:
         yield "dendrogram", plot_dendrogram(rng.normal(size=(n, n)), tasks)
     yield "tree", draw_topology(tree, "tree")
+    yield "hard sharing", draw_topology(SharingGraph.hard_sharing(tasks, LAYERS), "hard sharing")
     yield "policy", draw_topology(policy, "AdaShare policy")
     yield "pareto", pareto_plot(points, "parameters", "Δm (%)", "arms", None, [(y - 1, y + 1) for _, _, y in points])
     yield "curves", curves_plot(curves, {t: "val accuracy" for t in tasks}, "validation curves")
@@ -64,12 +80,19 @@ def _figures(n: int):
 
 @pytest.mark.parametrize("tasks", [2, 6])
 def test_no_figure_draws_text_over_text_and_each_fits_a_page(tasks):
+    """Also: no figure warns (matplotlib's "Tight layout not applied" says something is drawn outside the page)."""
+    import warnings
+
     import matplotlib.pyplot as plt
 
-    for kind, fig in _figures(tasks):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figures = list(_figures(tasks))
+    for kind, fig in figures:
         width, height = fig.get_size_inches()
         assert 2.5 <= width <= 16 and 1.5 <= height <= 12, (kind, width, height)
         assert not _overlapping_text(fig), (kind, _overlapping_text(fig))
+        assert not _outside_the_page(fig), (kind, _outside_the_page(fig))
         plt.close(fig)
 
 

@@ -81,16 +81,22 @@ def task_gradients(
     groups: Sequence[ParamGroup],
     representation: torch.Tensor | None = None,
     retain_graph: bool = False,
-) -> tuple[dict[tuple[int, str], tuple[torch.Tensor, ...]], dict[str, torch.Tensor]]:
+) -> tuple[dict[int, torch.Tensor], dict[tuple[int, str], tuple[torch.Tensor, ...]], dict[str, torch.Tensor]]:
     """One ``autograd.grad`` per task over the parameters of all groups it uses (+ ``representation``).
 
+    Each task's gradient on a shared group is copied into its row of that group's matrix as soon as it is
+    computed, and dropped: the shared gradients take (tasks x parameters) memory once, not a second time as
+    per-task tensors waiting to be stacked (the rows are bitwise those of :func:`stack_rows`).
+
     Returns:
-        ``{(group index, task): gradients of that group's parameters}`` and, with ``representation``,
-        ``{task: ∂L_t/∂representation}``. The graph is kept after the last task only with
-        ``retain_graph``.
+        ``{group index: (|S|, P) matrix}`` for the shared groups (rows in the group's task order, each the
+        concatenation of one task's flattened gradients, zeros where a parameter is unused);
+        ``{(group index, task): gradients}`` for the single-task groups; and, with ``representation``,
+        ``{task: ∂L_t/∂representation}``. The graph is kept after the last task only with ``retain_graph``.
     """
     names = list(losses)
-    grads: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
+    matrices: dict[int, torch.Tensor] = {}
+    private: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
     rep_grads: dict[str, torch.Tensor] = {}
     for k, t in enumerate(names):
         mine = [i for i, g in enumerate(groups) if t in g.tasks]
@@ -99,22 +105,32 @@ def task_gradients(
             inputs.append(representation)
         if not inputs:
             continue
-        out = torch.autograd.grad(losses[t], inputs, retain_graph=retain_graph or k < len(names) - 1, allow_unused=True)
+        out = list(
+            torch.autograd.grad(losses[t], inputs, retain_graph=retain_graph or k < len(names) - 1, allow_unused=True)
+        )
         if representation is not None:
             if out[-1] is None:
                 raise RuntimeError(
                     f"task {t!r}: its loss does not depend on the captured shared representation; "
                     f"compute the losses from the network's latest forward pass"
                 )
-            rep_grads[t] = out[-1]
+            rep_grads[t] = out.pop()
         pos = 0
         for i in mine:
-            n = len(groups[i].params)
-            grads[(i, t)] = tuple(
-                torch.zeros_like(p) if g is None else g for p, g in zip(groups[i].params, out[pos : pos + n])
-            )
+            group = groups[i]
+            n = len(group.params)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(group.params, out[pos : pos + n])]
+            out[pos : pos + n] = [None] * n  # this task's gradients live on only as the row below
             pos += n
-    return grads, rep_grads
+            if not group.shared:
+                private[(i, t)] = tuple(grads)
+                continue
+            if i not in matrices:
+                size = sum(p.numel() for p in group.params)
+                matrices[i] = torch.empty(len(group.tasks), size, dtype=grads[0].dtype, device=grads[0].device)
+            torch.cat([g.reshape(-1) for g in grads], out=matrices[i][group.tasks.index(t)])
+            del grads
+    return matrices, private, rep_grads
 
 
 def stack_rows(rows: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
@@ -192,23 +208,27 @@ class GroupedGradientBalancer(Balancer):
     def backward(self, losses: Mapping[str, torch.Tensor], network: nn.Module) -> dict[str, float]:
         loss = loss_values(losses, self.name)
         groups = parameter_groups(network, list(losses))
-        grads, _ = task_gradients(losses, groups)
-        staged = self.stage(groups, grads)
+        matrices, private, _ = task_gradients(losses, groups)
+        staged = self.stage(groups, matrices, private)
         return self.write(staged, loss)
 
     def stage(
-        self, groups: Sequence[ParamGroup], grads: dict[tuple[int, str], Sequence[torch.Tensor]]
+        self,
+        groups: Sequence[ParamGroup],
+        matrices: Mapping[int, torch.Tensor],
+        private: Mapping[tuple[int, str], Sequence[torch.Tensor]],
     ) -> list[_Staged]:
-        """Stack each shared group's per-task gradients (consuming ``grads``) and check all are finite."""
+        """Each shared group's gradient matrix with its Gram matrix, each private group's gradients; raises
+        FloatingPointError when any is not finite (before anything is written)."""
         staged = []
         for i, group in enumerate(groups):
             where = f"on parameters shared by {list(group.tasks)}"
             if group.shared:
-                matrix = stack_rows([grads.pop((i, t)) for t in group.tasks])
+                matrix = matrices[i]
                 staged.append(_Staged(group, matrix, gram_of(matrix, group.tasks, where, self.name)))
             else:
                 (t,) = group.tasks
-                own = grads[(i, t)]
+                own = private[(i, t)]
                 if not torch.isfinite(torch.nn.utils.get_total_norm(own)):
                     raise FloatingPointError(
                         f"{self.name}: non-finite gradient for task {t!r} on its own parameters; "

@@ -49,7 +49,7 @@ from ..space import SearchSpace
 from ..storage import GRACE_S, HEARTBEAT_S, open_storage, sqlite_url
 from . import SearchMethod, SearchResult, register_search_method
 from .branch_config import PRUNERS, SAMPLERS, WARM_STARTS, BranchSearchConfig, Setup
-from .branch_objective import FIGURES, POLL_S, TreeObjective, run_trials
+from .branch_objective import FIGURES, POLL_S, TreeObjective, optuna_quiet, run_trials
 from .branch_result import plot_history, search_result
 from .branch_study import (
     BUDGET_SPENT_ATTR,
@@ -172,9 +172,10 @@ def _open(
     run_dir.mkdir(parents=True, exist_ok=True)
     url = study_storage(config, run_dir)
     storage = open_storage(url)
-    study = optuna.create_study(
-        storage=storage, study_name=config.study_name, directions=config.directions, load_if_exists=True
-    )
+    with optuna_quiet():  # "A new study created in RDB ...": the search says what it opens itself
+        study = optuna.create_study(
+            storage=storage, study_name=config.study_name, directions=config.directions, load_if_exists=True
+        )
     record = check_study_record(study, data, space, config)
     _name_metrics(study, config.objectives)
     costs = CostModel(data, space, config.shortlist_epochs)
