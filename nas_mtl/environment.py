@@ -9,7 +9,9 @@ and reports list them.
 
 from __future__ import annotations
 
+import functools
 import platform
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -53,4 +55,17 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
     return facts
 
 
-__all__ = ["cpu_model", "environment"]
+def built_on_cpu(build: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: ``build`` makes its modules and tensors on the CPU whatever torch's default device is. Networks
+    start from the same weights on every machine (a CUDA default would draw them from CUDA's generator) and are
+    moved to the training device afterwards; a user's ``torch.set_default_device("cuda")`` changes nothing."""
+
+    @functools.wraps(build)
+    def on_cpu(*args: Any, **kwargs: Any) -> Any:
+        with torch.device("cpu"):
+            return build(*args, **kwargs)
+
+    return on_cpu
+
+
+__all__ = ["built_on_cpu", "cpu_model", "environment"]

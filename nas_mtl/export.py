@@ -277,7 +277,7 @@ def export_network(
     network = network.cpu().eval()
     wrapper = _TupleOutputs(network).eval()
     gen = torch.Generator().manual_seed(seed)
-    inputs = torch.randn(check_inputs, *network.input_shape, generator=gen)
+    inputs = torch.randn(check_inputs, *network.input_shape, generator=gen, device="cpu")
     with torch.no_grad():
         expected = wrapper(inputs)
     report: dict[str, Any] = {"torch": torch.__version__, "tasks": list(network.tasks), "files": {}, "max_abs_diff": {}}

@@ -59,7 +59,7 @@ def histogram_median(hist: Tensor, width: float) -> float:
     if total == 0:
         return 0.0
     cum = hist.cumsum(0)
-    k = int(torch.searchsorted(cum, torch.tensor(total / 2, dtype=cum.dtype)))
+    k = int(torch.searchsorted(cum, torch.tensor(total / 2, dtype=cum.dtype, device=cum.device)))
     before = float(cum[k - 1]) if k > 0 else 0.0
     return (k + (total / 2 - before) / float(hist[k])) * width
 

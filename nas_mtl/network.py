@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import Backbone, count_macs
+from .environment import built_on_cpu
 from .graph import SKIP, Cost, GraphError, SharingGraph
 from .soft import Coupling, initial_mixing, mix, mixing_macs, pull_copies
 
@@ -51,6 +52,7 @@ class MultiTaskNetwork(nn.Module):
             ``inherit`` (the warm start of branch search). A sequence of L modules (one trunk) works too.
     """
 
+    @built_on_cpu
     def __init__(
         self,
         graph: SharingGraph,
@@ -104,6 +106,7 @@ class MultiTaskNetwork(nn.Module):
             )
 
     @classmethod
+    @built_on_cpu
     def from_tasks(
         cls,
         graph: SharingGraph,

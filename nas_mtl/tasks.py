@@ -330,7 +330,11 @@ class RegressionTask(TaskSpec):
     def _stats(self, pred: Tensor, target: Tensor) -> Stats:
         valid = ~torch.isnan(target)
         diff = pred.double()[valid] - target.double()[valid]
-        return {"abs": diff.abs().sum(), "sq": diff.square().sum(), "count": torch.tensor(diff.numel())}
+        return {
+            "abs": diff.abs().sum(),
+            "sq": diff.square().sum(),
+            "count": torch.tensor(diff.numel(), device=diff.device),
+        }
 
     def _finalize(self, sums: Stats) -> dict[str, float]:
         n = sums["count"]
@@ -429,7 +433,7 @@ class DenseRegressionTask(TaskSpec):
         nz = t != 0
         return {
             "abs": err.sum(),
-            "count": torch.tensor(err.numel()),
+            "count": torch.tensor(err.numel(), device=err.device),
             "rel": (err[nz] / t[nz].abs()).sum(),
             "rel_count": nz.sum(),
         }
@@ -482,7 +486,7 @@ class SurfaceNormalTask(TaskSpec):
         index = (angle / ANGLE_BIN_DEGREES).long().clamp_max(bins - 1)
         return {
             "sum": angle.sum(),
-            "count": torch.tensor(angle.numel()),
+            "count": torch.tensor(angle.numel(), device=angle.device),
             "within": (angle < 11.25).sum(),
             "hist": torch.bincount(index, minlength=bins),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -148,7 +149,13 @@ class Backbone:
 BACKBONES: Registry[Backbone] = Registry("backbone", group="nas_mtl.backbones")
 register_backbone = BACKBONES.register
 list_backbones = BACKBONES.names
-create_backbone = BACKBONES.create
+
+
+def create_backbone(name: str, **kwargs: Any) -> Backbone:
+    """``BACKBONES.create(name, **kwargs)`` on the CPU whatever torch's default device: the same initial weights
+    on every machine (see :func:`nas_mtl.environment.built_on_cpu`)."""
+    with torch.device("cpu"):
+        return BACKBONES.create(name, **kwargs)
 
 
 __all__ = [

@@ -87,7 +87,7 @@ class PCGrad(GroupedGradientBalancer):
 
     def group_weights(self, gram: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n = gram.shape[0]
-        orders = torch.rand(n, n, generator=self._random.get()).argsort(dim=1).numpy()
+        orders = torch.rand(n, n, generator=self._random.get(), device="cpu").argsort(dim=1).numpy()
         w = pcgrad_weights(gram, orders)
         return w, w
 

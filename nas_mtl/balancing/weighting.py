@@ -89,7 +89,7 @@ class UncertaintyWeighting(LossWeighting):
         """Create ``s`` for tasks not seen yet (one Adam parameter group each, so an absent task is not moved)."""
         for t in tasks:
             if t not in self.log_var:
-                self.log_var[t] = nn.Parameter(torch.tensor(self.init, dtype=torch.float64))
+                self.log_var[t] = nn.Parameter(torch.tensor(self.init, dtype=torch.float64, device="cpu"))
                 if self._optimizer is None:
                     self._optimizer = torch.optim.Adam([self.log_var[t]], lr=self.lr)
                 else:
@@ -109,7 +109,9 @@ class UncertaintyWeighting(LossWeighting):
             if t in loss:
                 precision = math.exp(-float(s.detach()))
                 weights[t] = 0.5 * precision
-                s.grad = torch.tensor(0.5 - 0.5 * precision * loss[t], dtype=s.dtype)  # ∂/∂s of ½(e^{-s} L + s)
+                s.grad = torch.tensor(
+                    0.5 - 0.5 * precision * loss[t], dtype=s.dtype, device=s.device
+                )  # ∂/∂s of ½(e^{-s} L + s)
         return {t: weights[t] for t in loss}
 
     def after_step(self, recompute: Callable[[], Mapping[str, torch.Tensor]]) -> None:
@@ -224,6 +226,7 @@ class DWA(LossWeighting):
         ratios = torch.tensor(
             [last[t] / before[t] if before.get(t, 0.0) > 0 and last[t] > 0 else 1.0 for t in tasks],
             dtype=torch.float64,
+            device="cpu",
         )
         self.weights = dict(zip(tasks, (len(tasks) * torch.softmax(ratios / self.temperature, 0)).tolist()))
 
@@ -257,7 +260,7 @@ class RLW(LossWeighting):
         return self
 
     def weights_for(self, loss: Mapping[str, float], network: nn.Module) -> dict[str, float]:
-        z = torch.randn(len(loss), generator=self._random.get(), dtype=torch.float64)
+        z = torch.randn(len(loss), generator=self._random.get(), dtype=torch.float64, device="cpu")
         return dict(zip(loss, torch.softmax(z, 0).tolist()))
 
     def state_dict(self) -> dict[str, Any]:
@@ -289,7 +292,7 @@ class LearnedTaskVector:
         """Create the vector for ``tasks`` on first use; ValueError for a task outside those afterwards."""
         if self.value is None and tasks:
             self.tasks = list(tasks)
-            self.value = nn.Parameter(torch.full((len(tasks),), float(self.init), dtype=torch.float64))
+            self.value = nn.Parameter(torch.full((len(tasks),), float(self.init), dtype=torch.float64, device="cpu"))
             self.optimizer = torch.optim.Adam([self.value], lr=self.lr, weight_decay=self.weight_decay)
         missing = sorted(set(tasks) - set(self.tasks))
         if missing:
@@ -399,7 +402,7 @@ class GradNorm(LossWeighting):
         mean_g = sum(g.values()) / len(present)
         rate = {t: loss[t] / self.initial[t] if self.initial[t] > 0 else 1.0 for t in present}
         mean_rate = sum(rate.values()) / len(present)
-        grad = torch.zeros(len(self.tasks), dtype=torch.float64)
+        grad = torch.zeros(len(self.tasks), dtype=torch.float64, device="cpu")
         for i, t in enumerate(self.tasks):
             if t in g:
                 target = mean_g * (rate[t] / mean_rate) ** self.alpha if mean_rate > 0 else mean_g
@@ -530,6 +533,7 @@ class FAMO(LossWeighting):
                 for t in self.tasks
             ],
             dtype=torch.float64,
+            device=self.logits.device,
         )
         if not torch.isfinite(delta).all():  # a loss went non-finite after the step: keep the logits finite
             return

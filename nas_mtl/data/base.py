@@ -126,7 +126,7 @@ def iterate_batches(
         yield from DataLoader(dataset, batch_size, sampler=sampler, drop_last=drop_last, generator=torch.Generator())
         return
     n = len(dataset)
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = torch.randperm(n, generator=generator, device="cpu") if shuffle else torch.arange(n, device="cpu")
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         yield dataset.batch(order[start : start + batch_size])
@@ -220,10 +220,10 @@ def data_fingerprint(data: MultiTaskData, n: int = 16) -> dict[str, Any]:
         size, count = len(split), min(n, len(split))
         for i in sorted({round(k * (size - 1) / max(count - 1, 1)) for k in range(count)}):
             x, y = split[i]
-            digest.update(np.ascontiguousarray(torch.as_tensor(x).detach().cpu().numpy()).tobytes())
+            digest.update(np.ascontiguousarray(torch.as_tensor(x, device="cpu").detach().numpy()).tobytes())
             for task in sorted(y):
                 digest.update(task.encode())
-                digest.update(np.ascontiguousarray(torch.as_tensor(y[task]).detach().cpu().numpy()).tobytes())
+                digest.update(np.ascontiguousarray(torch.as_tensor(y[task], device="cpu").detach().numpy()).tobytes())
     origin = None if data.origin is None else json.loads(json.dumps(dict(data.origin), default=str))
     return {
         "name": data.name,

@@ -350,8 +350,8 @@ class _Reader:
         spec = self.spec
         shape = tuple(spec.out_channels if d == "C" else hw[0] if d == "H" else hw[1] for d in spec.TARGET_LAYOUT[1:])
         if spec.TARGET_INTEGER:
-            return torch.full(shape, getattr(spec, "ignore_index", -1), dtype=torch.int64)
-        return torch.full(shape, math.nan, dtype=torch.float32)
+            return torch.full(shape, getattr(spec, "ignore_index", -1), dtype=torch.int64, device="cpu")
+        return torch.full(shape, math.nan, dtype=torch.float32, device="cpu")
 
 
 class FolderSplit(Dataset):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import Backbone
+from ..environment import built_on_cpu
 from ..graph import SharingGraph
 from ..network import Gates, MultiTaskNetwork
 from ..tasks import TaskSpec
@@ -21,9 +22,9 @@ SELECT, SKIP = 0, 1
 
 
 # ---------------------------------------------------------------------- regularisers
-def depth_weights(num_blocks: int) -> Tensor:
+def depth_weights(num_blocks: int, device: torch.device | str = "cpu") -> Tensor:
     """Sharing weights (S − l)/S, l = 0..S−1 from the input side (the paper's (L − l)/L): early blocks weigh most."""
-    return (num_blocks - torch.arange(num_blocks, dtype=torch.float32)) / num_blocks
+    return (num_blocks - torch.arange(num_blocks, dtype=torch.float32, device=device)) / num_blocks
 
 
 def sparsity_loss(logits: Tensor) -> Tensor:
@@ -43,7 +44,7 @@ def policy_regularizer(logits: Tensor, active: int, config: AdaShareConfig) -> T
     num_blocks = logits.shape[0]
     z = logits[num_blocks - active :]
     loss = config.sparsity * sparsity_loss(z)
-    loss = loss + config.sharing * sharing_loss(z, depth_weights(num_blocks)[num_blocks - active :])
+    loss = loss + config.sharing * sharing_loss(z, depth_weights(num_blocks, z.device)[num_blocks - active :])
     return loss + 0.5 * config.policy_weight_decay * z.square().sum()
 
 
@@ -57,6 +58,7 @@ class AdaShareSupernet(nn.Module):
     when u = 0 (the reference's ``fx * p_select + residual * p_skip``).
     """
 
+    @built_on_cpu
     def __init__(self, backbone: Backbone, tasks: Sequence[TaskSpec], policy_layers: Sequence[int]) -> None:
         super().__init__()
         self.tasks = tuple(t.name for t in tasks)
@@ -94,7 +96,7 @@ class AdaShareSupernet(nn.Module):
         """
         start = len(self.policy_layers) - active
         logits = self.logits[start:] if grad else self.logits[start:].detach()
-        noise = -torch.empty(logits.shape).exponential_(generator=generator).log().to(logits.device)
+        noise = -torch.empty(logits.shape, device="cpu").exponential_(generator=generator).log().to(logits.device)
         soft = ((logits + noise) / tau).softmax(dim=-1)[..., SELECT]
         gates = soft
         if hard:  # exact 0/1 without gradient, so that the forward can share prefixes and skip blocks

@@ -318,7 +318,8 @@ class AdaShareSearch:
         else:
             generator = torch.Generator().manual_seed(self.config.train.seed)
             draws = [
-                (torch.rand(prob.shape, generator=generator) < prob).tolist() for _ in range(self.config.num_samples)
+                (torch.rand(prob.shape, generator=generator, device="cpu") < prob).tolist()
+                for _ in range(self.config.num_samples)
             ]
             policies = [p for i, p in enumerate(draws) if p not in draws[:i]]
         scored = [{"select": p, "val_loss": self.val_loss(p)} for p in policies]

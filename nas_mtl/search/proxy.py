@@ -290,7 +290,9 @@ def _subset(data: MultiTaskData, config: ProxyConfig) -> MultiTaskData:
     k = round(config.subset * n)
     if k == n:
         return data
-    index = torch.randperm(n, generator=torch.Generator().manual_seed(config.finetune.seed))[:k].sort().values
+    index = (
+        torch.randperm(n, generator=torch.Generator().manual_seed(config.finetune.seed), device="cpu")[:k].sort().values
+    )
     if isinstance(data.train, TensorMultiTaskDataset):
         train_set: Any = TensorMultiTaskDataset(*data.train.batch(index))
     else:
