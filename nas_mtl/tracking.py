@@ -40,21 +40,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import math
-import os
 import re
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-INSTALL = 'pip install -e ".[tracking]"'
+from .mlflow_store import (  # noqa: F401  (FILE_STORE_ENV, _file_store_allowed: for tests and callers)
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    FILE_STORE_ENV,
+    INSTALL,
+    artifact_location,
+)
+from .mlflow_store import client_class as _client_class
+from .mlflow_store import experiment_id as _experiment_id
+from .mlflow_store import guarded as _guarded
+from .mlflow_store import is_number as _is_number
+from .mlflow_store import log_batches as _log_batches
+from .mlflow_store import name as _name
+from .mlflow_store import part as _part
+
 FORMAT = "nas_mtl.tracking/2"
 """Part of every digest: a new way of logging (this module's) replaces the runs logged the old way."""
 RUN_DIR_TAG = "nas_mtl.run_dir"
@@ -65,16 +75,10 @@ LOGGED_AT_TAG = "nas_mtl.logged_at"
 """When the run was logged (seconds since the epoch): MLflow's start time is the run's own, from its record."""
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-"""MLflow 3's kind for training runs (its UI's "Machine learning" experiments), not GenAI traces."""
 STUDY_FOLDER = "."
 """The folder tag of a study's own run (the parent of its arm runs and searches)."""
 DELTA_M = "delta_m"
-FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
 _FIGURES = (".png", ".svg", ".pdf")
-_PARAMS_PER_BATCH = 100  # MLflow's log_batch limits
-_METRICS_PER_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -157,84 +161,6 @@ def log_study(run_dir: str | Path, experiment: str, uri: str, report_dir: str | 
     run_dir = Path(run_dir).resolve()
     report = Path(report_dir) if report_dir is not None else run_dir / "report"
     return _guarded(uri, run_dir, lambda client: _log_study(client, experiment, run_dir, uri, report)) is not None
-
-
-def _guarded(uri: str, run_dir: Path, work: Callable[[Any], Any]) -> Any:
-    """``work(client)`` on a client of ``uri``; None after an error (one warning line, never a traceback)."""
-    from .storage import redact
-
-    client_class = _client_class()
-    try:
-        with _file_store_allowed(uri), _mlflow_logs() as said:
-            return work(client_class(tracking_uri=uri))
-    except Exception as err:  # MLflow and its stores raise many kinds (unreachable server, bad URI, full disk)
-        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        warnings.warn(
-            f"tracking: MLflow at {redact(uri)!r} failed ({redact(reason)}); the results are in {run_dir}: run the "
-            "study again to log them",
-            stacklevel=3,
-        )
-        return None
-    finally:
-        for line in said if "said" in locals() else ():
-            if (uri, line) not in _SAID:  # once per process: a running study mirrors after every run
-                _SAID.add((uri, line))
-                warnings.warn(f"tracking: MLflow at {redact(uri)!r} said: {redact(line)}", stacklevel=3)
-
-
-_SAID: set[tuple[str, str]] = set()
-
-
-class _Caught(logging.Handler):
-    """Collects the first line of each distinct warning or error logged (tracebacks dropped)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        line = next((x.strip() for x in record.getMessage().splitlines() if x.strip()), record.levelname)
-        if line not in self.lines:
-            self.lines.append(line)
-
-
-@contextlib.contextmanager
-def _mlflow_logs() -> Iterator[list[str]]:
-    """While MLflow works: its own log records (and those it sends to the root logger, which would otherwise make
-    the root logger print to stderr from then on) go to a collector; yields the warning lines collected."""
-    caught = _Caught()
-    loggers = [logging.getLogger(name) for name in ("", "mlflow", "alembic")]
-    saved = [(logger, logger.handlers[:], logger.propagate) for logger in loggers]
-    for logger in loggers:
-        logger.handlers = [caught]
-        logger.propagate = logger is loggers[0]
-    try:
-        yield caught.lines
-    finally:
-        for logger, handlers, propagate in saved:
-            logger.handlers, logger.propagate = handlers, propagate
-
-
-def _client_class() -> Any:
-    try:
-        from mlflow.tracking import MlflowClient
-    except ImportError:
-        raise ValueError(f"tracking.mlflow: MLflow is not installed; {INSTALL}") from None
-    return MlflowClient
-
-
-@contextlib.contextmanager
-def _file_store_allowed(uri: str) -> Iterator[None]:
-    """MLflow 3 refuses its file store unless ``MLFLOW_ALLOW_FILE_STORE`` is set; a ``file:`` URI (or a plain
-    path) in a study is that choice, so it is allowed while this module logs (a value the user set is kept)."""
-    if urlparse(uri).scheme not in ("", "file") or FILE_STORE_ENV in os.environ:
-        yield
-        return
-    os.environ[FILE_STORE_ENV] = "true"
-    try:
-        yield
-    finally:
-        os.environ.pop(FILE_STORE_ENV, None)
 
 
 def _entries(run_dir: Path) -> list[_Entry]:
@@ -347,42 +273,6 @@ def _delta_ms(run_dir: Path) -> dict[str, tuple[float, int]]:
         if isinstance(folders, str) and _is_number(value) and math.isfinite(value):
             out.update({folder: (float(value), n) for folder in folders.split(";")})
     return out
-
-
-def artifact_location(uri: str, run_dir: Path) -> str | None:
-    """Where a new experiment's artifacts go: beside the database of a ``sqlite:`` store (``mlartifacts`` next to
-    the file), in the study folder for another database (``RUN_DIR/mlartifacts``); None where the store decides (a
-    file store keeps them inside it, a tracking server serves its own). MLflow's own default for a database store
-    is ``./mlruns`` of whatever folder the command ran in, outside the store the user named."""
-    scheme = urlparse(uri).scheme
-    if scheme == "sqlite":
-        path = uri.split(":///", 1)[1] if ":///" in uri else ""
-        if path and path != ":memory:":  # sqlite:///rel/x.db is relative, sqlite:////abs/x.db absolute
-            return Path(path).resolve().parent.joinpath("mlartifacts").as_uri()
-    if scheme in ("postgresql", "mysql", "mssql") or scheme.startswith(("postgresql+", "mysql+", "mssql+")):
-        return (run_dir / "mlartifacts").resolve().as_uri()
-    return None
-
-
-def _experiment_id(client: Any, name: str, artifacts: str | None = None) -> str:
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        try:
-            made = client.create_experiment(
-                name, artifact_location=artifacts, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-            )
-            return str(made)
-        except Exception:  # created meanwhile by another process?
-            found = client.get_experiment_by_name(name)
-            if found is None:
-                raise
-    if found.lifecycle_stage != "active":
-        raise ValueError(
-            f"experiment {name!r} is deleted in MLflow; restore it (mlflow experiments restore) to log there"
-        )
-    if EXPERIMENT_KIND_TAG not in found.tags:  # a kind the user chose in MLflow's UI is kept
-        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    return str(found.experiment_id)
 
 
 def _logged_runs(client: Any, experiment_id: str, run_dir: Path) -> dict[str, list[Any]]:
@@ -588,32 +478,6 @@ def _log_run(
         with contextlib.suppress(Exception):
             client.set_terminated(run_id, "FAILED")
         raise
-
-
-def _log_batches(client: Any, run_id: str, params: Mapping[str, Any], metrics: list[tuple[str, Any, int, int]]) -> None:
-    """``params`` and ``metrics`` (key, value, time in ms, step; non-numbers skipped) in MLflow's batch sizes."""
-    from mlflow.entities import Metric, Param
-
-    param_list = [Param(_name(k), v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()]
-    metric_list = [Metric(k, float(v), t, step) for k, v, t, step in metrics if _is_number(v)]
-    for i in range(0, len(param_list), _PARAMS_PER_BATCH):
-        client.log_batch(run_id, params=param_list[i : i + _PARAMS_PER_BATCH])
-    for i in range(0, len(metric_list), _METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=metric_list[i : i + _METRICS_PER_BATCH])
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _part(text: str) -> str:
-    """One component of an MLflow key: characters MLflow refuses (and a bare ``.`` / ``..``) as ``_``."""
-    part = re.sub(r"[^\w.\- ]", "_", text)
-    return "_" if part in ("", ".", "..") else part
-
-
-def _name(*parts: str) -> str:
-    return "/".join(_part(str(p)) for p in parts)
 
 
 __all__ = ["INSTALL", "Mirrored", "TrackingConfig", "log_study", "mirror_study", "require_mlflow"]

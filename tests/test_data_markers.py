@@ -98,7 +98,7 @@ def test_planted_answers_by_hand():
     assert [list(r) for r in tree.assignment] == [[0, 0, 0]] + [[0, 0, 1]] * 4
     policy = planted_policy(tasks, space)
     assert (
-        policy.describe() == "stem: all tasks shared; s0.b0–s1.b1: order+offset | tint; tint skips s0.b0, s0.b1, s1.b1"
+        policy.describe() == "shared weights, per block: stem–s1.b1: all tasks shared; tint skips s0.b0, s0.b1, s1.b1"
     )
     assert splits_as_planted(tree, space) and splits_as_planted(policy, space)
     assert splits_as_planted(space.independent(tasks), space)  # tint alone; the relational tasks may split too

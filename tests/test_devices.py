@@ -119,7 +119,8 @@ def test_an_export_and_predict_with_the_default_device_elsewhere(tmp_path):
     from nas_mtl.data import create_dataset
 
     argv = ["train", "--data", "multidigits", "--data-arg", "n_train=64", "--data-arg", "n_val=32"]
-    argv += ["--data-arg", "n_test=32", "--data-arg", "size=16", "--space", "resnet_small", "--epochs", "1", "--batch-size", "32"]
+    argv += ["--data-arg", "n_test=32", "--data-arg", "size=16", "--space", "resnet_small", "--epochs", "1"]
+    argv += ["--batch-size", "32"]
     assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     data = create_dataset("multidigits", n_train=64, n_val=32, n_test=32, size=16)
     np.save(tmp_path / "x.npy", np.stack([data.test[i][0].numpy() for i in range(8)]))

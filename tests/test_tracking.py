@@ -17,6 +17,7 @@ from tiny_study import write_study
 import nas_mtl.tracking as tracking
 from nas_mtl.cli import main
 from nas_mtl.graph import SharingGraph
+from nas_mtl.mlflow_store import file_store_allowed
 from nas_mtl.search.proxy import graph_key
 from nas_mtl.study import load_study, run_study
 
@@ -357,7 +358,7 @@ def test_a_damaged_store_is_one_warning_line_and_the_study_completes(tmp_path):
     the study finishes, exit 0, and the command's stderr says it in one warning line, once, with no traceback."""
     store = tmp_path / "mlruns"
     uri = f"file:{store}"
-    with tracking._file_store_allowed(uri):
+    with file_store_allowed(uri):
         client = MlflowClient(tracking_uri=uri)
         damaged = client.create_experiment("other")
     (store / damaged / "meta.yaml").unlink()
