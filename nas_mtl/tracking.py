@@ -195,9 +195,11 @@ def _mirror(client: Any, experiment: str, run_dir: Path, uri: str = "", only: st
             if score is not None and same[0].data.metrics.get(DELTA_M) != score[0]:  # the reference grew
                 client.log_metric(run_id, DELTA_M, score[0], int(time.time() * 1000), score[1])
             continue
-        log = _log_arm if entry.kind != "search" else _log_search
         tags = {RUN_DIR_TAG: str(run_dir), FOLDER_TAG: entry.key, KIND_TAG: entry.kind, PARENT_TAG: parent}
-        log(client, experiment_id, entry, tags, digest, settings, score)
+        if entry.kind == "search":
+            _log_search(client, experiment_id, entry, tags, digest, settings)
+        else:
+            _log_arm(client, experiment_id, entry, tags, digest, settings, score)
         logged += 1
     return Mirrored(logged, kept)
 
@@ -393,13 +395,7 @@ def _read_curves(path: Path) -> list[tuple[str, float, int]]:
 
 
 def _log_search(
-    client: Any,
-    experiment_id: str,
-    entry: _Entry,
-    tags: dict[str, str],
-    digest: str,
-    settings: Mapping[str, Any],
-    score: tuple[float, int] | None = None,
+    client: Any, experiment_id: str, entry: _Entry, tags: dict[str, str], digest: str, settings: Mapping[str, Any]
 ) -> None:
     from .graph import SharingGraph, graph_key
     from .layout import CHECKPOINT, read_search_record
