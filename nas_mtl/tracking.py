@@ -19,7 +19,7 @@ latest value is the one to read; its history shows the reference growing).
 Every run is the child of one *study run* (``study NAME``, folder ``.``), created by the first mirroring and
 finished by :func:`log_study` once the report is written: the report's files (``report.md``, ``report.html``,
 ``summary.csv``, ``runs.csv``, ``verdict.json``, figures) as artifacts, each arm's mean Δm and its 95 % interval
-as metrics (``delta_m/ARM/BALANCER``, ``.../ci_low``, ``.../ci_high``), and the verdict's conclusion as the run's
+as metrics (``delta_m/ARM/BALANCER/mean``, ``.../ci_low``, ``.../ci_high``), and the verdict's conclusion as the run's
 description. The experiment is marked as model development (tag ``mlflow.experimentKind``, where not set), so
 MLflow opens it in its training-runs view.
 
@@ -220,7 +220,7 @@ def _study_run(
     return str(run.info.run_id)
 
 
-def _log_study(client: Any, experiment: str, run_dir: Path, uri: str, report: Path) -> None:
+def _log_study(client: Any, experiment: str, run_dir: Path, uri: str, report: Path) -> bool:
     import pandas as pd
 
     from .runs import read_json
@@ -237,9 +237,10 @@ def _log_study(client: Any, experiment: str, run_dir: Path, uri: str, report: Pa
         summary = pd.read_csv(summary_file)
         for _, row in summary.iterrows():
             key = _name(DELTA_M, str(row["arm"]), str(row["balancer"]))
-            for column, suffix in ((DELTA_M, ""), (f"{DELTA_M} ci_low", "/ci_low"), (f"{DELTA_M} ci_high", "/ci_high")):
+            # every key a leaf (a file store keeps a key as a file: delta_m/A/B cannot also be a folder of others)
+            for column, part in ((DELTA_M, "mean"), (f"{DELTA_M} ci_low", "ci_low"), (f"{DELTA_M} ci_high", "ci_high")):
                 if column in row and _is_number(row[column]) and math.isfinite(row[column]):
-                    metrics.append((key + suffix, float(row[column]), 0))
+                    metrics.append((f"{key}/{part}", float(row[column]), 0))
     _log_batches(client, parent, {}, [(k, v, now, step) for k, v, step in metrics])
     for path in sorted(report.iterdir()) if report.is_dir() else ():
         if path.is_file():
@@ -256,6 +257,7 @@ def _log_study(client: Any, experiment: str, run_dir: Path, uri: str, report: Pa
         if found.get("recommended"):
             client.set_tag(parent, "nas_mtl.recommended", str(found["recommended"]))
     client.set_terminated(parent, "FINISHED")
+    return True
 
 
 def _delta_ms(run_dir: Path) -> dict[str, tuple[float, int]]:

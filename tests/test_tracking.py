@@ -251,7 +251,7 @@ def test_the_study_run_holds_the_report_and_verdict_and_parents_every_run(tracke
     assert {"report.md", "report.html", "summary.csv", "runs.csv", "verdict.json", "figures"} <= names
     summary = pd.read_csv(d / "run" / "report" / "summary.csv")
     for _, row in summary.iterrows():
-        key = f"delta_m/{row['arm']}/{row['balancer']}"
+        key = f"delta_m/{row['arm']}/{row['balancer']}/mean"
         assert study.data.metrics[key] == pytest.approx(row["delta_m"], rel=1e-12, abs=1e-12)
     verdict = json.loads((d / "run" / "report" / "verdict.json").read_text())
     assert verdict["conclusion"] and " ".join(verdict["conclusion"]) in study.data.tags[tracking.NOTE_TAG]
@@ -346,6 +346,20 @@ def test_each_run_is_in_mlflow_with_its_delta_m_before_the_next_run_finishes(sto
     assert len(finished) == len(rows) == 6 and set(logged) == {key for _, key in finished}
     for (_, key), (next_done, _) in zip(finished, finished[1:]):
         assert float(logged[key].data.tags[tracking.LOGGED_AT_TAG]) <= next_done + 0.5, key  # 0.5 s: file times
+    # the study run finished with the report: with 2 seeds, every row's mean and interval (each key a leaf, which a
+    # file store needs: it keeps a key as a file)
+    from nas_mtl.report import write_report
+
+    files = write_report(tmp_path / "run")
+    assert tracking.log_study(tmp_path / "run", spec.name, uri)
+    study = _all_runs(client, spec.name)[tracking.STUDY_FOLDER]
+    assert study.info.status == "FINISHED"
+    summary = pd.read_csv(files["summary.csv"])
+    assert summary["delta_m ci_low"].notna().all()
+    for _, row in summary.iterrows():
+        for part, column in (("mean", "delta_m"), ("ci_low", "delta_m ci_low"), ("ci_high", "delta_m ci_high")):
+            key = f"delta_m/{row['arm']}/{row['balancer']}/{part}"
+            assert study.data.metrics[key] == pytest.approx(row[column], rel=1e-12, abs=1e-12)
     for key, run in logged.items():
         if "/hard/" in key:
             history = client.get_metric_history(run.info.run_id, "delta_m")
