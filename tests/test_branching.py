@@ -132,6 +132,7 @@ def test_each_parameter_name_keeps_one_distribution():
         ({"objectives": ("delta_m", "params"), "pruner": "median"}, "pruner"),
         ({"duplicate_wait_s": -1}, "duplicate_wait_s"),
         ({"proxy": {"reference": "hard"}}, "proxy"),
+        ({"progress": "yes"}, "progress"),
     ],
 )
 def test_config_errors_name_the_field(kw, field):

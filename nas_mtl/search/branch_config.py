@@ -134,6 +134,8 @@ class BranchSearchConfig:
                 f"branch search config: pruner {self.pruner!r} with objectives {list(objectives)}: Optuna does not "
                 "prune multi-objective studies (Trial.report is single-objective); use 'none' or 'auto'"
             )
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"branch search config: progress must be true or false, got {self.progress!r}")
         if self.storage is not None and (not isinstance(self.storage, str) or not self.storage):
             raise ValueError(f"branch search config: storage must be a non-empty URL or None, got {self.storage!r}")
         if not isinstance(self.study_name, str) or not self.study_name:
