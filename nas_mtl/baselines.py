@@ -149,7 +149,8 @@ def train_selection(
     if run_dir is not None:
         run_dir = Path(run_dir)
         graph.save(run_dir / "graph.json")
-        save_atomic({"model": network.state_dict()}, run_dir / CHECKPOINT)
+        # "epoch" as a trainer's checkpoint has it: a study killed before the row reads it as a finished training
+        save_atomic({"model": network.state_dict(), "epoch": config.epochs}, run_dir / CHECKPOINT)
         write_json_atomic(network_manifest(network, data.tasks, data.info, test), run_dir / MODEL_MANIFEST)
         write_json_atomic(result.to_dict(), run_dir / RESULT)
     return network, result

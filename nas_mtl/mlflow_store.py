@@ -29,6 +29,7 @@ def guarded(uri: str, run_dir: Path, work: Callable[[Any], Any]) -> Any:
     from .storage import redact
 
     client_type = client_class()
+    said: list[str] = []
     try:
         with file_store_allowed(uri), mlflow_logs() as said:
             return work(client_type(tracking_uri=uri))
@@ -41,7 +42,7 @@ def guarded(uri: str, run_dir: Path, work: Callable[[Any], Any]) -> Any:
         )
         return None
     finally:
-        for line in said if "said" in locals() else ():
+        for line in said:
             if (uri, line) not in _SAID:  # once per process: a running study mirrors after every run
                 _SAID.add((uri, line))
                 warnings.warn(f"tracking: MLflow at {redact(uri)!r} said: {redact(line)}", stacklevel=3)

@@ -166,9 +166,9 @@ def write_predictions(outputs: Mapping[str, np.ndarray], manifest: Mapping[str, 
         if kinds[task] == "classification" and values.ndim == 2:
             index = values.argmax(1)
             columns[f"{task}.class"] = index.tolist()
-            names = extra.get("class_names")
-            if names:
-                columns[f"{task}.name"] = [names[i] if i < len(names) else "" for i in index]
+            classes = extra.get("class_names")
+            if classes:
+                columns[f"{task}.name"] = [classes[i] if i < len(classes) else "" for i in index]
         elif values.ndim == 2 and kinds[task] == "regression":
             scale = extra.get("target_scaling")
             raw = values * scale["std"] + scale["mean"] if scale else values

@@ -347,8 +347,8 @@ class Trainer:
             balanced_backward(self.balancer, self.scaler.scale(losses) if self.scaler else losses, self.network)
         except FloatingPointError as err:
             if overflowed(self.network, self.scaler):  # finite losses, non-finite scaled gradients
-                self.scaler.step(self.optimizer)  # GradScaler skips the step and backs the scale off
                 self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.skip()  # no step, the scale backed off, as GradScaler does
                 return _OVERFLOW
             return str(err)
         return None

@@ -105,6 +105,16 @@ class LossScaler:
         self.overflows += not taken
         return taken
 
+    def skip(self) -> None:
+        """An overflow: no step, and the scale backed off as GradScaler does after an inf (its growth count
+        restarts). For steps whose gradients never reached ``.grad`` (a gradient-combining balancer refuses
+        non-finite per-task gradients before writing any), where GradScaler's own ``step`` finds nothing to check."""
+        self.scaler.update(float(self.scaler.get_scale()) * self.scaler.get_backoff_factor())
+        tracker = getattr(self.scaler, "_growth_tracker", None)
+        if tracker is not None:
+            tracker.fill_(0)
+        self.overflows += 1
+
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict(), "overflows": self.overflows}
 
@@ -114,12 +124,15 @@ class LossScaler:
 
 
 def overflowed(network: torch.nn.Module, scaler: LossScaler | None) -> bool:
-    """Whether fp16's scaled gradients overflowed: a gradient is non-finite (after finite losses; an inf in the
-    backward pass brings NaNs with it) while the scale is still above 1. At a scale of 1 or below nothing is
-    scaled up any more: the non-finite gradient is the model's own, for the trainer's ``on_nonfinite`` rule."""
+    """Whether a backward pass of finite losses that failed (FloatingPointError) was fp16's scaled gradients
+    overflowing: the scale is still above 1 and a gradient is non-finite (an inf in the backward pass brings NaNs
+    with it), or none was written (MGDA, PCGrad, CAGrad, ... check every per-task gradient before writing any).
+    At a scale of 1 or below nothing is scaled up any more: the non-finite gradient is the model's own, for the
+    trainer's ``on_nonfinite`` rule."""
     if scaler is None or scaler.scaler.get_scale() <= 1.0:
         return False
-    return any(not torch.isfinite(p.grad).all() for p in network.parameters() if p.grad is not None)
+    grads = [p.grad for p in network.parameters() if p.grad is not None]
+    return not grads or any(not torch.isfinite(g).all() for g in grads)
 
 
 def balanced_backward(balancer: Balancer, losses: Mapping[str, torch.Tensor], network: MultiTaskNetwork) -> None:

@@ -590,4 +590,5 @@ def test_each_trial_names_its_tree_in_words_with_its_drawing_and_one_progress_li
         out = tmp_path / f"t{trial.number}.png"
         download_artifact(artifact_store=store, file_path=str(out), artifact_id=meta.artifact_id)
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"{trial.number + 1}/4:" in lines[trial.number] and graph.describe() in lines[trial.number]
+        line = lines[trial.number]
+        assert f"trial {trial.number} ({trial.number + 1}/4 finished):" in line and graph.describe() in line

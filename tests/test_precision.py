@@ -94,6 +94,40 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backed_off(setting):
         torch.testing.assert_close(p.detach(), b - 0.1 * g / 2.0**10, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", ["mgda", "pcgrad", "cagrad"])
+def test_an_overflow_a_gradient_combining_balancer_refuses_is_an_overflow_too(setting, name):
+    """These balancers check every per-task gradient and write none when one is not finite: still fp16's overflow
+    (finite losses, scale above 1), skipped with the scale backed off as GradScaler does."""
+    data, _ = setting
+    network = _network(setting)
+    scaler = LossScaler(torch.device("cpu"))
+    scaler.scaler.update(2.0**127)
+    with pytest.raises(FloatingPointError, match="no gradient was written"):
+        balanced_backward(create_balancer(name), scaler.scale(_losses(network, data, "fp16")), network)
+    assert all(p.grad is None for p in network.parameters())
+    assert overflowed(network, scaler)
+    scaler.skip()
+    assert scaler.scaler.get_scale() == 2.0**126 and scaler.overflows == 1
+    scaler.scaler.update(1.0)
+    assert not overflowed(network, scaler)  # at scale 1 the refusal is the model's own non-finite gradient
+
+
+def test_fp16_training_with_mgda_backs_the_scale_off_instead_of_stopping(setting, monkeypatch):
+    """From a scale at which every scaled gradient overflows, training with on_nonfinite="raise" skips the
+    overflowing steps (halving the scale each time) and never raises."""
+    import functools
+
+    data, space = setting
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=2.0**127))
+    graph = SharingGraph.hard_sharing(data.task_names, space.layers)
+    config = TrainConfig(epochs=1, batch_size=16, precision="fp16", progress=False, device="cpu")
+    before = _network(setting).state_dict()
+    net, result = train_graph(graph, data, space, config, create_balancer("mgda"))
+    assert result.history and all(math.isfinite(v) for v in result.history[-1]["train_loss"].values())
+    weights = [k for k in before if k.endswith("weight")]
+    assert all(torch.equal(net.state_dict()[k], before[k]) for k in weights)  # every step overflowed: none taken
+
+
 def _update(setting, name, scale):
     """The parameters after one SGD step of ``name`` on fp32 losses whose gradients are scaled by ``scale``
     and unscaled before the step (fp16's rule without fp16's rounding)."""

@@ -153,3 +153,16 @@ def test_a_manifest_is_data_and_an_unrecorded_normalisation_is_refused(exported,
     export_network(network, create_dataset("multidigits", **DATA).tasks, tmp_path / "python", formats=["safetensors"])
     assert main(["predict", str(tmp_path / "python"), str(root / "raw.npy"), "--out", str(tmp_path / "p")]) == 2
     assert "input.normalization is not recorded" in capsys.readouterr().err
+
+
+def test_an_output_for_a_task_not_in_the_manifest_is_refused_naming_the_manifests_tasks(tmp_path):
+    """After a classification task with class names, an unknown task's error still lists the tasks (not classes)."""
+    from nas_mtl.predict import write_predictions
+
+    manifest = {
+        "tasks": [{"name": "digit", "kind": "classification"}, {"name": "size", "kind": "regression"}],
+        "outputs": {"digit": {"class_names": ["zero", "one"]}},
+    }
+    outputs = {"digit": np.array([[0.1, 0.9], [0.8, 0.2]]), "colour": np.zeros((2, 1))}
+    with pytest.raises(ValueError, match=r"task 'colour' is not one of the manifest's \['digit', 'size'\]"):
+        write_predictions(outputs, manifest, tmp_path)

@@ -107,7 +107,10 @@ class TreeObjective:
         if self.config.budget is not None:
             self._claim_budget(trial, graph)
         if self.figures is not None:
-            _upload_topology(trial, graph, self.figures)
+            try:  # a drawing is for the dashboard: it never costs the trial
+                _upload_topology(trial, graph, self.figures)
+            except Exception as err:  # matplotlib, a full disk, the artifact store
+                warnings.warn(f"trial {trial.number}: topology drawing not stored ({err})", stacklevel=2)
         report = None if self.config.multi_objective else functools.partial(_report, trial)
         score = self.scorer.score(graph, report)
         trial.set_user_attr("score", score.to_dict())
@@ -228,15 +231,17 @@ class _TrialLine:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get("over_budget"):
             return
+        finished = study.get_trials(deepcopy=False, states=FINISHED)  # over every worker and session
         if trial.state == TrialState.COMPLETE and trial.values:
-            done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+            done = [t for t in finished if t.state == TrialState.COMPLETE and t.values]
             best = max(done, key=lambda t: (t.values[0], -t.number))
             value = f"proxy Δm {trial.values[0]:+.2f} (best {best.values[0]:+.2f}, trial {best.number})"
         else:
             value = trial.state.name.lower()
         same = trial.user_attrs.get("duplicate_of")
         tree = f"same tree as trial {same}" if same is not None else trial.user_attrs.get(TREE_ATTR, "")
-        print(f"branch trial {trial.number + 1}/{self.n_trials}: {value}; {tree}", file=sys.stderr, flush=True)
+        line = f"branch trial {trial.number} ({len(finished)}/{self.n_trials} finished): {value}; {tree}"
+        print(line, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

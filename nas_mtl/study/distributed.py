@@ -190,7 +190,7 @@ def work(
         seconds = time.perf_counter() - t0
         queue.finish(claim, seconds, threads=torch.get_num_threads(), **attrs)
         ran += 1
-        if attrs:  # a run made here: in MLflow now, not when the study ends
+        if not attrs.keys() & {"skipped", "read_back", "chosen"}:  # trained here: in MLflow now, not at the end
             track_finished(ctx, claim.job.key)
         if progress:
             again = f", try {claim.retries + 1}" if claim.retries else ""
