@@ -13,7 +13,7 @@ from .data import MultiTaskData, data_fingerprint
 from .layout import CHECKPOINT
 from .network import MultiTaskNetwork
 from .runs import INTEGER, LIST, NUMBER, TABLE, TENSOR, TEXT, Schema, check_settings, or_null
-from .train_config import TrainConfig
+from .train_config import TrainConfig, without_added_defaults
 
 CHECKPOINT_SCHEMA: Schema = {
     "epoch": INTEGER,
@@ -58,14 +58,14 @@ def check_resumable(
         "graph": state.get("graph"),
         "coupling": state.get("coupling"),
         "data": state.get("data"),
-        "config": state.get("config", {}),
+        "config": without_added_defaults(state.get("config") or {}),
         "balancer": state.get("balancer_spec"),
     }
     now = {
         "graph": network.graph.to_dict(),
         "coupling": coupling_spec(network),
         "data": data_fingerprint(data),
-        "config": config.to_dict(),
+        "config": without_added_defaults(config.to_dict()),
     }
     now["balancer"] = balancer.spec
     check_settings(saved, now, path, "checkpoint")

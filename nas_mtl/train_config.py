@@ -113,11 +113,17 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """:meth:`to_dict` without :attr:`RUNTIME_FIELDS`: what a resumed run or a cache must match."""
-        out = {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS}
-        for key, default in (("precision", "fp32"), ("channels_last", False)):
-            if out.get(key) == default:  # what every run before the option ran: their records stay valid
-                del out[key]
-        return out
+        return without_added_defaults({k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_FIELDS})
+
+
+ADDED_DEFAULTS = (("precision", "fp32"), ("channels_last", False))
+"""Settings added after runs were recorded, with the value every earlier run ran with."""
+
+
+def without_added_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a TrainConfig's dict) without the :data:`ADDED_DEFAULTS` at their defaults: a run recorded before
+    those options existed and one made now at their defaults compare equal."""
+    return {k: v for k, v in config.items() if (k, v) not in ADDED_DEFAULTS}
 
 
 def seed_everything(seed: int) -> None:
@@ -143,4 +149,5 @@ __all__ = [
     "TrainConfig",
     "resolve_device",
     "seed_everything",
+    "without_added_defaults",
 ]

@@ -177,6 +177,29 @@ def test_bf16_and_fp16_training_runs_are_recorded_and_resume_only_as_they_ran(se
         TrainConfig(precision="fp8")
 
 
+def test_a_checkpoint_from_before_precision_and_channels_last_resumes(setting, tmp_path, monkeypatch):
+    """A run killed in epoch 2 whose checkpoint config has no ``precision`` / ``channels_last`` (written before the
+    options existed) resumes at their defaults, bitwise to the uninterrupted run."""
+    from test_train import _train_killed_in_epoch_two
+
+    from nas_mtl.train import train
+
+    data, _ = setting
+    config = TrainConfig(epochs=3, batch_size=32, lr=1e-2, device="cpu", seed=0, progress=False)
+    reference = _network(setting)
+    train(reference, data, config)
+    _train_killed_in_epoch_two(monkeypatch, _network(setting), data, config, run_dir=tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key in ("precision", "channels_last"):
+        del state["config"][key]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    resumed = _network(setting, seed=1)
+    train(resumed, data, config, run_dir=tmp_path)
+    for (k, v), (k2, v2) in zip(resumed.state_dict().items(), reference.state_dict().items()):
+        assert k == k2
+        torch.testing.assert_close(v, v2, rtol=0, atol=0)
+
+
 def test_channels_last_trains_the_same_network_within_float32_rounding(setting):
     """The channels-last layout changes the convolution kernels, not the model: a network trained with it holds
     its convolution weights channels-last, and the same weights give the default layout's outputs within float32
