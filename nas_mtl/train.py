@@ -184,7 +184,7 @@ class Trainer:
         self.checkpoint = None if self.run_dir is None else self.run_dir / CHECKPOINT
         self._order = torch.Generator()  # the training order, re-seeded each epoch
         pin = config.pin_memory and self.device.type == "cuda"
-        self._loader = batch_loader(data.train, config.batch_size, self._order, config.num_workers, pin)
+        self._loader = batch_loader(data.train, config.batch_size, self._order, config.num_workers, pin, config.seed)
         self._non_blocking = pin
         self._balancer_state: dict[str, Any] = {}
         self._first_losses: dict[str, float] | None = None

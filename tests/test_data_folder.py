@@ -324,3 +324,29 @@ def test_loader_workers_give_bitwise_the_batches_and_the_training_of_the_in_proc
         runs[workers] = (net.state_dict(), result.val)
     assert runs[0][1] == runs[2][1]
     assert all(torch.equal(runs[0][0][k], runs[2][0][k]) for k in runs[0][0])
+
+
+class _Augmenting(torch.utils.data.Dataset):
+    """Each sample drawn from the reading process's random streams, as an augmenting dataset's would be."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        import random
+
+        return torch.tensor([float(torch.rand(())), float(np.random.rand()), random.random()]), {}
+
+
+def test_loader_workers_draw_from_the_runs_seed():
+    """The workers' torch, NumPy and ``random`` streams come from the run's seed: equal for one seed, other for
+    another (not from a constant of the order generator at the loader's construction)."""
+    from nas_mtl.data import batch_loader
+
+    def draws(seed):
+        order = torch.Generator().manual_seed(0)
+        loader = batch_loader(_Augmenting(), 4, order, num_workers=2, seed=seed)
+        return torch.cat([x for x, _ in loader])
+
+    first, again, other = draws(0), draws(0), draws(1)
+    assert torch.equal(first, again) and not torch.isclose(first, other).any()

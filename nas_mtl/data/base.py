@@ -138,31 +138,23 @@ def batch_loader(
     generator: torch.Generator,
     num_workers: int = 0,
     pin_memory: bool = False,
+    seed: int = 0,
 ) -> DataLoader | None:
     """A shuffling, last-batch-dropping DataLoader over ``dataset`` to reuse for every epoch (re-seed
     ``generator`` in place before each), or None for in-memory data (sliced directly by :func:`iterate_batches`).
 
-    With ``num_workers`` > 0 the workers persist across epochs. The batches are bitwise those of
-    :func:`iterate_batches` with the same generator state, for any number of workers: the order is drawn in this
-    process (``torch.randperm`` on ``generator``, as both paths do) and each sample is read the same way.
+    With ``num_workers`` > 0 the workers persist across epochs; their random streams (torch, NumPy, ``random``,
+    which DataLoader seeds from its base seed) come from ``seed``, the run's, for a dataset that augments. The
+    batches are bitwise those of :func:`iterate_batches` with the same generator state, for any number of workers:
+    the order is drawn in this process (``torch.randperm`` on ``generator``, as both paths do) and each sample is
+    read the same way.
     """
     if isinstance(dataset, TensorMultiTaskDataset):
         return None
     workers = {"num_workers": num_workers, "persistent_workers": num_workers > 0, "pin_memory": pin_memory}
-    if num_workers > 0:
-        workers["worker_init_fn"] = _seed_worker
     sampler = RandomSampler(dataset, generator=generator)  # the order: torch.randperm on ``generator`` alone
-    seeds = torch.Generator().manual_seed(generator.initial_seed())  # the workers' base seed, drawn apart
+    seeds = torch.Generator().manual_seed(seed)  # the workers' base seed, apart from the order's generator
     return DataLoader(dataset, batch_size, sampler=sampler, drop_last=True, generator=seeds, **workers)
-
-
-def _seed_worker(worker_id: int) -> None:
-    """A worker's NumPy and ``random`` seeds from its torch seed (a dataset that augments draws from them)."""
-    import random
-
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def check_ints(dataset: str, **fields: tuple[Any, int]) -> None:
