@@ -45,7 +45,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,7 +129,7 @@ def mirror_study(
     """Log every finished arm run and search of the study in ``run_dir`` to MLflow at ``uri``, in experiment
     ``experiment`` (see the module doc); returns what it did, or None after a tracking error (a warning).
     ``only``: the one run folder (relative, e.g. ``arms/hard/equal/seed0``) to log, as a running study does after
-    each run (its other runs are neither read nor touched).
+    each run (found by folder: the study's other runs are not read).
 
     Raises:
         ValueError: MLflow is not installed.
@@ -163,9 +163,14 @@ def log_study(run_dir: str | Path, experiment: str, uri: str, report_dir: str | 
     return _guarded(uri, run_dir, lambda client: _log_study(client, experiment, run_dir, uri, report)) is not None
 
 
-def _entries(run_dir: Path) -> list[_Entry]:
+def _entries(run_dir: Path, only: str | None = None) -> list[_Entry]:
+    """The finished runs of the study, or only the one in folder ``only`` (found without walking the study)."""
     from .layout import ROW, SEARCH_DONE
 
+    if only is not None:
+        kind = {"arms": "arm", "grid": "grid", "search": "search"}.get(only.split("/")[0])
+        record = run_dir / only / (SEARCH_DONE if kind == "search" else ROW)
+        return [_Entry(kind, record.parent, only, record)] if kind is not None and record.is_file() else []
     found = [("arm", p) for p in sorted(run_dir.glob(f"arms/**/{ROW}"))]
     found += [("grid", p) for p in sorted(run_dir.glob(f"grid/**/{ROW}"))]
     found += [("search", p) for p in sorted(run_dir.glob(f"search/**/{SEARCH_DONE}"))]
@@ -174,12 +179,14 @@ def _entries(run_dir: Path) -> list[_Entry]:
 
 def _mirror(client: Any, experiment: str, run_dir: Path, uri: str = "", only: str | None = None) -> Mirrored:
     experiment_id = _experiment_id(client, experiment, artifact_location(uri, run_dir))
-    logged_before = _logged_runs(client, experiment_id, run_dir)
+    entries = _entries(run_dir, only)
+    # after each run of a running study (``only``): its MLflow runs and the study run's, not the experiment's
+    logged_before = _logged_runs(client, experiment_id, run_dir, None if only is None else (only, STUDY_FOLDER))
     settings = _settings(run_dir)
     parent = _study_run(client, experiment_id, experiment, run_dir, logged_before.get(STUDY_FOLDER, []), settings)
-    scores = _delta_ms(run_dir)
+    scores = _delta_ms(run_dir) if any(e.kind == "arm" for e in entries) else {}
     logged = kept = 0
-    for entry in (e for e in _entries(run_dir) if only is None or e.key == only):
+    for entry in entries:
         digest = _digest(entry)
         before = logged_before.get(entry.key, [])
         same = [r for r in before if r.data.tags.get(DIGEST_TAG) == digest and r.info.status == "FINISHED"]
@@ -279,18 +286,25 @@ def _delta_ms(run_dir: Path) -> dict[str, tuple[float, int]]:
     return out
 
 
-def _logged_runs(client: Any, experiment_id: str, run_dir: Path) -> dict[str, list[Any]]:
-    """The active MLflow runs this run folder logged before, by sub-folder."""
+def _logged_runs(
+    client: Any, experiment_id: str, run_dir: Path, folders: Sequence[str] | None = None
+) -> dict[str, list[Any]]:
+    """The active MLflow runs this run folder logged before, by sub-folder (only those of ``folders``, found by
+    MLflow's filter, when given)."""
     out: dict[str, list[Any]] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        for run in page:
-            if run.data.tags.get(RUN_DIR_TAG) == str(run_dir) and FOLDER_TAG in run.data.tags:
-                out.setdefault(run.data.tags[FOLDER_TAG], []).append(run)
-        token = page.token
-        if not token:
-            return out
+    quotable = folders is not None and not any("'" in f or "\\" in f for f in folders)
+    queries = [f"tags.`{FOLDER_TAG}` = '{folder}'" for folder in folders] if quotable else [""]
+    for query in queries:
+        token = None
+        while True:
+            page = client.search_runs([experiment_id], query, max_results=1000, page_token=token)
+            for run in page:
+                if run.data.tags.get(RUN_DIR_TAG) == str(run_dir) and FOLDER_TAG in run.data.tags:
+                    out.setdefault(run.data.tags[FOLDER_TAG], []).append(run)
+            token = page.token
+            if not token:
+                break
+    return out
 
 
 def _settings(run_dir: Path) -> Mapping[str, Any]:

@@ -384,3 +384,21 @@ def test_a_damaged_store_is_one_warning_line_and_the_study_completes(tmp_path):
     warned = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
     assert len(warned) == 1 and warned[0].startswith("nas-mtl: warning: tracking: MLflow at"), done.stderr
     assert (tmp_path / "run" / "report" / "report.md").is_file()
+
+
+def test_a_distributed_studys_worker_logs_each_run_it_trains_as_it_finishes(tmp_path, client_of):
+    """The job loop logs a run trained from scratch before it claims the next job (not at the study's end): the
+    MLflow run of every arm folder was logged before the next row was written."""
+    from nas_mtl.study import run_distributed_study
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    spec = load_study(_write(tmp_path, uri, LIVE.replace("seeds = [0, 1]", "seeds = [0]")))
+    run_distributed_study(spec, tmp_path / "run", f"sqlite:///{tmp_path / 'jobs.db'}", progress=False)
+    logged = _runs(client_of(uri), spec.name)
+    finished = sorted(
+        (p.stat().st_mtime, p.parent.relative_to(tmp_path / "run").as_posix())
+        for p in (tmp_path / "run").glob("arms/**/row.json")
+    )
+    assert len(finished) == 3 and set(logged) == {key for _, key in finished}
+    for (_, key), (next_done, _) in zip(finished, finished[1:]):
+        assert float(logged[key].data.tags[tracking.LOGGED_AT_TAG]) <= next_done + 0.5, key
