@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..layout import SEARCH_DONE
+from ..layout import SEARCH_DONE, read_search_record
 from ..plots import curves_plot
-from ..runs import read_json
+from ..search.network_selection import CURVE_METHODS
 from .tables import interval_text, seed_stats
 
 SELECTION_METHOD = "selection"
-LINES = ("optimal", "hoa", "tag", "random", "all-in-one", "independent")
+LINES = CURVE_METHODS
 EXPLAINED = (
     "Δm (%) of the selection each line makes on the validation table, scored on the measured networks' test "
     "metrics, by inference budget (in backbones); mean over search seeds with the 95 % interval. optimal: the "
@@ -38,9 +38,9 @@ def selection_curves(run_dir: str | Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     seeds: dict[tuple[str, float, str], list[float]] = {}
     for done in sorted(run_dir.glob(f"search/*/*/{SEARCH_DONE}")):
-        record = read_json(done, "search record", ("method",))
-        info = record.get("info")
-        if record["method"] != SELECTION_METHOD or not isinstance(info, dict) or "curve" not in info:
+        record = read_search_record(done, f"delete {done.parent} to rerun that search")
+        info = record.get("info") or {}
+        if record["method"] != SELECTION_METHOD or "curve" not in info:
             continue
         for budget, line, value in _curve_points(info["curve"], done):
             seeds.setdefault((done.parent.parent.name, budget, line), []).append(value)
