@@ -68,7 +68,8 @@ def heatmap(
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             r, g, b, _ = im.cmap(norm(matrix[i, j]))
-            light = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # white text on a dark cell
+            # white text on a dark cell; a NaN cell is left blank (the map's "bad" colour): black text
+            light = bool(np.isfinite(matrix[i, j])) and 0.299 * r + 0.587 * g + 0.114 * b < 0.5
             text = fmt.format(matrix[i, j]) if cell_text is None else cell_text[i][j]
             ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if light else "black")
     ax.set_title(title)

@@ -90,29 +90,41 @@ class LossScaler:
         self.scaler = torch.amp.GradScaler(device.type)
         self.scaler.scale(torch.ones((), device=device))  # GradScaler makes its scale tensor on first use
         self.overflows = 0
+        self._factor = float(self.scaler.get_scale())  # the scale on the host: one device sync per step, in step()
 
     def scale(self, losses: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        factor = float(self.scaler.get_scale())
-        return {k: _ScaleGradient.apply(v, factor) for k, v in losses.items()}
+        return {k: _ScaleGradient.apply(v, self._factor) for k, v in losses.items()}
 
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """Unscale, step unless a gradient is inf or NaN, update the scale; whether the step was taken."""
-        before = self.scaler.get_scale()
+        before = self._factor
         self.scaler.unscale_(optimizer)
         self.scaler.step(optimizer)
         self.scaler.update()
-        taken = self.scaler.get_scale() >= before
+        self._factor = float(self.scaler.get_scale())
+        taken = self._factor >= before
         self.overflows += not taken
         return taken
+
+    @property
+    def value(self) -> float:
+        """The current scale."""
+        return self._factor
+
+    def set(self, scale: float) -> None:
+        """Set the scale (as ``GradScaler.update(new_scale)``)."""
+        self.scaler.update(float(scale))
+        self._factor = float(scale)
 
     def skip(self) -> None:
         """An overflow: no step, and the scale backed off as GradScaler does after an inf (its growth count
         restarts). For steps whose gradients never reached ``.grad`` (a gradient-combining balancer refuses
         non-finite per-task gradients before writing any), where GradScaler's own ``step`` finds nothing to check."""
-        self.scaler.update(float(self.scaler.get_scale()) * self.scaler.get_backoff_factor())
+        self.scaler.update(self._factor * self.scaler.get_backoff_factor())
         tracker = getattr(self.scaler, "_growth_tracker", None)
         if tracker is not None:
             tracker.fill_(0)
+        self._factor = float(self.scaler.get_scale())
         self.overflows += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -121,6 +133,7 @@ class LossScaler:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.scaler.load_state_dict(state["scaler"])
         self.overflows = int(state["overflows"])
+        self._factor = float(self.scaler.get_scale())
 
 
 def overflowed(network: torch.nn.Module, scaler: LossScaler | None) -> bool:
@@ -129,7 +142,7 @@ def overflowed(network: torch.nn.Module, scaler: LossScaler | None) -> bool:
     with it), or none was written (MGDA, PCGrad, CAGrad, ... check every per-task gradient before writing any).
     At a scale of 1 or below nothing is scaled up any more: the non-finite gradient is the model's own, for the
     trainer's ``on_nonfinite`` rule."""
-    if scaler is None or scaler.scaler.get_scale() <= 1.0:
+    if scaler is None or scaler.value <= 1.0:
         return False
     grads = [p.grad for p in network.parameters() if p.grad is not None]
     return not grads or any(not torch.isfinite(g).all() for g in grads)

@@ -74,7 +74,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backed_off(setting):
     data, _ = setting
     network = _network(setting)
     scaler = LossScaler(torch.device("cpu"))
-    scaler.scaler.update(2.0**127)  # scaled gradients of O(1) losses overflow float32
+    scaler.set(2.0**127)  # scaled gradients of O(1) losses overflow float32
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
     before = [p.detach().clone() for p in network.parameters()]
     with pytest.raises(FloatingPointError, match="non-finite gradient"):
@@ -84,11 +84,11 @@ def test_an_overflowing_fp16_step_is_skipped_and_the_scale_backed_off(setting):
     assert scaler.scaler.get_scale() == 2.0**126 and scaler.overflows == 1
     assert all(torch.equal(p, b) for p, b in zip(network.parameters(), before))
     optimizer.zero_grad(set_to_none=True)
-    scaler.scaler.update(2.0**10)
+    scaler.set(2.0**10)
     balanced_backward(create_balancer("equal"), scaler.scale(_losses(network, data, "fp16")), network)
     grads = [p.grad.clone() for p in network.parameters()]
     assert scaler.step(optimizer)  # unscaled before the step: the update is lr x the true gradient
-    scaler.scaler.update(1.0)
+    scaler.set(1.0)
     assert not overflowed(network, scaler)  # at scale 1 a non-finite gradient is the model's own
     for p, b, g in zip(network.parameters(), before, grads):
         torch.testing.assert_close(p.detach(), b - 0.1 * g / 2.0**10, rtol=1e-6, atol=1e-7)
@@ -101,14 +101,14 @@ def test_an_overflow_a_gradient_combining_balancer_refuses_is_an_overflow_too(se
     data, _ = setting
     network = _network(setting)
     scaler = LossScaler(torch.device("cpu"))
-    scaler.scaler.update(2.0**127)
+    scaler.set(2.0**127)
     with pytest.raises(FloatingPointError, match="no gradient was written"):
         balanced_backward(create_balancer(name), scaler.scale(_losses(network, data, "fp16")), network)
     assert all(p.grad is None for p in network.parameters())
     assert overflowed(network, scaler)
     scaler.skip()
     assert scaler.scaler.get_scale() == 2.0**126 and scaler.overflows == 1
-    scaler.scaler.update(1.0)
+    scaler.set(1.0)
     assert not overflowed(network, scaler)  # at scale 1 the refusal is the model's own non-finite gradient
 
 

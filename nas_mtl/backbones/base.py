@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..environment import built_on_cpu
 from ..registry import Registry
 
 
@@ -151,11 +151,9 @@ register_backbone = BACKBONES.register
 list_backbones = BACKBONES.names
 
 
-def create_backbone(name: str, **kwargs: Any) -> Backbone:
-    """``BACKBONES.create(name, **kwargs)`` on the CPU whatever torch's default device: the same initial weights
-    on every machine (see :func:`nas_mtl.environment.built_on_cpu`)."""
-    with torch.device("cpu"):
-        return BACKBONES.create(name, **kwargs)
+create_backbone = built_on_cpu(BACKBONES.create)
+"""``BACKBONES.create(name, **kwargs)`` built on the CPU whatever torch's default device (the same initial weights
+on every machine)."""
 
 
 __all__ = [

@@ -171,6 +171,7 @@ class _Figures:
 
 
 def _sections(
+    v: Verdict,
     runs: pd.DataFrame,
     rows: Sequence[RunRow],
     summary: pd.DataFrame,
@@ -181,8 +182,7 @@ def _sections(
     selections: Sequence[_Section] = (),
     run_dir: Path | None = None,
 ) -> list[_Section]:
-    """The report in reading order: verdict and main table, each search, then the details."""
-    v = verdict(runs, rows)
+    """The report in reading order: verdict (``v``) and main table, each search, then the details."""
     read = [HOW_TO_READ] if (paired["outcome"] != "untested").any() else []  # no interval, nothing to read
     paired = format_paired(paired)
     warnings = [_Warning(w) for w in v.warnings]
@@ -448,7 +448,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     paired = paired_table(runs)
     replace_atomic(files["paired.csv"], lambda tmp: paired.to_csv(tmp, index=False))
     files["verdict.json"] = out_dir / "verdict.json"
-    write_json_atomic(dataclasses.asdict(verdict(runs, rows)), files["verdict.json"])
+    found = verdict(runs, rows)
+    write_json_atomic(dataclasses.asdict(found), files["verdict.json"])
 
     points = [(row_name(k), float(r["params"]), float(r["delta_m"])) for k, r in summary.iterrows()]
     intervals = list(zip(summary["delta_m ci_low"], summary["delta_m ci_high"]))
@@ -468,6 +469,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     grid_file = run_dir / GRID_RECORD
     grid = read_json(grid_file, "grid search record", ("points", "best")) if grid_file.is_file() else None
     sections = _sections(
+        found,
         runs,
         rows,
         summary,
